@@ -1,0 +1,204 @@
+"""The ``collector-ext`` command line: serve, keygen, verify, demo.
+
+Exit codes of ``verify``: 0 everything verifies, 1 a finding shows tampering or loss, 2 it could
+not run (bad arguments, unreachable archive, unreadable key). Errors print the project's
+``diagnostics()`` text, which names the setting, file or object concerned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from collector_ext import __version__
+from collector_ext.errors import CollectorExtError, KeyFileError
+
+EXIT_VERIFIED = 0
+EXIT_FINDINGS = 1
+EXIT_CANNOT_RUN = 2
+
+
+def _fail(error: CollectorExtError, code: int = EXIT_CANNOT_RUN) -> None:
+    click.echo(f"collector-ext: error: {error.diagnostics()}", err=True)
+    sys.exit(code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="collector-ext")
+def main() -> None:
+    """Seal OpenTelemetry log records into a signed hash chain, archive them under Object Lock, and
+    verify the archive."""
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help="YAML configuration file.")
+@click.option("--listen", help="HOST:PORT for OTLP/gRPC (default 127.0.0.1:14317).")
+@click.option("--signing-key", type=click.Path(path_type=Path), help="Ed25519 private key (PEM) from keygen.")
+@click.option("--archive", "archive_url", help="s3://bucket/prefix or a directory.")
+@click.option("--retention-mode", type=click.Choice(["GOVERNANCE", "COMPLIANCE", "NONE"]), help="Object Lock mode.")
+@click.option("--retention-days", type=int, help="Object Lock retention period in days.")
+@click.option("--endpoint-url", help="S3-compatible endpoint (else AWS_ENDPOINT_URL / AWS default).")
+@click.option("--max-message-bytes", type=int, help="Largest accepted OTLP request, after decompression.")
+@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
+def serve(
+    config_path: Path | None,
+    listen: str | None,
+    signing_key: Path | None,
+    archive_url: str | None,
+    retention_mode: str | None,
+    retention_days: int | None,
+    endpoint_url: str | None,
+    max_message_bytes: int | None,
+    log_level: str | None,
+) -> None:
+    """Run the sidecar until SIGTERM or SIGINT."""
+    from collector_ext.config import load_config
+    from collector_ext.logging_setup import configure_logging
+    from collector_ext.service import Sidecar
+
+    overrides: dict[str, Any] = {
+        "listen": listen,
+        "signing_key": signing_key,
+        "max_message_bytes": max_message_bytes,
+        "log_level": log_level,
+        "archive": {
+            "url": archive_url,
+            "retention_mode": retention_mode,
+            "retention_days": retention_days,
+            "endpoint_url": endpoint_url,
+        },
+    }
+    try:
+        config = load_config(config_path, overrides=overrides)
+        configure_logging(config.log_level)
+        sidecar = Sidecar(config)
+        asyncio.run(sidecar.run_until_signalled())
+    except CollectorExtError as exc:
+        _fail(exc)
+
+
+@main.command()
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Directory for the key pair.")
+@click.option("--force", is_flag=True, help="Overwrite an existing key pair.")
+def keygen(out_dir: Path, force: bool) -> None:
+    """Create an Ed25519 key pair: signing.key (mode 0600) and signing.pub; prints the key id."""
+    from collector_ext.seal.keys import generate_key_pair
+
+    private_path, public_path = out_dir / "signing.key", out_dir / "signing.pub"
+    if not force and (private_path.exists() or public_path.exists()):
+        _fail(KeyFileError("--out", f"{out_dir} already holds a key pair; use --force to replace it"))
+    pair = generate_key_pair()
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if force and private_path.exists():
+            private_path.unlink()
+        descriptor = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(pair.private_pem)
+        public_path.write_bytes(pair.public_pem)
+    except OSError as exc:
+        _fail(KeyFileError("--out", f"cannot write the key pair to {out_dir}: {exc.strerror}"))
+    click.echo(f"private key: {private_path} (mode 0600; keep it secret)")
+    click.echo(f"public key:  {public_path} (give it to auditors)")
+    click.echo(f"key id:      {pair.key_id.hex()}")
+
+
+@main.command()
+@click.option("--archive", "archive_url", required=True, help="s3://bucket/prefix or a local copy (directory).")
+@click.option(
+    "--public-key",
+    "public_keys",
+    required=True,
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Pinned Ed25519 public key (PEM); repeat for several keys.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option(
+    "--all-signatures",
+    is_flag=True,
+    help="Check every record's signature, also where a signed checkpoint already vouches for its segment.",
+)
+@click.option("--endpoint-url", help="S3-compatible endpoint (else AWS_ENDPOINT_URL / AWS default).")
+@click.option("--region", help="S3 region (else AWS_REGION / AWS default).")
+@click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when a terminal).")
+def verify(
+    archive_url: str,
+    public_keys: tuple[Path, ...],
+    as_json: bool,
+    all_signatures: bool,
+    endpoint_url: str | None,
+    region: str | None,
+    progress: bool | None,
+) -> None:
+    """Verify an archive against pinned public keys. Exit 0 verified, 1 tampering or loss, 2 could not run."""
+    from collector_ext.seal.keys import PublicKey, load_public_key_pem
+    from collector_ext.verify.render import render_json, render_text
+
+    keys: dict[bytes, PublicKey] = {}
+    for path in public_keys:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            _fail(KeyFileError("--public-key", f"cannot read {path}: {exc.strerror}"))
+        try:
+            key = load_public_key_pem(data, f"--public-key {path}")
+        except KeyFileError as exc:
+            _fail(exc)
+        keys[key.key_id] = key
+    try:
+        report, description = asyncio.run(_verify(archive_url, keys, all_signatures, endpoint_url, region, progress))
+    except CollectorExtError as exc:
+        _fail(exc)
+    click.echo(render_json(report, description) if as_json else render_text(report, description))
+    sys.exit(EXIT_VERIFIED if report.clean else EXIT_FINDINGS)
+
+
+async def _verify(
+    archive_url: str,
+    keys: dict[bytes, Any],
+    all_signatures: bool,
+    endpoint_url: str | None,
+    region: str | None,
+    progress: bool | None,
+) -> tuple[Any, str]:
+    from tqdm import tqdm
+
+    from collector_ext.service import open_archive
+    from collector_ext.verify.run import VerifyOptions, check_archive
+
+    store = open_archive(archive_url, for_writing=False, endpoint_url=endpoint_url, region=region)
+    await store.open()
+    bar = tqdm(
+        total=0, unit="obj", desc="verifying", file=sys.stderr, disable=(not progress) if progress is not None else None
+    )
+
+    def on_progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    try:
+        report = await check_archive(store, keys, VerifyOptions(check_all_signatures=all_signatures), on_progress)
+    finally:
+        bar.close()
+        await store.close()
+    return report, store.description
+
+
+@main.command()
+@click.option("--keep", type=click.Path(path_type=Path), help="Keep the demo's keys and a copy of the archive here.")
+def demo(keep: Path | None) -> None:
+    """Run everything on embedded defaults: S3 with Object Lock, the sidecar, an AI workflow, verify."""
+    from collector_ext.demo import run_demo
+
+    try:
+        ok = run_demo(keep)
+    except CollectorExtError as exc:
+        _fail(exc, EXIT_FINDINGS)
+    sys.exit(0 if ok else EXIT_FINDINGS)

@@ -1,0 +1,167 @@
+"""The sidecar's configuration: one YAML file, environment overrides, validated at start-up.
+
+Precedence, lowest first: built-in defaults, the YAML file (``--config``), environment variables
+``COLLECTOR_EXT_<SECTION>__<FIELD>`` (e.g. ``COLLECTOR_EXT_ARCHIVE__URL``; top-level fields as
+``COLLECTOR_EXT_LISTEN``), then command-line flags. This module is the only place that reads the
+environment for configuration (AWS settings are left to the AWS SDK's own conventions).
+
+Every validation error names the setting in dotted form, so a bad value stops start-up with a
+message an operator can act on.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from collector_ext.errors import ConfigurationError
+
+ENV_PREFIX = "COLLECTOR_EXT_"
+DEFAULT_LISTEN = "127.0.0.1:14317"
+# The collector's own batches can exceed grpc's 4 MiB default; 64 MiB leaves room for the largest
+# sending_queue batches we document while bounding memory per request.
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ArchiveConfig(_Section):
+    url: str = Field(description="s3://bucket/prefix, or a directory path")
+    retention_mode: Literal["GOVERNANCE", "COMPLIANCE", "NONE"] = "GOVERNANCE"
+    retention_days: int = Field(default=365, ge=1, le=36500)
+    endpoint_url: str | None = Field(default=None, description="S3-compatible endpoint; else AWS_ENDPOINT_URL")
+    region: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _url_not_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must be s3://bucket[/prefix] or a directory path")
+        if value.startswith("s3://") and not value[len("s3://") :].split("/", 1)[0]:
+            raise ValueError("an s3:// URL needs a bucket name, e.g. s3://audit-bucket/prod")
+        return value
+
+
+class SegmentConfig(_Section):
+    max_records: int = Field(default=20_000, ge=1, le=1_000_000)
+    max_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024)
+    max_linger_ms: float = Field(default=5.0, ge=0, le=60_000)
+    upload_concurrency: int = Field(default=4, ge=1, le=64)
+
+
+class TlsConfig(_Section):
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = Field(default=None, description="require client certificates signed by this CA")
+
+
+class SidecarConfig(_Section):
+    listen: str = DEFAULT_LISTEN
+    max_message_bytes: int = Field(default=DEFAULT_MAX_MESSAGE_BYTES, ge=64 * 1024, le=1024 * 1024 * 1024)
+    signing_key: Path
+    archive: ArchiveConfig
+    segment: SegmentConfig = SegmentConfig()
+    tls: TlsConfig | None = None
+    checkpoint_interval_seconds: float = Field(default=60.0, gt=0, le=3600)
+    ack_timeout_seconds: float = Field(default=10.0, gt=0, le=600)
+    max_pending_records: int = Field(default=200_000, ge=1000)
+    signing_threads: int = Field(default=0, ge=0, le=64, description="0: one per CPU")
+    shutdown_grace_seconds: float = Field(default=20.0, ge=0, le=600)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("listen")
+    @classmethod
+    def _listen_has_port(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:14317")
+        if int(port) in (4317, 4318, 13133):
+            raise ValueError(f"port {port} is the collector's own port in the same pod; pick another (default 14317)")
+        return value
+
+
+def _set_path(target: dict[str, Any], path: list[str], value: Any) -> None:
+    for part in path[:-1]:
+        child = target.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            target[part] = child
+        target = child
+    target[path[-1]] = value
+
+
+def _environment_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    for name, value in environ.items():
+        if name.startswith(ENV_PREFIX) and len(name) > len(ENV_PREFIX):
+            path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
+            _set_path(overrides, path, value)
+    return overrides
+
+
+def _without_unset(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Drop None values (flags not given) and sections left empty by that."""
+    kept: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            value = _without_unset(value)
+            if not value:
+                continue
+        if value is not None:
+            kept[key] = value
+    return kept
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in _without_unset(extra).items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_config(
+    path: Path | None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> SidecarConfig:
+    """Build the configuration from a YAML file, the environment and command-line overrides.
+
+    Raises:
+        ConfigurationError: unreadable file, bad YAML, or an invalid setting (named in the error).
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigurationError("--config", f"cannot read {path}: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigurationError("--config", f"{path} is not valid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigurationError("--config", f"{path} must hold a mapping of settings")
+        data = loaded or {}
+    data = _merge(data, _environment_overrides(os.environ if environ is None else environ))
+    data = _merge(data, overrides or {})
+    try:
+        return SidecarConfig.model_validate(data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        setting = ".".join(str(part) for part in error["loc"]) or "config"
+        problem = error["msg"]
+        if error["type"] == "missing":
+            problem = "is required (set it in the config file, the environment or a flag)"
+        elif error["type"] == "extra_forbidden":
+            problem = "is not a known setting"
+        more = f" (and {len(exc.errors()) - 1} more problems)" if len(exc.errors()) > 1 else ""
+        raise ConfigurationError(setting, f"{problem}{more}") from exc

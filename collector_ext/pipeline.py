@@ -1,0 +1,373 @@
+"""The sealing pipeline: seal -> group into segments -> archive -> checkpoint.
+
+One ``SealingPipeline`` owns one chain. ``submit`` appends a request's records to the chain at once
+(sequence numbers and links are assigned on the event loop, so the order is total), hands the
+signatures to worker threads (pyca/cryptography releases the GIL while signing), and returns only
+when the segment holding those records is stored in the archive: that is the acknowledgement rule.
+
+Group commit: records of concurrent requests share the open segment. A segment closes when it is
+full (records or bytes) or its first record has waited ``max_linger``; up to ``upload_concurrency``
+segments are in flight at once, and while all slots are busy the open segment keeps filling, so
+batches grow with load. A checkpoint covering every contiguously archived segment is written after
+uploads complete (one at a time, coalesced) and on a timer when idle.
+
+Failure handling: uploads are retried with backoff until they succeed or the pipeline shuts down;
+a request whose records are not archived within ``ack_timeout`` gets ``ArchiveUnavailableError``
+(the receiver answers UNAVAILABLE, so the collector retries; its records stay queued and are still
+archived later, so a resend appears twice in the chain: see README, "Resends"). When more than
+``max_pending_records`` are sealed but not archived, new requests are refused before sealing.
+
+Not here: crash recovery of the chain and a local spool (a later issue); this pipeline starts a new
+chain with a genesis entry every time it starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from collector_ext import __version__
+from collector_ext.deliver.archive import ArchiveStore
+from collector_ext.errors import (
+    ArchiveUnavailableError,
+    CapacityExceededError,
+    DeliveryError,
+    PermanentArchiveError,
+)
+from collector_ext.retry import RetryPolicy, retry_async
+from collector_ext.seal.chain import ChainHead, chain_entries, genesis_payload, sign_entry_hashes
+from collector_ext.seal.checkpoint import Checkpoint, SegmentRef, sign_checkpoint
+from collector_ext.seal.entry import ZERO_HASH, EntryKind
+from collector_ext.seal.keys import Signer
+from collector_ext.seal.layout import checkpoint_key, segment_key
+from collector_ext.seal.segment import encode_segment
+
+log = logging.getLogger(__name__)
+
+SIGNING_CHUNK = 256
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineSettings:
+    segment_max_records: int = 20_000
+    segment_max_bytes: int = 16 * 1024 * 1024
+    max_linger: float = 0.005
+    upload_concurrency: int = 4
+    checkpoint_interval: float = 60.0
+    ack_timeout: float = 10.0
+    max_pending_records: int = 200_000
+    signing_threads: int = 0  # 0: one per CPU
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+
+@dataclass(eq=False)
+class _OpenSegment:
+    first_sequence: int
+    created_unix_nano: int
+    entries: list[bytes] = field(default_factory=list)
+    signature_chunks: list[asyncio.Future[list[bytes]]] = field(default_factory=list)
+    size: int = 0
+    last_hash: bytes = ZERO_HASH
+    durable: asyncio.Future[None] | None = None
+    opened_at: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class PipelineStats:
+    records_sealed: int = 0
+    records_archived: int = 0
+    segments_archived: int = 0
+    checkpoints_written: int = 0
+    upload_retries: int = 0
+    requests_refused: int = 0
+
+
+class SealingPipeline:
+    """Seals records into one chain and archives them; see the module docstring."""
+
+    def __init__(
+        self,
+        signer: Signer,
+        store: ArchiveStore,
+        settings: PipelineSettings | None = None,
+        *,
+        clock: Callable[[], int] = time.time_ns,
+        writer: str = f"collector-ext/{__version__}",
+    ) -> None:
+        self._signer = signer
+        self._store = store
+        self._settings = settings or PipelineSettings()
+        self._clock = clock
+        self._writer = writer
+        self._head = ChainHead.new(uuid.uuid4().bytes)
+        self._executor = ThreadPoolExecutor(
+            max_workers=self._settings.signing_threads or os.cpu_count() or 2, thread_name_prefix="sign"
+        )
+        self._open: _OpenSegment | None = None
+        self._segment_ready = asyncio.Event()
+        self._segment_full = asyncio.Event()
+        self._upload_slots = asyncio.Semaphore(self._settings.upload_concurrency)
+        self._uploads: set[asyncio.Task[None]] = set()
+        self._stop = asyncio.Event()
+        self._pending_records = 0
+        self._archived: dict[int, SegmentRef] = {}
+        self._archived_heads: dict[int, bytes] = {}
+        self._next_uncovered = 0
+        self._last_covered_head = ZERO_HASH
+        self._checkpoint_number = 0
+        self._previous_checkpoint = b""
+        self._checkpoint_due = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._failing_since: float | None = None
+        self._accepting = False
+        self.stats = PipelineStats()
+
+    # -- public -------------------------------------------------------------------------------------
+    @property
+    def chain_id(self) -> bytes:
+        return self._head.chain_id
+
+    @property
+    def ready(self) -> bool:
+        """True when a request now would be accepted (for the health service)."""
+        return (
+            self._accepting
+            and self._failing_since is None
+            and self._pending_records < self._settings.max_pending_records
+        )
+
+    async def start(self) -> None:
+        """Start a new chain with its genesis entry and the background tasks."""
+        payload = genesis_payload(self._signer.public_key, writer=self._writer, reason="sidecar started")
+        durable = self._seal(EntryKind.GENESIS, [payload])
+        self._tasks = [
+            asyncio.create_task(self._flush_loop(), name="segment-flush"),
+            asyncio.create_task(self._checkpoint_loop(), name="checkpoints"),
+        ]
+        self._accepting = True
+        log.info("chain started", extra={"chain_id": self.chain_id.hex(), "key_id": self._signer.key_id.hex()})
+        self._await_in_background(durable)
+
+    async def submit(self, payloads: list[bytes]) -> None:
+        """Seal ``payloads`` as consecutive log-record entries and wait until they are archived.
+
+        Raises:
+            CapacityExceededError: too many records await archiving; nothing was sealed.
+            ArchiveUnavailableError: sealed, but not archived within ack_timeout (archiving goes on).
+        """
+        if not self._accepting:
+            raise CapacityExceededError("the sidecar is shutting down")
+        if self._pending_records + len(payloads) > self._settings.max_pending_records:
+            self.stats.requests_refused += 1
+            raise CapacityExceededError(
+                f"{self._pending_records} records await archiving (max_pending_records="
+                f"{self._settings.max_pending_records}); the archive is slow or unavailable"
+            )
+        durable = self._seal(EntryKind.LOG_RECORD, payloads)
+        try:
+            await asyncio.wait_for(asyncio.shield(durable), timeout=self._settings.ack_timeout)
+        except TimeoutError as exc:
+            raise ArchiveUnavailableError(
+                f"records not archived within ack_timeout={self._settings.ack_timeout}s; archiving continues"
+            ) from exc
+
+    async def close(self, drain_timeout: float = 30.0) -> None:
+        """Stop accepting, archive what is sealed (as far as ``drain_timeout`` allows), write a
+        final checkpoint and stop the background tasks."""
+        self._accepting = False
+        deadline = time.monotonic() + drain_timeout
+        if self._open is not None and self._open.entries:
+            self._segment_full.set()
+        while (self._open is not None and self._open.entries) or self._uploads:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                log.warning(
+                    "shutdown deadline reached with records not archived",
+                    extra={"pending_records": self._pending_records},
+                )
+                break
+            await asyncio.sleep(min(0.01, remaining))
+        self._stop.set()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for upload in list(self._uploads):
+            upload.cancel()
+        await asyncio.gather(*self._uploads, return_exceptions=True)
+        if self._pending_records == 0:
+            try:
+                await asyncio.wait_for(self._write_checkpoint(), timeout=max(1.0, deadline - time.monotonic()))
+            except (DeliveryError, PermanentArchiveError, TimeoutError) as exc:
+                log.warning("final checkpoint not written", extra={"error": str(exc)})
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # -- sealing ------------------------------------------------------------------------------------
+    def _seal(self, kind: EntryKind, payloads: list[bytes]) -> asyncio.Future[None]:
+        loop = asyncio.get_running_loop()
+        batch = chain_entries(self._head, kind, payloads, self._signer.key_id, self._clock())
+        self._head = batch.head
+        segment = self._open
+        if segment is None:
+            segment = _OpenSegment(first_sequence=batch.first_sequence, created_unix_nano=self._clock())
+            segment.durable = loop.create_future()
+            self._open = segment
+        hashes = batch.hashes
+        for start in range(0, len(hashes), SIGNING_CHUNK):
+            chunk = hashes[start : start + SIGNING_CHUNK]
+            segment.signature_chunks.append(
+                loop.run_in_executor(self._executor, sign_entry_hashes, self._signer, chunk)
+            )
+        segment.entries += batch.entries
+        segment.size += sum(map(len, batch.entries))
+        segment.last_hash = batch.head.head_hash
+        self._pending_records += len(payloads)
+        self.stats.records_sealed += len(payloads)
+        self._segment_ready.set()
+        if (
+            len(segment.entries) >= self._settings.segment_max_records
+            or segment.size >= self._settings.segment_max_bytes
+        ):
+            self._segment_full.set()
+        assert segment.durable is not None
+        return segment.durable
+
+    def _await_in_background(self, future: asyncio.Future[None]) -> None:
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+    # -- segments -----------------------------------------------------------------------------------
+    async def _flush_loop(self) -> None:
+        while True:
+            await self._segment_ready.wait()
+            await self._upload_slots.acquire()
+            segment = self._open
+            if segment is not None and not self._segment_full.is_set():
+                linger = self._settings.max_linger - (time.monotonic() - segment.opened_at)
+                if linger > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._segment_full.wait(), timeout=linger)
+            segment = self._open
+            self._open = None
+            self._segment_ready.clear()
+            self._segment_full.clear()
+            if segment is None or not segment.entries:
+                self._upload_slots.release()
+                continue
+            task = asyncio.create_task(self._upload(segment), name=f"upload-{segment.first_sequence}")
+            self._uploads.add(task)
+            task.add_done_callback(self._uploads.discard)
+
+    async def _upload(self, segment: _OpenSegment) -> None:
+        try:
+            chunks = await asyncio.gather(*segment.signature_chunks)
+            signatures = [signature for chunk in chunks for signature in chunk]
+            last_sequence = segment.first_sequence + len(segment.entries) - 1
+            data = encode_segment(
+                chain_id=self.chain_id,
+                first_sequence=segment.first_sequence,
+                created_unix_nano=segment.created_unix_nano,
+                entries=segment.entries,
+                signatures=signatures,
+            )
+            digest = hashlib.sha256(data).digest()
+            key = segment_key("", self.chain_id, segment.first_sequence, last_sequence, segment.created_unix_nano)
+            await self._put_with_retry(key, data, digest)
+            self._archived[segment.first_sequence] = SegmentRef(
+                key, segment.first_sequence, last_sequence, digest, len(data)
+            )
+            self._archived_heads[segment.first_sequence] = segment.last_hash
+            self._pending_records -= len(segment.entries)
+            self.stats.records_archived += len(segment.entries)
+            self.stats.segments_archived += 1
+            self._checkpoint_due.set()
+            assert segment.durable is not None
+            if not segment.durable.done():
+                segment.durable.set_result(None)
+        except BaseException as exc:
+            assert segment.durable is not None
+            if not segment.durable.done():
+                segment.durable.set_exception(
+                    exc if isinstance(exc, Exception) else ArchiveUnavailableError("archiving was interrupted")
+                )
+            raise
+        finally:
+            self._upload_slots.release()
+
+    async def _put_with_retry(self, key: str, data: bytes, digest: bytes) -> None:
+        def on_retry(error: DeliveryError, attempt: int, delay: float) -> None:
+            if self._failing_since is None:
+                self._failing_since = time.monotonic()
+            self.stats.upload_retries += 1
+            log.warning(
+                "archive write failed; retrying",
+                extra={"object_key": key, "attempt": attempt + 1, "delay_s": round(delay, 3), "error": str(error)},
+            )
+
+        while True:
+            try:
+                await retry_async(
+                    lambda: self._store.put(key, data, digest), policy=self._settings.retry, on_retry=on_retry
+                )
+                self._failing_since = None
+                return
+            except PermanentArchiveError as exc:
+                # Access denied and the like: an operator must act. Keep the records and keep trying
+                # slowly rather than drop sealed records; health reports NOT_SERVING meanwhile.
+                if self._failing_since is None:
+                    self._failing_since = time.monotonic()
+                log.error("archive refused a write", extra={"object_key": key, "error": str(exc)})
+                await asyncio.sleep(self._settings.retry.max_delay)
+
+    # -- checkpoints --------------------------------------------------------------------------------
+    async def _checkpoint_loop(self) -> None:
+        interval = self._settings.checkpoint_interval
+        while True:
+            # Idle or not, a checkpoint at least every interval, so a cut-off tail stays visible.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._checkpoint_due.wait(), timeout=interval)
+            self._checkpoint_due.clear()
+            try:
+                await self._write_checkpoint()
+            except PermanentArchiveError as exc:
+                log.error("checkpoint refused by the archive", extra={"error": str(exc)})
+
+    async def _write_checkpoint(self) -> None:
+        covered: list[SegmentRef] = []
+        next_uncovered = self._next_uncovered
+        head = self._last_covered_head
+        while next_uncovered in self._archived:
+            ref = self._archived[next_uncovered]
+            head = self._archived_heads[next_uncovered]
+            covered.append(ref)
+            next_uncovered = ref.last_sequence + 1
+        if next_uncovered == 0:
+            return  # not even the genesis entry is archived yet
+        checkpoint = Checkpoint(
+            chain_id=self.chain_id,
+            checkpoint_number=self._checkpoint_number,
+            previous_checkpoint_sha256=self._previous_checkpoint,
+            last_sequence=next_uncovered - 1,
+            head_sha256=head,
+            time_unix_nano=self._clock(),
+            key_id=self._signer.key_id,
+            segments=tuple(covered),
+        )
+        data, checkpoint_sha256 = sign_checkpoint(checkpoint, self._signer)
+        key = checkpoint_key("", self.chain_id, checkpoint.checkpoint_number, checkpoint.last_sequence)
+        await self._put_with_retry(key, data, hashlib.sha256(data).digest())
+        # Only a stored checkpoint moves the state on; a cancelled write leaves it for the next one.
+        for ref in covered:
+            del self._archived[ref.first_sequence]
+            del self._archived_heads[ref.first_sequence]
+        self._next_uncovered = next_uncovered
+        self._last_covered_head = head
+        self._checkpoint_number += 1
+        self._previous_checkpoint = checkpoint_sha256
+        self.stats.checkpoints_written += 1

@@ -1,0 +1,1 @@
+"""Where records come in: the OTLP/gRPC LogsService endpoint."""

@@ -1,0 +1,59 @@
+"""Canonical payloads for OTLP log records: each record together with its resource and scope.
+
+Every sealed log record carries the complete OTLP encoding of its Resource, InstrumentationScope
+(with both schema URLs) and LogRecord, so the seal covers every field the collector sent, unknown
+fields included. The LogPayload message of proto/collector_ext/pb/archive.proto is written by hand
+here, field by field in ascending order and without default-valued fields, because one
+resource/scope prefix is shared by all records under it and only the record part changes.
+
+This module does not seal or sign; see ``chain``.
+"""
+
+from __future__ import annotations
+
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+
+
+def encode_varint(value: int) -> bytes:
+    """Protobuf base-128 varint of a non-negative integer."""
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _length_delimited(field_number: int, data: bytes) -> bytes:
+    if not data:
+        return b""
+    return encode_varint(field_number << 3 | 2) + encode_varint(len(data)) + data
+
+
+_LOG_RECORD_TAG = encode_varint(5 << 3 | 2)
+
+
+def log_payloads(request: ExportLogsServiceRequest) -> list[bytes]:
+    """One LogPayload encoding per log record of the request, in request order."""
+    payloads: list[bytes] = []
+    append = payloads.append
+    for resource_logs in request.resource_logs:
+        resource_part = _length_delimited(1, resource_logs.resource.SerializeToString()) + _length_delimited(
+            2, resource_logs.schema_url.encode()
+        )
+        for scope_logs in resource_logs.scope_logs:
+            prefix = (
+                resource_part
+                + _length_delimited(3, scope_logs.scope.SerializeToString())
+                + _length_delimited(4, scope_logs.schema_url.encode())
+                + _LOG_RECORD_TAG
+            )
+            for record in scope_logs.log_records:
+                encoded = record.SerializeToString()
+                append(prefix + encode_varint(len(encoded)) + encoded)
+    return payloads
+
+
+def count_log_records(request: ExportLogsServiceRequest) -> int:
+    """Number of log records in a request."""
+    return sum(len(s.log_records) for r in request.resource_logs for s in r.scope_logs)

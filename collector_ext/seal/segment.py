@@ -1,0 +1,86 @@
+"""Segment objects: consecutive sealed entries of one chain, written to the archive as one object.
+
+The body is the ``Segment`` message of archive.proto. Encoding is hand-written (one
+length-delimited SealedRecord per entry) because it runs for every record; decoding uses the
+protobuf runtime. A segment says nothing about its own authenticity: its SHA-256 is recorded in the
+next signed checkpoint, and each entry carries its own signature.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from google.protobuf.message import DecodeError
+
+from collector_ext.errors import MalformedObjectError
+from collector_ext.pb import archive_pb2
+from collector_ext.seal.entry import FORMAT_VERSION
+from collector_ext.seal.framing import SEGMENT_MAGIC, frame, unframe
+from collector_ext.seal.payload import encode_varint
+
+_RECORD_TAG = encode_varint(2 << 3 | 2)
+_ENTRY_TAG = encode_varint(1 << 3 | 2)
+_SIGNATURE_FIELD = encode_varint(2 << 3 | 2) + encode_varint(64)
+
+
+def encode_segment(
+    *,
+    chain_id: bytes,
+    first_sequence: int,
+    created_unix_nano: int,
+    entries: Sequence[bytes],
+    signatures: Sequence[bytes],
+) -> bytes:
+    """The complete framed segment object for ``entries`` (starting at ``first_sequence``)."""
+    if len(entries) != len(signatures):
+        raise ValueError("one signature per entry")
+    header = archive_pb2.SegmentHeader(
+        format_version=FORMAT_VERSION,
+        chain_id=chain_id,
+        first_sequence=first_sequence,
+        record_count=len(entries),
+        created_unix_nano=created_unix_nano,
+    ).SerializeToString(deterministic=True)
+    parts = [encode_varint(1 << 3 | 2), encode_varint(len(header)), header]
+    for entry, signature in zip(entries, signatures, strict=True):
+        entry_field = _ENTRY_TAG + encode_varint(len(entry))
+        record_length = len(entry_field) + len(entry) + len(_SIGNATURE_FIELD) + len(signature)
+        parts += (_RECORD_TAG, encode_varint(record_length), entry_field, entry, _SIGNATURE_FIELD, signature)
+    return frame(SEGMENT_MAGIC, b"".join(parts))
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedSegment:
+    chain_id: bytes
+    first_sequence: int
+    record_count: int
+    created_unix_nano: int
+    records: Sequence[archive_pb2.SealedRecord]
+    framed_size: int
+    appended: int
+
+
+def decode_segment(data: bytes) -> DecodedSegment:
+    """Parse a segment object.
+
+    Raises:
+        MalformedObjectError: not a segment object of format version 1.
+    """
+    unframed = unframe(SEGMENT_MAGIC, data)
+    try:
+        segment = archive_pb2.Segment.FromString(unframed.body)
+    except DecodeError as exc:
+        raise MalformedObjectError(f"segment body does not parse: {exc}") from exc
+    header = segment.header
+    if header.format_version != FORMAT_VERSION:
+        raise MalformedObjectError(f"segment format version {header.format_version} is not supported")
+    return DecodedSegment(
+        chain_id=header.chain_id,
+        first_sequence=header.first_sequence,
+        record_count=header.record_count,
+        created_unix_nano=header.created_unix_nano,
+        records=segment.records,
+        framed_size=unframed.framed_size,
+        appended=unframed.appended,
+    )

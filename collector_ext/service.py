@@ -1,0 +1,160 @@
+"""The composition root: builds the running sidecar from a SidecarConfig.
+
+Nothing else in the package reads configuration files or the environment. ``Sidecar`` wires
+receiver -> sealing pipeline -> archive, keeps the gRPC health status current, and shuts down in
+order: health NOT_SERVING, stop taking requests (in-flight ones finish within the grace period),
+archive what is sealed, write a final checkpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from pathlib import Path
+
+import grpc
+
+from collector_ext import __version__
+from collector_ext.config import SidecarConfig
+from collector_ext.deliver.archive import ArchiveStore, parse_s3_url
+from collector_ext.deliver.directory_archive import DirectoryArchive
+from collector_ext.deliver.s3_archive import S3Archive
+from collector_ext.errors import ConfigurationError, KeyFileError
+from collector_ext.pipeline import PipelineSettings, SealingPipeline
+from collector_ext.receive.otlp_grpc import OtlpGrpcReceiver
+from collector_ext.seal.keys import Ed25519Signer, load_private_key_pem
+
+log = logging.getLogger(__name__)
+
+
+def read_signing_key(path: Path) -> Ed25519Signer:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise KeyFileError("signing_key", f"cannot read {path}: {exc.strerror}") from exc
+    return load_private_key_pem(data, f"signing_key ({path})")
+
+
+def open_archive(
+    url: str,
+    *,
+    for_writing: bool,
+    retention_mode: str = "GOVERNANCE",
+    retention_days: int = 365,
+    endpoint_url: str | None = None,
+    region: str | None = None,
+) -> ArchiveStore:
+    """An ArchiveStore for ``s3://bucket/prefix`` or a directory path."""
+    location = parse_s3_url(url)
+    if location is None:
+        return DirectoryArchive(Path(url), for_writing=for_writing)
+    if retention_mode not in ("GOVERNANCE", "COMPLIANCE", "NONE"):
+        raise ConfigurationError("archive.retention_mode", "must be GOVERNANCE, COMPLIANCE or NONE")
+    return S3Archive(
+        location,
+        retention_mode=retention_mode,  # type: ignore[arg-type]
+        retention_days=retention_days,
+        endpoint_url=endpoint_url,
+        region=region,
+        for_writing=for_writing,
+    )
+
+
+def _server_credentials(config: SidecarConfig) -> grpc.ServerCredentials | None:
+    if config.tls is None:
+        return None
+    try:
+        key = config.tls.key_file.read_bytes()
+        cert = config.tls.cert_file.read_bytes()
+        ca = config.tls.client_ca_file.read_bytes() if config.tls.client_ca_file else None
+    except OSError as exc:
+        raise ConfigurationError("tls", f"cannot read {exc.filename}: {exc.strerror}") from exc
+    return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
+
+
+class Sidecar:
+    """The running service: receiver, pipeline and archive, built from one config."""
+
+    def __init__(self, config: SidecarConfig) -> None:
+        self.config = config
+        self.signer = read_signing_key(config.signing_key)
+        self.store = open_archive(
+            config.archive.url,
+            for_writing=True,
+            retention_mode=config.archive.retention_mode,
+            retention_days=config.archive.retention_days,
+            endpoint_url=config.archive.endpoint_url,
+            region=config.archive.region,
+        )
+        self.pipeline = SealingPipeline(
+            self.signer,
+            self.store,
+            PipelineSettings(
+                segment_max_records=config.segment.max_records,
+                segment_max_bytes=config.segment.max_bytes,
+                max_linger=config.segment.max_linger_ms / 1000,
+                upload_concurrency=config.segment.upload_concurrency,
+                checkpoint_interval=config.checkpoint_interval_seconds,
+                ack_timeout=config.ack_timeout_seconds,
+                max_pending_records=config.max_pending_records,
+                signing_threads=config.signing_threads,
+            ),
+            writer=f"collector-ext/{__version__}",
+        )
+        self.receiver = OtlpGrpcReceiver(
+            self.pipeline,
+            listen=config.listen,
+            max_message_bytes=config.max_message_bytes,
+            server_credentials=_server_credentials(config),
+        )
+        self._health_task: asyncio.Task[None] | None = None
+        self.port = 0
+
+    async def start(self) -> int:
+        """Open the archive, start the chain and the receiver; returns the bound port."""
+        await self.store.open()
+        await self.pipeline.start()
+        try:
+            self.port = await self.receiver.start()
+        except OSError as exc:
+            raise ConfigurationError("listen", f"cannot listen on {self.config.listen}: {exc}") from exc
+        self._health_task = asyncio.create_task(self._watch_health(), name="health")
+        log.info(
+            "sidecar serving",
+            extra={
+                "listen": self.config.listen,
+                "port": self.port,
+                "archive": self.store.description,
+                "chain_id": self.pipeline.chain_id.hex(),
+                "key_id": self.signer.key_id.hex(),
+            },
+        )
+        return self.port
+
+    async def _watch_health(self) -> None:
+        while True:
+            await self.receiver.update_health()
+            await asyncio.sleep(0.5)
+
+    async def stop(self) -> None:
+        if self._health_task is not None:
+            self._health_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._health_task
+        grace = self.config.shutdown_grace_seconds
+        await self.receiver.stop(grace)
+        await self.pipeline.close(drain_timeout=grace)
+        await self.store.close()
+        log.info("sidecar stopped", extra={"chain_id": self.pipeline.chain_id.hex(), **vars(self.pipeline.stats)})
+
+    async def run_until_signalled(self) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await self.start()
+        await stop.wait()
+        log.info("shutting down")
+        await self.stop()

@@ -1,0 +1,96 @@
+"""What the verifier can find, and the report that lists every finding.
+
+Severities decide the exit code: TAMPERING and LOSS make a report unclean (exit 1); WARNING and INFO
+are shown but leave it clean. LOSS is used where the archive cannot tell a crash from a deletion
+(records missing where no checkpoint vouched for them yet); TAMPERING where a signed statement or a
+signature proves the archive was changed after the fact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class Severity(StrEnum):
+    TAMPERING = "tampering"
+    LOSS = "loss"
+    WARNING = "warning"
+    INFO = "info"
+
+
+class FindingKind(StrEnum):
+    MODIFIED_RECORD = "modified-record"
+    DELETED_RECORDS = "deleted-records"
+    INSERTED_RECORD = "inserted-record"
+    REORDERED_RECORD = "reordered-record"
+    FORKED_CHAIN = "forked-chain"
+    MISSING_SEGMENT = "missing-segment"
+    REPLACED_SEGMENT = "replaced-segment"
+    APPENDED_BYTES = "appended-bytes"
+    MALFORMED_OBJECT = "malformed-object"
+    UNKNOWN_KEY = "unknown-key"
+    CHECKPOINT_MISMATCH = "checkpoint-mismatch"
+    FORGED_CHECKPOINT = "forged-checkpoint"
+    MISSING_CHECKPOINT = "missing-checkpoint"
+    TRUNCATED_CHAIN = "truncated-chain"
+    UNCOVERED_TAIL = "uncovered-tail"
+    UNRECOGNISED_OBJECT = "unrecognised-object"
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One problem, with where it is: chain, sequence range and object key (each when known)."""
+
+    kind: FindingKind
+    severity: Severity
+    message: str
+    chain_id: str = ""
+    first_sequence: int | None = None
+    last_sequence: int | None = None
+    object_key: str = ""
+
+    def location(self) -> str:
+        parts = []
+        if self.chain_id:
+            parts.append(f"chain {self.chain_id}")
+        if self.first_sequence is not None:
+            if self.last_sequence is None or self.last_sequence == self.first_sequence:
+                parts.append(f"seq {self.first_sequence}")
+            else:
+                parts.append(f"seq {self.first_sequence}-{self.last_sequence}")
+        if self.object_key:
+            parts.append(f"object {self.object_key}")
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class ChainSummary:
+    chain_id: str
+    records: int
+    last_sequence: int | None
+    covered_until: int | None
+    segments: int
+    checkpoints: int
+    newest_checkpoint_unix_nano: int | None
+    key_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class VerificationReport:
+    """Every finding of one verification run, with totals."""
+
+    findings: tuple[Finding, ...]
+    chains: tuple[ChainSummary, ...]
+    objects_read: int
+    records_checked: int
+    signatures_checked: int
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def clean(self) -> bool:
+        """True when no finding shows tampering or loss."""
+        return not any(f.severity in (Severity.TAMPERING, Severity.LOSS) for f in self.findings)
+
+    def of_kind(self, kind: FindingKind) -> list[Finding]:
+        return [f for f in self.findings if f.kind == kind]

@@ -1,0 +1,43 @@
+"""In-memory implementations of the project's protocols, for unit tests."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from collector_ext.errors import ArchiveUnavailableError
+
+
+class InMemoryArchive:
+    """An ArchiveStore in a dict. ``fail_puts`` makes the next N puts fail as if S3 were down."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, bytes] = {}
+        self.fail_puts = 0
+        self.put_count = 0
+
+    @property
+    def description(self) -> str:
+        return "memory://archive"
+
+    async def open(self) -> None:
+        return None
+
+    async def put(self, key: str, data: bytes, sha256: bytes) -> None:
+        if self.fail_puts > 0:
+            self.fail_puts -= 1
+            raise ArchiveUnavailableError("simulated outage")
+        self.put_count += 1
+        self.objects[key] = data
+
+    async def list_keys(self) -> AsyncIterator[str]:
+        for key in sorted(self.objects):
+            yield key
+
+    async def get(self, key: str) -> bytes:
+        try:
+            return self.objects[key]
+        except KeyError as exc:
+            raise ArchiveUnavailableError(f"no object {key}") from exc
+
+    async def close(self) -> None:
+        return None
