@@ -89,7 +89,17 @@ DEFAULT_DISCOVER_SERVICE_NAME: tuple[str, ...] = (
 SERVICE_NAME_LABEL = "service_name"
 SERVICE_UNKNOWN = "unknown_service"
 LEVEL_LABEL = "detected_level"
-LEVEL_FIELDS: tuple[str, ...] = ("level", "LEVEL", "Level", "severity", "SEVERITY", "Severity", "lvl", "LVL", "Lvl")
+LEVEL_FIELDS: tuple[str, ...] = (
+    "level",
+    "LEVEL",
+    "Level",
+    "severity",
+    "SEVERITY",
+    "Severity",
+    "lvl",
+    "LVL",
+    "Lvl",
+)
 LOG_LEVEL_FROM_JSON_MAX_DEPTH = 2
 
 _NS = 1_000_000_000
@@ -132,14 +142,19 @@ def _datetime(seconds: int) -> datetime:
     return _EPOCH + timedelta(seconds=seconds)
 
 
+def _date_time(seconds: int, sep: str) -> str:
+    d = _datetime(seconds)
+    return f"{d.year:04d}-{d.month:02d}-{d.day:02d}{sep}{d.hour:02d}:{d.minute:02d}:{d.second:02d}"
+
+
 def rfc3339(seconds: int) -> str:
     """Go ``t.UTC().Format(time.RFC3339)`` (whole seconds, ``Z``)."""
-    return _datetime(seconds).strftime("%Y-%m-%dT%H:%M:%SZ").rjust(20, "0")
+    return _date_time(seconds, "T") + "Z"
 
 
 def _go_time_string(seconds: int, nanos: int) -> str:
     """Go ``time.Time.String()`` for a UTC time: ``2006-01-02 15:04:05.999999999 +0000 UTC``."""
-    text = _datetime(seconds).strftime("%Y-%m-%d %H:%M:%S").rjust(19, "0")
+    text = _date_time(seconds, " ")
     if nanos:
         text += "." + f"{nanos:09d}".rstrip("0")
     return text + " +0000 UTC"
@@ -175,7 +190,14 @@ def _byte_size(n: int) -> str:
     """``flagext.ByteSize.String()`` (c2h5oh/datasize): the largest unit that divides exactly."""
     if n == 0:
         return "0B"
-    for unit, size in (("EB", 1 << 60), ("PB", 1 << 50), ("TB", 1 << 40), ("GB", 1 << 30), ("MB", MiB), ("KB", KiB)):
+    for unit, size in (
+        ("EB", 1 << 60),
+        ("PB", 1 << 50),
+        ("TB", 1 << 40),
+        ("GB", 1 << 30),
+        ("MB", MiB),
+        ("KB", KiB),
+    ):
         if n % size == 0:
             return f"{n // size}{unit}"
     return f"{n}B"
@@ -251,7 +273,16 @@ def _read_identifier(text: str, pos: int, *, colon: bool = False) -> int:
     return pos
 
 
-_SIMPLE_ESCAPES = {"a": b"\a", "b": b"\b", "f": b"\f", "n": b"\n", "r": b"\r", "t": b"\t", "v": b"\v", "\\": b"\\"}
+_SIMPLE_ESCAPES = {
+    "a": b"\a",
+    "b": b"\b",
+    "f": b"\f",
+    "n": b"\n",
+    "r": b"\r",
+    "t": b"\t",
+    "v": b"\v",
+    "\\": b"\\",
+}
 
 
 def _lex_string(text: str, pos: int) -> tuple[str, int]:
@@ -320,7 +351,7 @@ def _describe_token(text: str, pos: int) -> str:
         return "end of input"
     ch = text[pos]
     if _is_alpha(ch):
-        return f'identifier "{text[pos:_read_identifier(text, pos)]}"'
+        return f'identifier "{text[pos : _read_identifier(text, pos)]}"'
     if ch in "\"'`":
         return "string"
     for op in ("!=", "=~", "!~", "=", ",", "}", "{", "(", ")"):
@@ -363,7 +394,9 @@ def parse_labels(text: str) -> list[tuple[str, str]]:
                 raise LabelParseError(text, pos, "unexpected left brace '{'")
             if ch in "\"'`,=!":
                 raise LabelParseError(
-                    text, pos, f'unexpected {_describe_token(text, pos)} in label set, expected identifier or "}}"'
+                    text,
+                    pos,
+                    f'unexpected {_describe_token(text, pos)} in label set, expected identifier or "}}"',
                 )
             raise LabelParseError(text, pos, f"unexpected character inside braces: {ch!r}")
         end = _read_identifier(text, pos)
@@ -415,7 +448,9 @@ def render_labels(pairs: Iterable[tuple[str, str]]) -> str:
 
 def _normalise_labels(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """Drop empty values and sort by name (stable, so duplicates stay for the duplicate check)."""
-    return sorted(((n, v) for n, v in pairs if v != ""), key=lambda p: p[0].encode("utf-8", "surrogateescape"))
+    return sorted(
+        ((n, v) for n, v in pairs if v != ""), key=lambda p: p[0].encode("utf-8", "surrogateescape")
+    )
 
 
 def _labels_key(labels: str | Mapping[str, str]) -> str:
@@ -529,13 +564,14 @@ def _decode_label_pair(buf: bytes) -> tuple[str, str]:
 def _decode_timestamp(buf: bytes) -> tuple[int, int]:
     seconds = nanos = 0
     for number, wire, val in _fields(buf, "Timestamp"):
-        assert isinstance(val, int) or number not in (1, 2)
         if number == 1:
             _expect(wire, 0, "Seconds")
-            seconds = _wrap_int64(int(val))
+            assert isinstance(val, int)
+            seconds = _wrap_int64(val)
         elif number == 2:
             _expect(wire, 0, "Nanos")
-            nanos = ((int(val) & 0xFFFFFFFF) ^ 0x80000000) - 0x80000000
+            assert isinstance(val, int)
+            nanos = ((val & 0xFFFFFFFF) ^ 0x80000000) - 0x80000000
     if seconds < _MIN_TS_SECONDS:
         raise _DecodeError(f"timestamp: seconds:{seconds} nanos:{nanos} before 0001-01-01")
     if seconds >= _MAX_TS_SECONDS:
@@ -622,12 +658,16 @@ def _decode_json_v1(body: bytes) -> list[PushedStream]:
     except (ValueError, UnicodeError) as exc:
         raise _DecodeError(f"loghttp.PushRequest: ReadObjectCB: {exc}") from exc
     if not isinstance(doc, dict):
-        raise _DecodeError("loghttp.PushRequest: ReadObjectCB: expect { or n, but found " + body[:1].decode("latin-1"))
+        raise _DecodeError(
+            "loghttp.PushRequest: ReadObjectCB: expect { or n, but found " + body[:1].decode("latin-1")
+        )
     raw_streams = doc.get("streams")
     if raw_streams is None:
         return []
     if not isinstance(raw_streams, list):
-        raise _DecodeError("loghttp.PushRequest.Streams: []loghttp.LogProtoStream: decode slice: expect [ or n")
+        raise _DecodeError(
+            "loghttp.PushRequest.Streams: []loghttp.LogProtoStream: decode slice: expect [ or n"
+        )
     streams: list[PushedStream] = []
     for raw in raw_streams:
         if raw is None:
@@ -682,7 +722,9 @@ _RFC3339_RE = re.compile(
 def _parse_rfc3339_ns(text: str) -> tuple[int, int]:
     match = _RFC3339_RE.fullmatch(text)
     if not match:
-        raise ValueError(f'parsing time "{text}" as "2006-01-02T15:04:05Z07:00": cannot parse "{text}" as "2006"')
+        raise ValueError(
+            f'parsing time "{text}" as "2006-01-02T15:04:05Z07:00": cannot parse "{text}" as "2006"'
+        )
     year, month, day, hour, minute, second = (int(match.group(i)) for i in range(1, 7))
     frac = int((match.group(7) or "0").ljust(9, "0"))
     zone = match.group(8)
@@ -708,7 +750,7 @@ def _decode_json_legacy(body: bytes) -> list[PushedStream]:
             raise _DecodeError("logproto.PushRequest.Streams: ReadObjectCB: expect { or n")
         labels = raw.get("labels", "")
         if not isinstance(labels, str):
-            raise _DecodeError("logproto.PushRequest.Streams: Labels: ReadString: expects \" or n")
+            raise _DecodeError('logproto.PushRequest.Streams: Labels: ReadString: expects " or n')
         entries: list[PushedEntry] = []
         for item in raw.get("entries") or []:
             if not isinstance(item, dict):
@@ -716,7 +758,7 @@ def _decode_json_legacy(body: bytes) -> list[PushedStream]:
             ts_text = item.get("ts", item.get("timestamp", "0001-01-01T00:00:00Z"))
             line = item.get("line", "")
             if not isinstance(ts_text, str) or not isinstance(line, str):
-                raise _DecodeError("logproto.PushRequest.Streams: Entries: ReadString: expects \" or n")
+                raise _DecodeError('logproto.PushRequest.Streams: Entries: ReadString: expects " or n')
             try:
                 seconds, nanos = _parse_rfc3339_ns(ts_text)
             except ValueError as exc:
@@ -876,7 +918,14 @@ def _severity_number_level(text: str) -> str:
         number = int(text)
     except ValueError:
         return "info"
-    for upper, level in ((0, "unknown"), (4, "trace"), (8, "debug"), (12, "info"), (16, "warn"), (20, "error")):
+    for upper, level in (
+        (0, "unknown"),
+        (4, "trace"),
+        (8, "debug"),
+        (12, "info"),
+        (16, "warn"),
+        (20, "error"),
+    ):
         if number <= upper:
             return level
     return "fatal" if number <= 24 else "unknown"
@@ -950,6 +999,20 @@ class StoredStream:
     highest_ts: int | None = None
     last_line: tuple[int, str, tuple[tuple[str, str], ...]] | None = None
     limiter: _TokenBucket | None = field(default=None, repr=False, compare=False)
+    by_ts: dict[int, list[StoredEntry]] = field(default_factory=dict, repr=False, compare=False)
+
+    def append(self, entry: StoredEntry) -> None:
+        self.entries.append(entry)
+        self.by_ts.setdefault(entry.ts, []).append(entry)
+
+    def has(self, ts: int, line: str) -> bool:
+        return any(e.line == line for e in self.by_ts.get(ts, ()))
+
+    def remove(self, doomed: set[int]) -> None:
+        self.entries = [e for e in self.entries if id(e) not in doomed]
+        self.by_ts = {}
+        for e in self.entries:
+            self.by_ts.setdefault(e.ts, []).append(e)
 
 
 @dataclass(frozen=True)
@@ -1080,7 +1143,8 @@ def _parse_selector(text: str) -> tuple[list[_Matcher], list[_LineFilter]]:
             pos += 1
             break
         if pos >= len(text) or not _is_alpha(text[pos]):
-            raise _logql_error(text, pos, f"syntax error: unexpected {_describe_token(text, pos)}, expecting IDENTIFIER")
+            unexpected = _describe_token(text, pos)
+            raise _logql_error(text, pos, f"syntax error: unexpected {unexpected}, expecting IDENTIFIER")
         end = _read_identifier(text, pos)
         name = text[pos:end]
         pos = _skip_space(text, end)
@@ -1088,8 +1152,10 @@ def _parse_selector(text: str) -> tuple[list[_Matcher], list[_LineFilter]]:
         if op is None:
             raise _logql_error(text, pos, f"syntax error: unexpected {_describe_token(text, pos)}")
         pos = _skip_space(text, pos + len(op))
-        if pos >= len(text) or text[pos] not in "\"`":
-            raise _logql_error(text, pos, f"syntax error: unexpected {_describe_token(text, pos)}, expecting STRING")
+        if pos >= len(text) or text[pos] not in '"`':
+            raise _logql_error(
+                text, pos, f"syntax error: unexpected {_describe_token(text, pos)}, expecting STRING"
+            )
         try:
             value, pos = _lex_string(text, pos)
         except LabelParseError as exc:
@@ -1103,7 +1169,9 @@ def _parse_selector(text: str) -> tuple[list[_Matcher], list[_LineFilter]]:
         if pos < len(text) and text[pos] == "}":
             pos += 1
             break
-        raise _logql_error(text, pos, f"syntax error: unexpected {_describe_token(text, pos)}, expecting , or }}")
+        raise _logql_error(
+            text, pos, f"syntax error: unexpected {_describe_token(text, pos)}, expecting , or }}"
+        )
     filters: list[_LineFilter] = []
     while True:
         pos = _skip_space(text, pos)
@@ -1118,8 +1186,10 @@ def _parse_selector(text: str) -> tuple[list[_Matcher], list[_LineFilter]]:
                 f"|=, !=, |~, !~ are): unexpected {_describe_token(text, pos)}",
             )
         pos = _skip_space(text, pos + 2)
-        if pos >= len(text) or text[pos] not in "\"`":
-            raise _logql_error(text, pos, f"syntax error: unexpected {_describe_token(text, pos)}, expecting STRING")
+        if pos >= len(text) or text[pos] not in '"`':
+            raise _logql_error(
+                text, pos, f"syntax error: unexpected {_describe_token(text, pos)}, expecting STRING"
+            )
         try:
             value, pos = _lex_string(text, pos)
         except LabelParseError as exc:
@@ -1129,7 +1199,8 @@ def _parse_selector(text: str) -> tuple[list[_Matcher], list[_LineFilter]]:
     if all(m.matches({}) for m in matchers):
         raise _QueryError(
             "parse error : queries require at least one regexp or equality matcher that does not have an "
-            'empty-compatible value. For instance, app=~".*" does not meet this requirement, but app=~".+" will'
+            'empty-compatible value. For instance, app=~".*" does not meet this requirement, '
+            'but app=~".+" will'
         )
     return matchers, filters
 
@@ -1227,7 +1298,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - signature of the base class
+    def log_message(self, format: str, *args: Any) -> None:
         return
 
     def do_POST(self) -> None:
@@ -1501,7 +1572,11 @@ class LokiReceiver:
             self.start()
 
     def fail_next(
-        self, status: int, count: int = 1, retry_after: int | float | str | None = None, body: str | None = None
+        self,
+        status: int,
+        count: int = 1,
+        retry_after: int | float | str | None = None,
+        body: str | None = None,
     ) -> None:
         """Answer the next ``count`` push requests with ``status`` without storing anything.
 
@@ -1554,7 +1629,9 @@ class LokiReceiver:
                     StoredEntry(e.ts, e.line, dict(e.structured_metadata), e.seq)
                     for e in sorted(stream.entries, key=lambda e: (e.ts, e.seq))
                 ]
-                out[key] = StoredStream(tenant, key, dict(stream.labels), entries, stream.highest_ts, stream.last_line)
+                out[key] = StoredStream(
+                    tenant, key, dict(stream.labels), entries, stream.highest_ts, stream.last_line
+                )
             return out
 
     def entries(self, tenant: str | None = None, selector: str | None = None) -> list[LokiEntry]:
@@ -1572,13 +1649,17 @@ class LokiReceiver:
                 if not all(m.matches(stream.labels) for m in matchers):
                     continue
                 for e in stream.entries:
-                    view = LokiEntry(tenant, key, dict(stream.labels), e.ts, e.line, dict(e.structured_metadata))
+                    view = LokiEntry(
+                        tenant, key, dict(stream.labels), e.ts, e.line, dict(e.structured_metadata)
+                    )
                     rows.append((e.ts, e.seq, view))
             return [row[2] for row in sorted(rows, key=lambda r: (r[0], r[1]))]
 
     # ---- tampering helpers (no validation; they edit storage the way an attacker with DB access would) ----
 
-    def _stream_for(self, labels: str | Mapping[str, str], tenant: str | None, create: bool = False) -> StoredStream:
+    def _stream_for(
+        self, labels: str | Mapping[str, str], tenant: str | None, create: bool = False
+    ) -> StoredStream:
         key = _labels_key(labels)
         tenant = tenant if tenant is not None else self.default_tenant()
         streams = self._store.setdefault(tenant, {})
@@ -1592,7 +1673,7 @@ class LokiReceiver:
 
     @staticmethod
     def _pick(stream: StoredStream, ts: int, line: str | None) -> list[StoredEntry]:
-        return [e for e in stream.entries if e.ts == ts and (line is None or e.line == line)]
+        return [e for e in stream.by_ts.get(ts, ()) if line is None or e.line == line]
 
     def delete_entry(
         self, labels: str | Mapping[str, str], ts: int, line: str | None = None, tenant: str | None = None
@@ -1601,7 +1682,7 @@ class LokiReceiver:
         with self._lock:
             stream = self._stream_for(labels, tenant)
             doomed = {id(e) for e in self._pick(stream, ts, line)}
-            stream.entries = [e for e in stream.entries if id(e) not in doomed]
+            stream.remove(doomed)
             return len(doomed)
 
     def replace_line(
@@ -1646,7 +1727,7 @@ class LokiReceiver:
         with self._lock:
             stream = self._stream_for(labels, tenant, create=True)
             self._seq += 1
-            stream.entries.append(StoredEntry(ts, line, dict(metadata or {}), self._seq))
+            stream.append(StoredEntry(ts, line, dict(metadata or {}), self._seq))
 
     # ---- request handling ----
 
@@ -1658,11 +1739,11 @@ class LokiReceiver:
             raise _HTTPError(401, "no org id")
         first, _, rest = org_id.partition("|")
         tenant = first.split(":", 1)[0]
-        for i, ch in enumerate(tenant.encode("utf-8", "surrogateescape")):
-            if not (chr(ch).isascii() and (chr(ch).isalnum() or chr(ch) in "!-_.*'()")):
-                shown = tenant.encode("utf-8", "surrogateescape")[i : i + 1].decode("latin-1")
-                raise _HTTPError(400, f"tenant ID '{tenant}' contains unsupported character '{shown}'")
-        if len(tenant.encode()) > 150:
+        # http.server decodes header bytes as latin-1, so one character is one byte here.
+        for ch in tenant:
+            if not (ch.isascii() and (ch.isalnum() or ch in "!-_.*'()")):
+                raise _HTTPError(400, f"tenant ID '{tenant}' contains unsupported character '{ch}'")
+        if len(tenant) > 150:
             raise _HTTPError(400, "tenant ID is too long: max 150 characters")
         if tenant in (".", ".."):
             raise _HTTPError(400, "tenant ID is '.' or '..'")
@@ -1768,7 +1849,9 @@ class LokiReceiver:
                 raise _HTTPError(400, f"couldn't parse labels: {exc}") from exc
             if self.discover_service_name and not any(n == SERVICE_NAME_LABEL for n, _ in pairs):
                 present = dict(pairs)
-                service = next((present[n] for n in self.discover_service_name if present.get(n)), SERVICE_UNKNOWN)
+                service = next(
+                    (present[n] for n in self.discover_service_name if present.get(n)), SERVICE_UNKNOWN
+                )
                 pairs = _normalise_labels([*pairs, (SERVICE_NAME_LABEL, service)])
             parsed.append((stream, pairs, render_labels(pairs)))
 
@@ -1795,12 +1878,16 @@ class LokiReceiver:
                 raise _HTTPError(400, "mime: invalid media parameter")
         return value
 
-    def _distribute(self, tenant: str, parsed: list[tuple[PushedStream, list[tuple[str, str]], str]]) -> _Response:
+    def _distribute(
+        self, tenant: str, parsed: list[tuple[PushedStream, list[tuple[str, str]], str]]
+    ) -> _Response:
         now = time.time_ns()
         oldest_ns = now - int(self.reject_old_samples_max_age.total_seconds() * _NS)
         newest_ns = now + int(self.creation_grace_period.total_seconds() * _NS)
         errors: list[str] = []
-        accepted: list[tuple[str, dict[str, str], list[tuple[int, int, int, str, list[tuple[str, str]]]]]] = []
+        accepted: list[
+            tuple[str, dict[str, str], list[tuple[int, int, int, str, list[tuple[str, str]]]]]
+        ] = []
 
         for stream, pairs, key in parsed:
             if not stream.entries:
@@ -1840,7 +1927,9 @@ class LokiReceiver:
 
         total_lines = sum(len(kept) for _, _, kept in accepted)
         total_bytes = sum(
-            _utf8_len(line) + _structured_metadata_size(md) for _, _, kept in accepted for *_, line, md in kept
+            _utf8_len(line) + _structured_metadata_size(md)
+            for _, _, kept in accepted
+            for *_, line, md in kept
         )
         limiter = self._tenant_limiters.setdefault(
             tenant, _TokenBucket(self.ingestion_rate_mb * MiB, self.ingestion_burst_size_mb * MiB)
@@ -1865,7 +1954,9 @@ class LokiReceiver:
             return "error at least one label pair is required per stream"
         count = len(pairs) - (1 if any(n == SERVICE_NAME_LABEL for n, _ in pairs) else 0)
         if count > self.max_label_names_per_series:
-            return f"entry for stream '{key}' has {count} label names; limit {self.max_label_names_per_series}"
+            return (
+                f"entry for stream '{key}' has {count} label names; limit {self.max_label_names_per_series}"
+            )
         last = ""
         for name, value in pairs:
             if _utf8_len(name) > self.max_label_name_length:
@@ -1887,7 +1978,9 @@ class LokiReceiver:
         keep = max(self.max_line_size - len(ident), 0)
         return (raw[:keep] + ident).decode("utf-8", "surrogateescape")
 
-    def _validate_entry(self, entry: PushedEntry, line: str, key: str, oldest_ns: int, newest_ns: int) -> str | None:
+    def _validate_entry(
+        self, entry: PushedEntry, line: str, key: str, oldest_ns: int, newest_ns: int
+    ) -> str | None:
         ts = entry.ts
         if self.reject_old_samples and ts < oldest_ns:
             return (
@@ -1906,8 +1999,9 @@ class LokiReceiver:
         if metadata:
             if not self.allow_structured_metadata:
                 return (
-                    f"stream '{key}' includes structured metadata, but this feature is disallowed. Please see "
-                    "`limits_config.allow_structured_metadata` or contact your Loki administrator to enable it"
+                    f"stream '{key}' includes structured metadata, but this feature is disallowed. "
+                    "Please see `limits_config.allow_structured_metadata` or contact your Loki "
+                    "administrator to enable it"
                 )
             md_size = _structured_metadata_size(metadata)
             if self.max_structured_metadata_size and md_size > self.max_structured_metadata_size:
@@ -1918,7 +2012,10 @@ class LokiReceiver:
                     "increase it"
                 )
             count = len(metadata)
-            if self.max_structured_metadata_entries_count and count > self.max_structured_metadata_entries_count:
+            if (
+                self.max_structured_metadata_entries_count
+                and count > self.max_structured_metadata_entries_count
+            ):
                 return (
                     f"stream '{key}' has too many structured metadata labels: '{count}', limit: "
                     f"'{self.max_structured_metadata_entries_count}'. Please see "
@@ -1962,7 +2059,8 @@ class LokiReceiver:
             if limit and len(streams) >= limit:
                 return _HTTPError(
                     429,
-                    f"maximum active stream limit exceeded when trying to create stream {key}, reduce the number "
+                    f"maximum active stream limit exceeded when trying to create stream {key}, "
+                    "reduce the number "
                     "of active streams (reduce labels or reduce label values), or contact your Loki "
                     f"administrator to see if the limit can be increased, user: '{tenant}'",
                 )
@@ -2004,19 +2102,21 @@ class LokiReceiver:
             for ts, line, md in to_store:
                 seconds, nanos = _split_ns(ts)
                 reason = (
-                    f"Per stream rate limit exceeded (limit: {_byte_size(self.per_stream_rate_limit)}/sec) while "
+                    f"Per stream rate limit exceeded (limit: {_byte_size(self.per_stream_rate_limit)}/sec) "
+                    "while "
                     f"attempting to ingest for stream '{key}' totaling "
-                    f"{_byte_size(_utf8_len(line) + _structured_metadata_size(md))}, consider splitting a stream "
-                    "via additional labels or contact your Loki administrator to see if the limit can be increased"
+                    f"{_byte_size(_utf8_len(line) + _structured_metadata_size(md))}, consider splitting a "
+                    "stream via additional labels or contact your Loki administrator to see if the limit "
+                    "can be increased"
                 )
                 rate_failed.append((seconds, nanos, reason))
             return self._stream_error(tenant, key, rate_failed, len(kept), 429)
 
         for ts, line, metadata in to_store:
-            if self.dedupe == "stream" and any(e.ts == ts and e.line == line for e in stream.entries):
+            if self.dedupe == "stream" and stream.has(ts, line):
                 continue  # Loki's head block keeps the first copy of an identical (ts, line)
             self._seq += 1
-            stream.entries.append(StoredEntry(ts, line, dict(metadata), self._seq))
+            stream.append(StoredEntry(ts, line, dict(metadata), self._seq))
         stream.last_line = last_line
         stream.highest_ts = highest
         if failed:
@@ -2030,7 +2130,8 @@ class LokiReceiver:
         if self.max_returned_stream_errors > 0:
             shown = failed[: self.max_returned_stream_errors]
         text = "".join(
-            f"entry with timestamp {_go_time_string(s, n)} ignored, reason: '{reason}',\n" for s, n, reason in shown
+            f"entry with timestamp {_go_time_string(s, n)} ignored, reason: '{reason}',\n"
+            for s, n, reason in shown
         )
         text += f"user '{tenant}', total ignored: {len(failed)} out of {total} for stream: {key}"
         return _HTTPError(status, text)
@@ -2048,7 +2149,9 @@ class LokiReceiver:
                 tenant = self._resolve_tenant(headers)
             except _HTTPError as exc:
                 return _text_error(exc.status, exc.message)
-            flags = {f.strip() for f in lower.get("x-loki-response-encoding-flags", "").split(",") if f.strip()}
+            flags = {
+                f.strip() for f in lower.get("x-loki-response-encoding-flags", "").split(",") if f.strip()
+            }
             try:
                 result = self.query_range(
                     params.get("query", ""),
@@ -2062,7 +2165,9 @@ class LokiReceiver:
                 )
             except ValueError as exc:
                 return _text_error(400, str(exc))
-        return _Response(200, json.dumps(result, separators=(",", ":")).encode(), "application/json; charset=UTF-8")
+        return _Response(
+            200, json.dumps(result, separators=(",", ":")).encode(), "application/json; charset=UTF-8"
+        )
 
     def query_range(
         self,
@@ -2082,7 +2187,9 @@ class LokiReceiver:
             since_delta = _parse_prom_duration(since) if since else self.query_default_since
             end_ns = _parse_time_param("end", None if end is None else str(end), now)
             start_ns = _parse_time_param(
-                "start", None if start is None else str(start), end_ns - int(since_delta.total_seconds() * _NS)
+                "start",
+                None if start is None else str(start),
+                end_ns - int(since_delta.total_seconds() * _NS),
             )
         except _QueryError as exc:
             raise ValueError(str(exc)) from None
@@ -2139,7 +2246,11 @@ class LokiReceiver:
             md_bytes += sum(_utf8_len(k) + _utf8_len(v) for k, v in metadata.items())
             if categorize_labels:
                 stream_labels = dict(stream.labels)
-                value: list[Any] = [str(ts), _for_json(e.line), {"structuredMetadata": metadata} if metadata else {}]
+                value: list[Any] = [
+                    str(ts),
+                    _for_json(e.line),
+                    {"structuredMetadata": metadata} if metadata else {},
+                ]
             else:
                 stream_labels = dict(stream.labels)
                 for name, val in metadata.items():
@@ -2152,16 +2263,17 @@ class LokiReceiver:
             for _, (labels, values) in sorted(grouped.items())
         ]
         elapsed = time.perf_counter() - started
-        data: dict[str, Any] = {"resultType": "streams", "result": result, "stats": self._stats(
-            scanned_lines, scanned_bytes, len(hits), md_bytes, elapsed
-        )}
+        stats = self._stats(scanned_lines, scanned_bytes, len(hits), md_bytes, elapsed)
+        data: dict[str, Any] = {"resultType": "streams", "result": result, "stats": stats}
         if categorize_labels:
             data["encodingFlags"] = ["categorize-labels"]
         return {"status": "success", "data": data}
 
     @staticmethod
     def _stats(lines: int, size: int, returned: int, md_bytes: int, elapsed: float) -> dict[str, Any]:
-        per_second = (lambda n: int(n / elapsed) if elapsed > 0 else 0)
+        def per_second(n: int) -> int:
+            return int(n / elapsed) if elapsed > 0 else 0
+
         return {
             "summary": {
                 "bytesProcessedPerSecond": per_second(size),
@@ -2178,5 +2290,10 @@ class LokiReceiver:
                 "totalStructuredMetadataBytesProcessed": md_bytes,
             },
             "querier": {"store": {"totalChunksRef": 0, "totalChunksDownloaded": 0}},
-            "ingester": {"totalReached": 1, "totalChunksMatched": 0, "totalBatches": 1, "totalLinesSent": returned},
+            "ingester": {
+                "totalReached": 1,
+                "totalChunksMatched": 0,
+                "totalBatches": 1,
+                "totalLinesSent": returned,
+            },
         }

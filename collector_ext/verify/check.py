@@ -19,6 +19,7 @@ Reading objects, threads and progress bars belong to ``verify.run``; this module
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -386,13 +387,7 @@ class ChainChecker:
             )
             return
         if key_id not in self._keys:
-            self._report(
-                FindingKind.UNKNOWN_KEY,
-                Severity.TAMPERING,
-                f"record signed with key id {key_id.hex()}, which is not pinned",
-                first=sequence,
-                object_key=key.key,
-            )
+            self._report_unknown_key(key, key_id, sequence)
             self._skip_to(sequence)
             return
         self._key_ids.add(key_id)
@@ -429,6 +424,23 @@ class ChainChecker:
         self._previous_hash = item.hash
         self._previous_item = item
         self._previous_object = key.key
+
+    def _report_unknown_key(self, key: SegmentKey, key_id: bytes, sequence: int) -> None:
+        """One finding per run of consecutive records with the same unpinned key in one object."""
+        message = f"records signed with key id {key_id.hex()}, which is not pinned"
+        last = self.findings[-1] if self.findings else None
+        if (
+            last is not None
+            and last.kind is FindingKind.UNKNOWN_KEY
+            and last.object_key == key.key
+            and last.message == message
+            and last.last_sequence == sequence - 1
+        ):
+            self.findings[-1] = dataclasses.replace(last, last_sequence=sequence)
+            return
+        self._report(
+            FindingKind.UNKNOWN_KEY, Severity.TAMPERING, message, first=sequence, last=sequence, object_key=key.key
+        )
 
     def _check_duplicate(self, key: SegmentKey, item: _Item) -> None:
         previous = self._previous_item

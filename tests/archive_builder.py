@@ -1,0 +1,123 @@
+"""Builds small archives from the pure core, with full control, for verifier tests."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from dataclasses import dataclass, field
+
+from collector_ext.pb import archive_pb2
+from collector_ext.seal.chain import ChainHead, chain_entries, genesis_payload, sign_entry_hashes
+from collector_ext.seal.checkpoint import Checkpoint, SegmentRef, sign_checkpoint
+from collector_ext.seal.entry import EntryKind
+from collector_ext.seal.framing import SEGMENT_MAGIC, frame
+from collector_ext.seal.keys import Ed25519Signer, PublicKey
+from collector_ext.seal.layout import checkpoint_key, segment_key
+from collector_ext.seal.segment import decode_segment, encode_segment
+from collector_ext.verify.findings import VerificationReport
+from collector_ext.verify.run import VerifyOptions, check_archive
+from tests.fakes import InMemoryArchive
+
+BASE_TIME = 1_790_000_000_000_000_000  # a fixed instant in 2026, ns
+
+
+@dataclass
+class BuiltArchive:
+    objects: dict[str, bytes]
+    chain_id: bytes
+    segment_keys: list[str] = field(default_factory=list)
+    checkpoint_keys: list[str] = field(default_factory=list)
+    head: ChainHead | None = None
+
+    def segment_records(self, index: int) -> list[archive_pb2.SealedRecord]:
+        return list(decode_segment(self.objects[self.segment_keys[index]]).records)
+
+    def rewrite_segment(self, index: int, records: list[archive_pb2.SealedRecord], *, record_count: int | None = None) -> None:
+        """Re-encode segment ``index`` with ``records`` (keeping its header unless told)."""
+        key = self.segment_keys[index]
+        old = decode_segment(self.objects[key])
+        message = archive_pb2.Segment(
+            header=archive_pb2.SegmentHeader(
+                format_version=1,
+                chain_id=old.chain_id,
+                first_sequence=old.first_sequence,
+                record_count=old.record_count if record_count is None else record_count,
+                created_unix_nano=old.created_unix_nano,
+            ),
+            records=records,
+        )
+        self.objects[key] = frame(SEGMENT_MAGIC, message.SerializeToString())
+
+
+def payload(i: int) -> bytes:
+    return f"record {i}".encode() * 3
+
+
+def build_archive(
+    signer: Ed25519Signer,
+    *,
+    segments: int = 3,
+    per_segment: int = 10,
+    chain_id: bytes = bytes(range(16)),
+    checkpoints: bool = True,
+    prefix: str = "",
+) -> BuiltArchive:
+    """A chain of ``segments`` segments; segment 0 starts with the genesis entry. One checkpoint after
+    each segment, listing that segment's digest."""
+    head = ChainHead.new(chain_id)
+    built = BuiltArchive(objects={}, chain_id=chain_id)
+    previous_checkpoint = b""
+    counter = 0
+    for index in range(segments):
+        first = head.next_sequence
+        entries: list[bytes] = []
+        hashes: list[bytes] = []
+        if index == 0:
+            genesis = chain_entries(
+                head, EntryKind.GENESIS, [genesis_payload(signer.public_key, writer="test", reason="test")],
+                signer.key_id, BASE_TIME,
+            )
+            head = genesis.head
+            entries += genesis.entries
+            hashes += genesis.hashes
+        count = per_segment - len(entries)
+        batch = chain_entries(
+            head, EntryKind.LOG_RECORD, [payload(counter + i) for i in range(count)], signer.key_id,
+            BASE_TIME + index,
+        )
+        counter += count
+        head = batch.head
+        entries += batch.entries
+        hashes += batch.hashes
+        data = encode_segment(
+            chain_id=chain_id, first_sequence=first, created_unix_nano=BASE_TIME, entries=entries,
+            signatures=sign_entry_hashes(signer, hashes),
+        )
+        last = first + len(entries) - 1
+        key = segment_key(prefix, chain_id, first, last, BASE_TIME)
+        built.objects[key] = data
+        built.segment_keys.append(key)
+        if checkpoints:
+            checkpoint = Checkpoint(
+                chain_id=chain_id, checkpoint_number=index, previous_checkpoint_sha256=previous_checkpoint,
+                last_sequence=last, head_sha256=head.head_hash, time_unix_nano=BASE_TIME + index,
+                key_id=signer.key_id,
+                segments=(SegmentRef(segment_key("", chain_id, first, last, BASE_TIME), first, last,
+                                     hashlib.sha256(data).digest(), len(data)),),
+            )
+            checkpoint_data, previous_checkpoint = sign_checkpoint(checkpoint, signer)
+            ckey = checkpoint_key(prefix, chain_id, index, last)
+            built.objects[ckey] = checkpoint_data
+            built.checkpoint_keys.append(ckey)
+    built.head = head
+    return built
+
+
+def verify_objects(
+    objects: dict[str, bytes], keys: list[PublicKey], *, all_signatures: bool = False
+) -> VerificationReport:
+    store = InMemoryArchive()
+    store.objects = dict(objects)
+    return asyncio.run(
+        check_archive(store, {k.key_id: k for k in keys}, VerifyOptions(check_all_signatures=all_signatures))
+    )
