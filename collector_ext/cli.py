@@ -202,3 +202,7 @@ def demo(keep: Path | None) -> None:
     except CollectorExtError as exc:
         _fail(exc, EXIT_FINDINGS)
     sys.exit(0 if ok else EXIT_FINDINGS)
+
+
+if __name__ == "__main__":
+    main()

@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import logging
 import signal
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -158,3 +160,27 @@ class Sidecar:
         await stop.wait()
         log.info("shutting down")
         await self.stop()
+
+
+@contextlib.contextmanager
+def running_in_thread(config: SidecarConfig) -> Iterator[Sidecar]:
+    """Run a Sidecar on its own event-loop thread (for the demo and tests); stops it on exit."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="sidecar", daemon=True)
+    thread.start()
+    try:
+        sidecar = asyncio.run_coroutine_threadsafe(_build_and_start(config), loop).result(timeout=60)
+        try:
+            yield sidecar
+        finally:
+            asyncio.run_coroutine_threadsafe(sidecar.stop(), loop).result(timeout=120)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()
+
+
+async def _build_and_start(config: SidecarConfig) -> Sidecar:
+    sidecar = Sidecar(config)
+    await sidecar.start()
+    return sidecar

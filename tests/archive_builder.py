@@ -32,7 +32,9 @@ class BuiltArchive:
     def segment_records(self, index: int) -> list[archive_pb2.SealedRecord]:
         return list(decode_segment(self.objects[self.segment_keys[index]]).records)
 
-    def rewrite_segment(self, index: int, records: list[archive_pb2.SealedRecord], *, record_count: int | None = None) -> None:
+    def rewrite_segment(
+        self, index: int, records: list[archive_pb2.SealedRecord], *, record_count: int | None = None
+    ) -> None:
         """Re-encode segment ``index`` with ``records`` (keeping its header unless told)."""
         key = self.segment_keys[index]
         old = decode_segment(self.objects[key])
@@ -74,15 +76,21 @@ def build_archive(
         hashes: list[bytes] = []
         if index == 0:
             genesis = chain_entries(
-                head, EntryKind.GENESIS, [genesis_payload(signer.public_key, writer="test", reason="test")],
-                signer.key_id, BASE_TIME,
+                head,
+                EntryKind.GENESIS,
+                [genesis_payload(signer.public_key, writer="test", reason="test")],
+                signer.key_id,
+                BASE_TIME,
             )
             head = genesis.head
             entries += genesis.entries
             hashes += genesis.hashes
         count = per_segment - len(entries)
         batch = chain_entries(
-            head, EntryKind.LOG_RECORD, [payload(counter + i) for i in range(count)], signer.key_id,
+            head,
+            EntryKind.LOG_RECORD,
+            [payload(counter + i) for i in range(count)],
+            signer.key_id,
             BASE_TIME + index,
         )
         counter += count
@@ -90,7 +98,10 @@ def build_archive(
         entries += batch.entries
         hashes += batch.hashes
         data = encode_segment(
-            chain_id=chain_id, first_sequence=first, created_unix_nano=BASE_TIME, entries=entries,
+            chain_id=chain_id,
+            first_sequence=first,
+            created_unix_nano=BASE_TIME,
+            entries=entries,
             signatures=sign_entry_hashes(signer, hashes),
         )
         last = first + len(entries) - 1
@@ -99,11 +110,22 @@ def build_archive(
         built.segment_keys.append(key)
         if checkpoints:
             checkpoint = Checkpoint(
-                chain_id=chain_id, checkpoint_number=index, previous_checkpoint_sha256=previous_checkpoint,
-                last_sequence=last, head_sha256=head.head_hash, time_unix_nano=BASE_TIME + index,
+                chain_id=chain_id,
+                checkpoint_number=index,
+                previous_checkpoint_sha256=previous_checkpoint,
+                last_sequence=last,
+                head_sha256=head.head_hash,
+                time_unix_nano=BASE_TIME + index,
                 key_id=signer.key_id,
-                segments=(SegmentRef(segment_key("", chain_id, first, last, BASE_TIME), first, last,
-                                     hashlib.sha256(data).digest(), len(data)),),
+                segments=(
+                    SegmentRef(
+                        segment_key("", chain_id, first, last, BASE_TIME),
+                        first,
+                        last,
+                        hashlib.sha256(data).digest(),
+                        len(data),
+                    ),
+                ),
             )
             checkpoint_data, previous_checkpoint = sign_checkpoint(checkpoint, signer)
             ckey = checkpoint_key(prefix, chain_id, index, last)

@@ -406,9 +406,7 @@ def parse_labels(text: str) -> list[tuple[str, str]]:
             raise LabelParseError(text, pos, "unexpected end of input inside braces")
         if text.startswith(("!=", "=~", "!~"), pos) or text[pos] != "=":
             if text[pos] in "=!,}\"'`" or _is_alpha(text[pos]):
-                raise LabelParseError(
-                    text, pos, f'unexpected {_describe_token(text, pos)} in label set, expected "="'
-                )
+                raise LabelParseError(text, pos, f'unexpected {_describe_token(text, pos)} in label set, expected "="')
             raise LabelParseError(text, pos, f"unexpected character inside braces: {text[pos]!r}")
         pos = _skip_space(text, pos + 1)
         if pos >= len(text):
@@ -448,9 +446,7 @@ def render_labels(pairs: Iterable[tuple[str, str]]) -> str:
 
 def _normalise_labels(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """Drop empty values and sort by name (stable, so duplicates stay for the duplicate check)."""
-    return sorted(
-        ((n, v) for n, v in pairs if v != ""), key=lambda p: p[0].encode("utf-8", "surrogateescape")
-    )
+    return sorted(((n, v) for n, v in pairs if v != ""), key=lambda p: p[0].encode("utf-8", "surrogateescape"))
 
 
 def _labels_key(labels: str | Mapping[str, str]) -> str:
@@ -658,16 +654,12 @@ def _decode_json_v1(body: bytes) -> list[PushedStream]:
     except (ValueError, UnicodeError) as exc:
         raise _DecodeError(f"loghttp.PushRequest: ReadObjectCB: {exc}") from exc
     if not isinstance(doc, dict):
-        raise _DecodeError(
-            "loghttp.PushRequest: ReadObjectCB: expect { or n, but found " + body[:1].decode("latin-1")
-        )
+        raise _DecodeError("loghttp.PushRequest: ReadObjectCB: expect { or n, but found " + body[:1].decode("latin-1"))
     raw_streams = doc.get("streams")
     if raw_streams is None:
         return []
     if not isinstance(raw_streams, list):
-        raise _DecodeError(
-            "loghttp.PushRequest.Streams: []loghttp.LogProtoStream: decode slice: expect [ or n"
-        )
+        raise _DecodeError("loghttp.PushRequest.Streams: []loghttp.LogProtoStream: decode slice: expect [ or n")
     streams: list[PushedStream] = []
     for raw in raw_streams:
         if raw is None:
@@ -714,17 +706,13 @@ def _decode_json_v1(body: bytes) -> list[PushedStream]:
     return streams
 
 
-_RFC3339_RE = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:\d{2})"
-)
+_RFC3339_RE = re.compile(r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:\d{2})")
 
 
 def _parse_rfc3339_ns(text: str) -> tuple[int, int]:
     match = _RFC3339_RE.fullmatch(text)
     if not match:
-        raise ValueError(
-            f'parsing time "{text}" as "2006-01-02T15:04:05Z07:00": cannot parse "{text}" as "2006"'
-        )
+        raise ValueError(f'parsing time "{text}" as "2006-01-02T15:04:05Z07:00": cannot parse "{text}" as "2006"')
     year, month, day, hour, minute, second = (int(match.group(i)) for i in range(1, 7))
     frac = int((match.group(7) or "0").ljust(9, "0"))
     zone = match.group(8)
@@ -1153,9 +1141,7 @@ def _parse_selector(text: str) -> tuple[list[_Matcher], list[_LineFilter]]:
             raise _logql_error(text, pos, f"syntax error: unexpected {_describe_token(text, pos)}")
         pos = _skip_space(text, pos + len(op))
         if pos >= len(text) or text[pos] not in '"`':
-            raise _logql_error(
-                text, pos, f"syntax error: unexpected {_describe_token(text, pos)}, expecting STRING"
-            )
+            raise _logql_error(text, pos, f"syntax error: unexpected {_describe_token(text, pos)}, expecting STRING")
         try:
             value, pos = _lex_string(text, pos)
         except LabelParseError as exc:
@@ -1169,9 +1155,7 @@ def _parse_selector(text: str) -> tuple[list[_Matcher], list[_LineFilter]]:
         if pos < len(text) and text[pos] == "}":
             pos += 1
             break
-        raise _logql_error(
-            text, pos, f"syntax error: unexpected {_describe_token(text, pos)}, expecting , or }}"
-        )
+        raise _logql_error(text, pos, f"syntax error: unexpected {_describe_token(text, pos)}, expecting , or }}")
     filters: list[_LineFilter] = []
     while True:
         pos = _skip_space(text, pos)
@@ -1187,9 +1171,7 @@ def _parse_selector(text: str) -> tuple[list[_Matcher], list[_LineFilter]]:
             )
         pos = _skip_space(text, pos + 2)
         if pos >= len(text) or text[pos] not in '"`':
-            raise _logql_error(
-                text, pos, f"syntax error: unexpected {_describe_token(text, pos)}, expecting STRING"
-            )
+            raise _logql_error(text, pos, f"syntax error: unexpected {_describe_token(text, pos)}, expecting STRING")
         try:
             value, pos = _lex_string(text, pos)
         except LabelParseError as exc:
@@ -1629,9 +1611,7 @@ class LokiReceiver:
                     StoredEntry(e.ts, e.line, dict(e.structured_metadata), e.seq)
                     for e in sorted(stream.entries, key=lambda e: (e.ts, e.seq))
                 ]
-                out[key] = StoredStream(
-                    tenant, key, dict(stream.labels), entries, stream.highest_ts, stream.last_line
-                )
+                out[key] = StoredStream(tenant, key, dict(stream.labels), entries, stream.highest_ts, stream.last_line)
             return out
 
     def entries(self, tenant: str | None = None, selector: str | None = None) -> list[LokiEntry]:
@@ -1649,17 +1629,13 @@ class LokiReceiver:
                 if not all(m.matches(stream.labels) for m in matchers):
                     continue
                 for e in stream.entries:
-                    view = LokiEntry(
-                        tenant, key, dict(stream.labels), e.ts, e.line, dict(e.structured_metadata)
-                    )
+                    view = LokiEntry(tenant, key, dict(stream.labels), e.ts, e.line, dict(e.structured_metadata))
                     rows.append((e.ts, e.seq, view))
             return [row[2] for row in sorted(rows, key=lambda r: (r[0], r[1]))]
 
     # ---- tampering helpers (no validation; they edit storage the way an attacker with DB access would) ----
 
-    def _stream_for(
-        self, labels: str | Mapping[str, str], tenant: str | None, create: bool = False
-    ) -> StoredStream:
+    def _stream_for(self, labels: str | Mapping[str, str], tenant: str | None, create: bool = False) -> StoredStream:
         key = _labels_key(labels)
         tenant = tenant if tenant is not None else self.default_tenant()
         streams = self._store.setdefault(tenant, {})
@@ -1804,9 +1780,7 @@ class LokiReceiver:
         record.tenant = tenant
         if too_large:
             declared = lower.get("content-length", "?")
-            raise _HTTPError(
-                413, f"request body too large: {declared} bytes, limit: {self.max_recv_msg_size} bytes"
-            )
+            raise _HTTPError(413, f"request body too large: {declared} bytes, limit: {self.max_recv_msg_size} bytes")
 
         # Step 1: Content-Encoding, matched exactly.
         encoding = lower.get("content-encoding", "")
@@ -1849,9 +1823,7 @@ class LokiReceiver:
                 raise _HTTPError(400, f"couldn't parse labels: {exc}") from exc
             if self.discover_service_name and not any(n == SERVICE_NAME_LABEL for n, _ in pairs):
                 present = dict(pairs)
-                service = next(
-                    (present[n] for n in self.discover_service_name if present.get(n)), SERVICE_UNKNOWN
-                )
+                service = next((present[n] for n in self.discover_service_name if present.get(n)), SERVICE_UNKNOWN)
                 pairs = _normalise_labels([*pairs, (SERVICE_NAME_LABEL, service)])
             parsed.append((stream, pairs, render_labels(pairs)))
 
@@ -1878,16 +1850,12 @@ class LokiReceiver:
                 raise _HTTPError(400, "mime: invalid media parameter")
         return value
 
-    def _distribute(
-        self, tenant: str, parsed: list[tuple[PushedStream, list[tuple[str, str]], str]]
-    ) -> _Response:
+    def _distribute(self, tenant: str, parsed: list[tuple[PushedStream, list[tuple[str, str]], str]]) -> _Response:
         now = time.time_ns()
         oldest_ns = now - int(self.reject_old_samples_max_age.total_seconds() * _NS)
         newest_ns = now + int(self.creation_grace_period.total_seconds() * _NS)
         errors: list[str] = []
-        accepted: list[
-            tuple[str, dict[str, str], list[tuple[int, int, int, str, list[tuple[str, str]]]]]
-        ] = []
+        accepted: list[tuple[str, dict[str, str], list[tuple[int, int, int, str, list[tuple[str, str]]]]]] = []
 
         for stream, pairs, key in parsed:
             if not stream.entries:
@@ -1927,9 +1895,7 @@ class LokiReceiver:
 
         total_lines = sum(len(kept) for _, _, kept in accepted)
         total_bytes = sum(
-            _utf8_len(line) + _structured_metadata_size(md)
-            for _, _, kept in accepted
-            for *_, line, md in kept
+            _utf8_len(line) + _structured_metadata_size(md) for _, _, kept in accepted for *_, line, md in kept
         )
         limiter = self._tenant_limiters.setdefault(
             tenant, _TokenBucket(self.ingestion_rate_mb * MiB, self.ingestion_burst_size_mb * MiB)
@@ -1954,9 +1920,7 @@ class LokiReceiver:
             return "error at least one label pair is required per stream"
         count = len(pairs) - (1 if any(n == SERVICE_NAME_LABEL for n, _ in pairs) else 0)
         if count > self.max_label_names_per_series:
-            return (
-                f"entry for stream '{key}' has {count} label names; limit {self.max_label_names_per_series}"
-            )
+            return f"entry for stream '{key}' has {count} label names; limit {self.max_label_names_per_series}"
         last = ""
         for name, value in pairs:
             if _utf8_len(name) > self.max_label_name_length:
@@ -1978,9 +1942,7 @@ class LokiReceiver:
         keep = max(self.max_line_size - len(ident), 0)
         return (raw[:keep] + ident).decode("utf-8", "surrogateescape")
 
-    def _validate_entry(
-        self, entry: PushedEntry, line: str, key: str, oldest_ns: int, newest_ns: int
-    ) -> str | None:
+    def _validate_entry(self, entry: PushedEntry, line: str, key: str, oldest_ns: int, newest_ns: int) -> str | None:
         ts = entry.ts
         if self.reject_old_samples and ts < oldest_ns:
             return (
@@ -2012,10 +1974,7 @@ class LokiReceiver:
                     "increase it"
                 )
             count = len(metadata)
-            if (
-                self.max_structured_metadata_entries_count
-                and count > self.max_structured_metadata_entries_count
-            ):
+            if self.max_structured_metadata_entries_count and count > self.max_structured_metadata_entries_count:
                 return (
                     f"stream '{key}' has too many structured metadata labels: '{count}', limit: "
                     f"'{self.max_structured_metadata_entries_count}'. Please see "
@@ -2130,8 +2089,7 @@ class LokiReceiver:
         if self.max_returned_stream_errors > 0:
             shown = failed[: self.max_returned_stream_errors]
         text = "".join(
-            f"entry with timestamp {_go_time_string(s, n)} ignored, reason: '{reason}',\n"
-            for s, n, reason in shown
+            f"entry with timestamp {_go_time_string(s, n)} ignored, reason: '{reason}',\n" for s, n, reason in shown
         )
         text += f"user '{tenant}', total ignored: {len(failed)} out of {total} for stream: {key}"
         return _HTTPError(status, text)
@@ -2149,9 +2107,7 @@ class LokiReceiver:
                 tenant = self._resolve_tenant(headers)
             except _HTTPError as exc:
                 return _text_error(exc.status, exc.message)
-            flags = {
-                f.strip() for f in lower.get("x-loki-response-encoding-flags", "").split(",") if f.strip()
-            }
+            flags = {f.strip() for f in lower.get("x-loki-response-encoding-flags", "").split(",") if f.strip()}
             try:
                 result = self.query_range(
                     params.get("query", ""),
@@ -2165,9 +2121,7 @@ class LokiReceiver:
                 )
             except ValueError as exc:
                 return _text_error(400, str(exc))
-        return _Response(
-            200, json.dumps(result, separators=(",", ":")).encode(), "application/json; charset=UTF-8"
-        )
+        return _Response(200, json.dumps(result, separators=(",", ":")).encode(), "application/json; charset=UTF-8")
 
     def query_range(
         self,

@@ -3,8 +3,10 @@
 Every sealed log record carries the complete OTLP encoding of its Resource, InstrumentationScope
 (with both schema URLs) and LogRecord, so the seal covers every field the collector sent, unknown
 fields included. The LogPayload message of proto/collector_ext/pb/archive.proto is written by hand
-here, field by field in ascending order and without default-valued fields, because one
-resource/scope prefix is shared by all records under it and only the record part changes.
+here, field by field in ascending order, because one resource/scope prefix is shared by all records
+under it and only the record part changes. Fields 1-4 are left out when empty (as proto3 does);
+field 5, the log record, is always written, even when the record encodes to zero bytes, so every
+payload ends with its record.
 
 This module does not seal or sign; see ``chain``.
 """

@@ -15,13 +15,13 @@ from google.protobuf.message import DecodeError
 
 from collector_ext.errors import MalformedObjectError
 from collector_ext.pb import archive_pb2
-from collector_ext.seal.entry import FORMAT_VERSION
+from collector_ext.seal.entry import FORMAT_VERSION, SIGNATURE_SIZE
 from collector_ext.seal.framing import SEGMENT_MAGIC, frame, unframe
 from collector_ext.seal.payload import encode_varint
 
 _RECORD_TAG = encode_varint(2 << 3 | 2)
 _ENTRY_TAG = encode_varint(1 << 3 | 2)
-_SIGNATURE_FIELD = encode_varint(2 << 3 | 2) + encode_varint(64)
+_SIGNATURE_FIELD = encode_varint(2 << 3 | 2) + encode_varint(SIGNATURE_SIZE)
 
 
 def encode_segment(
@@ -35,6 +35,8 @@ def encode_segment(
     """The complete framed segment object for ``entries`` (starting at ``first_sequence``)."""
     if len(entries) != len(signatures):
         raise ValueError("one signature per entry")
+    if any(len(signature) != SIGNATURE_SIZE for signature in signatures):
+        raise ValueError(f"every signature is {SIGNATURE_SIZE} bytes")
     header = archive_pb2.SegmentHeader(
         format_version=FORMAT_VERSION,
         chain_id=chain_id,

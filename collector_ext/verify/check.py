@@ -24,18 +24,24 @@ import hashlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from google.protobuf.message import DecodeError
+
 from collector_ext.errors import MalformedObjectError
+from collector_ext.pb import archive_pb2
 from collector_ext.seal.checkpoint import DecodedCheckpoint, SegmentRef, decode_checkpoint
 from collector_ext.seal.entry import (
     ENTRY_HASH_PREFIX,
     ENTRY_HEADER_SIZE,
+    FORMAT_VERSION,
     KEY_ID_SLICE,
     PREVIOUS_HASH_SLICE,
     RECORD_SIGNATURE_PREFIX,
     SEQUENCE_SLICE,
     ZERO_HASH,
+    EntryKind,
+    entry_payload,
 )
-from collector_ext.seal.keys import PublicKey
+from collector_ext.seal.keys import PublicKey, key_id_for
 from collector_ext.seal.layout import CheckpointKey, SegmentKey
 from collector_ext.seal.segment import decode_segment
 from collector_ext.verify.findings import ChainSummary, Finding, FindingKind, Severity
@@ -148,11 +154,13 @@ class ChainChecker:
                     f"checkpoint number(s) {expected_number}-{number - 1} are missing before {object_key}",
                     object_key=object_key,
                 )
-            elif previous is not None and checkpoint.previous_checkpoint_sha256 != previous[0].sha256:
+            elif checkpoint.previous_checkpoint_sha256 != (b"" if previous is None else previous[0].sha256):
                 self._report(
                     FindingKind.CHECKPOINT_MISMATCH,
                     Severity.TAMPERING,
-                    f"checkpoint {number} does not name checkpoint {number - 1} as its predecessor",
+                    f"checkpoint {number} does not name checkpoint {number - 1} as its predecessor"
+                    if number
+                    else "checkpoint 0 names a predecessor",
                     object_key=object_key,
                 )
             if previous is not None and checkpoint.last_sequence < previous[0].checkpoint.last_sequence:
@@ -213,7 +221,7 @@ class ChainChecker:
             or checkpoint.last_sequence != key.last_sequence
         ):
             self._report(
-                FindingKind.REPLACED_SEGMENT,
+                FindingKind.CHECKPOINT_MISMATCH,
                 Severity.TAMPERING,
                 f"checkpoint content (chain {checkpoint.chain_id.hex()}, number {checkpoint.checkpoint_number}, "
                 f"seq {checkpoint.last_sequence}) does not match its object key",
@@ -261,6 +269,9 @@ class ChainChecker:
             )
             self._skip_to(key.last_sequence)
             return
+        header_mismatch = segment.first_sequence != key.first_sequence or segment.record_count != (
+            key.last_sequence - key.first_sequence + 1
+        )
         items = [
             _Item(
                 int.from_bytes(r.entry[SEQUENCE_SLICE], "big") if len(r.entry) >= ENTRY_HEADER_SIZE else -1,
@@ -284,6 +295,16 @@ class ChainChecker:
             )
             self._skip_to(declared_last)
         self._previous_object = key.key
+        if header_mismatch and len(self.findings) == findings_before:
+            self._report(
+                FindingKind.REPLACED_SEGMENT,
+                Severity.TAMPERING,
+                f"segment header says seq {segment.first_sequence}-"
+                f"{segment.first_sequence + segment.record_count - 1}, its object key says otherwise",
+                first=key.first_sequence,
+                last=key.last_sequence,
+                object_key=key.key,
+            )
         if not authentic and len(self.findings) == findings_before and key.key in self._segment_refs:
             checkpoint_key = self._segment_refs[key.key][1]
             self._report(
@@ -391,6 +412,9 @@ class ChainChecker:
             self._skip_to(sequence)
             return
         self._key_ids.add(key_id)
+        problem = _header_problem(entry, sequence)
+        if problem:
+            self._report(FindingKind.MALFORMED_OBJECT, Severity.TAMPERING, problem, first=sequence, object_key=key.key)
         if sequence < self._expected:
             self._check_duplicate(key, item)
             return
@@ -559,3 +583,24 @@ class ChainChecker:
             newest_checkpoint_unix_nano=self._newest_checkpoint_time,
             key_ids=tuple(sorted(k.hex() for k in self._key_ids)),
         )
+
+
+def _header_problem(entry: bytes, sequence: int) -> str:
+    """What is wrong with an entry's fixed header fields beyond the chain links, or ''."""
+    version, kind, reserved = int.from_bytes(entry[0:2], "big"), entry[2], entry[3]
+    if version != FORMAT_VERSION:
+        return f"entry format version {version} is not supported"
+    if reserved != 0:
+        return f"reserved header byte is {reserved}, not 0"
+    if kind not in (EntryKind.LOG_RECORD, EntryKind.GENESIS):
+        return f"unknown entry kind {kind}"
+    if (sequence == 0) != (kind == EntryKind.GENESIS):
+        return "entry 0 must be the genesis entry, and only entry 0" if sequence == 0 else "genesis entry after entry 0"
+    if kind == EntryKind.GENESIS:
+        try:
+            genesis = archive_pb2.GenesisPayload.FromString(entry_payload(entry))
+        except DecodeError:
+            return "genesis payload does not parse"
+        if key_id_for(genesis.public_key) != entry[KEY_ID_SLICE]:
+            return "genesis entry names a public key that does not match its key id"
+    return ""

@@ -1,0 +1,248 @@
+"""``collector-ext demo``: the whole product on embedded defaults, in about half a minute.
+
+1. starts an embedded SeaweedFS (S3 with Object Lock) on loopback and creates a locked bucket;
+2. creates a signing key and starts the sidecar, archiving to that bucket;
+3. runs a small AI workflow that emits audit events through the OpenTelemetry SDK's OTLP exporter;
+4. stops the sidecar (final checkpoint), verifies the bucket with the public key and prints the verdict;
+5. tries to delete an archived object version and shows that Object Lock refuses it;
+6. stops everything and removes its temporary files (``--keep DIR`` keeps keys and a copy of the archive).
+
+It is a demonstration, not a deployment: see README "Deploy on Kubernetes" for that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from collector_ext.config import ArchiveConfig, SidecarConfig
+from collector_ext.errors import CollectorExtError, ConfigurationError
+from collector_ext.seal.keys import generate_key_pair, load_public_key_pem
+from collector_ext.service import open_archive, running_in_thread
+from collector_ext.verify.render import render_text
+from collector_ext.verify.run import check_archive
+
+BUCKET = "collector-ext-demo"
+PREFIX = "ai-workflow"
+
+
+def _step(text: str) -> None:
+    click.secho(f"==> {text}", bold=True)
+
+
+def run_ai_workflow(endpoint: str) -> int:
+    """A toy AI workflow that writes audit events through the OpenTelemetry SDK; returns how many."""
+    try:
+        from opentelemetry._logs import SeverityNumber
+        from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
+        from opentelemetry.sdk._logs import LoggerProvider
+        from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
+        from opentelemetry.sdk.resources import Resource
+    except ImportError as exc:
+        raise ConfigurationError("demo", "needs the OpenTelemetry SDK: pip install 'collector-ext[demo]'") from exc
+
+    provider = LoggerProvider(
+        resource=Resource.create(
+            {"service.name": "ai-workflow", "service.version": "1.4.2", "deployment.environment.name": "demo"}
+        )
+    )
+    provider.add_log_record_processor(BatchLogRecordProcessor(OTLPLogExporter(endpoint=endpoint, insecure=True)))
+    logger = provider.get_logger("ai_workflow.audit", "1.0.0")
+    info, warn, error = SeverityNumber.INFO, SeverityNumber.WARN, SeverityNumber.ERROR
+    events: list[dict[str, Any]] = [
+        {
+            "event_name": "user.action",
+            "severity_number": info,
+            "body": "alice uploaded a training data set",
+            "attributes": {"user.id": "alice", "action": "dataset.upload", "dataset.id": "ds-2026-11"},
+        },
+        {
+            "event_name": "gen_ai.client.inference.operation.details",
+            "severity_number": info,
+            "body": {"input": "Summarise the Q3 incident report", "output": "Three outages, all resolved."},
+            "attributes": {
+                "gen_ai.provider.name": "openai",
+                "gen_ai.operation.name": "chat",
+                "gen_ai.request.model": "gpt-4o",
+                "gen_ai.response.model": "gpt-4o-2024-08-06",
+                "gen_ai.usage.input_tokens": 812,
+                "gen_ai.usage.output_tokens": 64,
+                "user.id": "alice",
+            },
+        },
+        {
+            "event_name": "access.denied",
+            "severity_number": warn,
+            "body": "login_failed: bob tried to open the model registry",
+            "attributes": {"user.id": "bob", "action": "model_registry.read", "outcome": "denied"},
+        },
+        {
+            "event_name": "permission.change",
+            "severity_number": warn,
+            "body": "carol granted model.deploy to dave",
+            "attributes": {"user.id": "carol", "target.user.id": "dave", "permission": "model.deploy"},
+        },
+        {
+            "event_name": "model.drift",
+            "severity_number": warn,
+            "body": "input distribution drift above threshold",
+            "attributes": {"model.name": "risk-scorer", "drift.psi": 0.31},
+        },
+    ]
+    for event in events:
+        logger.emit(**event)
+    try:
+        raise TimeoutError("model endpoint did not answer within 30 s")
+    except TimeoutError as exc:
+        logger.emit(
+            event_name="exception",
+            severity_number=error,
+            body="inference failed",
+            attributes={"gen_ai.request.model": "gpt-4o", "user.id": "alice"},
+            exception=exc,
+        )
+    for step in range(20):
+        logger.emit(
+            event_name="workflow.step",
+            severity_number=info,
+            body=f"pipeline step {step} finished",
+            attributes={"workflow.run_id": "run-0042", "step": step},
+        )
+    flushed = provider.force_flush(timeout_millis=30_000)
+    provider.shutdown()
+    if not flushed:
+        raise CollectorExtError("the OpenTelemetry SDK could not deliver the demo's events to the sidecar")
+    return len(events) + 1 + 20
+
+
+def _try_delete_locked_version(s3: Any, key: str) -> str:
+    versions = s3.list_object_versions(Bucket=BUCKET, Prefix=key)["Versions"]
+    version_id = versions[0]["VersionId"]
+    head = s3.head_object(Bucket=BUCKET, Key=key, VersionId=version_id)
+    click.echo(
+        f"    object {key}\n    version {version_id}: lock {head.get('ObjectLockMode')} "
+        f"until {head.get('ObjectLockRetainUntilDate')}"
+    )
+    from botocore.exceptions import ClientError
+
+    try:
+        s3.delete_object(Bucket=BUCKET, Key=key, VersionId=version_id)
+    except ClientError as exc:
+        return str(exc.response.get("Error", {}).get("Code", "refused"))
+    return ""
+
+
+def run_demo(keep: Path | None = None) -> bool:
+    """Run the demo; True when the archive verified and deletion was refused."""
+    from botocore.config import Config
+    from botocore.session import get_session
+
+    from collector_ext.embedded_s3 import EmbeddedS3, create_object_lock_bucket
+
+    workdir = Path(tempfile.mkdtemp(prefix="collector-ext-demo-"))
+    try:
+        _step("starting an embedded S3 (SeaweedFS) with Object Lock on 127.0.0.1")
+        with EmbeddedS3(data_dir=workdir / "s3") as s3_server:
+            create_object_lock_bucket(
+                s3_server.endpoint_url,
+                BUCKET,
+                mode="GOVERNANCE",
+                days=365,
+                access_key=s3_server.access_key,
+                secret_key=s3_server.secret_key,
+                region=s3_server.region,
+            )
+            # The sidecar takes S3 credentials the AWS SDK way; give it the embedded server's.
+            os.environ["AWS_ACCESS_KEY_ID"] = s3_server.access_key
+            os.environ["AWS_SECRET_ACCESS_KEY"] = s3_server.secret_key
+            os.environ.setdefault("AWS_REGION", s3_server.region)
+            click.echo(f"    {s3_server.endpoint_url}, bucket {BUCKET} (GOVERNANCE, 365 days)")
+
+            _step("creating a signing key")
+            pair = generate_key_pair()
+            keys = workdir / "keys"
+            keys.mkdir()
+            private = keys / "signing.key"
+            private.touch(mode=0o600)
+            private.write_bytes(pair.private_pem)
+            (keys / "signing.pub").write_bytes(pair.public_pem)
+            click.echo(f"    key id {pair.key_id.hex()}")
+
+            archive_url = f"s3://{BUCKET}/{PREFIX}"
+            config = SidecarConfig(
+                listen="127.0.0.1:0",
+                signing_key=private,
+                archive=ArchiveConfig(url=archive_url, endpoint_url=s3_server.endpoint_url),
+                checkpoint_interval_seconds=5,
+                shutdown_grace_seconds=10,
+            )
+            _step(f"starting the sidecar, archiving to {archive_url}")
+            with running_in_thread(config) as sidecar:
+                endpoint = f"127.0.0.1:{sidecar.port}"
+                click.echo(f"    OTLP/gRPC on {endpoint}, chain {sidecar.pipeline.chain_id.hex()}")
+                _step("running the AI workflow (OpenTelemetry SDK -> OTLP/gRPC -> sidecar)")
+                started = time.monotonic()
+                sent = run_ai_workflow(endpoint)
+                click.echo(f"    {sent} audit events sealed and archived in {time.monotonic() - started:.2f}s")
+            _step("sidecar stopped (final checkpoint written)")
+
+            _step(f"verifying {archive_url} with the pinned public key")
+            public_key = load_public_key_pem(pair.public_pem, "demo key")
+            store = open_archive(archive_url, for_writing=False, endpoint_url=s3_server.endpoint_url)
+
+            async def verify() -> Any:
+                await store.open()
+                try:
+                    return await check_archive(store, {public_key.key_id: public_key})
+                finally:
+                    await store.close()
+
+            report = asyncio.run(verify())
+            click.echo("    " + render_text(report, archive_url).replace("\n", "\n    "))
+
+            _step("trying to delete an archived segment version (Object Lock should refuse)")
+            client = get_session().create_client(
+                "s3",
+                endpoint_url=s3_server.endpoint_url,
+                region_name=s3_server.region,
+                aws_access_key_id=s3_server.access_key,
+                aws_secret_access_key=s3_server.secret_key,
+                config=Config(s3={"addressing_style": "path"}, request_checksum_calculation="when_required"),
+            )
+            segment = next(
+                o["Key"]
+                for o in client.list_objects_v2(Bucket=BUCKET, Prefix=f"{PREFIX}/")["Contents"]
+                if o["Key"].endswith(".cxseg")
+            )
+            refusal = _try_delete_locked_version(client, segment)
+            if refusal:
+                click.echo(f"    deletion refused: {refusal}")
+            else:
+                click.secho("    deletion was NOT refused: the bucket does not enforce Object Lock", fg="red")
+            if keep is not None:
+                _keep(keep, keys, client)
+        verified = report.clean and report.records_checked >= sent
+        ok = verified and bool(refusal)
+        _step("demo " + ("succeeded: archive VERIFIED, deletion REFUSED" if ok else "FAILED"))
+        return ok
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _keep(destination: Path, keys: Path, client: Any) -> None:
+    destination.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(keys, destination / "keys", dirs_exist_ok=True)
+    archive = destination / "archive"
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=f"{PREFIX}/"):
+        for item in page.get("Contents", []):
+            target = archive / item["Key"][len(PREFIX) + 1 :]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(client.get_object(Bucket=BUCKET, Key=item["Key"])["Body"].read())
+    click.echo(f"    kept keys and an archive copy in {destination} (verify it with `collector-ext verify`)")

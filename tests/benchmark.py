@@ -1,0 +1,283 @@
+"""End-to-end benchmark: records/s through the whole sidecar beside this machine's Ed25519 rate.
+
+    python tests/benchmark.py [--seconds 10] [--archive s3|dir] [--batch 500] [--in-flight 8]
+
+One run measures, on the same machine and at the same time of day:
+  1. the raw Ed25519 signing rate with 1 and 2 threads (pyca/cryptography, the sidecar's message size);
+  2. the sidecar (`collector-ext serve`, its own process) sealing and archiving OTLP batches sent by a
+     load generator in another process, at full speed: records/s acknowledged (every acknowledged
+     record is signed, chained and stored in the archive);
+  3. Export latency (p50/p99) at half that rate, paced;
+  4. the sidecar's peak RSS (VmHWM) over the whole run;
+  5. `verify` of the resulting archive: records/s through chain and signed checkpoints, and with
+     every record signature checked.
+It prints ratios, because absolute numbers on shared machines are noisy. This is a benchmark, not a
+test: it asserts nothing and is not collected by pytest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import grpc
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
+
+EXPORT = "/opentelemetry.proto.collector.logs.v1.LogsService/Export"
+MESSAGE = b"collector-ext/v1/record-signature\x00" + bytes(32)
+
+
+def signing_rate(threads: int, seconds: float = 2.0) -> float:
+    key = Ed25519PrivateKey.generate()
+    counts = [0] * threads
+    stop = time.monotonic() + seconds
+
+    def work(index: int) -> None:
+        sign = key.sign
+        n = 0
+        while time.monotonic() < stop:
+            for _ in range(200):
+                sign(MESSAGE)
+            n += 200
+        counts[index] = n
+
+    workers = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+    started = time.monotonic()
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return sum(counts) / (time.monotonic() - started)
+
+
+def make_request(batch: int, seed: int = 0) -> bytes:
+    records = [
+        LogRecord(
+            time_unix_nano=1_790_000_000_000_000_000 + i,
+            severity_number=9,
+            severity_text="INFO",
+            event_name="gen_ai.client.inference.operation.details",
+            body=AnyValue(string_value=f"model call {seed}-{i} finished in 412 ms with 812 input tokens"),
+            attributes=[
+                KeyValue(key="user.id", value=AnyValue(string_value=f"user-{i % 97}")),
+                KeyValue(key="gen_ai.request.model", value=AnyValue(string_value="gpt-4o")),
+                KeyValue(key="gen_ai.usage.output_tokens", value=AnyValue(int_value=64 + i % 50)),
+            ],
+            trace_id=os.urandom(16),
+            span_id=os.urandom(8),
+        )
+        for i in range(batch)
+    ]
+    resource = ResourceLogs(scope_logs=[ScopeLogs(log_records=records)])
+    resource.resource.attributes.append(KeyValue(key="service.name", value=AnyValue(string_value="ai-workflow")))
+    return ExportLogsServiceRequest(resource_logs=[resource]).SerializeToString()
+
+
+def load_generator(
+    target: str,
+    batch: int,
+    in_flight: int,
+    seconds: float,
+    rate: float | None,
+    queue: mp.Queue,  # type: ignore[type-arg]
+) -> None:
+    """Runs in its own process: sends for ``seconds``; rate=None means as fast as acks allow."""
+    request = make_request(batch)
+    channel = grpc.insecure_channel(target, options=[("grpc.max_send_message_length", 64 << 20)])
+    export = channel.unary_unary(EXPORT, request_serializer=None, response_deserializer=None)
+    grpc.channel_ready_future(channel).result(timeout=30)
+    lock = threading.Lock()
+    acked = failed = 0
+    latencies: list[float] = []
+    deadline = time.monotonic() + seconds
+    interval = (batch / rate) if rate else 0.0
+    next_send = [time.monotonic()]
+
+    def worker() -> None:
+        nonlocal acked, failed
+        while True:
+            with lock:
+                now = time.monotonic()
+                if now >= deadline:
+                    return
+                send_at = next_send[0]
+                next_send[0] = max(send_at, now if not interval else send_at) + interval
+            if interval and send_at > time.monotonic():
+                time.sleep(send_at - time.monotonic())
+            started = time.monotonic()
+            try:
+                export(request, timeout=30)
+                ok = True
+            except grpc.RpcError:
+                ok = False
+            elapsed = time.monotonic() - started
+            with lock:
+                if ok:
+                    acked += batch
+                    latencies.append(elapsed)
+                else:
+                    failed += 1
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=worker) for _ in range(in_flight)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    queue.put({"acked": acked, "failed": failed, "seconds": time.monotonic() - started, "latencies": latencies})
+    channel.close()
+
+
+def drive(target: str, batch: int, in_flight: int, seconds: float, rate: float | None) -> dict[str, object]:
+    queue: mp.Queue = mp.get_context("spawn").Queue()  # type: ignore[type-arg]
+    process = mp.get_context("spawn").Process(
+        target=load_generator, args=(target, batch, in_flight, seconds, rate, queue)
+    )
+    process.start()
+    result: dict[str, object] = queue.get(timeout=seconds + 120)
+    process.join()
+    return result
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--archive", choices=["s3", "dir"], default="s3")
+    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--in-flight", type=int, default=8)
+    args = parser.parse_args()
+
+    from collector_ext.seal.keys import generate_key_pair, load_public_key_pem
+    from collector_ext.service import open_archive
+    from collector_ext.verify.run import VerifyOptions, check_archive
+
+    work = Path(tempfile.mkdtemp(prefix="collector-ext-bench-"))
+    s3_server = None
+    sidecar = None
+    try:
+        sign1, sign2 = signing_rate(1), signing_rate(2)
+        print(f"ed25519 signing rate: 1 thread {sign1:,.0f}/s, 2 threads {sign2:,.0f}/s")
+        pair = generate_key_pair()
+        key = work / "signing.key"
+        key.write_bytes(pair.private_pem)
+        env = dict(os.environ)
+        if args.archive == "s3":
+            from collector_ext.embedded_s3 import EmbeddedS3, create_object_lock_bucket
+
+            s3_server = EmbeddedS3(data_dir=work / "s3")
+            s3_server.start()
+            create_object_lock_bucket(
+                s3_server.endpoint_url,
+                "bench",
+                mode="GOVERNANCE",
+                days=1,
+                access_key=s3_server.access_key,
+                secret_key=s3_server.secret_key,
+                region=s3_server.region,
+            )
+            env |= {
+                "AWS_ACCESS_KEY_ID": s3_server.access_key,
+                "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
+                "AWS_REGION": s3_server.region,
+            }
+            archive_url, endpoint = "s3://bench/run", s3_server.endpoint_url
+        else:
+            archive_url, endpoint = str(work / "archive"), None
+        port = free_port()
+        command = [
+            sys.executable,
+            "-m",
+            "collector_ext.cli",
+            "serve",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--signing-key",
+            str(key),
+            "--archive",
+            archive_url,
+            "--retention-days",
+            "1",
+            "--log-level",
+            "WARNING",
+        ]
+        if endpoint:
+            command += ["--endpoint-url", endpoint]
+        sidecar = subprocess.Popen(command, env=env)
+        target = f"127.0.0.1:{port}"
+        drive(target, args.batch, 2, 2.0, None)  # warm-up
+        full = drive(target, args.batch, args.in_flight, args.seconds, None)
+        rate = float(full["acked"]) / float(full["seconds"])  # type: ignore[arg-type]
+        print(
+            f"end to end (sealed, signed, archived to {args.archive}): {rate:,.0f} records/s "
+            f"({full['failed']} failed requests, batches of {args.batch}, {args.in_flight} in flight)"
+        )
+        print(f"RATIO end-to-end / 2-thread signing rate: {rate / sign2:.2f} (target >= 0.80)")
+        half = drive(target, args.batch, args.in_flight, args.seconds, rate / 2)
+        latencies = sorted(half["latencies"])  # type: ignore[call-overload]
+        if latencies:
+            p50 = statistics.median(latencies) * 1e3
+            p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1e3
+            print(f"export latency at half that rate ({rate / 2:,.0f} records/s): p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+        print(f"sidecar peak RSS: {peak_rss_mib(sidecar.pid):.0f} MiB")
+        sidecar.send_signal(signal.SIGTERM)
+        sidecar.wait(timeout=60)
+        sidecar = None
+
+        public = load_public_key_pem(pair.public_pem, "bench")
+
+        async def verify(all_signatures: bool) -> tuple[int, float]:
+            store = open_archive(archive_url, for_writing=False, endpoint_url=endpoint)
+            await store.open()
+            started = time.monotonic()
+            report = await check_archive(
+                store, {public.key_id: public}, VerifyOptions(check_all_signatures=all_signatures)
+            )
+            elapsed = time.monotonic() - started
+            await store.close()
+            assert report.clean, [f.message for f in report.findings]
+            return report.records_checked, elapsed
+
+        if endpoint:
+            os.environ.update({k: env[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION")})
+        records, elapsed = asyncio.run(verify(False))
+        print(f"verify (chain + signed checkpoints): {records / elapsed:,.0f} records/s over {records:,} records")
+        records, elapsed = asyncio.run(verify(True))
+        print(f"verify --all-signatures: {records / elapsed:,.0f} records/s")
+    finally:
+        if sidecar is not None:
+            sidecar.kill()
+        if s3_server is not None:
+            s3_server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

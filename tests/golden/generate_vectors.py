@@ -1,0 +1,248 @@
+"""Golden test vectors for archive format version 1 (proto/FORMAT.md, "Test vectors").
+
+Usage, from the repository root:
+
+    python tests/golden/generate_vectors.py          # rewrite tests/golden/vectors.json
+    python tests/golden/generate_vectors.py --check  # exit 1 if vectors.json differs from what
+                                                      # the current code produces
+
+Everything is fixed: the Ed25519 seed (bytes 0x00..0x1f), the chain id (bytes 0xa0..0xaf), every
+time stamp and the three OTLP log records. Ed25519 signatures are deterministic (RFC 8032), so two
+runs give byte-identical output. Every value is produced with collector_ext's own functions; the
+chain is the one a writer produces: a genesis entry (seq 0) and three log records (seq 1-3) in one
+segment object, checkpoint 0 covering that segment, and an idle checkpoint 1 naming checkpoint 0.
+All byte strings are written as lowercase hex.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue, KeyValueList
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+
+from collector_ext.seal.chain import ChainHead, chain_entries, genesis_payload, sign_entry_hashes
+from collector_ext.seal.checkpoint import (
+    Checkpoint,
+    SegmentRef,
+    checkpoint_hash,
+    encode_checkpoint_body,
+    sign_checkpoint,
+)
+from collector_ext.seal.entry import CHECKPOINT_SIGNATURE_PREFIX, FORMAT_VERSION, EntryKind
+from collector_ext.seal.keys import Ed25519Signer, key_id_for
+from collector_ext.seal.layout import checkpoint_key, segment_key
+from collector_ext.seal.payload import log_payloads
+from collector_ext.seal.segment import encode_segment
+
+VECTORS_PATH = Path(__file__).with_name("vectors.json")
+
+SEED = bytes(range(0x00, 0x20))
+CHAIN_ID = bytes(range(0xA0, 0xB0))
+WRITER = "collector-ext/golden host=vectors"
+REASON = "sidecar started"
+
+T0 = 1_790_000_000_000_000_000  # 2026-09-21T14:13:20Z, ns since the Unix epoch
+GENESIS_SEALED = T0
+SEGMENT_CREATED = T0 + 250_000
+RECORDS_SEALED = T0 + 1_000_000  # the three log records are one sealing batch: one time
+CHECKPOINT_0_TIME = T0 + 2_000_000_000
+CHECKPOINT_1_TIME = T0 + 62_000_000_000  # idle checkpoint one interval later
+
+
+def _string(key: str, value: str) -> KeyValue:
+    return KeyValue(key=key, value=AnyValue(string_value=value))
+
+
+def otlp_request() -> ExportLogsServiceRequest:
+    """One resource, two scopes, three records (string, kvlist and int bodies)."""
+    string_record = LogRecord(
+        time_unix_nano=1_789_999_999_000_000_000,
+        observed_time_unix_nano=1_789_999_999_500_000_000,
+        severity_number=9,  # SEVERITY_NUMBER_INFO
+        severity_text="INFO",
+        body=AnyValue(string_value="user alice approved payment 4711"),
+        attributes=[
+            _string("user.id", "alice"),
+            KeyValue(key="payment.amount_cents", value=AnyValue(int_value=125_000)),
+            KeyValue(key="payment.approved", value=AnyValue(bool_value=True)),
+        ],
+    )
+    kvlist_record = LogRecord(
+        time_unix_nano=1_789_999_999_100_000_000,
+        observed_time_unix_nano=1_789_999_999_600_000_000,
+        severity_number=13,  # SEVERITY_NUMBER_WARN
+        severity_text="WARN",
+        body=AnyValue(
+            kvlist_value=KeyValueList(
+                values=[
+                    _string("action", "model.invoke"),
+                    KeyValue(key="tokens", value=AnyValue(int_value=1024)),
+                    KeyValue(key="temperature", value=AnyValue(double_value=0.25)),
+                ]
+            )
+        ),
+        trace_id=bytes.fromhex("5b8efff798038103d269b633813fc60c"),
+        span_id=bytes.fromhex("eee19b7ec3c1b174"),
+        flags=1,
+    )
+    int_record = LogRecord(
+        time_unix_nano=1_789_999_999_200_000_000,
+        severity_number=17,  # SEVERITY_NUMBER_ERROR
+        body=AnyValue(int_value=-42),
+        event_name="audit.exit_code",
+    )
+    return ExportLogsServiceRequest(
+        resource_logs=[
+            ResourceLogs(
+                resource=Resource(attributes=[_string("service.name", "payments"), _string("host.name", "pod-abc")]),
+                schema_url="https://opentelemetry.io/schemas/1.26.0",
+                scope_logs=[
+                    ScopeLogs(
+                        scope=InstrumentationScope(name="audit", version="1.0.0"),
+                        schema_url="https://opentelemetry.io/schemas/1.26.0",
+                        log_records=[string_record, kvlist_record],
+                    ),
+                    ScopeLogs(scope=InstrumentationScope(name="exit-codes"), log_records=[int_record]),
+                ],
+            )
+        ]
+    )
+
+
+def build_vectors() -> dict[str, Any]:
+    signer = Ed25519Signer(Ed25519PrivateKey.from_private_bytes(SEED))
+    public_key = signer.public_key
+    key_id = key_id_for(public_key.raw)
+    assert key_id == signer.key_id
+
+    request = otlp_request()
+    request_bytes = request.SerializeToString(deterministic=True)
+    payloads = log_payloads(ExportLogsServiceRequest.FromString(request_bytes))
+    assert len(payloads) == 3
+
+    # The chain: genesis batch (seq 0), then one batch of three log records (seq 1-3).
+    genesis = genesis_payload(public_key, writer=WRITER, reason=REASON)
+    first = chain_entries(ChainHead.new(CHAIN_ID), EntryKind.GENESIS, [genesis], key_id, GENESIS_SEALED)
+    second = chain_entries(first.head, EntryKind.LOG_RECORD, payloads, key_id, RECORDS_SEALED)
+    entries = first.entries + second.entries
+    hashes = first.hashes + second.hashes
+    signatures = sign_entry_hashes(signer, hashes)
+    kinds = [EntryKind.GENESIS] + [EntryKind.LOG_RECORD] * len(payloads)
+    sealed = [GENESIS_SEALED] + [RECORDS_SEALED] * len(payloads)
+    all_payloads = [genesis, *payloads]
+
+    # One segment object holding all four entries.
+    last_sequence = len(entries) - 1
+    segment_object = encode_segment(
+        chain_id=CHAIN_ID,
+        first_sequence=0,
+        created_unix_nano=SEGMENT_CREATED,
+        entries=entries,
+        signatures=signatures,
+    )
+    segment_sha256 = hashlib.sha256(segment_object).digest()
+    segment_object_key = segment_key("", CHAIN_ID, 0, last_sequence, SEGMENT_CREATED)
+    ref = SegmentRef(segment_object_key, 0, last_sequence, segment_sha256, len(segment_object))
+
+    # Checkpoint 0 covers the segment; checkpoint 1 is an idle one (no new segment) naming checkpoint 0.
+    checkpoints = []
+    previous = b""
+    for number, (time_unix_nano, segments) in enumerate([(CHECKPOINT_0_TIME, (ref,)), (CHECKPOINT_1_TIME, ())]):
+        checkpoint = Checkpoint(
+            chain_id=CHAIN_ID,
+            checkpoint_number=number,
+            previous_checkpoint_sha256=previous,
+            last_sequence=last_sequence,
+            head_sha256=second.head.head_hash,
+            time_unix_nano=time_unix_nano,
+            key_id=key_id,
+            segments=segments,
+        )
+        body = encode_checkpoint_body(checkpoint)
+        signature = signer.sign(CHECKPOINT_SIGNATURE_PREFIX + body)
+        checkpoint_object, checkpoint_sha256 = sign_checkpoint(checkpoint, signer)
+        assert checkpoint_sha256 == checkpoint_hash(body)
+        checkpoints.append(
+            {
+                "object_key": checkpoint_key("", CHAIN_ID, number, last_sequence),
+                "checkpoint_number": number,
+                "previous_checkpoint_sha256": previous.hex(),
+                "last_sequence": last_sequence,
+                "head_sha256": second.head.head_hash.hex(),
+                "time_unix_nano": time_unix_nano,
+                "segment_object_keys": [s.object_key for s in segments],
+                "body": body.hex(),
+                "signature": signature.hex(),
+                "checkpoint_hash": checkpoint_sha256.hex(),
+                "object": checkpoint_object.hex(),
+            }
+        )
+        previous = checkpoint_sha256
+
+    return {
+        "about": (
+            "Golden vectors for collector_ext archive format version 1 (proto/FORMAT.md). "
+            "Generated by tests/golden/generate_vectors.py; do not edit by hand. Byte strings are hex."
+        ),
+        "format_version": FORMAT_VERSION,
+        "key": {"seed": SEED.hex(), "public_key": public_key.raw.hex(), "key_id": key_id.hex()},
+        "chain_id": CHAIN_ID.hex(),
+        "otlp_request": request_bytes.hex(),
+        "genesis": {"writer": WRITER, "reason": REASON, "supersedes_chain_id": ""},
+        "entries": [
+            {
+                "sequence": sequence,
+                "kind": int(kinds[sequence]),
+                "sealed_unix_nano": sealed[sequence],
+                "payload": all_payloads[sequence].hex(),
+                "entry": entries[sequence].hex(),
+                "entry_hash": hashes[sequence].hex(),
+                "signature": signatures[sequence].hex(),
+            }
+            for sequence in range(len(entries))
+        ],
+        "segment": {
+            "object_key": segment_object_key,
+            "first_sequence": 0,
+            "last_sequence": last_sequence,
+            "created_unix_nano": SEGMENT_CREATED,
+            "object": segment_object.hex(),
+            "sha256": segment_sha256.hex(),
+            "size": len(segment_object),
+        },
+        "checkpoints": checkpoints,
+    }
+
+
+def render(vectors: dict[str, Any]) -> str:
+    return json.dumps(vectors, indent=2) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 if vectors.json differs instead of writing it")
+    args = parser.parse_args(argv)
+    text = render(build_vectors())
+    if args.check:
+        current = VECTORS_PATH.read_text(encoding="utf-8") if VECTORS_PATH.exists() else None
+        if current != text:
+            print(f"{VECTORS_PATH} differs from what the code produces; run {Path(__file__).name} to rewrite it")
+            return 1
+        print(f"{VECTORS_PATH} is up to date")
+        return 0
+    VECTORS_PATH.write_text(text, encoding="utf-8")
+    print(f"wrote {VECTORS_PATH}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""Fixtures that start real things on 127.0.0.1: the sidecar (in-process), SeaweedFS."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from collector_ext.config import ArchiveConfig, SidecarConfig
+from collector_ext.seal.keys import PublicKey, generate_key_pair, load_public_key_pem
+from collector_ext.service import Sidecar, open_archive, running_in_thread
+from collector_ext.verify.findings import VerificationReport
+from collector_ext.verify.run import VerifyOptions, check_archive
+
+
+class KeyPairFiles:
+    def __init__(self, directory: Path) -> None:
+        pair = generate_key_pair()
+        directory.mkdir(parents=True, exist_ok=True)
+        self.private = directory / "signing.key"
+        self.public = directory / "signing.pub"
+        self.private.write_bytes(pair.private_pem)
+        self.private.chmod(0o600)
+        self.public.write_bytes(pair.public_pem)
+        self.public_key: PublicKey = load_public_key_pem(pair.public_pem, "test")
+
+
+@pytest.fixture
+def key_pair(tmp_path: Path) -> KeyPairFiles:
+    return KeyPairFiles(tmp_path / "keys")
+
+
+def sidecar_config(key_pair: KeyPairFiles, archive_url: str, **settings: Any) -> SidecarConfig:
+    archive_settings = {k[len("archive_") :]: settings.pop(k) for k in list(settings) if k.startswith("archive_")}
+    return SidecarConfig(
+        listen="127.0.0.1:0",
+        signing_key=key_pair.private,
+        archive=ArchiveConfig(url=archive_url, **archive_settings),
+        **settings,
+    )
+
+
+@pytest.fixture
+def run_sidecar(key_pair: KeyPairFiles) -> Callable[..., Any]:
+    """run_sidecar(archive_url, **settings) -> context manager yielding a running Sidecar."""
+
+    def start(archive_url: str, **settings: Any) -> Any:
+        return running_in_thread(sidecar_config(key_pair, archive_url, **settings))
+
+    return start
+
+
+def verify_archive_at(
+    archive_url: str, keys: list[PublicKey], *, endpoint_url: str | None = None, all_signatures: bool = False
+) -> VerificationReport:
+    async def run() -> VerificationReport:
+        store = open_archive(archive_url, for_writing=False, endpoint_url=endpoint_url)
+        await store.open()
+        try:
+            return await check_archive(
+                store, {k.key_id: k for k in keys}, VerifyOptions(check_all_signatures=all_signatures)
+            )
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
+@pytest.fixture
+def directory_sidecar(run_sidecar: Callable[..., Any], tmp_path: Path) -> Iterator[Sidecar]:
+    with run_sidecar(str(tmp_path / "archive"), max_message_bytes=256 * 1024) as sidecar:
+        yield sidecar
