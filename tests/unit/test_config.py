@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from collector_ext.config import DEFAULT_LISTEN, load_config
+from collector_ext.errors import ConfigurationError
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "sidecar.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_yaml_then_environment_then_flags(tmp_path: Path) -> None:
+    path = _write(tmp_path, "signing_key: k.key\narchive:\n  url: s3://a/p\n  retention_days: 30\n")
+    config = load_config(
+        path,
+        environ={"COLLECTOR_EXT_ARCHIVE__RETENTION_DAYS": "90", "COLLECTOR_EXT_LISTEN": "127.0.0.1:15000"},
+        overrides={"listen": "127.0.0.1:16000", "archive": {"url": None}},
+    )
+    assert config.archive.url == "s3://a/p"
+    assert config.archive.retention_days == 90
+    assert config.listen == "127.0.0.1:16000"
+    assert config.archive.retention_mode == "GOVERNANCE"
+
+
+def test_defaults() -> None:
+    config = load_config(None, environ={}, overrides={"signing_key": "k", "archive": {"url": "./a"}})
+    assert config.listen == DEFAULT_LISTEN
+    assert config.max_message_bytes == 64 * 1024 * 1024
+    assert config.checkpoint_interval_seconds == 60
+
+
+@pytest.mark.parametrize(
+    ("overrides", "setting", "fragment"),
+    [
+        ({"archive": {"url": "./a"}}, "signing_key", "required"),
+        ({"signing_key": "k"}, "archive", "required"),
+        ({"signing_key": "k", "archive": {"url": "s3://"}}, "archive.url", "bucket"),
+        ({"signing_key": "k", "archive": {"url": "a", "retention_mode": "FOREVER"}}, "archive.retention_mode", ""),
+        ({"signing_key": "k", "archive": {"url": "a", "retention_days": 0}}, "archive.retention_days", ""),
+        ({"signing_key": "k", "archive": {"url": "a"}, "listen": "0.0.0.0:4317"}, "listen", "collector"),
+        ({"signing_key": "k", "archive": {"url": "a"}, "listen": "nohost"}, "listen", "HOST:PORT"),
+        ({"signing_key": "k", "archive": {"url": "a"}, "lisen": "x"}, "lisen", "not a known setting"),
+    ],
+)
+def test_errors_name_the_setting(overrides: dict, setting: str, fragment: str) -> None:  # type: ignore[type-arg]
+    with pytest.raises(ConfigurationError) as error:
+        load_config(None, environ={}, overrides=overrides)
+    assert error.value.setting == setting
+    assert fragment in error.value.problem
+
+
+def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="cannot read"):
+        load_config(tmp_path / "missing.yaml", environ={})
+    with pytest.raises(ConfigurationError, match="not valid YAML"):
+        load_config(_write(tmp_path, "a: [unclosed"), environ={})
+    with pytest.raises(ConfigurationError, match="mapping"):
+        load_config(_write(tmp_path, "- a list"), environ={})

@@ -1,0 +1,160 @@
+"""The sealing pipeline against an in-memory archive: acks, group commit, outages, checkpoints."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from collector_ext.errors import ArchiveUnavailableError, CapacityExceededError
+from collector_ext.pipeline import PipelineSettings, SealingPipeline
+from collector_ext.retry import RetryPolicy
+from collector_ext.seal.keys import Ed25519Signer
+from collector_ext.seal.layout import parse_checkpoint_key, parse_segment_key
+from tests.archive_builder import verify_objects
+from tests.fakes import InMemoryArchive
+
+FAST_RETRY = RetryPolicy(initial_delay=0.01, max_delay=0.02)
+
+
+def _settings(**overrides: object) -> PipelineSettings:
+    base: dict[str, object] = {"retry": FAST_RETRY, "checkpoint_interval": 60.0, "max_linger": 0.002}
+    base.update(overrides)
+    return PipelineSettings(**base)  # type: ignore[arg-type]
+
+
+def _segments(store: InMemoryArchive) -> list[str]:
+    return [k for k in store.objects if parse_segment_key(k)]
+
+
+def _checkpoints(store: InMemoryArchive) -> list[str]:
+    return [k for k in store.objects if parse_checkpoint_key(k)]
+
+
+def test_ack_means_archived_and_the_archive_verifies(signer: Ed25519Signer) -> None:
+    store = InMemoryArchive()
+
+    async def run() -> None:
+        pipeline = SealingPipeline(signer, store, _settings())
+        await pipeline.start()
+        await pipeline.submit([b"a", b"b"])
+        # Acknowledged: the records' segment is in the archive already.
+        assert pipeline.stats.records_archived == 3
+        await asyncio.gather(*(pipeline.submit([f"r{i}".encode()] * 10) for i in range(20)))
+        assert pipeline.stats.records_archived == 3 + 200
+        await pipeline.close()
+
+    asyncio.run(run())
+    report = verify_objects(store.objects, [signer.public_key])
+    assert report.findings == ()
+    assert report.records_checked == 203
+
+
+def test_concurrent_requests_share_segments(signer: Ed25519Signer) -> None:
+    store = InMemoryArchive()
+
+    async def run() -> None:
+        pipeline = SealingPipeline(signer, store, _settings(max_linger=0.05, upload_concurrency=1))
+        await pipeline.start()
+        await asyncio.gather(*(pipeline.submit([b"x"]) for _ in range(50)))
+        await pipeline.close()
+
+    asyncio.run(run())
+    assert len(_segments(store)) <= 3  # genesis, then the 50 requests in one or two group commits
+
+
+def test_outage_is_retried_and_nothing_is_lost(signer: Ed25519Signer) -> None:
+    store = InMemoryArchive()
+
+    async def run() -> None:
+        pipeline = SealingPipeline(signer, store, _settings())
+        await pipeline.start()
+        await pipeline.submit([b"before"])
+        store.fail_puts = 5
+        await pipeline.submit([b"during"])
+        assert pipeline.stats.upload_retries >= 5
+        await pipeline.close()
+
+    asyncio.run(run())
+    report = verify_objects(store.objects, [signer.public_key])
+    assert report.findings == ()
+    assert report.records_checked == 3
+
+
+def test_ack_timeout_answers_unavailable_but_archiving_continues(signer: Ed25519Signer) -> None:
+    store = InMemoryArchive()
+
+    async def run() -> None:
+        pipeline = SealingPipeline(signer, store, _settings(ack_timeout=0.05))
+        await pipeline.start()
+        await pipeline.submit([b"first"])
+        store.fail_puts = 10**9
+        with pytest.raises(ArchiveUnavailableError, match="ack_timeout"):
+            await pipeline.submit([b"slow"])
+        assert not pipeline.ready
+        store.fail_puts = 0
+        for _ in range(200):
+            if pipeline.stats.records_archived == 3:
+                break
+            await asyncio.sleep(0.01)
+        assert pipeline.stats.records_archived == 3
+        await pipeline.close()
+
+    asyncio.run(run())
+    assert verify_objects(store.objects, [signer.public_key]).records_checked == 3
+
+
+def test_capacity_refuses_before_sealing(signer: Ed25519Signer) -> None:
+    store = InMemoryArchive()
+
+    async def run() -> None:
+        pipeline = SealingPipeline(signer, store, _settings(max_pending_records=1000, ack_timeout=0.05))
+        await pipeline.start()
+        await pipeline.submit([b"ok"])
+        store.fail_puts = 10**9
+        with pytest.raises(ArchiveUnavailableError):
+            await pipeline.submit([b"x"] * 900)
+        sealed = pipeline.stats.records_sealed
+        with pytest.raises(CapacityExceededError, match="max_pending_records"):
+            await pipeline.submit([b"y"] * 200)
+        assert pipeline.stats.records_sealed == sealed
+        store.fail_puts = 0
+        await pipeline.close()
+
+    asyncio.run(run())
+    report = verify_objects(store.objects, [signer.public_key])
+    assert report.findings == ()
+    assert report.records_checked == 1 + 1 + 900
+
+
+def test_idle_checkpoints_are_written_on_schedule(signer: Ed25519Signer) -> None:
+    store = InMemoryArchive()
+
+    async def run() -> None:
+        pipeline = SealingPipeline(signer, store, _settings(checkpoint_interval=0.05))
+        await pipeline.start()
+        await pipeline.submit([b"one"])
+        await asyncio.sleep(0.4)  # idle
+        await pipeline.close()
+
+    asyncio.run(run())
+    numbers = sorted(parse_checkpoint_key(k).checkpoint_number for k in _checkpoints(store))  # type: ignore[union-attr]
+    assert len(numbers) >= 4
+    assert numbers == list(range(len(numbers)))
+    assert verify_objects(store.objects, [signer.public_key]).findings == ()
+
+
+def test_shutdown_writes_a_final_checkpoint_covering_everything(signer: Ed25519Signer) -> None:
+    store = InMemoryArchive()
+
+    async def run() -> None:
+        pipeline = SealingPipeline(signer, store, _settings())
+        await pipeline.start()
+        for i in range(5):
+            await pipeline.submit([f"{i}".encode()] * 3)
+        await pipeline.close()
+
+    asyncio.run(run())
+    report = verify_objects(store.objects, [signer.public_key])
+    (chain,) = report.chains
+    assert chain.covered_until == chain.last_sequence == 15
