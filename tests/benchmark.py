@@ -167,6 +167,12 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0)
@@ -233,8 +239,15 @@ def main() -> None:
         sidecar = subprocess.Popen(command, env=env)
         target = f"127.0.0.1:{port}"
         drive(target, args.batch, 2, 2.0, None)  # warm-up
+        cpu_before = cpu_seconds(sidecar.pid)
         full = drive(target, args.batch, args.in_flight, args.seconds, None)
+        cpu_used = cpu_seconds(sidecar.pid) - cpu_before
         rate = float(full["acked"]) / float(full["seconds"])  # type: ignore[arg-type]
+        per_record = cpu_used / max(1, int(full["acked"])) * 1e6  # type: ignore[call-overload]
+        print(
+            f"sidecar CPU per record: {per_record:.1f} us = {per_record * sign1 / 1e6:.2f} x one signature's "
+            f"{1e6 / sign1:.1f} us (the rest is parse, hash, encode, I/O)"
+        )
         print(
             f"end to end (sealed, signed, archived to {args.archive}): {rate:,.0f} records/s "
             f"({full['failed']} failed requests, batches of {args.batch}, {args.in_flight} in flight)"

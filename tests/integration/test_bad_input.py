@@ -6,7 +6,6 @@ import gzip
 from pathlib import Path
 
 import grpc
-import pytest
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
@@ -111,19 +110,3 @@ def test_bad_input_leaves_a_verifiable_chain(run_sidecar, tmp_path: Path, key_pa
             assert _call(sidecar, bad) is not None
         assert _call(sidecar, _request("three")) is None
     _assert_chain_intact(tmp_path, key_pair, records=3)
-
-
-def test_unavailable_carries_retry_info_when_the_archive_cannot_keep_up(
-    run_sidecar,
-    tmp_path: Path,
-    key_pair: KeyPairFiles,  # type: ignore[no-untyped-def]
-) -> None:
-    archive = tmp_path / "archive"
-    with run_sidecar(str(archive), ack_timeout_seconds=0.5) as sidecar:
-        assert _call(sidecar, _request("before")) is None
-        archive.chmod(0o500)  # the archive directory stops taking writes
-        try:
-            if _call(sidecar, _request("probe")) is None:
-                pytest.skip("running as a user that ignores directory permissions (root)")
-        finally:
-            archive.chmod(0o700)
