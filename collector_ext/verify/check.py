@@ -46,6 +46,9 @@ from collector_ext.seal.layout import CheckpointKey, SegmentKey
 from collector_ext.seal.segment import decode_segment
 from collector_ext.verify.findings import ChainSummary, Finding, FindingKind, Severity
 
+# Version 1, kind LOG_RECORD, reserved 0: the first four bytes of every ordinary entry.
+_LOG_RECORD_HEADER_START = FORMAT_VERSION.to_bytes(2, "big") + bytes([EntryKind.LOG_RECORD, 0])
+
 # (public key, signature, message) triples in, one bool per triple out. verify.run passes a
 # parallel implementation; the default checks them one after another.
 SignatureBatchChecker = Callable[[Sequence[tuple[PublicKey, bytes, bytes]]], list[bool]]
@@ -272,16 +275,9 @@ class ChainChecker:
         header_mismatch = segment.first_sequence != key.first_sequence or segment.record_count != (
             key.last_sequence - key.first_sequence + 1
         )
-        items = [
-            _Item(
-                int.from_bytes(r.entry[SEQUENCE_SLICE], "big") if len(r.entry) >= ENTRY_HEADER_SIZE else -1,
-                r.entry,
-                r.signature,
-                i,
-            )
-            for i, r in enumerate(segment.records)
-        ]
-        self._check_items(key, items, verify_signatures=self._check_all or not authentic)
+        verify_signatures = self._check_all or not authentic
+        if verify_signatures or not self._continue_clean_run(segment.records):
+            self._check_records(key, segment.records, verify_signatures)
         declared_last = segment.first_sequence + segment.record_count - 1
         if self._expected <= declared_last:
             self._report(
@@ -337,6 +333,62 @@ class ChainChecker:
             self._expected = last_sequence + 1
             self._previous_hash = None
             self._previous_item = None
+
+    def _continue_clean_run(self, records: Sequence[archive_pb2.SealedRecord]) -> bool:
+        """Fast path for a segment already proven authentic by a checkpoint digest: True (and the
+        state moved on) when every record simply continues the chain; False, with nothing changed,
+        when anything needs a closer look by ``_check_records``."""
+        expected = self._expected
+        previous = self._previous_hash
+        if previous is None or not records:
+            return False
+        chain_id = self.chain_id
+        keys = self._keys
+        heads = self._heads
+        base = hashlib.sha256(ENTRY_HASH_PREFIX)
+        plain_header = _LOG_RECORD_HEADER_START
+        key_id = b""
+        for record in records:
+            entry = record.entry
+            if (
+                entry[:4] != plain_header
+                or entry[4:20] != chain_id
+                or entry[SEQUENCE_SLICE] != expected.to_bytes(8, "big")
+                or entry[PREVIOUS_HASH_SLICE] != previous
+            ):
+                return False
+            if entry[KEY_ID_SLICE] != key_id:
+                key_id = entry[KEY_ID_SLICE]
+                if key_id not in keys:
+                    return False
+                self._key_ids.add(key_id)
+            digest = base.copy()
+            digest.update(entry)
+            previous = digest.digest()
+            claim = heads.get(expected)
+            if claim is not None and claim.head != previous:
+                return False
+            expected += 1
+        last = records[-1]
+        self._previous_item = _Item(expected - 1, last.entry, last.signature, len(records) - 1, previous)
+        self._expected = expected
+        self._previous_hash = previous
+        self.records += len(records)
+        return True
+
+    def _check_records(
+        self, key: SegmentKey, records: Sequence[archive_pb2.SealedRecord], verify_signatures: bool
+    ) -> None:
+        items = [
+            _Item(
+                int.from_bytes(r.entry[SEQUENCE_SLICE], "big") if len(r.entry) >= ENTRY_HEADER_SIZE else -1,
+                r.entry,
+                r.signature,
+                i,
+            )
+            for i, r in enumerate(records)
+        ]
+        self._check_items(key, items, verify_signatures=verify_signatures)
 
     def _check_items(self, key: SegmentKey, items: list[_Item], *, verify_signatures: bool) -> None:
         running_max = -1
