@@ -5,7 +5,8 @@
 3. runs a small AI workflow that emits audit events through the OpenTelemetry SDK's OTLP exporter;
 4. stops the sidecar (final checkpoint), verifies the bucket with the public key and prints the verdict;
 5. tries to delete an archived object version and shows that Object Lock refuses it;
-6. stops everything and removes its temporary files (``--keep DIR`` keeps keys and a copy of the archive).
+6. overwrites a segment with one byte changed (a new object version) and shows that verify names it;
+7. stops everything and removes its temporary files (``--keep DIR`` keeps keys and a copy of the archive).
 
 It is a demonstration, not a deployment: see README "Deploy on Kubernetes" for that.
 """
@@ -216,10 +217,14 @@ def run_demo(keep: Path | None = None) -> bool:
                 aws_secret_access_key=s3_server.secret_key,
                 config=Config(s3={"addressing_style": "path"}, request_checksum_calculation="when_required"),
             )
-            segment = next(
+            segments = [
                 o["Key"]
                 for o in client.list_objects_v2(Bucket=BUCKET, Prefix=f"{PREFIX}/")["Contents"]
                 if o["Key"].endswith(".cxseg")
+            ]
+            segment = next(
+                (k for k in segments if b"login_failed" in client.get_object(Bucket=BUCKET, Key=k)["Body"].read()),
+                segments[-1],
             )
             refusal = _try_delete_locked_version(client, segment)
             if refusal:
@@ -228,12 +233,33 @@ def run_demo(keep: Path | None = None) -> bool:
                 click.secho("    deletion was NOT refused: the bucket does not enforce Object Lock", fg="red")
             if keep is not None:
                 _keep(keep, keys, client)
+
+            _step("overwriting that segment with one record changed (S3 keeps the locked original as an older version)")
+            tampered = asyncio.run(_tamper_and_verify(client, segment, archive_url, s3_server.endpoint_url, public_key))
+            for finding in tampered.findings:
+                click.echo(f"    {finding.severity.value.upper()} {finding.kind.value} {finding.location()}")
+            caught = not tampered.clean
+            click.echo("    verify: " + ("tampering DETECTED" if caught else "tampering NOT detected"))
         verified = report.clean and report.records_checked >= sent
-        ok = verified and bool(refusal)
-        _step("demo " + ("succeeded: archive VERIFIED, deletion REFUSED" if ok else "FAILED"))
+        ok = verified and bool(refusal) and caught
+        _step("demo " + ("succeeded: archive VERIFIED, deletion REFUSED, tampering DETECTED" if ok else "FAILED"))
         return ok
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def _tamper_and_verify(client: Any, key: str, archive_url: str, endpoint_url: str, public_key: Any) -> Any:
+    original = client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+    # Rewrite history: the failed access attempt becomes someone else's.
+    changed = original.replace(b"login_failed: bob", b"login_failed: eve", 1)
+    click.echo("    'login_failed: bob' -> 'login_failed: eve'" if changed != original else "    (record not found)")
+    client.put_object(Bucket=BUCKET, Key=key, Body=changed)
+    store = open_archive(archive_url, for_writing=False, endpoint_url=endpoint_url)
+    await store.open()
+    try:
+        return await check_archive(store, {public_key.key_id: public_key})
+    finally:
+        await store.close()
 
 
 def _keep(destination: Path, keys: Path, client: Any) -> None:

@@ -25,7 +25,11 @@ def _send_with_otel_sdk(endpoint: str, count: int) -> None:
 
     provider = LoggerProvider(resource=Resource.create({"service.name": "ai-workflow"}))
     provider.add_log_record_processor(
-        BatchLogRecordProcessor(OTLPLogExporter(endpoint=endpoint, insecure=True), max_export_batch_size=128)
+        BatchLogRecordProcessor(
+            OTLPLogExporter(endpoint=endpoint, insecure=True),
+            max_export_batch_size=128,
+            max_queue_size=max(2048, 2 * count),
+        )
     )
     logger = provider.get_logger("test")
     for i in range(count):
