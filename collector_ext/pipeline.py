@@ -145,16 +145,19 @@ class SealingPipeline:
         )
 
     async def start(self) -> None:
-        """Start a new chain with its genesis entry and the background tasks."""
+        """Start a new chain: seal its genesis entry and wait until the archive holds it (retrying while
+        the archive is unavailable), then start the background tasks' regular work."""
         payload = genesis_payload(self._signer.public_key, writer=self._writer, reason="sidecar started")
         durable = self._seal(EntryKind.GENESIS, [payload])
         self._tasks = [
             asyncio.create_task(self._flush_loop(), name="segment-flush"),
             asyncio.create_task(self._checkpoint_loop(), name="checkpoints"),
         ]
+        # The chain is anchored in the archive before the first record is accepted, so an archive that
+        # holds any record of this chain also holds its genesis entry.
+        await durable
         self._accepting = True
         log.info("chain started", extra={"chain_id": self.chain_id.hex(), "key_id": self._signer.key_id.hex()})
-        self._await_in_background(durable)
 
     async def submit(self, payloads: list[bytes]) -> None:
         """Seal ``payloads`` as consecutive log-record entries and wait until they are archived.
@@ -238,9 +241,6 @@ class SealingPipeline:
             self._segment_full.set()
         assert segment.durable is not None
         return segment.durable
-
-    def _await_in_background(self, future: asyncio.Future[None]) -> None:
-        future.add_done_callback(lambda f: f.cancelled() or f.exception())
 
     # -- segments -----------------------------------------------------------------------------------
     async def _flush_loop(self) -> None:
