@@ -72,7 +72,8 @@ class SidecarConfig(_Section):
     checkpoint_interval_seconds: float = Field(default=60.0, gt=0, le=3600)
     ack_timeout_seconds: float = Field(default=10.0, gt=0, le=600)
     max_pending_records: int = Field(default=200_000, ge=1000)
-    signing_threads: int = Field(default=0, ge=0, le=64, description="0: one per CPU")
+    signing_workers: Literal["processes", "threads"] = "processes"
+    signing_worker_count: int = Field(default=0, ge=0, le=64, description="0: one per CPU")
     shutdown_grace_seconds: float = Field(default=20.0, ge=0, le=600)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

@@ -2,7 +2,7 @@
 
 One ``SealingPipeline`` owns one chain. ``submit`` appends a request's records to the chain at once
 (sequence numbers and links are assigned on the event loop, so the order is total), hands the
-signatures to worker threads (pyca/cryptography releases the GIL while signing), and returns only
+signatures to a SigningPool (worker processes by default), and returns only
 when the segment holding those records is stored in the archive: that is the acknowledgement rule.
 
 Group commit: records of concurrent requests share the open segment. A segment closes when it is
@@ -27,11 +27,9 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import os
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from collector_ext import __version__
@@ -43,16 +41,17 @@ from collector_ext.errors import (
     PermanentArchiveError,
 )
 from collector_ext.retry import RetryPolicy, retry_async
-from collector_ext.seal.chain import ChainHead, chain_entries, genesis_payload, sign_entry_hashes
+from collector_ext.seal.chain import ChainHead, chain_entries, genesis_payload
 from collector_ext.seal.checkpoint import Checkpoint, SegmentRef, sign_checkpoint
-from collector_ext.seal.entry import ZERO_HASH, EntryKind
+from collector_ext.seal.entry import SIGNATURE_SIZE, ZERO_HASH, EntryKind
 from collector_ext.seal.keys import Signer
 from collector_ext.seal.layout import checkpoint_key, segment_key
 from collector_ext.seal.segment import encode_segment
+from collector_ext.signing_pool import SigningPool, SigningWorkers
 
 log = logging.getLogger(__name__)
 
-SIGNING_CHUNK = 256
+MIN_SIGNING_CHUNK = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +63,8 @@ class PipelineSettings:
     checkpoint_interval: float = 60.0
     ack_timeout: float = 10.0
     max_pending_records: int = 200_000
-    signing_threads: int = 0  # 0: one per CPU
+    signing_workers: SigningWorkers = "processes"
+    signing_worker_count: int = 0  # 0: one per CPU
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
 
@@ -73,7 +73,7 @@ class _OpenSegment:
     first_sequence: int
     created_unix_nano: int
     entries: list[bytes] = field(default_factory=list)
-    signature_chunks: list[asyncio.Future[list[bytes]]] = field(default_factory=list)
+    signature_chunks: list[asyncio.Future[bytes]] = field(default_factory=list)
     size: int = 0
     last_hash: bytes = ZERO_HASH
     durable: asyncio.Future[None] | None = None
@@ -108,8 +108,8 @@ class SealingPipeline:
         self._clock = clock
         self._writer = writer
         self._head = ChainHead.new(uuid.uuid4().bytes)
-        self._executor = ThreadPoolExecutor(
-            max_workers=self._settings.signing_threads or os.cpu_count() or 2, thread_name_prefix="sign"
+        self._signing = SigningPool(
+            signer, workers=self._settings.signing_workers, count=self._settings.signing_worker_count
         )
         self._open: _OpenSegment | None = None
         self._segment_ready = asyncio.Event()
@@ -210,7 +210,7 @@ class SealingPipeline:
                 await asyncio.wait_for(self._write_checkpoint(), timeout=max(1.0, deadline - time.monotonic()))
             except (DeliveryError, PermanentArchiveError, TimeoutError) as exc:
                 log.warning("final checkpoint not written", extra={"error": str(exc)})
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._signing.close()
 
     # -- sealing ------------------------------------------------------------------------------------
     def _seal(self, kind: EntryKind, payloads: list[bytes]) -> asyncio.Future[None]:
@@ -223,11 +223,10 @@ class SealingPipeline:
             segment.durable = loop.create_future()
             self._open = segment
         hashes = batch.hashes
-        for start in range(0, len(hashes), SIGNING_CHUNK):
-            chunk = hashes[start : start + SIGNING_CHUNK]
-            segment.signature_chunks.append(
-                loop.run_in_executor(self._executor, sign_entry_hashes, self._signer, chunk)
-            )
+        # Spread a batch over every signing worker, in chunks big enough to make each hand-over cheap.
+        chunk_size = max(MIN_SIGNING_CHUNK, -(-len(hashes) // self._signing.workers))
+        for start in range(0, len(hashes), chunk_size):
+            segment.signature_chunks.append(self._signing.sign(hashes[start : start + chunk_size]))
         segment.entries += batch.entries
         segment.size += sum(map(len, batch.entries))
         segment.last_hash = batch.head.head_hash
@@ -267,7 +266,8 @@ class SealingPipeline:
     async def _upload(self, segment: _OpenSegment) -> None:
         try:
             chunks = await asyncio.gather(*segment.signature_chunks)
-            signatures = [signature for chunk in chunks for signature in chunk]
+            size = SIGNATURE_SIZE
+            signatures = [chunk[i : i + size] for chunk in chunks for i in range(0, len(chunk), size)]
             last_sequence = segment.first_sequence + len(segment.entries) - 1
             data = encode_segment(
                 chain_id=self.chain_id,

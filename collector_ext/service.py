@@ -101,7 +101,8 @@ class Sidecar:
                 checkpoint_interval=config.checkpoint_interval_seconds,
                 ack_timeout=config.ack_timeout_seconds,
                 max_pending_records=config.max_pending_records,
-                signing_threads=config.signing_threads,
+                signing_workers=config.signing_workers,
+                signing_worker_count=config.signing_worker_count,
             ),
             writer=f"collector-ext/{__version__}",
         )

@@ -160,11 +160,29 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
 def peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    """Peak resident memory (VmHWM) of a process plus its children (the signing workers)."""
+    total = 0
+    for process in [pid, *_children(pid)]:
+        for line in Path(f"/proc/{process}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                total += int(line.split()[1])
+    return total / 1024
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    return cpu_seconds(pid) + sum(cpu_seconds(child) for child in _children(pid))
 
 
 def cpu_seconds(pid: int) -> float:
@@ -239,9 +257,9 @@ def main() -> None:
         sidecar = subprocess.Popen(command, env=env)
         target = f"127.0.0.1:{port}"
         drive(target, args.batch, 2, 2.0, None)  # warm-up
-        cpu_before = cpu_seconds(sidecar.pid)
+        cpu_before = tree_cpu_seconds(sidecar.pid)
         full = drive(target, args.batch, args.in_flight, args.seconds, None)
-        cpu_used = cpu_seconds(sidecar.pid) - cpu_before
+        cpu_used = tree_cpu_seconds(sidecar.pid) - cpu_before
         rate = float(full["acked"]) / float(full["seconds"])  # type: ignore[arg-type]
         per_record = cpu_used / max(1, int(full["acked"])) * 1e6  # type: ignore[call-overload]
         print(
@@ -259,7 +277,7 @@ def main() -> None:
             p50 = statistics.median(latencies) * 1e3
             p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1e3
             print(f"export latency at half that rate ({rate / 2:,.0f} records/s): p50 {p50:.1f} ms, p99 {p99:.1f} ms")
-        print(f"sidecar peak RSS: {peak_rss_mib(sidecar.pid):.0f} MiB")
+        print(f"sidecar peak RSS (with its signing workers): {peak_rss_mib(sidecar.pid):.0f} MiB")
         sidecar.send_signal(signal.SIGTERM)
         sidecar.wait(timeout=60)
         sidecar = None

@@ -77,6 +77,11 @@ class Ed25519Signer:
     def public_key(self) -> PublicKey:
         return self._public_key
 
+    @property
+    def private_key(self) -> Ed25519PrivateKey:
+        """The key itself, for handing to signing workers; never log or print it."""
+        return self._private_key
+
     def __repr__(self) -> str:
         return f"Ed25519Signer(key_id={self.key_id.hex()})"
 

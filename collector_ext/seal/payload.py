@@ -16,14 +16,24 @@ from __future__ import annotations
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
 
-def encode_varint(value: int) -> bytes:
-    """Protobuf base-128 varint of a non-negative integer."""
+def _varint(value: int) -> bytes:
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)
         value >>= 7
     out.append(value)
     return bytes(out)
+
+
+# Lengths of records and entries are nearly always below 64 KiB: look their varints up.
+_SMALL_VARINTS = [_varint(value) for value in range(1 << 16)]
+
+
+def encode_varint(value: int) -> bytes:
+    """Protobuf base-128 varint of a non-negative integer."""
+    if value < 65536:
+        return _SMALL_VARINTS[value]
+    return _varint(value)
 
 
 def _length_delimited(field_number: int, data: bytes) -> bytes:

@@ -45,10 +45,14 @@ def encode_segment(
         created_unix_nano=created_unix_nano,
     ).SerializeToString(deterministic=True)
     parts = [encode_varint(1 << 3 | 2), encode_varint(len(header)), header]
+    append = parts.append
+    varint = encode_varint
+    fixed = len(_ENTRY_TAG) + len(_SIGNATURE_FIELD) + SIGNATURE_SIZE
     for entry, signature in zip(entries, signatures, strict=True):
-        entry_field = _ENTRY_TAG + encode_varint(len(entry))
-        record_length = len(entry_field) + len(entry) + len(_SIGNATURE_FIELD) + len(signature)
-        parts += (_RECORD_TAG, encode_varint(record_length), entry_field, entry, _SIGNATURE_FIELD, signature)
+        entry_length = varint(len(entry))
+        append(_RECORD_TAG + varint(fixed + len(entry_length) + len(entry)) + _ENTRY_TAG + entry_length)
+        append(entry)
+        append(_SIGNATURE_FIELD + signature)
     return frame(SEGMENT_MAGIC, b"".join(parts))
 
 
