@@ -23,6 +23,7 @@ from collector_ext.errors import ConfigurationError
 
 ENV_PREFIX = "COLLECTOR_EXT_"
 DEFAULT_LISTEN = "127.0.0.1:14317"
+DEFAULT_METRICS_LISTEN = "127.0.0.1:19464"
 # The collector's own batches can exceed grpc's 4 MiB default; 64 MiB leaves room for the largest
 # sending_queue batches we document while bounding memory per request.
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -64,6 +65,9 @@ class TlsConfig(_Section):
 
 class SidecarConfig(_Section):
     listen: str = DEFAULT_LISTEN
+    metrics_listen: str | None = Field(
+        default=DEFAULT_METRICS_LISTEN, description="HOST:PORT for GET /metrics (Prometheus); null disables"
+    )
     max_message_bytes: int = Field(default=DEFAULT_MAX_MESSAGE_BYTES, ge=64 * 1024, le=1024 * 1024 * 1024)
     signing_key: Path
     archive: ArchiveConfig
@@ -77,9 +81,11 @@ class SidecarConfig(_Section):
     shutdown_grace_seconds: float = Field(default=20.0, ge=0, le=600)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
-    @field_validator("listen")
+    @field_validator("listen", "metrics_listen")
     @classmethod
-    def _listen_has_port(cls, value: str) -> str:
+    def _listen_has_port(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         host, sep, port = value.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:14317")

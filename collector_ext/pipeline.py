@@ -88,6 +88,7 @@ class PipelineStats:
     checkpoints_written: int = 0
     upload_retries: int = 0
     requests_refused: int = 0
+    last_checkpoint_unix: float = 0.0
 
 
 class SealingPipeline:
@@ -134,6 +135,20 @@ class SealingPipeline:
     @property
     def chain_id(self) -> bytes:
         return self._head.chain_id
+
+    @property
+    def pending_records(self) -> int:
+        """Records sealed but not yet archived."""
+        return self._pending_records
+
+    @property
+    def next_sequence(self) -> int:
+        return self._head.next_sequence
+
+    @property
+    def failing_since(self) -> float | None:
+        """``time.monotonic()`` of the first failure of the current run of failed archive writes."""
+        return self._failing_since
 
     @property
     def ready(self) -> bool:
@@ -371,3 +386,4 @@ class SealingPipeline:
         self._checkpoint_number += 1
         self._previous_checkpoint = checkpoint_sha256
         self.stats.checkpoints_written += 1
+        self.stats.last_checkpoint_unix = checkpoint.time_unix_nano / 1e9

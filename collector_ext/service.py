@@ -24,6 +24,8 @@ from collector_ext.deliver.archive import ArchiveStore, parse_s3_url
 from collector_ext.deliver.directory_archive import DirectoryArchive
 from collector_ext.deliver.s3_archive import S3Archive
 from collector_ext.errors import ConfigurationError, KeyFileError
+from collector_ext.metrics import Metrics
+from collector_ext.metrics_server import MetricsServer
 from collector_ext.pipeline import PipelineSettings, SealingPipeline
 from collector_ext.receive.otlp_grpc import OtlpGrpcReceiver
 from collector_ext.seal.keys import Ed25519Signer, load_private_key_pem
@@ -106,12 +108,17 @@ class Sidecar:
             ),
             writer=f"collector-ext/{__version__}",
         )
+        self.metrics = Metrics()
+        self.metrics.watch(self.pipeline)
         self.receiver = OtlpGrpcReceiver(
             self.pipeline,
             listen=config.listen,
             max_message_bytes=config.max_message_bytes,
+            metrics=self.metrics,
             server_credentials=_server_credentials(config),
         )
+        self.metrics_server = MetricsServer(self.metrics, config.metrics_listen) if config.metrics_listen else None
+        self.metrics_port = 0
         self._health_task: asyncio.Task[None] | None = None
         self.port = 0
 
@@ -123,12 +130,20 @@ class Sidecar:
             self.port = await self.receiver.start()
         except OSError as exc:
             raise ConfigurationError("listen", f"cannot listen on {self.config.listen}: {exc}") from exc
+        if self.metrics_server is not None:
+            try:
+                self.metrics_port = await self.metrics_server.start()
+            except OSError as exc:
+                raise ConfigurationError(
+                    "metrics_listen", f"cannot listen on {self.config.metrics_listen}: {exc}"
+                ) from exc
         self._health_task = asyncio.create_task(self._watch_health(), name="health")
         log.info(
             "sidecar serving",
             extra={
                 "listen": self.config.listen,
                 "port": self.port,
+                "metrics_port": self.metrics_port,
                 "archive": self.store.description,
                 "chain_id": self.pipeline.chain_id.hex(),
                 "key_id": self.signer.key_id.hex(),
@@ -150,6 +165,8 @@ class Sidecar:
         await self.receiver.stop(grace)
         await self.pipeline.close(drain_timeout=grace)
         await self.store.close()
+        if self.metrics_server is not None:
+            await self.metrics_server.stop()
         log.info("sidecar stopped", extra={"chain_id": self.pipeline.chain_id.hex(), **vars(self.pipeline.stats)})
 
     async def run_until_signalled(self) -> None:

@@ -294,6 +294,12 @@ def main() -> None:
             elapsed = time.monotonic() - started
             await store.close()
             assert report.clean, [f.message for f in report.findings]
+            if not all_signatures:
+                (chain,) = report.chains
+                print(
+                    f"archive: {chain.records:,} entries in {chain.segments:,} segments "
+                    f"({chain.records / max(1, chain.segments):,.0f} per segment), {chain.checkpoints:,} checkpoints"
+                )
             return report.records_checked, elapsed
 
         if endpoint:

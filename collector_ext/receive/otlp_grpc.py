@@ -13,7 +13,6 @@ reaches the chain. This module knows nothing of sealing beyond ``RecordSink``.
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import Protocol
 
@@ -29,9 +28,8 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
 )
 
 from collector_ext.errors import DeliveryError
+from collector_ext.metrics import Metrics
 from collector_ext.seal.payload import log_payloads
-
-log = logging.getLogger(__name__)
 
 EXPORT_METHOD = "/opentelemetry.proto.collector.logs.v1.LogsService/Export"
 LOGS_SERVICE = "opentelemetry.proto.collector.logs.v1.LogsService"
@@ -60,39 +58,35 @@ def _unavailable_details(message: str, retry_after: float) -> bytes:
 class LogsExportHandler:
     """The Export method, taking raw request bytes."""
 
-    def __init__(self, sink: RecordSink, *, retry_after: float = 1.0) -> None:
+    def __init__(self, sink: RecordSink, metrics: Metrics, *, retry_after: float = 1.0) -> None:
         self._sink = sink
+        self._metrics = metrics
         self._retry_after = retry_after
-        self.requests = 0
-        self.records = 0
-        self.rejected_invalid = 0
-        self.rejected_unavailable = 0
 
     async def export(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        self.requests += 1
+        started = time.monotonic()
         try:
             message = ExportLogsServiceRequest.FromString(request)
             payloads = log_payloads(message)
         except (DecodeError, RecursionError, ValueError) as exc:
-            self.rejected_invalid += 1
+            self._metrics.observe_export("grpc", "invalid", 0, time.monotonic() - started)
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"request is not a valid ExportLogsServiceRequest ({type(exc).__name__}: {exc}); nothing was sealed",
             )
         if not payloads:
+            self._metrics.observe_export("grpc", "empty", 0, time.monotonic() - started)
             return _EMPTY_RESPONSE
-        started = time.monotonic()
         try:
             await self._sink.submit(payloads)
         except DeliveryError as exc:
-            self.rejected_unavailable += 1
+            self._metrics.observe_export("grpc", "unavailable", len(payloads), time.monotonic() - started)
             message_text = f"{exc.diagnostics()}; retry later"
             context.set_trailing_metadata(
                 (("grpc-status-details-bin", _unavailable_details(message_text, self._retry_after)),)
             )
             await context.abort(grpc.StatusCode.UNAVAILABLE, message_text)
-        self.records += len(payloads)
-        log.debug("export sealed", extra={"records": len(payloads), "ms": round((time.monotonic() - started) * 1e3, 2)})
+        self._metrics.observe_export("grpc", "ok", len(payloads), time.monotonic() - started)
         return _EMPTY_RESPONSE
 
 
@@ -105,9 +99,11 @@ class OtlpGrpcReceiver:
         *,
         listen: str,
         max_message_bytes: int,
+        metrics: Metrics | None = None,
         server_credentials: grpc.ServerCredentials | None = None,
     ) -> None:
-        self.handler = LogsExportHandler(sink)
+        self.metrics = metrics or Metrics()
+        self.handler = LogsExportHandler(sink, self.metrics)
         self._sink = sink
         self._listen = listen
         self._max_message_bytes = max_message_bytes

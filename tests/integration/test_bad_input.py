@@ -110,3 +110,27 @@ def test_bad_input_leaves_a_verifiable_chain(run_sidecar, tmp_path: Path, key_pa
             assert _call(sidecar, bad) is not None
         assert _call(sidecar, _request("three")) is None
     _assert_chain_intact(tmp_path, key_pair, records=3)
+
+
+def test_metrics_count_requests_by_outcome_and_records(directory_sidecar: Sidecar) -> None:
+    import urllib.request
+
+    assert _call(directory_sidecar, _request("a", "b", "c")) is None
+    assert _call(directory_sidecar, b"\xff garbage") is not None
+    assert _call(directory_sidecar, b"") is None
+    with urllib.request.urlopen(f"http://127.0.0.1:{directory_sidecar.metrics_port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    values = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+    assert values['collector_ext_records_received_total{transport="grpc"}'] == 3
+    assert values['collector_ext_export_requests_total{outcome="ok",transport="grpc"}'] == 1
+    assert values['collector_ext_export_requests_total{outcome="invalid",transport="grpc"}'] == 1
+    assert values['collector_ext_export_requests_total{outcome="empty",transport="grpc"}'] == 1
+    assert values["collector_ext_records_sealed_total"] == 4  # with the genesis entry
+    assert values["collector_ext_records_archived_total"] == 4
+    assert values["collector_ext_pending_records"] == 0
+    assert values["collector_ext_ready"] == 1
+    assert values['collector_ext_export_duration_seconds_count{transport="grpc"}'] == 3

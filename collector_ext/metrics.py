@@ -1,0 +1,136 @@
+"""Prometheus metrics of the sidecar, on their own registry.
+
+Per-request metrics (requests by outcome, records received, Export latency) are observed by the
+receivers; everything the pipeline already counts is read from its stats when Prometheus scrapes,
+so the per-record hot path pays nothing for metrics. Names are listed in METRIC_NAMES; the Grafana
+dashboard and alert rules in deploy/ use only these, and a test checks that.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+
+    from collector_ext.pipeline import SealingPipeline
+
+OUTCOMES = ("ok", "empty", "invalid", "too_large", "unavailable")
+
+
+class _PipelineCollector(Collector):
+    def __init__(self, pipeline: SealingPipeline) -> None:
+        self._pipeline = pipeline
+
+    def collect(self) -> Iterable[Metric]:
+        pipeline = self._pipeline
+        stats = pipeline.stats
+        counters = {
+            "collector_ext_records_sealed": ("Log records sealed into the chain.", stats.records_sealed),
+            "collector_ext_records_archived": ("Sealed entries stored in the archive.", stats.records_archived),
+            "collector_ext_segments_archived": ("Segment objects stored in the archive.", stats.segments_archived),
+            "collector_ext_checkpoints_written": (
+                "Signed checkpoints stored in the archive.",
+                stats.checkpoints_written,
+            ),
+            "collector_ext_archive_write_retries": (
+                "Archive writes that failed and were retried.",
+                stats.upload_retries,
+            ),
+            "collector_ext_requests_refused_capacity": (
+                "Requests refused because too many records awaited archiving.",
+                stats.requests_refused,
+            ),
+        }
+        for name, (help_text, value) in counters.items():
+            yield CounterMetricFamily(name, help_text, value=value)
+        yield GaugeMetricFamily(
+            "collector_ext_pending_records", "Records sealed but not yet archived.", value=pipeline.pending_records
+        )
+        yield GaugeMetricFamily(
+            "collector_ext_ready", "1 when a request now would be accepted (gRPC health SERVING).", value=pipeline.ready
+        )
+        yield GaugeMetricFamily(
+            "collector_ext_chain_next_sequence",
+            "Next sequence number of the sidecar's chain.",
+            value=pipeline.next_sequence,
+        )
+        yield GaugeMetricFamily(
+            "collector_ext_last_checkpoint_timestamp_seconds",
+            "Unix time of the newest checkpoint stored in the archive (0: none yet).",
+            value=stats.last_checkpoint_unix,
+        )
+        failing = pipeline.failing_since
+        yield GaugeMetricFamily(
+            "collector_ext_archive_failing_seconds",
+            "How long archive writes have been failing (0 when they succeed).",
+            value=0.0 if failing is None else time.monotonic() - failing,
+        )
+
+
+class Metrics:
+    """The sidecar's metrics. Receivers call ``observe_export``; ``watch`` adds a pipeline."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.export_requests = Counter(
+            "collector_ext_export_requests",
+            "OTLP Export requests by transport and outcome.",
+            ["transport", "outcome"],
+            registry=self.registry,
+        )
+        self.records_received = Counter(
+            "collector_ext_records_received",
+            "Log records in Export requests that were accepted.",
+            ["transport"],
+            registry=self.registry,
+        )
+        self.export_duration = Histogram(
+            "collector_ext_export_duration_seconds",
+            "Time from receiving an Export request to answering it.",
+            ["transport"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+            registry=self.registry,
+        )
+        for transport in ("grpc", "http"):
+            for outcome in OUTCOMES:
+                self.export_requests.labels(transport, outcome)
+            self.records_received.labels(transport)
+            self.export_duration.labels(transport)
+
+    def watch(self, pipeline: SealingPipeline) -> None:
+        self.registry.register(_PipelineCollector(pipeline))
+
+    def observe_export(self, transport: str, outcome: str, records: int, seconds: float) -> None:
+        self.export_requests.labels(transport, outcome).inc()
+        if outcome == "ok":
+            self.records_received.labels(transport).inc(records)
+        self.export_duration.labels(transport).observe(seconds)
+
+    def exposition(self) -> bytes:
+        """The text exposition format Prometheus scrapes."""
+        return generate_latest(self.registry)
+
+
+METRIC_NAMES = (
+    "collector_ext_export_requests_total",
+    "collector_ext_records_received_total",
+    "collector_ext_export_duration_seconds",
+    "collector_ext_records_sealed_total",
+    "collector_ext_records_archived_total",
+    "collector_ext_segments_archived_total",
+    "collector_ext_checkpoints_written_total",
+    "collector_ext_archive_write_retries_total",
+    "collector_ext_requests_refused_capacity_total",
+    "collector_ext_pending_records",
+    "collector_ext_ready",
+    "collector_ext_chain_next_sequence",
+    "collector_ext_last_checkpoint_timestamp_seconds",
+    "collector_ext_archive_failing_seconds",
+)
