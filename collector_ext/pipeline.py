@@ -102,12 +102,14 @@ class SealingPipeline:
         *,
         clock: Callable[[], int] = time.time_ns,
         writer: str = f"collector-ext/{__version__}",
+        on_archived: Callable[[list[bytes], list[bytes]], None] | None = None,
     ) -> None:
         self._signer = signer
         self._store = store
         self._settings = settings or PipelineSettings()
         self._clock = clock
         self._writer = writer
+        self._on_archived = on_archived
         self._head = ChainHead.new(uuid.uuid4().bytes)
         self._signing = SigningPool(
             signer, workers=self._settings.signing_workers, count=self._settings.signing_worker_count
@@ -305,6 +307,8 @@ class SealingPipeline:
             assert segment.durable is not None
             if not segment.durable.done():
                 segment.durable.set_result(None)
+            if self._on_archived is not None:
+                self._on_archived(segment.entries, signatures)
         except BaseException as exc:
             assert segment.durable is not None
             if not segment.durable.done():

@@ -39,12 +39,16 @@ from collector_ext.seal.entry import (
     SEQUENCE_SLICE,
     ZERO_HASH,
     EntryKind,
+    entry_hash,
     entry_payload,
 )
 from collector_ext.seal.keys import PublicKey, key_id_for
 from collector_ext.seal.layout import CheckpointKey, SegmentKey
 from collector_ext.seal.segment import decode_segment
 from collector_ext.verify.findings import ChainSummary, Finding, FindingKind, Severity
+
+# Told about every stored record (entry, entry hash, signature, object key), e.g. to cross-check Loki.
+RecordObserver = Callable[[bytes, bytes, bytes, str], None]
 
 # Version 1, kind LOG_RECORD, reserved 0: the first four bytes of every ordinary entry.
 _LOG_RECORD_HEADER_START = FORMAT_VERSION.to_bytes(2, "big") + bytes([EntryKind.LOG_RECORD, 0])
@@ -86,12 +90,14 @@ class ChainChecker:
         *,
         check_all_signatures: bool = False,
         check_signature_batch: SignatureBatchChecker = check_signatures_serially,
+        record_observer: RecordObserver | None = None,
     ) -> None:
         self.chain_id_hex = chain_id_hex
         self.chain_id = bytes.fromhex(chain_id_hex)
         self._keys = trusted_keys
         self._check_all = check_all_signatures
         self._check_batch = check_signature_batch
+        self._observer = record_observer
         self.findings: list[Finding] = []
         self.records = 0
         self.signatures_checked = 0
@@ -275,6 +281,9 @@ class ChainChecker:
         header_mismatch = segment.first_sequence != key.first_sequence or segment.record_count != (
             key.last_sequence - key.first_sequence + 1
         )
+        if self._observer is not None:
+            for record in segment.records:
+                self._observer(record.entry, entry_hash(record.entry), record.signature, key.key)
         verify_signatures = self._check_all or not authentic
         if verify_signatures or not self._continue_clean_run(segment.records):
             self._check_records(key, segment.records, verify_signatures)

@@ -36,6 +36,9 @@ class FindingKind(StrEnum):
     TRUNCATED_CHAIN = "truncated-chain"
     UNCOVERED_TAIL = "uncovered-tail"
     UNRECOGNISED_OBJECT = "unrecognised-object"
+    LOKI_MISSING = "loki-missing"
+    LOKI_ALTERED = "loki-altered"
+    LOKI_NOT_IN_ARCHIVE = "loki-not-in-archive"
 
 
 @dataclass(frozen=True, slots=True)

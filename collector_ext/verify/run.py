@@ -18,7 +18,7 @@ from collector_ext.deliver.archive import ArchiveStore
 from collector_ext.errors import ArchiveUnavailableError
 from collector_ext.seal.keys import PublicKey
 from collector_ext.seal.layout import CheckpointKey, SegmentKey, parse_checkpoint_key, parse_segment_key
-from collector_ext.verify.check import ChainChecker
+from collector_ext.verify.check import ChainChecker, RecordObserver
 from collector_ext.verify.findings import Finding, FindingKind, Severity, VerificationReport
 
 ProgressCallback = Callable[[int, int], None]  # (objects done, objects in all)
@@ -66,6 +66,7 @@ async def check_archive(
     trusted_keys: Mapping[bytes, PublicKey],
     options: VerifyOptions | None = None,
     progress: ProgressCallback | None = None,
+    record_observer: RecordObserver | None = None,
 ) -> VerificationReport:
     """Check every chain in ``store``; never raises for what it finds, only for what stops it.
 
@@ -116,6 +117,7 @@ async def check_archive(
                 trusted_keys,
                 check_all_signatures=options.check_all_signatures,
                 check_signature_batch=check_batch,
+                record_observer=record_observer,
             )
             checkpoint_keys = sorted(listing.checkpoints.get(chain_id_hex, []), key=lambda k: k.key)
             checkpoint_data = await asyncio.gather(*(store.get(k.key) for k in checkpoint_keys))

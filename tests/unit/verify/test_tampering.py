@@ -274,6 +274,10 @@ def test_every_finding_kind_has_a_test() -> None:
         K.UNCOVERED_TAIL,
         K.FORKED_CHAIN,
         K.UNRECOGNISED_OBJECT,
+        # Loki cross-check findings: tests/integration/test_loki_sink.py
+        K.LOKI_MISSING,
+        K.LOKI_ALTERED,
+        K.LOKI_NOT_IN_ARCHIVE,
     }
     assert tested == set(FindingKind)
 

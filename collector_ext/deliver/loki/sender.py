@@ -1,0 +1,227 @@
+"""Delivery to Loki: a bounded queue of archived segments, batched pushes, retries, per-reason counts.
+
+Loki is fed only with records already stored in the archive, and on its own queue and task: a slow
+or failing Loki never delays sealing, archiving or the acknowledgement to the collector.
+
+- Batching: entries are pushed in batches up to ``batch_max_bytes``, or whatever has waited
+  ``batch_max_wait`` seconds.
+- Retries: 429, 5xx and connection errors are retried with backoff and jitter (honouring
+  Retry-After) until they succeed or the sidecar shuts down. A batch is pushed again only after a
+  failure, never after a success.
+- 400: not retried. Loki stores the valid entries of a partly invalid push; the rest are counted by
+  reason (``collector_ext_loki_entries_rejected_total{reason}``) and logged without their content.
+  The records stay in the archive.
+- 413: the batch is split in halves and each is pushed.
+- Queue full (Loki down for long): the oldest queued segments are dropped and counted
+  (``reason="queue_full"``); the archive keeps them, and ``verify --loki-url`` shows the gap.
+
+The queue is in memory: records queued for Loki when the process stops are not pushed (they are in
+the archive). A durable spool with a Loki cursor is a later step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from collector_ext.deliver.loki.client import (
+    LokiClient,
+    LokiConfigurationError,
+    LokiRejectedError,
+    LokiRequestTooLargeError,
+    LokiUnavailableError,
+)
+from collector_ext.deliver.loki.mapping import EntryMapper, LokiEntry
+from collector_ext.deliver.loki.push import encode_json, encode_protobuf, encoded_size
+from collector_ext.errors import DeliveryError
+from collector_ext.retry import RetryPolicy, retry_async
+from collector_ext.seal.entry import ENTRY_HASH_PREFIX
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class LokiSettings:
+    batch_max_bytes: int = 1024 * 1024
+    batch_max_wait: float = 1.0
+    max_queue_records: int = 500_000
+    json_body: bool = False
+    retry: RetryPolicy = field(default_factory=lambda: RetryPolicy(initial_delay=0.5, max_delay=30.0))
+
+
+@dataclass
+class LokiStats:
+    entries_pushed: int = 0
+    pushes: int = 0
+    push_retries: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    queued_records: int = 0
+    failing_since: float | None = None
+
+    def reject(self, reason: str, count: int) -> None:
+        self.rejected[reason] = self.rejected.get(reason, 0) + count
+
+
+@dataclass(frozen=True, slots=True)
+class _ArchivedSegment:
+    entries: Sequence[bytes]
+    signatures: Sequence[bytes]
+
+
+class LokiSender:
+    def __init__(self, client: LokiClient, mapper: EntryMapper, settings: LokiSettings | None = None) -> None:
+        self._client = client
+        self._mapper = mapper
+        self._settings = settings or LokiSettings()
+        self._segments: deque[_ArchivedSegment] = deque()
+        self._mapped: deque[LokiEntry] = deque()
+        self._mapped_bytes = 0
+        self._oldest_at: float | None = None
+        self._wakeup = asyncio.Event()
+        self._drained = asyncio.Event()
+        self._drained.set()
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.stats = LokiStats()
+
+    async def start(self) -> None:
+        await self._client.open()
+        self._task = asyncio.create_task(self._run(), name="loki-sender")
+
+    def offer(self, entries: Sequence[bytes], signatures: Sequence[bytes]) -> None:
+        """Queue the records of one archived segment (called on the event loop; O(1))."""
+        self._segments.append(_ArchivedSegment(entries, signatures))
+        self._drained.clear()
+        self.stats.queued_records += len(entries)
+        if self._oldest_at is None:
+            self._oldest_at = time.monotonic()
+        while self.stats.queued_records > self._settings.max_queue_records and len(self._segments) > 1:
+            dropped = self._segments.popleft()
+            self.stats.queued_records -= len(dropped.entries)
+            self.stats.reject("queue_full", len(dropped.entries))
+        self._wakeup.set()
+
+    async def close(self, drain_timeout: float) -> None:
+        """Push what is queued as far as ``drain_timeout`` allows, then stop."""
+        deadline = time.monotonic() + drain_timeout
+        self._settings = dataclasses.replace(self._settings, batch_max_wait=0.0)
+        self._wakeup.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._drained.wait(), timeout=max(0.0, deadline - time.monotonic()))
+        self._stop.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        left = self.stats.queued_records
+        if left:
+            log.warning("records not pushed to Loki at shutdown (they are in the archive)", extra={"records": left})
+        await self._client.close()
+
+    # -- batching -----------------------------------------------------------------------------------
+    def _map_next_segment(self) -> None:
+        segment = self._segments.popleft()
+        base = hashlib.sha256(ENTRY_HASH_PREFIX)
+        for entry, signature in zip(segment.entries, segment.signatures, strict=True):
+            digest = base.copy()
+            digest.update(entry)
+            mapped = self._mapper.map_entry(entry, digest.digest(), signature)
+            self.stats.queued_records -= 1
+            if mapped is not None:
+                self._mapped.append(mapped)
+                self._mapped_bytes += encoded_size(mapped)
+
+    def _take_batch(self) -> list[LokiEntry]:
+        limit = self._settings.batch_max_bytes
+        while self._segments and self._mapped_bytes < limit:
+            self._map_next_segment()
+        batch: list[LokiEntry] = []
+        size = 0
+        while self._mapped and (not batch or size + encoded_size(self._mapped[0]) <= limit):
+            entry = self._mapped.popleft()
+            entry_size = encoded_size(entry)
+            size += entry_size
+            self._mapped_bytes -= entry_size
+            batch.append(entry)
+        if not self._segments and not self._mapped:
+            self._oldest_at = None
+        return batch
+
+    def _batch_ready(self) -> bool:
+        if not self._segments and not self._mapped:
+            return False
+        if self._mapped_bytes >= self._settings.batch_max_bytes or len(self._segments) > 1:
+            return True
+        waited = time.monotonic() - (self._oldest_at or time.monotonic())
+        return waited >= self._settings.batch_max_wait
+
+    async def _run(self) -> None:
+        while True:
+            if not self._batch_ready():
+                self._wakeup.clear()
+                timeout = self._settings.batch_max_wait if (self._segments or self._mapped) else None
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), timeout=timeout)
+                continue
+            batch = self._take_batch()
+            if batch:
+                await self._deliver(batch)
+            if not self._segments and not self._mapped:
+                self._drained.set()
+
+    # -- delivery -----------------------------------------------------------------------------------
+    async def _deliver(self, batch: list[LokiEntry]) -> None:
+        body = encode_json(batch) if self._settings.json_body else encode_protobuf(batch)
+
+        def on_retry(error: DeliveryError, attempt: int, delay: float) -> None:
+            self.stats.push_retries += 1
+            if self.stats.failing_since is None:
+                self.stats.failing_since = time.monotonic()
+            log.warning(
+                "Loki push failed; retrying",
+                extra={"attempt": attempt + 1, "delay_s": round(delay, 3), "error": str(error), "entries": len(batch)},
+            )
+
+        while True:
+            try:
+                await retry_async(
+                    lambda: self._client.push(body, json_body=self._settings.json_body),
+                    policy=self._settings.retry,
+                    on_retry=on_retry,
+                )
+            except LokiRejectedError as exc:
+                rejected = sum(exc.reasons.values()) or len(batch)
+                for reason, count in exc.reasons.items():
+                    self.stats.reject(reason, count)
+                self.stats.entries_pushed += max(0, len(batch) - rejected)
+                self.stats.pushes += 1
+                self.stats.failing_since = None
+                log.warning("Loki refused entries (they remain in the archive)", extra={"reasons": exc.reasons})
+                return
+            except LokiRequestTooLargeError:
+                if len(batch) == 1:
+                    self.stats.reject("request_too_large", 1)
+                    return
+                half = len(batch) // 2
+                await self._deliver(batch[:half])
+                await self._deliver(batch[half:])
+                return
+            except LokiConfigurationError as exc:
+                if self.stats.failing_since is None:
+                    self.stats.failing_since = time.monotonic()
+                log.error("Loki refuses the sidecar's pushes", extra={"error": str(exc)})
+                await asyncio.sleep(self._settings.retry.max_delay)
+                continue
+            except LokiUnavailableError:
+                continue
+            self.stats.entries_pushed += len(batch)
+            self.stats.pushes += 1
+            self.stats.failing_since = None
+            return
