@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from collector_ext import __version__
-from collector_ext.errors import CollectorExtError, KeyFileError
+from collector_ext.errors import CollectorExtError, ConfigurationError, KeyFileError
 
 EXIT_VERIFIED = 0
 EXIT_FINDINGS = 1
@@ -127,6 +127,21 @@ def keygen(out_dir: Path, force: bool) -> None:
 @click.option("--endpoint-url", help="S3-compatible endpoint (else AWS_ENDPOINT_URL / AWS default).")
 @click.option("--region", help="S3 region (else AWS_REGION / AWS default).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when a terminal).")
+@click.option("--loki-url", help="Also check that Loki holds every archived record, unaltered, with its seal.")
+@click.option("--loki-tenant", help="X-Scope-OrgID for Loki.")
+@click.option("--loki-bearer-token", envvar="COLLECTOR_EXT_LOKI_BEARER_TOKEN", help="Bearer token for Loki.")
+@click.option("--loki-username", help="Basic-auth user for Loki.")
+@click.option("--loki-password", envvar="COLLECTOR_EXT_LOKI_PASSWORD", help="Basic-auth password for Loki.")
+@click.option("--loki-ca-file", type=click.Path(path_type=Path), help="CA bundle for Loki's TLS certificate.")
+@click.option("--loki-query", default='{service_name=~".+"}', show_default=True, help="Stream selector to read.")
+@click.option("--loki-seal-in-line", is_flag=True, help="The sidecar ran with loki.seal_in_line (Loki 2.9).")
+@click.option(
+    "--loki-label-attribute",
+    "loki_label_attributes",
+    multiple=True,
+    help="Resource attributes the sidecar used as Loki labels (default: Loki's own list).",
+)
+@click.option("--since", default="24h", show_default=True, help="Loki window to cross-check: 30m, 24h, 7d.")
 def verify(
     archive_url: str,
     public_keys: tuple[Path, ...],
@@ -135,8 +150,42 @@ def verify(
     endpoint_url: str | None,
     region: str | None,
     progress: bool | None,
+    loki_url: str | None,
+    loki_tenant: str | None,
+    loki_bearer_token: str | None,
+    loki_username: str | None,
+    loki_password: str | None,
+    loki_ca_file: Path | None,
+    loki_query: str,
+    loki_seal_in_line: bool,
+    loki_label_attributes: tuple[str, ...],
+    since: str,
 ) -> None:
     """Verify an archive against pinned public keys. Exit 0 verified, 1 tampering or loss, 2 could not run."""
+    from collector_ext.deliver.loki.client import LokiConnection
+    from collector_ext.deliver.loki.mapping import DEFAULT_LABEL_ATTRIBUTES, MappingSettings
+
+    loki: LokiCheck | None = None
+    if loki_url:
+        try:
+            window = parse_duration(since)
+        except ValueError as exc:
+            _fail(ConfigurationError("--since", str(exc)))
+        loki = LokiCheck(
+            LokiConnection(
+                url=loki_url,
+                tenant=loki_tenant,
+                username=loki_username,
+                password=loki_password,
+                bearer_token=loki_bearer_token,
+                ca_file=str(loki_ca_file) if loki_ca_file else None,
+            ),
+            MappingSettings(
+                label_attributes=loki_label_attributes or DEFAULT_LABEL_ATTRIBUTES, seal_in_line=loki_seal_in_line
+            ),
+            loki_query,
+            window,
+        )
     from collector_ext.seal.keys import PublicKey, load_public_key_pem
     from collector_ext.verify.render import render_json, render_text
 
@@ -152,7 +201,9 @@ def verify(
             _fail(exc)
         keys[key.key_id] = key
     try:
-        report, description = asyncio.run(_verify(archive_url, keys, all_signatures, endpoint_url, region, progress))
+        report, description = asyncio.run(
+            _verify(archive_url, keys, all_signatures, endpoint_url, region, progress, loki)
+        )
     except CollectorExtError as exc:
         _fail(exc)
     click.echo(render_json(report, description) if as_json else render_text(report, description))
@@ -166,11 +217,12 @@ async def _verify(
     endpoint_url: str | None,
     region: str | None,
     progress: bool | None,
+    loki: LokiCheck | None,
 ) -> tuple[Any, str]:
     from tqdm import tqdm
 
     from collector_ext.service import open_archive
-    from collector_ext.verify.run import VerifyOptions, check_archive
+    from collector_ext.verify.run import VerifyOptions, check_archive, with_findings
 
     store = open_archive(archive_url, for_writing=False, endpoint_url=endpoint_url, region=region)
     await store.open()
@@ -183,12 +235,65 @@ async def _verify(
         bar.n = done
         bar.refresh()
 
+    cross_check = loki.start() if loki is not None else None
     try:
-        report = await check_archive(store, keys, VerifyOptions(check_all_signatures=all_signatures), on_progress)
+        report = await check_archive(
+            store,
+            keys,
+            VerifyOptions(check_all_signatures=all_signatures),
+            on_progress,
+            record_observer=cross_check.add_archived if cross_check is not None else None,
+        )
     finally:
         bar.close()
         await store.close()
+    if loki is not None and cross_check is not None:
+        report = with_findings(report, await loki.read_and_compare(cross_check))
     return report, store.description
+
+
+class LokiCheck:
+    """What ``verify --loki-url`` needs: where Loki is, how the sidecar mapped, and the window."""
+
+    def __init__(self, connection: Any, mapping: Any, query: str, window_seconds: float) -> None:
+        self.connection = connection
+        self.mapping = mapping
+        self.query = query
+        self.window_seconds = window_seconds
+        self.end_ns = 0
+
+    def start(self) -> Any:
+        import time
+
+        from collector_ext.deliver.loki.mapping import EntryMapper
+        from collector_ext.verify.loki_crosscheck import LokiCrossCheck
+
+        self.end_ns = time.time_ns()
+        return LokiCrossCheck(EntryMapper(self.mapping), self.end_ns - int(self.window_seconds * 1e9), self.end_ns)
+
+    async def read_and_compare(self, cross_check: Any) -> list[Any]:
+        from collector_ext.deliver.loki.client import LokiClient
+
+        client = LokiClient(self.connection)
+        await client.open()
+        try:
+            async for entry in client.query_range(
+                self.query, self.end_ns - int(self.window_seconds * 1e9), self.end_ns
+            ):
+                cross_check.add_loki(entry)
+        finally:
+            await client.close()
+        findings: list[Any] = cross_check.finish()
+        return findings
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in '90s', '30m', '24h', '7d'."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = text[:-1], text[-1:]
+    if unit not in units or not number.replace(".", "", 1).isdigit() or float(number) <= 0:
+        raise ValueError(f"{text!r} is not a duration like 30m, 24h or 7d")
+    return float(number) * units[unit]
 
 
 @main.command()

@@ -8,6 +8,7 @@ thread pool (pyca/cryptography releases the GIL while verifying).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
@@ -168,3 +169,11 @@ async def _check_segments(
     finally:
         for task in fetches.values():
             task.cancel()
+
+
+def with_findings(report: VerificationReport, extra: list[Finding]) -> VerificationReport:
+    """The report with more findings (e.g. the Loki cross-check's) added, totals updated."""
+    counts = dict(report.counts)
+    for finding in extra:
+        counts[finding.severity.value] = counts.get(finding.severity.value, 0) + 1
+    return dataclasses.replace(report, findings=report.findings + tuple(extra), counts=counts)

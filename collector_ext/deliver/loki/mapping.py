@@ -27,6 +27,7 @@ function to know what Loki should hold.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import re
 from collections.abc import Iterable, Sequence
@@ -78,6 +79,7 @@ METADATA_TRUNCATED = "audit_metadata_truncated"
 _NOT_ALNUM = re.compile(r"[^A-Za-z0-9]+")
 
 
+@functools.lru_cache(maxsize=8192)
 def sanitise_name(name: str) -> str:
     """A label or structured-metadata name as Loki 3.6+ normalises it (``service.name`` ->
     ``service_name``); names Loki would refuse (empty, only separators) become ``attribute``."""
@@ -110,7 +112,13 @@ class LokiEntry:
     sequence: int
 
     def label_string(self) -> str:
-        return "{" + ", ".join(f"{name}={json.dumps(value, ensure_ascii=False)}" for name, value in self.labels) + "}"
+        return render_label_set(self.labels)
+
+
+@functools.lru_cache(maxsize=4096)
+def render_label_set(labels: tuple[tuple[str, str], ...]) -> str:
+    """``{a="x", b="y"}`` with Go-compatible quoting of the values (JSON string escapes)."""
+    return "{" + ", ".join(f"{name}={json.dumps(value, ensure_ascii=False)}" for name, value in labels) + "}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,6 +286,12 @@ class EntryMapper:
         """Seal fields first and always kept; other fields by priority while Loki's limits allow."""
         limit_entries = self.settings.max_metadata_entries
         limit_bytes = self.settings.max_metadata_bytes
+        combined = reserved + [pair for group in groups for pair in group]
+        # Fast path: few, short fields with distinct names (4 bytes per character bounds UTF-8).
+        if len(combined) < limit_entries and len({name for name, _ in combined}) == len(combined):
+            characters = sum(len(name) + len(value) for name, value in combined)
+            if characters * 4 <= limit_bytes - 64:
+                return tuple(combined)
         taken = {name for name, _ in reserved}
         chosen: list[tuple[str, str]] = list(reserved)
         size = sum(len(n) + len(v.encode()) for n, v in chosen)
@@ -285,7 +299,7 @@ class EntryMapper:
         for group in groups:
             for name, value in group:
                 if name in taken:
-                    name = f"{name}_attr"
+                    name = f"{name}_attr"  # an attribute never shadows a seal or earlier field
                     if name in taken:
                         continue
                 cost = len(name) + len(value.encode())
