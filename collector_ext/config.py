@@ -24,6 +24,7 @@ from collector_ext.errors import ConfigurationError
 ENV_PREFIX = "COLLECTOR_EXT_"
 DEFAULT_LISTEN = "127.0.0.1:14317"
 DEFAULT_METRICS_LISTEN = "127.0.0.1:19464"
+DEFAULT_HTTP_LISTEN = "127.0.0.1:14318"
 # The collector's own batches can exceed grpc's 4 MiB default; 64 MiB leaves room for the largest
 # sending_queue batches we document while bounding memory per request.
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -65,6 +66,9 @@ class TlsConfig(_Section):
 
 class SidecarConfig(_Section):
     listen: str = DEFAULT_LISTEN
+    http_listen: str | None = Field(
+        default=DEFAULT_HTTP_LISTEN, description="HOST:PORT for OTLP/HTTP POST /v1/logs; null disables"
+    )
     metrics_listen: str | None = Field(
         default=DEFAULT_METRICS_LISTEN, description="HOST:PORT for GET /metrics (Prometheus); null disables"
     )
@@ -81,7 +85,7 @@ class SidecarConfig(_Section):
     shutdown_grace_seconds: float = Field(default=20.0, ge=0, le=600)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
-    @field_validator("listen", "metrics_listen")
+    @field_validator("listen", "http_listen", "metrics_listen")
     @classmethod
     def _listen_has_port(cls, value: str | None) -> str | None:
         if value is None:

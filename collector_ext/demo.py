@@ -179,6 +179,7 @@ def run_demo(keep: Path | None = None) -> bool:
             archive_url = f"s3://{BUCKET}/{PREFIX}"
             config = SidecarConfig(
                 listen="127.0.0.1:0",
+                http_listen="127.0.0.1:0",
                 metrics_listen="127.0.0.1:0",
                 signing_key=private,
                 archive=ArchiveConfig(url=archive_url, endpoint_url=s3_server.endpoint_url),

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +29,7 @@ from collector_ext.metrics import Metrics
 from collector_ext.metrics_server import MetricsServer
 from collector_ext.pipeline import PipelineSettings, SealingPipeline
 from collector_ext.receive.otlp_grpc import OtlpGrpcReceiver
+from collector_ext.receive.otlp_http import OtlpHttpReceiver
 from collector_ext.seal.keys import Ed25519Signer, load_private_key_pem
 
 log = logging.getLogger(__name__)
@@ -78,6 +80,23 @@ def _server_credentials(config: SidecarConfig) -> grpc.ServerCredentials | None:
     return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
 
 
+def _server_ssl_context(config: SidecarConfig) -> ssl.SSLContext | None:
+    """The OTLP/HTTP receiver's TLS: the same certificate, and client certificates when client_ca_file is set."""
+    if config.tls is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(config.tls.cert_file, config.tls.key_file)
+        if config.tls.client_ca_file is not None:
+            context.load_verify_locations(cafile=config.tls.client_ca_file)
+            context.verify_mode = ssl.CERT_REQUIRED
+    except ssl.SSLError as exc:
+        raise ConfigurationError("tls", f"cannot use the certificate, key or client CA: {exc.reason}") from exc
+    except OSError as exc:
+        raise ConfigurationError("tls", f"cannot read {exc.filename}: {exc.strerror}") from exc
+    return context
+
+
 class Sidecar:
     """The running service: receiver, pipeline and archive, built from one config."""
 
@@ -117,6 +136,18 @@ class Sidecar:
             metrics=self.metrics,
             server_credentials=_server_credentials(config),
         )
+        self.http_receiver = (
+            OtlpHttpReceiver(
+                self.pipeline,
+                listen=config.http_listen,
+                max_message_bytes=config.max_message_bytes,
+                metrics=self.metrics,
+                ssl_context=_server_ssl_context(config),
+            )
+            if config.http_listen
+            else None
+        )
+        self.http_port = 0
         self.metrics_server = MetricsServer(self.metrics, config.metrics_listen) if config.metrics_listen else None
         self.metrics_port = 0
         self._health_task: asyncio.Task[None] | None = None
@@ -130,6 +161,11 @@ class Sidecar:
             self.port = await self.receiver.start()
         except OSError as exc:
             raise ConfigurationError("listen", f"cannot listen on {self.config.listen}: {exc}") from exc
+        if self.http_receiver is not None:
+            try:
+                self.http_port = await self.http_receiver.start()
+            except OSError as exc:
+                raise ConfigurationError("http_listen", f"cannot listen on {self.config.http_listen}: {exc}") from exc
         if self.metrics_server is not None:
             try:
                 self.metrics_port = await self.metrics_server.start()
@@ -143,6 +179,7 @@ class Sidecar:
             extra={
                 "listen": self.config.listen,
                 "port": self.port,
+                "http_port": self.http_port,
                 "metrics_port": self.metrics_port,
                 "archive": self.store.description,
                 "chain_id": self.pipeline.chain_id.hex(),
@@ -162,7 +199,10 @@ class Sidecar:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._health_task
         grace = self.config.shutdown_grace_seconds
-        await self.receiver.stop(grace)
+        if self.http_receiver is None:
+            await self.receiver.stop(grace)
+        else:
+            await asyncio.gather(self.receiver.stop(grace), self.http_receiver.stop(grace))
         await self.pipeline.close(drain_timeout=grace)
         await self.store.close()
         if self.metrics_server is not None:

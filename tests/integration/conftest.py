@@ -36,6 +36,7 @@ def key_pair(tmp_path: Path) -> KeyPairFiles:
 def sidecar_config(key_pair: KeyPairFiles, archive_url: str, **settings: Any) -> SidecarConfig:
     archive_settings = {k[len("archive_") :]: settings.pop(k) for k in list(settings) if k.startswith("archive_")}
     settings.setdefault("metrics_listen", "127.0.0.1:0")
+    settings.setdefault("http_listen", "127.0.0.1:0")
     return SidecarConfig(
         listen="127.0.0.1:0",
         signing_key=key_pair.private,

