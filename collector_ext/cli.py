@@ -44,6 +44,10 @@ def main() -> None:
 @click.option("--retention-days", type=int, help="Object Lock retention period in days.")
 @click.option("--endpoint-url", help="S3-compatible endpoint (else AWS_ENDPOINT_URL / AWS default).")
 @click.option("--max-message-bytes", type=int, help="Largest accepted OTLP request, after decompression.")
+@click.option("--http-listen", help="HOST:PORT for OTLP/HTTP (default 127.0.0.1:14318).")
+@click.option("--metrics-listen", help="HOST:PORT for Prometheus GET /metrics (default 127.0.0.1:19464).")
+@click.option("--loki-url", help="Also push every archived record to this Loki, seal attached.")
+@click.option("--loki-tenant", help="X-Scope-OrgID for Loki.")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
 def serve(
     config_path: Path | None,
@@ -54,6 +58,10 @@ def serve(
     retention_days: int | None,
     endpoint_url: str | None,
     max_message_bytes: int | None,
+    http_listen: str | None,
+    metrics_listen: str | None,
+    loki_url: str | None,
+    loki_tenant: str | None,
     log_level: str | None,
 ) -> None:
     """Run the sidecar until SIGTERM or SIGINT."""
@@ -65,7 +73,10 @@ def serve(
         "listen": listen,
         "signing_key": signing_key,
         "max_message_bytes": max_message_bytes,
+        "http_listen": http_listen,
+        "metrics_listen": metrics_listen,
         "log_level": log_level,
+        "loki": {"url": loki_url, "tenant": loki_tenant},
         "archive": {
             "url": archive_url,
             "retention_mode": retention_mode,

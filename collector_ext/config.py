@@ -19,6 +19,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from collector_ext.deliver.loki.mapping import DEFAULT_LABEL_ATTRIBUTES
 from collector_ext.errors import ConfigurationError
 
 ENV_PREFIX = "COLLECTOR_EXT_"
@@ -64,6 +65,36 @@ class TlsConfig(_Section):
     client_ca_file: Path | None = Field(default=None, description="require client certificates signed by this CA")
 
 
+class LokiConfig(_Section):
+    url: str = Field(description="Loki base URL, e.g. http://loki:3100")
+    tenant: str | None = Field(default=None, description="X-Scope-OrgID")
+    username: str | None = None
+    password: str | None = Field(default=None, repr=False)
+    bearer_token: str | None = Field(default=None, repr=False)
+    ca_file: Path | None = None
+    label_attributes: tuple[str, ...] = DEFAULT_LABEL_ATTRIBUTES
+    seal_in_line: bool = Field(default=False, description="Loki 2.9: the seal in a JSON line, no structured metadata")
+    json_body: bool = Field(default=False, description="push JSON instead of snappy protobuf")
+    batch_max_bytes: int = Field(default=1024 * 1024, ge=1024, le=100 * 1024 * 1024)
+    batch_max_wait_seconds: float = Field(default=1.0, ge=0, le=60)
+    max_queue_records: int = Field(default=500_000, ge=1000)
+    timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL, e.g. http://loki:3100")
+        return value.rstrip("/")
+
+    @field_validator("label_attributes")
+    @classmethod
+    def _at_most_fifteen(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(value) > 15 * 2:
+            raise ValueError("too many label attributes; Loki allows 15 labels per stream")
+        return value
+
+
 class SidecarConfig(_Section):
     listen: str = DEFAULT_LISTEN
     http_listen: str | None = Field(
@@ -77,6 +108,7 @@ class SidecarConfig(_Section):
     archive: ArchiveConfig
     segment: SegmentConfig = SegmentConfig()
     tls: TlsConfig | None = None
+    loki: LokiConfig | None = None
     checkpoint_interval_seconds: float = Field(default=60.0, gt=0, le=3600)
     ack_timeout_seconds: float = Field(default=10.0, gt=0, le=600)
     max_pending_records: int = Field(default=200_000, ge=1000)
@@ -94,7 +126,7 @@ class SidecarConfig(_Section):
         if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:14317")
         if int(port) in (4317, 4318, 13133):
-            raise ValueError(f"port {port} is the collector's own port in the same pod; pick another (default 14317)")
+            raise ValueError(f"port {port} is the collector's own port in the same pod; pick another")
         return value
 
 

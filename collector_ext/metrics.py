@@ -19,6 +19,7 @@ from prometheus_client.registry import Collector
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
+    from collector_ext.deliver.loki.sender import LokiSender
     from collector_ext.pipeline import SealingPipeline
 
 OUTCOMES = ("ok", "empty", "invalid", "too_large", "unavailable")
@@ -74,6 +75,53 @@ class _PipelineCollector(Collector):
         )
 
 
+class _LokiCollector(Collector):
+    def __init__(self, sender: LokiSender) -> None:
+        self._sender = sender
+
+    def collect(self) -> Iterable[Metric]:
+        stats = self._sender.stats
+        yield CounterMetricFamily(
+            "collector_ext_loki_entries_pushed", "Entries Loki accepted.", value=stats.entries_pushed
+        )
+        yield CounterMetricFamily("collector_ext_loki_pushes", "Push requests Loki answered.", value=stats.pushes)
+        yield CounterMetricFamily(
+            "collector_ext_loki_push_retries", "Pushes that failed and were retried.", value=stats.push_retries
+        )
+        rejected = CounterMetricFamily(
+            "collector_ext_loki_entries_rejected",
+            "Entries not in Loki by reason (Loki's 400 reasons, queue_full); they are in the archive.",
+            labels=["reason"],
+        )
+        for reason in sorted(set(LOKI_REASONS) | set(stats.rejected)):
+            rejected.add_metric([reason], stats.rejected.get(reason, 0))
+        yield rejected
+        yield GaugeMetricFamily(
+            "collector_ext_loki_queue_records", "Archived records waiting to be pushed.", value=stats.queued_records
+        )
+        failing = stats.failing_since
+        yield GaugeMetricFamily(
+            "collector_ext_loki_failing_seconds",
+            "How long pushes to Loki have been failing (0 when they succeed).",
+            value=0.0 if failing is None else time.monotonic() - failing,
+        )
+
+
+LOKI_REASONS = (
+    "too_old",
+    "too_new",
+    "line_too_long",
+    "metadata_too_large",
+    "metadata_too_many",
+    "metadata_disallowed",
+    "out_of_order",
+    "labels",
+    "request_too_large",
+    "queue_full",
+    "other",
+)
+
+
 class Metrics:
     """The sidecar's metrics. Receivers call ``observe_export``; ``watch`` adds a pipeline."""
 
@@ -107,6 +155,9 @@ class Metrics:
     def watch(self, pipeline: SealingPipeline) -> None:
         self.registry.register(_PipelineCollector(pipeline))
 
+    def watch_loki(self, sender: LokiSender) -> None:
+        self.registry.register(_LokiCollector(sender))
+
     def observe_export(self, transport: str, outcome: str, records: int, seconds: float) -> None:
         self.export_requests.labels(transport, outcome).inc()
         if outcome == "ok":
@@ -133,4 +184,13 @@ METRIC_NAMES = (
     "collector_ext_chain_next_sequence",
     "collector_ext_last_checkpoint_timestamp_seconds",
     "collector_ext_archive_failing_seconds",
+)
+# Present when loki is configured.
+LOKI_METRIC_NAMES = (
+    "collector_ext_loki_entries_pushed_total",
+    "collector_ext_loki_pushes_total",
+    "collector_ext_loki_push_retries_total",
+    "collector_ext_loki_entries_rejected_total",
+    "collector_ext_loki_queue_records",
+    "collector_ext_loki_failing_seconds",
 )

@@ -30,6 +30,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import BrokenExecutor
 from dataclasses import dataclass, field
 
 from collector_ext import __version__
@@ -73,6 +74,7 @@ class _OpenSegment:
     first_sequence: int
     created_unix_nano: int
     entries: list[bytes] = field(default_factory=list)
+    hashes: list[bytes] = field(default_factory=list)
     signature_chunks: list[asyncio.Future[bytes]] = field(default_factory=list)
     size: int = 0
     last_hash: bytes = ZERO_HASH
@@ -245,6 +247,7 @@ class SealingPipeline:
         for start in range(0, len(hashes), chunk_size):
             segment.signature_chunks.append(self._signing.sign(hashes[start : start + chunk_size]))
         segment.entries += batch.entries
+        segment.hashes += hashes
         segment.size += sum(map(len, batch.entries))
         segment.last_hash = batch.head.head_hash
         self._pending_records += len(payloads)
@@ -282,7 +285,14 @@ class SealingPipeline:
 
     async def _upload(self, segment: _OpenSegment) -> None:
         try:
-            chunks = await asyncio.gather(*segment.signature_chunks)
+            try:
+                chunks = await asyncio.gather(*segment.signature_chunks)
+            except BrokenExecutor as exc:
+                # A signing worker died (killed, out of memory). The entries are chained already:
+                # sign them again on a fresh pool rather than lose them.
+                log.error("signing worker failed; restarting the signing pool", extra={"error": repr(exc)})
+                self._signing.restart()
+                chunks = [await self._signing.sign(segment.hashes)]
             size = SIGNATURE_SIZE
             signatures = [chunk[i : i + size] for chunk in chunks for i in range(0, len(chunk), size)]
             last_sequence = segment.first_sequence + len(segment.entries) - 1

@@ -23,6 +23,9 @@ from collector_ext import __version__
 from collector_ext.config import SidecarConfig
 from collector_ext.deliver.archive import ArchiveStore, parse_s3_url
 from collector_ext.deliver.directory_archive import DirectoryArchive
+from collector_ext.deliver.loki.client import LokiClient, LokiConnection
+from collector_ext.deliver.loki.mapping import EntryMapper, MappingSettings
+from collector_ext.deliver.loki.sender import LokiSender, LokiSettings
 from collector_ext.deliver.s3_archive import S3Archive
 from collector_ext.errors import ConfigurationError, KeyFileError
 from collector_ext.metrics import Metrics
@@ -111,6 +114,7 @@ class Sidecar:
             endpoint_url=config.archive.endpoint_url,
             region=config.archive.region,
         )
+        self.loki = _loki_sender(config)
         self.pipeline = SealingPipeline(
             self.signer,
             self.store,
@@ -126,9 +130,12 @@ class Sidecar:
                 signing_worker_count=config.signing_worker_count,
             ),
             writer=f"collector-ext/{__version__}",
+            on_archived=self.loki.offer if self.loki is not None else None,
         )
         self.metrics = Metrics()
         self.metrics.watch(self.pipeline)
+        if self.loki is not None:
+            self.metrics.watch_loki(self.loki)
         self.receiver = OtlpGrpcReceiver(
             self.pipeline,
             listen=config.listen,
@@ -151,11 +158,23 @@ class Sidecar:
         self.metrics_server = MetricsServer(self.metrics, config.metrics_listen) if config.metrics_listen else None
         self.metrics_port = 0
         self._health_task: asyncio.Task[None] | None = None
+        self._stopped = False
         self.port = 0
 
     async def start(self) -> int:
-        """Open the archive, start the chain and the receiver; returns the bound port."""
+        """Open the archive, start the chain, the Loki sender and the receivers; returns the gRPC
+        port. If any part fails, the parts already started are stopped again."""
+        try:
+            return await self._start()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.stop()
+            raise
+
+    async def _start(self) -> int:
         await self.store.open()
+        if self.loki is not None:
+            await self.loki.start()
         await self.pipeline.start()
         try:
             self.port = await self.receiver.start()
@@ -194,6 +213,8 @@ class Sidecar:
             await asyncio.sleep(0.5)
 
     async def stop(self) -> None:
+        if self._stopped:
+            return
         if self._health_task is not None:
             self._health_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -205,9 +226,12 @@ class Sidecar:
             await asyncio.gather(self.receiver.stop(grace), self.http_receiver.stop(grace))
         await self.pipeline.close(drain_timeout=grace)
         await self.store.close()
+        if self.loki is not None:
+            await self.loki.close(drain_timeout=grace)
         if self.metrics_server is not None:
             await self.metrics_server.stop()
         log.info("sidecar stopped", extra={"chain_id": self.pipeline.chain_id.hex(), **vars(self.pipeline.stats)})
+        self._stopped = True
 
     async def run_until_signalled(self) -> None:
         stop = asyncio.Event()
@@ -242,3 +266,31 @@ async def _build_and_start(config: SidecarConfig) -> Sidecar:
     sidecar = Sidecar(config)
     await sidecar.start()
     return sidecar
+
+
+def _loki_sender(config: SidecarConfig) -> LokiSender | None:
+    if config.loki is None:
+        return None
+    loki = config.loki
+    client = LokiClient(
+        LokiConnection(
+            url=loki.url,
+            tenant=loki.tenant,
+            username=loki.username,
+            password=loki.password,
+            bearer_token=loki.bearer_token,
+            ca_file=str(loki.ca_file) if loki.ca_file else None,
+            timeout_seconds=loki.timeout_seconds,
+        )
+    )
+    mapper = EntryMapper(MappingSettings(label_attributes=loki.label_attributes, seal_in_line=loki.seal_in_line))
+    return LokiSender(
+        client,
+        mapper,
+        LokiSettings(
+            batch_max_bytes=loki.batch_max_bytes,
+            batch_max_wait=loki.batch_max_wait_seconds,
+            max_queue_records=loki.max_queue_records,
+            json_body=loki.json_body,
+        ),
+    )

@@ -15,10 +15,12 @@ is unsafe).
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 import multiprocessing
 import os
 from collections.abc import Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import BrokenExecutor, Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Literal
 
 from cryptography.hazmat.primitives import serialization
@@ -29,6 +31,8 @@ from collector_ext.seal.entry import HASH_SIZE
 from collector_ext.seal.keys import Ed25519Signer, Signer
 
 SigningWorkers = Literal["processes", "threads"]
+
+log = logging.getLogger(__name__)
 
 _worker_signer: Ed25519Signer | None = None
 
@@ -49,28 +53,49 @@ def _sign_in_worker(hashes: bytes) -> bytes:
     return _sign_concatenated(_worker_signer, hashes)
 
 
+def available_cpus() -> int:
+    """CPUs this process may use: its affinity mask, capped by a cgroup v2 CPU quota (a container's
+    CPU limit), so a pod limited to 2 CPUs on a 64-CPU node starts 2 workers, not 64."""
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        with open("/sys/fs/cgroup/cpu.max", encoding="ascii") as handle:
+            quota, period = handle.read().split()[:2]
+        if quota != "max":
+            count = min(count, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, count)
+
+
 class SigningPool:
     """Signs chunks of entry hashes on worker processes or threads."""
 
     def __init__(self, signer: Signer, *, workers: SigningWorkers = "processes", count: int = 0) -> None:
-        count = count or os.cpu_count() or 2
-        self._count = count
+        self._count = count or available_cpus()
         self._signer = signer
-        self._executor: Executor
-        if workers == "processes" and isinstance(signer, Ed25519Signer):
+        self._use_processes = workers == "processes" and isinstance(signer, Ed25519Signer)
+        self._executor = self._new_executor()
+
+    def _new_executor(self) -> Executor:
+        signer = self._signer
+        if self._use_processes and isinstance(signer, Ed25519Signer):
             raw = signer.private_key.private_bytes(
                 serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
             )
-            self._executor = ProcessPoolExecutor(
-                max_workers=count,
+            self._in_process = False
+            return ProcessPoolExecutor(
+                max_workers=self._count,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_initialise_worker,
                 initargs=(raw,),
             )
-            self._in_process = False
-        else:
-            self._executor = ThreadPoolExecutor(max_workers=count, thread_name_prefix="sign")
-            self._in_process = True
+        self._in_process = True
+        return ThreadPoolExecutor(max_workers=self._count, thread_name_prefix="sign")
+
+    def restart(self) -> None:
+        """Replace a broken pool (a worker process died) with a fresh one."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._executor = self._new_executor()
 
     @property
     def workers(self) -> int:
@@ -79,8 +104,16 @@ class SigningPool:
     def sign(self, hashes: Sequence[bytes]) -> asyncio.Future[bytes]:
         """The 64-byte signatures of RECORD_SIGNATURE_PREFIX || hash for each hash, concatenated in
         order, made off the event loop."""
-        loop = asyncio.get_running_loop()
         blob = b"".join(hashes)
+        try:
+            return self._submit(blob)
+        except BrokenExecutor:
+            log.error("signing pool broken (a worker died); starting a new one")
+            self.restart()
+            return self._submit(blob)
+
+    def _submit(self, blob: bytes) -> asyncio.Future[bytes]:
+        loop = asyncio.get_running_loop()
         if self._in_process:
             return loop.run_in_executor(self._executor, _sign_concatenated, self._signer, blob)
         return loop.run_in_executor(self._executor, _sign_in_worker, blob)

@@ -71,13 +71,19 @@ class _UnsupportedMediaError(InvalidRequestError):
     """A content type or content encoding the receiver does not speak (415)."""
 
 
-class _BoundedGunzip:
-    """Inflates gzip (one or more members) chunk by chunk, failing as soon as output passes ``limit``."""
+_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
-    def __init__(self, limit: int) -> None:
+
+class _BoundedInflater:
+    """Inflates gzip (one or more members) or deflate (zlib format, as HTTP defines it) chunk by
+    chunk, failing as soon as the output passes ``limit``."""
+
+    def __init__(self, limit: int, coding: str = "gzip") -> None:
         self._limit = limit
         self._produced = 0
-        self._inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        self._coding = coding
+        self._wbits = _WBITS[coding]
+        self._inflater = zlib.decompressobj(wbits=self._wbits)
 
     def _too_large(self) -> RequestTooLargeError:
         return RequestTooLargeError(
@@ -88,12 +94,16 @@ class _BoundedGunzip:
         pieces: list[bytes] = []
         while data:
             if self._inflater.eof:  # a further gzip member follows the previous one
-                self._inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+                if self._coding != "gzip":
+                    raise InvalidRequestError("data after the end of the deflate stream; nothing was sealed")
+                self._inflater = zlib.decompressobj(wbits=self._wbits)
             try:
                 # One byte more than the room left: getting it proves the limit is exceeded.
                 piece = self._inflater.decompress(data, self._limit - self._produced + 1)
             except zlib.error as exc:
-                raise InvalidRequestError(f"request body is not valid gzip ({exc}); nothing was sealed") from exc
+                raise InvalidRequestError(
+                    f"request body is not valid {self._coding} ({exc}); nothing was sealed"
+                ) from exc
             self._produced += len(piece)
             if self._produced > self._limit:
                 raise self._too_large()
@@ -103,7 +113,7 @@ class _BoundedGunzip:
 
     def finish(self) -> None:
         if not self._inflater.eof:
-            raise InvalidRequestError("request body is truncated gzip; nothing was sealed")
+            raise InvalidRequestError(f"request body is truncated {self._coding}; nothing was sealed")
 
 
 def _media_type(request: web.Request) -> str | None:
@@ -112,15 +122,18 @@ def _media_type(request: web.Request) -> str | None:
     return media_type if media_type in (PROTOBUF, JSON) else None
 
 
-def _is_gzip(request: web.Request) -> bool:
+def _content_coding(request: web.Request) -> str | None:
+    """'gzip', 'deflate' or None (identity)."""
     codings = [c.strip().lower() for c in request.headers.get("Content-Encoding", "").split(",")]
     codings = [c for c in codings if c and c != "identity"]
     if not codings:
-        return False
+        return None
     if len(codings) == 1 and codings[0] in _GZIP_ENCODINGS:
-        return True
+        return "gzip"
+    if codings == ["deflate"]:
+        return "deflate"
     raise _UnsupportedMediaError(
-        f"unsupported Content-Encoding {request.headers['Content-Encoding']!r}; use gzip or none"
+        f"unsupported Content-Encoding {request.headers['Content-Encoding']!r}; use gzip, deflate or none"
     )
 
 
@@ -268,7 +281,7 @@ class OtlpHttpReceiver:
             await server.shutdown(grace)
         await runner.cleanup()
 
-    async def _read_body(self, request: web.Request, gzipped: bool) -> bytes:
+    async def _read_body(self, request: web.Request, coding: str | None) -> bytes:
         """The body, inflated if gzip; never holds more than the limit of either form.
 
         Raises:
@@ -279,7 +292,7 @@ class OtlpHttpReceiver:
         too_large = f"request body exceeds max_message_bytes={limit} bytes; nothing was sealed"
         if request.content_length is not None and request.content_length > limit:
             raise RequestTooLargeError(too_large)
-        inflater = _BoundedGunzip(limit) if gzipped else None
+        inflater = _BoundedInflater(limit, coding) if coding else None
         received = 0
         parts: list[bytes] = []
         async for chunk in request.content.iter_any():
@@ -301,7 +314,7 @@ class OtlpHttpReceiver:
                     f"unsupported Content-Type {request.headers.get('Content-Type', '(none)')!r}; "
                     f"use {PROTOBUF} or {JSON}"
                 )
-            body = await self._read_body(request, _is_gzip(request))
+            body = await self._read_body(request, _content_coding(request))
             if len(body) >= _DECODE_IN_THREAD_BYTES:
                 payloads = await asyncio.to_thread(_decode_payloads, body, media_type)
             else:

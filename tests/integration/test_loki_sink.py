@@ -373,3 +373,53 @@ def test_random_records_are_accepted_and_round_trip(
         assert len(findings) == len(records) - len(distinct)
     finally:
         loki.stop()
+
+
+def test_sidecar_with_loki_end_to_end_and_verify_cli(
+    run_sidecar: Any, key_pair: Any, tmp_path: Any, loki: LokiReceiver
+) -> None:
+    """serve with loki settings -> OTLP in -> archive + Loki; `verify --loki-url` exit codes; metrics."""
+    import json
+    import subprocess
+    import sys
+    import urllib.request
+
+    import grpc
+
+    archive = tmp_path / "archive"
+    with run_sidecar(
+        str(archive), loki={"url": loki.url, "tenant": "team-a", "batch_max_wait_seconds": 0.05}
+    ) as sidecar:
+        with grpc.insecure_channel(f"127.0.0.1:{sidecar.port}") as channel:
+            export = channel.unary_unary(
+                "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
+                request_serializer=None,
+                response_deserializer=None,
+            )
+            export(_request([_record(i) for i in range(30)]).SerializeToString(), timeout=10)
+        deadline = time.monotonic() + 10
+        while sidecar.loki is not None and sidecar.loki.stats.entries_pushed < 30:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        with urllib.request.urlopen(f"http://127.0.0.1:{sidecar.metrics_port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        assert "collector_ext_loki_entries_pushed_total 30.0" in text
+        assert 'collector_ext_loki_entries_rejected_total{reason="too_old"} 0.0' in text
+
+    command = [
+        sys.executable, "-m", "collector_ext.cli", "verify", "--archive", str(archive),
+        "--public-key", str(key_pair.public), "--loki-url", loki.url, "--loki-tenant", "team-a", "--since", "2h",
+        "--json",
+    ]  # fmt: skip
+    clean = subprocess.run(command, capture_output=True, text=True)
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert json.loads(clean.stdout)["findings"] == []
+
+    entry = loki.entries(tenant="team-a")[7]
+    loki.replace_line(entry.stream, entry.ts, "rewritten history", tenant="team-a")
+    tampered = subprocess.run(command, capture_output=True, text=True)
+    assert tampered.returncode == 1
+    findings = json.loads(tampered.stdout)["findings"]
+    assert [(f["kind"], f["first_sequence"]) for f in findings] == [
+        ("loki-altered", int(entry.structured_metadata["audit_seq"]))
+    ]

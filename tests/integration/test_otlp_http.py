@@ -523,3 +523,23 @@ def test_capacity_exceeded_answers_503(signer: Ed25519Signer) -> None:
         assert pipeline.stats.records_sealed == 1
 
     asyncio.run(run())
+
+
+def test_deflate_body_is_accepted_and_bounded(directory_sidecar: Sidecar) -> None:
+    import zlib
+
+    reply = _post(
+        directory_sidecar.http_port, zlib.compress(_request("deflated")), headers={"Content-Encoding": "deflate"}
+    )
+    assert reply.status == 200, reply.body
+    assert directory_sidecar.pipeline.stats.records_archived == 1 + 1
+
+
+def test_deflate_bomb_and_garbage_are_refused(directory_sidecar: Sidecar) -> None:
+    import zlib
+
+    bomb = zlib.compress(_request("z" * 400 * 1024))
+    reply = _post(directory_sidecar.http_port, bomb, headers={"Content-Encoding": "deflate"})
+    _assert_bad_request(reply, directory_sidecar, 413, PROTOBUF, "inflates to more than max_message_bytes")
+    reply = _post(directory_sidecar.http_port, b"not deflate", headers={"Content-Encoding": "deflate"})
+    _assert_bad_request(reply, directory_sidecar, 400, PROTOBUF, "not valid deflate")

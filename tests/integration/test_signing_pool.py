@@ -1,0 +1,49 @@
+"""Signing in worker processes: same signatures as in-process, and a killed worker loses nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+from collector_ext.pipeline import PipelineSettings, SealingPipeline
+from collector_ext.seal.chain import sign_entry_hashes
+from collector_ext.seal.keys import Ed25519Signer
+from collector_ext.signing_pool import SigningPool, available_cpus
+from tests.archive_builder import verify_objects
+from tests.fakes import InMemoryArchive
+
+
+def test_process_pool_signatures_equal_in_process_ones(signer: Ed25519Signer) -> None:
+    hashes = [bytes([i]) * 32 for i in range(100)]
+
+    async def run() -> bytes:
+        pool = SigningPool(signer, workers="processes", count=2)
+        try:
+            return await pool.sign(hashes)
+        finally:
+            pool.close()
+
+    assert asyncio.run(run()) == b"".join(sign_entry_hashes(signer, hashes))
+    assert available_cpus() >= 1
+
+
+def test_a_killed_signing_worker_is_replaced_and_nothing_is_lost(signer: Ed25519Signer) -> None:
+    store = InMemoryArchive()
+
+    async def run() -> None:
+        pipeline = SealingPipeline(signer, store, PipelineSettings(signing_workers="processes"))
+        await pipeline.start()
+        await pipeline.submit([b"before"] * 10)
+        workers = list(pipeline._signing._executor._processes)  # type: ignore[attr-defined]
+        assert workers
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)
+        await asyncio.sleep(0.2)
+        await pipeline.submit([b"after"] * 10)
+        await pipeline.close()
+
+    asyncio.run(run())
+    report = verify_objects(store.objects, [signer.public_key], all_signatures=True)
+    assert report.findings == ()
+    assert report.records_checked == 21
