@@ -197,6 +197,7 @@ def main() -> None:
     parser.add_argument("--archive", choices=["s3", "dir"], default="s3")
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--in-flight", type=int, default=8)
+    parser.add_argument("--loki", action="store_true", help="also push to the test Loki and report its rate")
     args = parser.parse_args()
 
     from collector_ext.seal.keys import generate_key_pair, load_public_key_pem
@@ -206,6 +207,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="collector-ext-bench-"))
     s3_server = None
     sidecar = None
+    loki = None
     try:
         sign1, sign2 = signing_rate(1), signing_rate(2)
         print(f"ed25519 signing rate: 1 thread {sign1:,.0f}/s, 2 threads {sign2:,.0f}/s")
@@ -254,10 +256,24 @@ def main() -> None:
         ]
         if endpoint:
             command += ["--endpoint-url", endpoint]
+        if args.loki:
+            sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+            from tests.loki_receiver import LokiReceiver
+
+            loki = LokiReceiver(
+                auth_enabled=False,
+                ingestion_rate_mb=1e6,
+                ingestion_burst_size_mb=1e6,
+                per_stream_rate_limit=1 << 40,
+                per_stream_rate_limit_burst=1 << 40,
+            ).start()
+            command += ["--loki-url", loki.url]
         sidecar = subprocess.Popen(command, env=env)
         target = f"127.0.0.1:{port}"
         drive(target, args.batch, 2, 2.0, None)  # warm-up
         cpu_before = tree_cpu_seconds(sidecar.pid)
+        loki_before = len(loki.entries()) if loki is not None else 0
+        started = time.monotonic()
         full = drive(target, args.batch, args.in_flight, args.seconds, None)
         cpu_used = tree_cpu_seconds(sidecar.pid) - cpu_before
         rate = float(full["acked"]) / float(full["seconds"])  # type: ignore[arg-type]
@@ -271,6 +287,15 @@ def main() -> None:
             f"({full['failed']} failed requests, batches of {args.batch}, {args.in_flight} in flight)"
         )
         print(f"RATIO end-to-end / 2-thread signing rate: {rate / sign2:.2f} (target >= 0.80)")
+        if loki is not None:
+            expected = loki_before + int(full["acked"])  # type: ignore[call-overload]
+            while len(loki.entries()) < expected and time.monotonic() - started < args.seconds * 10:
+                time.sleep(0.5)
+            pushed = len(loki.entries()) - loki_before
+            print(
+                f"Loki (test receiver): {pushed:,} of {int(full['acked']):,} entries pushed, "  # type: ignore[call-overload]
+                f"{pushed / (time.monotonic() - started):,.0f} entries/s from the start of the load"
+            )
         half = drive(target, args.batch, args.in_flight, args.seconds, rate / 2)
         latencies = sorted(half["latencies"])  # type: ignore[call-overload]
         if latencies:
@@ -313,6 +338,8 @@ def main() -> None:
             sidecar.kill()
         if s3_server is not None:
             s3_server.stop()
+        if loki is not None:
+            loki.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -2,7 +2,8 @@
 
 Real checkers, no cluster: kubernetes-validate (the Kubernetes OpenAPI schemas of stated versions,
 strict: unknown fields fail), hadolint (Dockerfile lint), promql-parser (PromQL), and a real sidecar
-started in-process whose /metrics output must contain every metric the dashboard and alerts use.
+started in-process, with its Loki fan-out pointed at the in-process Loki stand-in (tests/loki_receiver.py),
+whose /metrics output must contain every metric the dashboard and alerts use.
 What cannot be checked here (a real cluster, the Helm chart's own schema, LogQL, building the image)
 is said where it applies.
 """
@@ -16,24 +17,33 @@ import re
 import shutil
 import subprocess
 import sysconfig
+import time
 import tomllib
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import kubernetes_validate
 import promql_parser
 import pytest
 import yaml
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from prometheus_client.parser import text_string_to_metric_families
 
 from collector_ext import config as sidecar_config_module
-from collector_ext.config import ArchiveConfig, SidecarConfig, load_config
-from collector_ext.metrics import METRIC_NAMES, Metrics
+from collector_ext.config import ArchiveConfig, LokiConfig, SidecarConfig, load_config
+from collector_ext.deliver.loki.mapping import DEFAULT_LABEL_ATTRIBUTES
+from collector_ext.metrics import LOKI_METRIC_NAMES, METRIC_NAMES, Metrics
 from collector_ext.seal.keys import generate_key_pair
 from collector_ext.service import running_in_thread
+from tests.loki_receiver import LokiReceiver
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -48,6 +58,13 @@ KUBERNETES_VERSIONS = ("1.29.0", "1.37.0")
 SIDECAR_COMMAND = ["collector-ext", "serve", "--config", "/etc/collector-ext/sidecar.yaml"]
 SIDECAR_CONFIG_PATH = "/etc/collector-ext/sidecar.yaml"
 COLLECTOR_PORTS = {4317, 4318, 13133}
+
+# The Loki Helm chart's gateway (NGINX): Service port -> the pod's container port (chart values
+# gateway.service.port 80, gateway.containerPort 8080; Loki's "network ports" reference). A
+# NetworkPolicy matches the destination pod's port, after the Service has translated it.
+LOKI_GATEWAY_SERVICE = "loki-gateway"
+LOKI_GATEWAY_POD_PORTS = {80: 8080}
+SEAL_FIELDS = ("audit_chain_id", "audit_seq", "audit_hash", "audit_signature", "audit_key_id")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -269,7 +286,36 @@ def test_network_policy_admits_only_otlp_and_scrape_and_egress_dns_s3_loki() -> 
     metrics_port = _port(yaml.safe_load(_configmap_data()["sidecar.yaml"])["metrics_listen"])
     assert _policy_ports([scrape_rule]) == {(metrics_port, "TCP"), (8888, "TCP")}
     assert (_port(sidecar_config_module.DEFAULT_LISTEN), "TCP") not in _policy_ports(policy["ingress"])
-    assert _policy_ports(policy["egress"]) == {(53, "UDP"), (53, "TCP"), (443, "TCP"), (3100, "TCP")}
+    assert _policy_ports(policy["egress"]) == {(53, "UDP"), (53, "TCP"), (443, "TCP"), (8080, "TCP")}
+
+
+def _namespaces_of(rule: dict[str, Any]) -> set[str]:
+    return {
+        peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+        for peer in rule["to"]
+        if "namespaceSelector" in peer
+    }
+
+
+@pytest.mark.parametrize("which", ["kubernetes", "helm"])
+def test_loki_egress_admits_the_shipped_loki_url(which: str) -> None:
+    """The sidecar's loki.url (the gateway Service) and the egress rule to Loki name the same place."""
+    if which == "kubernetes":
+        settings = yaml.safe_load(_configmap_data()["sidecar.yaml"])
+        egress = _one("NetworkPolicy")["spec"]["egress"]
+    else:
+        settings = yaml.safe_load(_helm_sidecar_yaml())
+        egress = _helm_values()["networkPolicy"]["egressRules"]
+    url = urlsplit(settings["loki"]["url"])
+    assert url.scheme == "http" and url.port is not None
+    service, namespace, suffix = (url.hostname or "").split(".", 2)
+    assert (service, suffix) == (LOKI_GATEWAY_SERVICE, "svc")
+    pod_port = LOKI_GATEWAY_POD_PORTS[url.port]
+    loki_rules = [rule for rule in egress if namespace in _namespaces_of(rule)]
+    assert len(loki_rules) == 1, f"one egress rule to the namespace {namespace}"
+    assert _policy_ports(loki_rules) == {(pod_port, "TCP")}
+    # The Service port itself is not what the policy must open (80 would block the push).
+    assert (url.port, "TCP") not in _policy_ports(egress)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -479,6 +525,19 @@ def test_shipped_sidecar_config_loads(which: str, tmp_path: Path) -> None:
     # One signing process per CPU of the container's limit, not of the node.
     cpu_limit = _sidecar_container(_pod_spec()["initContainers"])["resources"]["limits"]["cpu"]
     assert config.signing_worker_count == int(cpu_limit)
+    # The Loki fan-out, loaded by the sidecar's own loader as LokiConfig.
+    loki = config.loki
+    assert isinstance(loki, LokiConfig)
+    assert loki.url == f"http://{LOKI_GATEWAY_SERVICE}.loki.svc:80"
+    assert loki.tenant, "Loki's auth_enabled (its default) refuses a push without X-Scope-OrgID"
+    assert loki.username is None and loki.password is None and loki.bearer_token is None, "secrets come from env"
+    assert loki.label_attributes == DEFAULT_LABEL_ATTRIBUTES
+    assert loki.seal_in_line is False and loki.json_body is False
+    assert loki.max_queue_records == 500_000
+    # Secrets are meant to come from the environment: the override reaches the loki section.
+    with_secret = load_config(path, environ={"COLLECTOR_EXT_LOKI__PASSWORD": "from-a-secret"})
+    assert with_secret.loki is not None and with_secret.loki.password == "from-a-secret"
+    assert with_secret.loki.url == loki.url
 
 
 def test_configmap_and_helm_sidecar_configs_agree() -> None:
@@ -639,10 +698,25 @@ def _histograms() -> set[str]:
 
 
 def _allowed_series_names() -> set[str]:
+    """What the sidecar exports with `loki` configured, as the shipped sidecar.yaml has it."""
+    names = set(METRIC_NAMES) | set(LOKI_METRIC_NAMES)
     histograms = _histograms()
-    assert histograms <= set(METRIC_NAMES)
-    plain = set(METRIC_NAMES) - histograms
+    assert histograms <= names
+    plain = names - histograms
     return plain | {h + suffix for h in histograms for suffix in ("_bucket", "_sum", "_count")}
+
+
+def _grouping(expr: str) -> set[str]:
+    """The labels of every `by (...)` aggregation in a PromQL expression."""
+    labels: set[str] = set()
+
+    def visit(node: Any) -> None:
+        modifier = node.modifier if isinstance(node, promql_parser.AggregateExpr) else None
+        if modifier is not None and modifier.type == promql_parser.AggModifierType.By:
+            labels.update(modifier.labels)
+
+    promql_parser.walk(promql_parser.parse(expr), visit)
+    return labels
 
 
 def _used_metric_names() -> set[str]:
@@ -682,6 +756,16 @@ def test_dashboard_covers_the_pipeline() -> None:
     assert len(ids) == len(set(ids))
 
 
+def test_dashboard_covers_the_loki_fan_out() -> None:
+    used = _used_metric_names()
+    for name in LOKI_METRIC_NAMES:
+        assert name in used, name
+    prometheus = _dashboard_targets("prometheus")
+    assert any("sum by (reason)" in e and "rate(collector_ext_loki_entries_rejected_total[" in e for e in prometheus)
+    assert any("rate(collector_ext_loki_entries_pushed_total[" in e for e in prometheus)
+    assert any("rate(collector_ext_loki_push_retries_total[" in e for e in prometheus)
+
+
 def test_alert_thresholds_follow_the_shipped_sidecar_config() -> None:
     settings = yaml.safe_load(_configmap_data()["sidecar.yaml"])
     rules = {r["alert"]: r for r in _alert_rules(DEPLOY / "prometheus" / "alerts.yaml")}
@@ -689,14 +773,47 @@ def test_alert_thresholds_follow_the_shipped_sidecar_config() -> None:
     assert f"3 * {int(settings['checkpoint_interval_seconds'])}" in rules["CollectorExtCheckpointStale"]["expr"]
     assert str(settings["max_pending_records"]) in rules["CollectorExtPendingRecordsNearLimit"]["expr"]
     assert "collector_ext_ready" in rules["CollectorExtNotReady"]["expr"]
+    # The Loki fan-out: rejections by reason for 10 minutes, pushes failing for 5 minutes, the queue
+    # at 80% of the shipped loki.max_queue_records.
+    rejecting = rules["CollectorExtLokiRejectingEntries"]
+    assert "rate(collector_ext_loki_entries_rejected_total[" in rejecting["expr"]
+    assert "reason" in _grouping(rejecting["expr"]) and re.search(r">\s*0$", rejecting["expr"])
+    assert rejecting["for"] == "10m"
+    failing = rules["CollectorExtLokiPushFailing"]["expr"]
+    assert "collector_ext_loki_failing_seconds" in failing and re.search(r">\s*300$", failing)
+    queue = rules["CollectorExtLokiQueueNearFull"]["expr"]
+    assert "collector_ext_loki_queue_records" in queue
+    assert re.search(rf">\s*0\.8 \* {int(settings['loki']['max_queue_records'])}$", queue)
     for rule in rules.values():
         assert rule["labels"]["severity"] in ("critical", "warning", "info")
         assert rule["annotations"]["summary"]
 
 
+LIVE_TENANT = "audit"
+
+
+@dataclass(frozen=True)
+class LiveSidecar:
+    metrics_port: int
+    http_port: int
+    loki: LokiReceiver
+
+
 @pytest.fixture
-def live_sidecar(tmp_path: Path) -> Iterator[int]:
-    """A real sidecar (directory archive) on loopback, like tests/integration's run_sidecar; yields its metrics port."""
+def live_loki() -> Iterator[LokiReceiver]:
+    """The in-process Loki stand-in; auth_enabled (Loki's default), so pushes need a tenant."""
+    receiver = LokiReceiver().start()
+    assert receiver.auth_enabled
+    try:
+        yield receiver
+    finally:
+        receiver.stop()
+
+
+@pytest.fixture
+def live_sidecar(tmp_path: Path, live_loki: LokiReceiver) -> Iterator[LiveSidecar]:
+    """A real sidecar (directory archive) on loopback, like tests/integration's run_sidecar, with the
+    Loki fan-out configured as the shipped sidecar.yaml has it (but pointed at the Loki stand-in)."""
     pair = generate_key_pair()
     key = tmp_path / "signing.key"
     key.write_bytes(pair.private_pem)
@@ -707,22 +824,72 @@ def live_sidecar(tmp_path: Path) -> Iterator[int]:
         metrics_listen="127.0.0.1:0",
         signing_key=key,
         archive=ArchiveConfig(url=str(tmp_path / "archive")),
+        loki=LokiConfig(url=live_loki.url, tenant=LIVE_TENANT, batch_max_wait_seconds=0.05),
         signing_workers="threads",
         signing_worker_count=1,
     )
     with running_in_thread(config) as sidecar:
-        yield sidecar.metrics_port
+        yield LiveSidecar(sidecar.metrics_port, sidecar.http_port, live_loki)
 
 
-def test_every_metric_used_appears_in_a_running_sidecars_metrics(live_sidecar: int) -> None:
-    with urllib.request.urlopen(f"http://127.0.0.1:{live_sidecar}/metrics", timeout=10) as response:
+def _scrape(metrics_port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
         exposition = response.read().decode()
-    samples = {sample.name for family in text_string_to_metric_families(exposition) for sample in family.samples}
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(exposition)
+        for sample in family.samples
+    }
+
+
+def test_every_metric_used_appears_in_a_running_sidecars_metrics(live_sidecar: LiveSidecar) -> None:
+    samples = {name for name, _ in _scrape(live_sidecar.metrics_port)}
     used = _used_metric_names()
     assert used <= samples, f"not exported: {sorted(used - samples)}"
     assert _allowed_series_names() <= samples, (
         f"METRIC_NAMES not all exported: {sorted(_allowed_series_names() - samples)}"
     )
+    assert set(LOKI_METRIC_NAMES) <= samples
+
+
+def _export_request(service_name: str, body: str) -> bytes:
+    record = LogRecord(
+        time_unix_nano=time.time_ns(), severity_text="INFO", body=AnyValue(string_value=body), event_name="deploy.check"
+    )
+    resource = Resource(attributes=[KeyValue(key="service.name", value=AnyValue(string_value=service_name))])
+    request = ExportLogsServiceRequest(
+        resource_logs=[ResourceLogs(resource=resource, scope_logs=[ScopeLogs(log_records=[record])])]
+    )
+    return request.SerializeToString()
+
+
+def test_running_sidecar_pushes_sealed_entries_the_dashboard_selects(live_sidecar: LiveSidecar) -> None:
+    """One record through the running sidecar reaches Loki under the dashboard's selector, for the
+    configured tenant, with every seal field the seal-query panel filters on; the pushed counter moves."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{live_sidecar.http_port}/v1/logs",
+        data=_export_request("ai-workflow", "deployment check"),
+        headers={"Content-Type": "application/x-protobuf"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.status == 200
+    deadline = time.monotonic() + 20
+    entries = []
+    while time.monotonic() < deadline and not entries:
+        if LIVE_TENANT in live_sidecar.loki.tenants():
+            entries = live_sidecar.loki.entries(LIVE_TENANT, AUDIT_SELECTOR)
+        time.sleep(0.05)
+    assert entries, "no entry reached Loki under " + AUDIT_SELECTOR
+    assert live_sidecar.loki.tenants() == [LIVE_TENANT]
+    (entry,) = entries
+    assert entry.line == "deployment check"
+    assert set(SEAL_FIELDS) <= set(entry.structured_metadata)
+    assert int(entry.structured_metadata["audit_seq"]) >= 0
+    samples = _scrape(live_sidecar.metrics_port)
+    assert samples[("collector_ext_loki_entries_pushed_total", ())] >= 1
+    rejected = {k: v for k, v in samples.items() if k[0] == "collector_ext_loki_entries_rejected_total"}
+    assert rejected and not any(rejected.values()), rejected
 
 
 # ---------------------------------------------------------------------------------------------
@@ -769,6 +936,23 @@ def test_dashboard_has_an_audit_events_panel_on_loki() -> None:
         assert AUDIT_SELECTOR in expr and _balanced(expr)
     assert any(p["type"] == "logs" and p["datasource"]["type"] == "loki" for p in _dashboard()["panels"])
     assert any("access.denied" in e and "permission.change" in e for e in loki)
+
+
+def test_dashboard_has_a_logs_panel_querying_the_seal_fields() -> None:
+    """A Loki logs panel filters on a seal field carried as structured metadata: `| audit_seq > N`."""
+    seal_panels = [
+        p
+        for p in _dashboard()["panels"]
+        if p["type"] == "logs"
+        and p["datasource"]["type"] == "loki"
+        and any(re.search(r"\| audit_seq > \d+", t["expr"]) for t in p["targets"])
+    ]
+    assert len(seal_panels) == 1
+    (expr,) = (t["expr"] for t in seal_panels[0]["targets"])
+    assert expr.startswith(AUDIT_SELECTOR + " | ") and _balanced(expr)
+    # Structured metadata (the shipped seal_in_line: false): no `| json` stage before the filter.
+    assert "| json" not in expr
+    assert yaml.safe_load(_configmap_data()["sidecar.yaml"])["loki"]["seal_in_line"] is False
 
 
 # ---------------------------------------------------------------------------------------------
