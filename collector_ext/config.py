@@ -55,8 +55,8 @@ class ArchiveConfig(_Section):
 class SegmentConfig(_Section):
     max_records: int = Field(default=20_000, ge=1, le=1_000_000)
     max_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024)
-    max_linger_ms: float = Field(default=5.0, ge=0, le=60_000)
-    upload_concurrency: int = Field(default=4, ge=1, le=64)
+    max_linger_ms: float = Field(default=15.0, ge=0, le=60_000)
+    upload_concurrency: int = Field(default=2, ge=1, le=64)
 
 
 class TlsConfig(_Section):
@@ -110,6 +110,9 @@ class SidecarConfig(_Section):
     tls: TlsConfig | None = None
     loki: LokiConfig | None = None
     checkpoint_interval_seconds: float = Field(default=60.0, gt=0, le=3600)
+    checkpoint_min_spacing_seconds: float = Field(
+        default=1.0, ge=0, le=60, description="at most one checkpoint per this many seconds after uploads"
+    )
     ack_timeout_seconds: float = Field(default=10.0, gt=0, le=600)
     max_pending_records: int = Field(default=200_000, ge=1000)
     signing_workers: Literal["processes", "threads"] = "processes"

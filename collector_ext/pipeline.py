@@ -9,7 +9,8 @@ Group commit: records of concurrent requests share the open segment. A segment c
 full (records or bytes) or its first record has waited ``max_linger``; up to ``upload_concurrency``
 segments are in flight at once, and while all slots are busy the open segment keeps filling, so
 batches grow with load. A checkpoint covering every contiguously archived segment is written after
-uploads complete (one at a time, coalesced) and on a timer when idle.
+uploads complete (one at a time, at most one per ``checkpoint_min_spacing``) and on a timer when
+idle.
 
 Failure handling: uploads are retried with backoff until they succeed or the pipeline shuts down;
 a request whose records are not archived within ``ack_timeout`` gets ``ArchiveUnavailableError``
@@ -59,9 +60,10 @@ MIN_SIGNING_CHUNK = 64
 class PipelineSettings:
     segment_max_records: int = 20_000
     segment_max_bytes: int = 16 * 1024 * 1024
-    max_linger: float = 0.005
-    upload_concurrency: int = 4
+    max_linger: float = 0.015
+    upload_concurrency: int = 2
     checkpoint_interval: float = 60.0
+    checkpoint_min_spacing: float = 1.0
     ack_timeout: float = 10.0
     max_pending_records: int = 200_000
     signing_workers: SigningWorkers = "processes"
@@ -361,6 +363,9 @@ class SealingPipeline:
             # Idle or not, a checkpoint at least every interval, so a cut-off tail stays visible.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._checkpoint_due.wait(), timeout=interval)
+            if self._checkpoint_due.is_set():
+                # Under load many segments complete each second: one checkpoint covers them all.
+                await asyncio.sleep(self._settings.checkpoint_min_spacing)
             self._checkpoint_due.clear()
             try:
                 await self._write_checkpoint()

@@ -124,6 +124,7 @@ class Sidecar:
                 max_linger=config.segment.max_linger_ms / 1000,
                 upload_concurrency=config.segment.upload_concurrency,
                 checkpoint_interval=config.checkpoint_interval_seconds,
+                checkpoint_min_spacing=config.checkpoint_min_spacing_seconds,
                 ack_timeout=config.ack_timeout_seconds,
                 max_pending_records=config.max_pending_records,
                 signing_workers=config.signing_workers,

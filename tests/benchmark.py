@@ -209,8 +209,11 @@ def main() -> None:
     sidecar = None
     loki = None
     try:
-        sign1, sign2 = signing_rate(1), signing_rate(2)
-        print(f"ed25519 signing rate: 1 thread {sign1:,.0f}/s, 2 threads {sign2:,.0f}/s")
+        # Best of three: the denominator is the most this machine could sign, so the ratio is not
+        # flattered by a slow moment.
+        sign1 = max(signing_rate(1, 1.0) for _ in range(3))
+        sign2 = max(signing_rate(2, 1.0) for _ in range(3))
+        print(f"ed25519 signing rate (best of 3): 1 thread {sign1:,.0f}/s, 2 threads {sign2:,.0f}/s")
         pair = generate_key_pair()
         key = work / "signing.key"
         key.write_bytes(pair.private_pem)

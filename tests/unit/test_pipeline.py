@@ -18,7 +18,12 @@ FAST_RETRY = RetryPolicy(initial_delay=0.01, max_delay=0.02)
 
 
 def _settings(**overrides: object) -> PipelineSettings:
-    base: dict[str, object] = {"retry": FAST_RETRY, "checkpoint_interval": 60.0, "max_linger": 0.002}
+    base: dict[str, object] = {
+        "retry": FAST_RETRY,
+        "checkpoint_interval": 60.0,
+        "checkpoint_min_spacing": 0.0,
+        "max_linger": 0.002,
+    }
     base.update(overrides)
     return PipelineSettings(**base)  # type: ignore[arg-type]
 
@@ -158,3 +163,22 @@ def test_shutdown_writes_a_final_checkpoint_covering_everything(signer: Ed25519S
     report = verify_objects(store.objects, [signer.public_key])
     (chain,) = report.chains
     assert chain.covered_until == chain.last_sequence == 15
+
+
+def test_checkpoints_after_uploads_are_coalesced(signer: Ed25519Signer) -> None:
+    store = InMemoryArchive()
+
+    async def run() -> None:
+        pipeline = SealingPipeline(signer, store, _settings(checkpoint_min_spacing=0.3, upload_concurrency=1))
+        await pipeline.start()
+        for i in range(20):
+            await pipeline.submit([f"{i}".encode()])
+        await pipeline.close()
+
+    asyncio.run(run())
+    assert len(_segments(store)) == 21
+    assert len(_checkpoints(store)) <= 4  # not one per segment
+    report = verify_objects(store.objects, [signer.public_key])
+    assert report.findings == ()
+    (chain,) = report.chains
+    assert chain.covered_until == 20
