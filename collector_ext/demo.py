@@ -142,24 +142,13 @@ def _try_delete_locked_version(s3: Any, key: str) -> str:
 
 def run_demo(keep: Path | None = None) -> bool:
     """Run the demo; True when the archive verified and deletion was refused."""
-    from botocore.config import Config
-    from botocore.session import get_session
-
-    from collector_ext.embedded_s3 import EmbeddedS3, create_object_lock_bucket
+    from collector_ext.embedded_s3 import EmbeddedS3
 
     workdir = Path(tempfile.mkdtemp(prefix="collector-ext-demo-"))
     try:
         _step("starting an embedded S3 (SeaweedFS) with Object Lock on 127.0.0.1")
         with EmbeddedS3(data_dir=workdir / "s3") as s3_server:
-            create_object_lock_bucket(
-                s3_server.endpoint_url,
-                BUCKET,
-                mode="GOVERNANCE",
-                days=365,
-                access_key=s3_server.access_key,
-                secret_key=s3_server.secret_key,
-                region=s3_server.region,
-            )
+            s3_server.create_bucket(BUCKET, mode="GOVERNANCE", days=365)
             # The sidecar takes S3 credentials the AWS SDK way; give it the embedded server's.
             os.environ["AWS_ACCESS_KEY_ID"] = s3_server.access_key
             os.environ["AWS_SECRET_ACCESS_KEY"] = s3_server.secret_key
@@ -211,14 +200,7 @@ def run_demo(keep: Path | None = None) -> bool:
             click.echo("    " + render_text(report, archive_url).replace("\n", "\n    "))
 
             _step("trying to delete an archived segment version (Object Lock should refuse)")
-            client = get_session().create_client(
-                "s3",
-                endpoint_url=s3_server.endpoint_url,
-                region_name=s3_server.region,
-                aws_access_key_id=s3_server.access_key,
-                aws_secret_access_key=s3_server.secret_key,
-                config=Config(s3={"addressing_style": "path"}, request_checksum_calculation="when_required"),
-            )
+            client = s3_server.client()
             segments = [
                 o["Key"]
                 for o in client.list_objects_v2(Bucket=BUCKET, Prefix=f"{PREFIX}/")["Contents"]

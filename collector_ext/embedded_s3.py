@@ -342,9 +342,48 @@ class EmbeddedS3:
     ) -> None:
         self.stop()
 
+    def client(self) -> Any:
+        """A botocore S3 client with this server's endpoint and credentials."""
+        return s3_client(self.endpoint_url, access_key=self.access_key, secret_key=self.secret_key, region=self.region)
+
+    def create_bucket(self, bucket: str, *, mode: str = "GOVERNANCE", days: int = 365) -> str:
+        """``create_object_lock_bucket`` on this server; returns the bucket name."""
+        create_object_lock_bucket(
+            self.endpoint_url,
+            bucket,
+            mode=mode,
+            days=days,
+            access_key=self.access_key,
+            secret_key=self.secret_key,
+            region=self.region,
+        )
+        return bucket
+
     def __repr__(self) -> str:
         state = f"running pid {self.pid} at {self.endpoint_url}" if self._process else "stopped"
         return f"EmbeddedS3({state}, data_dir={self.data_dir})"
+
+
+def s3_client(endpoint_url: str, *, access_key: str, secret_key: str, region: str) -> Any:
+    """A botocore S3 client for an S3-compatible endpoint (path-style, checksums only when required,
+    standard retries)."""
+    from botocore.config import Config
+    from botocore.session import get_session
+
+    config = Config(
+        s3={"addressing_style": "path"},
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        retries={"mode": "standard"},
+    )
+    return get_session().create_client(
+        "s3",
+        endpoint_url=endpoint_url,
+        region_name=region,
+        aws_access_key_id=access_key,
+        aws_secret_access_key=secret_key,
+        config=config,
+    )
 
 
 def create_object_lock_bucket(
@@ -366,24 +405,9 @@ def create_object_lock_bucket(
         raise ValueError(f"mode must be GOVERNANCE or COMPLIANCE, not {mode!r}")
     if days < 1:
         raise ValueError("days must be at least 1")
-    from botocore.config import Config
     from botocore.exceptions import ClientError
-    from botocore.session import get_session
 
-    config = Config(
-        s3={"addressing_style": "path"},
-        request_checksum_calculation="when_required",
-        response_checksum_validation="when_required",
-        retries={"mode": "standard"},
-    )
-    client: Any = get_session().create_client(
-        "s3",
-        endpoint_url=endpoint_url,
-        region_name=region,
-        aws_access_key_id=access_key,
-        aws_secret_access_key=secret_key,
-        config=config,
-    )
+    client = s3_client(endpoint_url, access_key=access_key, secret_key=secret_key, region=region)
     try:
         try:
             client.create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)

@@ -219,19 +219,11 @@ def main() -> None:
         key.write_bytes(pair.private_pem)
         env = dict(os.environ)
         if args.archive == "s3":
-            from collector_ext.embedded_s3 import EmbeddedS3, create_object_lock_bucket
+            from collector_ext.embedded_s3 import EmbeddedS3
 
             s3_server = EmbeddedS3(data_dir=work / "s3")
             s3_server.start()
-            create_object_lock_bucket(
-                s3_server.endpoint_url,
-                "bench",
-                mode="GOVERNANCE",
-                days=1,
-                access_key=s3_server.access_key,
-                secret_key=s3_server.secret_key,
-                region=s3_server.region,
-            )
+            s3_server.create_bucket("bench", mode="GOVERNANCE", days=1)
             env |= {
                 "AWS_ACCESS_KEY_ID": s3_server.access_key,
                 "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,

@@ -81,33 +81,12 @@ class S3Server:
     """A running SeaweedFS with credentials, plus a botocore client for test assertions."""
 
     def __init__(self, server: Any) -> None:
-        from botocore.config import Config
-        from botocore.session import get_session
-
         self.server = server
         self.endpoint_url: str = server.endpoint_url
-        self.client = get_session().create_client(
-            "s3",
-            endpoint_url=server.endpoint_url,
-            region_name=server.region,
-            aws_access_key_id=server.access_key,
-            aws_secret_access_key=server.secret_key,
-            config=Config(s3={"addressing_style": "path"}, request_checksum_calculation="when_required"),
-        )
+        self.client = server.client()
 
     def create_bucket(self, name: str, *, mode: str = "GOVERNANCE", days: int = 1) -> str:
-        from collector_ext.embedded_s3 import create_object_lock_bucket
-
-        create_object_lock_bucket(
-            self.endpoint_url,
-            name,
-            mode=mode,
-            days=days,
-            access_key=self.server.access_key,
-            secret_key=self.server.secret_key,
-            region=self.server.region,
-        )
-        return name
+        return str(self.server.create_bucket(name, mode=mode, days=days))
 
     def keys(self, bucket: str, prefix: str = "") -> list[str]:
         paginator = self.client.get_paginator("list_objects_v2")
