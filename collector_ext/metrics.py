@@ -19,6 +19,7 @@ from prometheus_client.registry import Collector
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
+    from collector_ext.deliver.loki.process import LokiProcess
     from collector_ext.deliver.loki.sender import LokiSender
     from collector_ext.pipeline import SealingPipeline
 
@@ -76,7 +77,7 @@ class _PipelineCollector(Collector):
 
 
 class _LokiCollector(Collector):
-    def __init__(self, sender: LokiSender) -> None:
+    def __init__(self, sender: LokiSender | LokiProcess) -> None:
         self._sender = sender
 
     def collect(self) -> Iterable[Metric]:
@@ -155,7 +156,7 @@ class Metrics:
     def watch(self, pipeline: SealingPipeline) -> None:
         self.registry.register(_PipelineCollector(pipeline))
 
-    def watch_loki(self, sender: LokiSender) -> None:
+    def watch_loki(self, sender: LokiSender | LokiProcess) -> None:
         self.registry.register(_LokiCollector(sender))
 
     def observe_export(self, transport: str, outcome: str, records: int, seconds: float) -> None:

@@ -23,9 +23,10 @@ from collector_ext import __version__
 from collector_ext.config import SidecarConfig
 from collector_ext.deliver.archive import ArchiveStore, parse_s3_url
 from collector_ext.deliver.directory_archive import DirectoryArchive
-from collector_ext.deliver.loki.client import LokiClient, LokiConnection
-from collector_ext.deliver.loki.mapping import EntryMapper, MappingSettings
-from collector_ext.deliver.loki.sender import LokiSender, LokiSettings
+from collector_ext.deliver.loki.client import LokiConnection
+from collector_ext.deliver.loki.mapping import MappingSettings
+from collector_ext.deliver.loki.process import LokiProcess
+from collector_ext.deliver.loki.sender import LokiSettings
 from collector_ext.deliver.s3_archive import S3Archive
 from collector_ext.errors import ConfigurationError, KeyFileError
 from collector_ext.metrics import Metrics
@@ -269,11 +270,11 @@ async def _build_and_start(config: SidecarConfig) -> Sidecar:
     return sidecar
 
 
-def _loki_sender(config: SidecarConfig) -> LokiSender | None:
+def _loki_sender(config: SidecarConfig) -> LokiProcess | None:
     if config.loki is None:
         return None
     loki = config.loki
-    client = LokiClient(
+    return LokiProcess(
         LokiConnection(
             url=loki.url,
             tenant=loki.tenant,
@@ -282,12 +283,8 @@ def _loki_sender(config: SidecarConfig) -> LokiSender | None:
             bearer_token=loki.bearer_token,
             ca_file=str(loki.ca_file) if loki.ca_file else None,
             timeout_seconds=loki.timeout_seconds,
-        )
-    )
-    mapper = EntryMapper(MappingSettings(label_attributes=loki.label_attributes, seal_in_line=loki.seal_in_line))
-    return LokiSender(
-        client,
-        mapper,
+        ),
+        MappingSettings(label_attributes=loki.label_attributes, seal_in_line=loki.seal_in_line),
         LokiSettings(
             batch_max_bytes=loki.batch_max_bytes,
             batch_max_wait=loki.batch_max_wait_seconds,

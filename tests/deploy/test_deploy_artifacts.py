@@ -886,7 +886,11 @@ def test_running_sidecar_pushes_sealed_entries_the_dashboard_selects(live_sideca
     assert entry.line == "deployment check"
     assert set(SEAL_FIELDS) <= set(entry.structured_metadata)
     assert int(entry.structured_metadata["audit_seq"]) >= 0
+    # The Loki sender runs in its own process and reports its counters a few times a second.
     samples = _scrape(live_sidecar.metrics_port)
+    while samples[("collector_ext_loki_entries_pushed_total", ())] < 1 and time.monotonic() < deadline + 5:
+        time.sleep(0.05)
+        samples = _scrape(live_sidecar.metrics_port)
     assert samples[("collector_ext_loki_entries_pushed_total", ())] >= 1
     rejected = {k: v for k, v in samples.items() if k[0] == "collector_ext_loki_entries_rejected_total"}
     assert rejected and not any(rejected.values()), rejected

@@ -60,8 +60,8 @@ def _encode_pair(pair: tuple[str, str]) -> bytes:
     return _PAIR_TAG + encode_varint(len(encoded)) + encoded
 
 
-def encode_protobuf(entries: Sequence[LokiEntry]) -> bytes:
-    """A block-snappy compressed PushRequest, as Loki decodes on /loki/api/v1/push.
+def encode_protobuf_uncompressed(entries: Sequence[LokiEntry]) -> bytes:
+    """The PushRequest protobuf for ``entries``, before compression.
 
     Written field by field (Loki's logproto schema, proto/collector_ext/pb/loki_push.proto): this
     runs for every record delivered, and building message objects costs several times more."""
@@ -72,7 +72,17 @@ def encode_protobuf(entries: Sequence[LokiEntry]) -> bytes:
             encoded = _encode_entry(entry)
             parts += (_ENTRY_TAG, encode_varint(len(encoded)), encoded)
         streams.append(_field(1, b"".join(parts)))
-    return bytes(cramjam.snappy.compress_raw(b"".join(streams)))
+    return b"".join(streams)
+
+
+def snappy_block(data: bytes) -> bytes:
+    """Snappy *block* format (not framed), which is what Loki decodes."""
+    return bytes(cramjam.snappy.compress_raw(data))
+
+
+def encode_protobuf(entries: Sequence[LokiEntry]) -> bytes:
+    """A block-snappy compressed PushRequest, as Loki decodes on /loki/api/v1/push."""
+    return snappy_block(encode_protobuf_uncompressed(entries))
 
 
 def encode_json(entries: Sequence[LokiEntry]) -> bytes:

@@ -39,12 +39,14 @@ from collector_ext.deliver.loki.client import (
     LokiUnavailableError,
 )
 from collector_ext.deliver.loki.mapping import EntryMapper, LokiEntry
-from collector_ext.deliver.loki.push import encode_json, encode_protobuf, encoded_size
+from collector_ext.deliver.loki.push import encode_json, encode_protobuf_uncompressed, encoded_size, snappy_block
 from collector_ext.errors import DeliveryError
 from collector_ext.retry import RetryPolicy, retry_async
 from collector_ext.seal.entry import ENTRY_HASH_PREFIX
 
 log = logging.getLogger(__name__)
+
+YIELD_EVERY = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,10 +128,14 @@ class LokiSender:
         await self._client.close()
 
     # -- batching -----------------------------------------------------------------------------------
-    def _map_next_segment(self) -> None:
+    async def _map_next_segment(self) -> None:
+        """Map one queued segment, yielding to the event loop every few hundred records: mapping is
+        CPU work on the loop that also answers Export calls, and must not hold it for long."""
         segment = self._segments.popleft()
         base = hashlib.sha256(ENTRY_HASH_PREFIX)
-        for entry, signature in zip(segment.entries, segment.signatures, strict=True):
+        for index, (entry, signature) in enumerate(zip(segment.entries, segment.signatures, strict=True)):
+            if index and index % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
             digest = base.copy()
             digest.update(entry)
             mapped = self._mapper.map_entry(entry, digest.digest(), signature)
@@ -138,10 +144,10 @@ class LokiSender:
                 self._mapped.append(mapped)
                 self._mapped_bytes += encoded_size(mapped)
 
-    def _take_batch(self) -> list[LokiEntry]:
+    async def _take_batch(self) -> list[LokiEntry]:
         limit = self._settings.batch_max_bytes
         while self._segments and self._mapped_bytes < limit:
-            self._map_next_segment()
+            await self._map_next_segment()
         batch: list[LokiEntry] = []
         size = 0
         while self._mapped and (not batch or size + encoded_size(self._mapped[0]) <= limit):
@@ -153,6 +159,16 @@ class LokiSender:
         if not self._segments and not self._mapped:
             self._oldest_at = None
         return batch
+
+    async def _encode(self, batch: list[LokiEntry]) -> bytes:
+        if self._settings.json_body:
+            return encode_json(batch)
+        # Concatenated PushRequest encodings are one PushRequest (repeated field 1): encode in slices.
+        parts = []
+        for start in range(0, len(batch), YIELD_EVERY):
+            parts.append(encode_protobuf_uncompressed(batch[start : start + YIELD_EVERY]))
+            await asyncio.sleep(0)
+        return await asyncio.to_thread(snappy_block, b"".join(parts))
 
     def _batch_ready(self) -> bool:
         if not self._segments and not self._mapped:
@@ -170,7 +186,7 @@ class LokiSender:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), timeout=timeout)
                 continue
-            batch = self._take_batch()
+            batch = await self._take_batch()
             if batch:
                 await self._deliver(batch)
             if not self._segments and not self._mapped:
@@ -178,7 +194,7 @@ class LokiSender:
 
     # -- delivery -----------------------------------------------------------------------------------
     async def _deliver(self, batch: list[LokiEntry]) -> None:
-        body = encode_json(batch) if self._settings.json_body else encode_protobuf(batch)
+        body = await self._encode(batch)
 
         def on_retry(error: DeliveryError, attempt: int, delay: float) -> None:
             self.stats.push_retries += 1

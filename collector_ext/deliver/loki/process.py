@@ -1,0 +1,196 @@
+"""The Loki sender in a process of its own.
+
+Mapping a record to Loki's form and encoding the push costs about as much CPU as signing it. Done on
+the sidecar's event loop it would delay the answers to Export calls; done here, the event loop only
+hands each archived segment's bytes to a pipe. The child runs the ordinary ``LokiSender`` on its own
+event loop and reports its counters back a few times a second; ``LokiProcess`` looks like a
+``LokiSender`` to the rest of the sidecar (``offer``, ``start``, ``close``, ``stats``).
+
+The queue bound is kept here, in the parent: when the child falls behind by more than
+``max_queue_records``, whole segments are dropped (and counted as ``queue_full``) before they are
+sent, so memory stays bounded however long Loki is down. The child is started with ``spawn``
+(forking a process with grpc threads is unsafe).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import multiprocessing
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from multiprocessing.connection import Connection
+from typing import Any
+
+from collector_ext.deliver.loki.client import LokiClient, LokiConnection
+from collector_ext.deliver.loki.mapping import EntryMapper, MappingSettings
+from collector_ext.deliver.loki.sender import LokiSender, LokiSettings, LokiStats
+
+log = logging.getLogger(__name__)
+
+_STOP = "stop"
+REPORT_INTERVAL = 0.2
+
+
+def _child_main(
+    connection: LokiConnection,
+    mapping: MappingSettings,
+    settings: LokiSettings,
+    inbox: Any,
+    reports: Connection,
+    log_level: int,
+) -> None:
+    logging.basicConfig(level=log_level)
+    asyncio.run(_child_loop(connection, mapping, settings, inbox, reports))
+
+
+async def _child_loop(
+    connection: LokiConnection, mapping: MappingSettings, settings: LokiSettings, inbox: Any, reports: Connection
+) -> None:
+    # The parent bounds the queue; the child keeps whatever it was given.
+    sender = LokiSender(
+        LokiClient(connection), EntryMapper(mapping), dataclasses.replace(settings, max_queue_records=1 << 62)
+    )
+    await sender.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    drain_timeout = [0.0]
+
+    def receive() -> None:
+        while True:
+            item = inbox.get()
+            if isinstance(item, tuple) and item[0] == _STOP:
+                drain_timeout[0] = item[1]
+                loop.call_soon_threadsafe(stop.set)
+                return
+            entries, signatures = item
+            loop.call_soon_threadsafe(sender.offer, entries, signatures)
+
+    threading.Thread(target=receive, name="loki-inbox", daemon=True).start()
+
+    async def report() -> None:
+        while True:
+            stats = sender.stats
+            reports.send(
+                {
+                    "entries_pushed": stats.entries_pushed,
+                    "pushes": stats.pushes,
+                    "push_retries": stats.push_retries,
+                    "rejected": dict(stats.rejected),
+                    "queued_records": stats.queued_records,
+                    "failing_for": None if stats.failing_since is None else time.monotonic() - stats.failing_since,
+                }
+            )
+            await asyncio.sleep(REPORT_INTERVAL)
+
+    reporter = asyncio.create_task(report())
+    await stop.wait()
+    await sender.close(drain_timeout=drain_timeout[0])
+    reporter.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await reporter
+    stats = sender.stats
+    reports.send(
+        {
+            "entries_pushed": stats.entries_pushed,
+            "pushes": stats.pushes,
+            "push_retries": stats.push_retries,
+            "rejected": dict(stats.rejected),
+            "queued_records": stats.queued_records,
+            "failing_for": None,
+            "final": True,
+        }
+    )
+
+
+class LokiProcess:
+    """A LokiSender running in a child process; the parent side of it."""
+
+    def __init__(self, connection: LokiConnection, mapping: MappingSettings, settings: LokiSettings) -> None:
+        self._connection = connection
+        self._mapping = mapping
+        self._settings = settings
+        context = multiprocessing.get_context("spawn")
+        self._inbox: Any = context.Queue()
+        self._reports, child_reports = context.Pipe(duplex=False)
+        self._process = context.Process(
+            target=_child_main,
+            args=(connection, mapping, settings, self._inbox, child_reports, logging.getLogger().level),
+            name="collector-ext-loki",
+            daemon=True,
+        )
+        self._child_reports = child_reports
+        self._offered = 0
+        self._dropped: dict[str, int] = {}
+        self._last: dict[str, Any] = {}
+        self._reader: threading.Thread | None = None
+        self.stats = LokiStats()
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self._process.start)
+        self._child_reports.close()
+        self._reader = threading.Thread(target=self._read_reports, name="loki-reports", daemon=True)
+        self._reader.start()
+
+    def _read_reports(self) -> None:
+        while True:
+            try:
+                report = self._reports.recv()
+            except (EOFError, OSError):
+                return
+            self._last = report
+            self._refresh()
+            if report.get("final"):
+                return
+
+    def _refresh(self) -> None:
+        report = self._last
+        rejected = dict(report.get("rejected", {}))
+        for reason, count in self._dropped.items():
+            rejected[reason] = rejected.get(reason, 0) + count
+        failing_for = report.get("failing_for")
+        self.stats = LokiStats(
+            entries_pushed=int(report.get("entries_pushed", 0)),
+            pushes=int(report.get("pushes", 0)),
+            push_retries=int(report.get("push_retries", 0)),
+            rejected=rejected,
+            queued_records=max(0, self._backlog()),
+            failing_since=None if failing_for is None else time.monotonic() - float(failing_for),
+        )
+
+    def _backlog(self) -> int:
+        """Records handed to the child that it has not yet pushed or refused."""
+        report = self._last
+        done = int(report.get("entries_pushed", 0)) + sum(int(v) for v in report.get("rejected", {}).values())
+        return self._offered - sum(self._dropped.values()) - done
+
+    def offer(self, entries: Sequence[bytes], signatures: Sequence[bytes]) -> None:
+        """Hand one archived segment to the child (called on the event loop; a pipe write)."""
+        if self._backlog() + len(entries) > self._settings.max_queue_records:
+            self._dropped["queue_full"] = self._dropped.get("queue_full", 0) + len(entries)
+            self._offered += len(entries)
+            self._refresh()
+            return
+        self._offered += len(entries)
+        try:
+            self._inbox.put_nowait((list(entries), list(signatures)))
+        except queue.Full:
+            self._dropped["queue_full"] = self._dropped.get("queue_full", 0) + len(entries)
+
+    async def close(self, drain_timeout: float) -> None:
+        """Let the child push what it holds (within ``drain_timeout``), then stop it."""
+        if not self._process.is_alive():
+            return
+        self._inbox.put((_STOP, drain_timeout))
+        await asyncio.to_thread(self._process.join, drain_timeout + 5)
+        if self._process.is_alive():
+            log.warning("Loki sender did not stop in time; terminating it")
+            self._process.terminate()
+            await asyncio.to_thread(self._process.join, 5)
+        if self._reader is not None:
+            await asyncio.to_thread(self._reader.join, 2)
+        self._inbox.close()
