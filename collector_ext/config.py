@@ -89,9 +89,13 @@ class LokiConfig(_Section):
 
     @field_validator("label_attributes")
     @classmethod
-    def _at_most_fifteen(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        if len(value) > 15 * 2:
-            raise ValueError("too many label attributes; Loki allows 15 labels per stream")
+    def _distinct_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        # More may be listed than Loki's 15 labels per stream: only those a resource has become
+        # labels, the first 15 of them in this order.
+        if any(not name.strip() for name in value):
+            raise ValueError("attribute names must not be empty")
+        if len(set(value)) != len(value):
+            raise ValueError("each attribute may be listed once")
         return value
 
 

@@ -61,3 +61,20 @@ def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
         load_config(_write(tmp_path, "a: [unclosed"), environ={})
     with pytest.raises(ConfigurationError, match="mapping"):
         load_config(_write(tmp_path, "- a list"), environ={})
+
+
+def test_loki_section_is_validated_with_named_settings() -> None:
+    base = {"signing_key": "k", "archive": {"url": "a"}}
+    config = load_config(
+        None, environ={"COLLECTOR_EXT_LOKI__TENANT": "team-a"}, overrides={**base, "loki": {"url": "http://loki:3100/"}}
+    )
+    assert config.loki is not None
+    assert (config.loki.url, config.loki.tenant, config.loki.seal_in_line) == ("http://loki:3100", "team-a", False)
+    assert "service.name" in config.loki.label_attributes
+    with pytest.raises(ConfigurationError) as error:
+        load_config(None, environ={}, overrides={**base, "loki": {"url": "loki:3100"}})
+    assert error.value.setting == "loki.url"
+    with pytest.raises(ConfigurationError) as error:
+        load_config(None, environ={}, overrides={**base, "loki": {"url": "http://l", "label_attributes": ["a", "a"]}})
+    assert error.value.setting == "loki.label_attributes"
+    assert load_config(None, environ={}, overrides=base).loki is None
