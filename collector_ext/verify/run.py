@@ -32,7 +32,7 @@ class EmptyArchiveError(ArchiveUnavailableError):
 @dataclass(frozen=True, slots=True)
 class VerifyOptions:
     check_all_signatures: bool = False
-    read_ahead: int = 4
+    read_ahead: int = 8
     signature_threads: int = 0  # 0: one per CPU
 
 
