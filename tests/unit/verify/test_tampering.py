@@ -313,3 +313,19 @@ def test_every_finding_is_reported_not_just_the_first(signer: Ed25519Signer, arc
         ("missing-segment", 10, 19, archive.segment_keys[1]),
         ("reordered-record", 3, None, archive.segment_keys[0]),
     ]
+
+
+def test_entry_header_fields_are_checked(signer: Ed25519Signer, archive: BuiltArchive) -> None:
+    # A validly signed entry of the wrong kind (a faulty writer holding the key): its header is
+    # reported, and the re-signed entry no longer links to its successor.
+    records = archive.segment_records(0)
+    entry = bytearray(records[5].entry)
+    entry[2] = 2  # GENESIS, but not at sequence 0
+    (signature,) = sign_entry_hashes(signer, [entry_hash(bytes(entry))])
+    records[5] = archive_pb2.SealedRecord(entry=bytes(entry), signature=signature)
+    archive.rewrite_segment(0, records)
+    report = verify_objects(archive.objects, [signer.public_key])
+    assert problems(report) == [
+        ("forked-chain", 6, None, archive.segment_keys[0]),
+        ("malformed-object", 5, None, archive.segment_keys[0]),
+    ]
