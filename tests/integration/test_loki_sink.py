@@ -423,3 +423,50 @@ def test_sidecar_with_loki_end_to_end_and_verify_cli(
     assert [(f["kind"], f["first_sequence"]) for f in findings] == [
         ("loki-altered", int(entry.structured_metadata["audit_seq"]))
     ]
+
+
+def test_push_over_tls_with_a_custom_ca_bearer_token_and_tenant(signer: Ed25519Signer, tmp_path: Any) -> None:
+    """loki.ca_file: the sender trusts a private CA; it refuses the same server without it."""
+    import ssl
+
+    from tests.integration.test_tls import Pki
+
+    pki = Pki(tmp_path / "tls")
+    loki = LokiReceiver().start()
+    try:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(pki.server_cert_file, pki.server_key_file)
+        server = loki._server  # the listening socket now speaks TLS
+        assert server is not None
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+        https_url = loki.url.replace("http://", "https://")
+
+        async def push(ca_file: str | None) -> LokiSender:
+            sender = LokiSender(
+                LokiClient(LokiConnection(url=https_url, tenant="team-a", bearer_token="t0k3n", ca_file=ca_file)),
+                EntryMapper(),
+                LokiSettings(batch_max_wait=0.0, retry=FAST),
+            )
+            await sender.start()
+            pipeline = SealingPipeline(
+                signer, InMemoryArchive(), PipelineSettings(retry=FAST), on_archived=sender.offer
+            )
+            await pipeline.start()
+            await pipeline.submit(log_payloads(_request([_record(0)])))
+            deadline = time.monotonic() + 3
+            while sender.stats.entries_pushed == 0 and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            await pipeline.close()
+            await sender.close(drain_timeout=0.1)
+            return sender
+
+        trusted = asyncio.run(push(str(pki.ca_file)))
+        assert trusted.stats.entries_pushed == 1
+        (pushed,) = [p for p in loki.pushes if p.status == 204]
+        assert pushed.tenant == "team-a"
+        assert {k.lower(): v for k, v in pushed.headers.items()}["authorization"] == "Bearer t0k3n"
+        untrusted = asyncio.run(push(None))  # the system CAs do not know the test CA
+        assert untrusted.stats.entries_pushed == 0
+        assert untrusted.stats.push_retries >= 1
+    finally:
+        loki.stop()
