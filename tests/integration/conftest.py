@@ -121,3 +121,52 @@ def seaweedfs() -> Iterator[S3Server]:
                     os.environ.pop(key, None)
                 else:
                     os.environ[key] = value
+
+
+def logs_request(*bodies: str) -> bytes:
+    """An encoded ExportLogsServiceRequest with one record per body (times 1, 2, ...)."""
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+    from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
+
+    records = [LogRecord(time_unix_nano=1 + i, body=AnyValue(string_value=b)) for i, b in enumerate(bodies)]
+    return ExportLogsServiceRequest(
+        resource_logs=[ResourceLogs(scope_logs=[ScopeLogs(log_records=records)])]
+    ).SerializeToString()
+
+
+def length_delimited(number: int, data: bytes) -> bytes:
+    """One protobuf length-delimited field, for hand-made (and deliberately broken) messages."""
+    from collector_ext.seal.payload import encode_varint
+
+    return encode_varint(number << 3 | 2) + encode_varint(len(data)) + data
+
+
+def wrap_record(record: bytes) -> bytes:
+    """ExportLogsServiceRequest{resource_logs{scope_logs{log_records: record}}} from raw record bytes."""
+    return length_delimited(1, length_delimited(2, length_delimited(2, record)))
+
+
+def metric_values(port: int) -> dict[str, float]:
+    """The samples of a sidecar's /metrics, keyed by name and labels as exposed."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+
+
+@pytest.fixture
+def loki() -> Iterator[Any]:
+    """The test Loki (tests/loki_receiver.py) on a free loopback port."""
+    from tests.loki_receiver import LokiReceiver
+
+    receiver = LokiReceiver().start()
+    try:
+        yield receiver
+    finally:
+        receiver.stop()

@@ -10,15 +10,13 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import rotel
 
-from tests.integration.conftest import KeyPairFiles, S3Server
+from tests.integration.conftest import KeyPairFiles, S3Server, metric_values
 from tests.loki_receiver import LokiReceiver
 
 
@@ -64,25 +62,6 @@ def _send(protocol: str, endpoint: str, count: int) -> None:
     provider.shutdown()
 
 
-def _metrics(port: int) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    return {
-        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line and not line.startswith("#")
-    }
-
-
-@pytest.fixture
-def loki() -> Iterator[LokiReceiver]:
-    receiver = LokiReceiver().start()
-    try:
-        yield receiver
-    finally:
-        receiver.stop()
-
-
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_every_record_through_a_real_collector_arrives_verifies_and_is_counted(
     protocol: str,
@@ -124,7 +103,7 @@ def test_every_record_through_a_real_collector_arrives_verifies_and_is_counted(
         finally:
             agent.terminate()
             agent.wait(timeout=30)
-        values = _metrics(sidecar.metrics_port)
+        values = metric_values(sidecar.metrics_port)
         assert values[f'collector_ext_records_received_total{{transport="{protocol}"}}'] == sent
         assert values["collector_ext_records_sealed_total"] == sent + 1  # + the genesis entry
         assert values["collector_ext_records_archived_total"] == sent + 1

@@ -6,10 +6,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
@@ -38,15 +37,6 @@ from tests.loki_receiver import LokiReceiver
 
 FAST = RetryPolicy(initial_delay=0.01, max_delay=0.05)
 NOW = time.time_ns()
-
-
-@pytest.fixture
-def loki() -> Iterator[LokiReceiver]:
-    receiver = LokiReceiver().start()
-    try:
-        yield receiver
-    finally:
-        receiver.stop()
 
 
 def _record(i: int, **fields: Any) -> LogRecord:

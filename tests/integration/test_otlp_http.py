@@ -6,7 +6,6 @@ import asyncio
 import gzip
 import http.client
 import json
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,31 +25,22 @@ from collector_ext.receive.otlp_http import OtlpHttpReceiver
 from collector_ext.retry import RetryPolicy
 from collector_ext.seal.entry import EntryKind, decode_entry_header, entry_payload
 from collector_ext.seal.keys import Ed25519Signer
-from collector_ext.seal.payload import encode_varint
 from collector_ext.seal.segment import decode_segment
 from collector_ext.service import Sidecar
 from tests.archive_builder import verify_objects
 from tests.fakes import InMemoryArchive
-from tests.integration.conftest import KeyPairFiles, verify_archive_at
+from tests.integration.conftest import (
+    KeyPairFiles,
+    length_delimited,
+    logs_request,
+    metric_values,
+    verify_archive_at,
+    wrap_record,
+)
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 LIMIT = 256 * 1024  # directory_sidecar's max_message_bytes
-
-
-def _request(*bodies: str) -> bytes:
-    records = [LogRecord(time_unix_nano=1 + i, body=AnyValue(string_value=b)) for i, b in enumerate(bodies)]
-    return ExportLogsServiceRequest(
-        resource_logs=[ResourceLogs(scope_logs=[ScopeLogs(log_records=records)])]
-    ).SerializeToString()
-
-
-def _field(number: int, data: bytes) -> bytes:
-    return encode_varint(number << 3 | 2) + encode_varint(len(data)) + data
-
-
-def _wrap_record(record: bytes) -> bytes:
-    return _field(1, _field(2, _field(2, record)))
 
 
 class Reply:
@@ -89,16 +79,6 @@ def _post(
         return Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, response.read())
     finally:
         connection.close()
-
-
-def _metric_values(sidecar: Sidecar) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{sidecar.metrics_port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    return {
-        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line and not line.startswith("#")
-    }
 
 
 def _archived_payloads(archive: Path) -> list[archive_pb2.LogPayload]:
@@ -153,7 +133,7 @@ def test_sdk_http_exporter_records_are_archived_verified_and_counted(
         assert provider.force_flush(timeout_millis=30_000)
         provider.shutdown()
         assert sidecar.pipeline.stats.records_archived == sent + 1
-        values = _metric_values(sidecar)
+        values = metric_values(sidecar.metrics_port)
         assert values['collector_ext_records_received_total{transport="http"}'] == sent
         assert values['collector_ext_records_received_total{transport="grpc"}'] == 0
         assert values['collector_ext_export_requests_total{outcome="ok",transport="http"}'] >= sent / 128
@@ -278,16 +258,16 @@ def test_otlp_json_snake_case_keys_and_gzip(directory_sidecar: Sidecar, tmp_path
 def test_gzip_protobuf_body_is_accepted(directory_sidecar: Sidecar) -> None:
     reply = _post(
         directory_sidecar.http_port,
-        gzip.compress(_request("compressed", "twice")),
+        gzip.compress(logs_request("compressed", "twice")),
         headers={"Content-Encoding": "GZIP"},
     )
     assert reply.status == 200, reply.body
-    reply = _post(directory_sidecar.http_port, _request("identity"), headers={"Content-Encoding": "identity"})
+    reply = _post(directory_sidecar.http_port, logs_request("identity"), headers={"Content-Encoding": "identity"})
     assert reply.status == 200, reply.body
     # Two gzip members back to back are one gzip stream (RFC 1952).
     reply = _post(
         directory_sidecar.http_port,
-        gzip.compress(_request("member one")) + gzip.compress(_request("member two")),
+        gzip.compress(logs_request("member one")) + gzip.compress(logs_request("member two")),
         headers={"Content-Encoding": "gzip"},
     )
     assert reply.status == 200, reply.body
@@ -295,14 +275,14 @@ def test_gzip_protobuf_body_is_accepted(directory_sidecar: Sidecar) -> None:
 
 
 def test_chunked_body_is_accepted(directory_sidecar: Sidecar) -> None:
-    body = _request("sent", "in", "chunks")
+    body = logs_request("sent", "in", "chunks")
     reply = _post(directory_sidecar.http_port, iter([body[:5], body[5:]]))
     assert reply.status == 200, reply.body
     assert directory_sidecar.pipeline.stats.records_archived == 1 + 3
 
 
 def test_empty_requests_are_success_and_seal_nothing(directory_sidecar: Sidecar) -> None:
-    for body, content_type in ((b"", PROTOBUF), (b"", JSON), (b"{}", JSON), (_request(), PROTOBUF)):
+    for body, content_type in ((b"", PROTOBUF), (b"", JSON), (b"{}", JSON), (logs_request(), PROTOBUF)):
         reply = _post(directory_sidecar.http_port, body, content_type)
         assert reply.status == 200, reply.body
         assert reply.content_type == content_type
@@ -322,15 +302,17 @@ def test_garbage_protobuf_is_400_with_status(directory_sidecar: Sidecar) -> None
 
 
 def test_invalid_utf8_in_protobuf_is_400(directory_sidecar: Sidecar) -> None:
-    reply = _post(directory_sidecar.http_port, _wrap_record(_field(5, _field(1, b"\xff\xfe not utf-8"))))
+    reply = _post(
+        directory_sidecar.http_port, wrap_record(length_delimited(5, length_delimited(1, b"\xff\xfe not utf-8")))
+    )
     _assert_bad_request(reply, directory_sidecar, 400, PROTOBUF, "not a valid ExportLogsServiceRequest")
 
 
 def test_absurd_nesting_is_400(directory_sidecar: Sidecar) -> None:
-    value = _field(1, b"leaf")
+    value = length_delimited(1, b"leaf")
     for _ in range(5000):
-        value = _field(6, _field(1, _field(1, b"k") + _field(2, value)))
-    reply = _post(directory_sidecar.http_port, _wrap_record(_field(5, value)))
+        value = length_delimited(6, length_delimited(1, length_delimited(1, b"k") + length_delimited(2, value)))
+    reply = _post(directory_sidecar.http_port, wrap_record(length_delimited(5, value)))
     _assert_bad_request(reply, directory_sidecar, 400, PROTOBUF, "not a valid ExportLogsServiceRequest")
 
     nested: Any = {"stringValue": "leaf"}
@@ -366,22 +348,22 @@ def test_invalid_json_is_400_with_a_useful_message(directory_sidecar: Sidecar, b
 def test_broken_gzip_is_400(directory_sidecar: Sidecar) -> None:
     reply = _post(directory_sidecar.http_port, b"not gzip at all", headers={"Content-Encoding": "gzip"})
     _assert_bad_request(reply, directory_sidecar, 400, PROTOBUF, "not valid gzip")
-    truncated = gzip.compress(_request("cut off"))[:-6]
+    truncated = gzip.compress(logs_request("cut off"))[:-6]
     reply = _post(directory_sidecar.http_port, truncated, headers={"Content-Encoding": "gzip"})
     _assert_bad_request(reply, directory_sidecar, 400, PROTOBUF, "truncated gzip")
 
 
 def test_unsupported_content_type_or_encoding_is_415(directory_sidecar: Sidecar) -> None:
     for content_type in ("text/plain", "application/protobuf", None):
-        reply = _post(directory_sidecar.http_port, _request("x"), content_type)
+        reply = _post(directory_sidecar.http_port, logs_request("x"), content_type)
         _assert_bad_request(reply, directory_sidecar, 415, JSON, "unsupported Content-Type")
     for encoding in ("br", "zstd", "gzip, gzip"):
-        reply = _post(directory_sidecar.http_port, _request("x"), headers={"Content-Encoding": encoding})
+        reply = _post(directory_sidecar.http_port, logs_request("x"), headers={"Content-Encoding": encoding})
         _assert_bad_request(reply, directory_sidecar, 415, PROTOBUF, "unsupported Content-Encoding")
 
 
 def test_body_over_the_limit_is_413(directory_sidecar: Sidecar) -> None:
-    oversized = _request("x" * (LIMIT + 1024))
+    oversized = logs_request("x" * (LIMIT + 1024))
     reply = _post(directory_sidecar.http_port, oversized)  # refused on Content-Length
     _assert_bad_request(reply, directory_sidecar, 413, PROTOBUF, "max_message_bytes")
     assert reply.rpc_status().code == code_pb2.RESOURCE_EXHAUSTED
@@ -389,12 +371,12 @@ def test_body_over_the_limit_is_413(directory_sidecar: Sidecar) -> None:
     reply = _post(directory_sidecar.http_port, iter([oversized[: LIMIT // 2], oversized[LIMIT // 2 :]]))  # chunked
     _assert_bad_request(reply, directory_sidecar, 413, PROTOBUF, "max_message_bytes")
     # Just under the limit still passes.
-    reply = _post(directory_sidecar.http_port, _request("y" * (LIMIT - 1024)))
+    reply = _post(directory_sidecar.http_port, logs_request("y" * (LIMIT - 1024)))
     assert reply.status == 200, reply.body
 
 
 def test_gzip_bomb_is_413(directory_sidecar: Sidecar) -> None:
-    inflated = _request("y" * 400 * 1024)
+    inflated = logs_request("y" * 400 * 1024)
     small = gzip.compress(inflated)
     assert len(small) < 16 * 1024 < LIMIT < len(inflated)
     reply = _post(directory_sidecar.http_port, small, headers={"Content-Encoding": "gzip"})
@@ -412,8 +394,8 @@ def test_wrong_method_is_405_and_other_paths_404(directory_sidecar: Sidecar) -> 
     assert reply.headers.get("allow") == "POST"
     reply = _post(directory_sidecar.http_port, b"", method="PUT")
     assert reply.status == 405
-    assert _post(directory_sidecar.http_port, _request("x"), path="/v1/traces").status == 404
-    assert _post(directory_sidecar.http_port, _request("x"), path="/").status == 404
+    assert _post(directory_sidecar.http_port, logs_request("x"), path="/v1/traces").status == 404
+    assert _post(directory_sidecar.http_port, logs_request("x"), path="/").status == 404
     assert directory_sidecar.pipeline.stats.records_sealed == 1
 
 
@@ -422,14 +404,14 @@ def test_bad_input_leaves_a_verifiable_chain_and_metrics_by_outcome(
 ) -> None:
     with run_sidecar(str(tmp_path / "archive"), max_message_bytes=LIMIT) as sidecar:
         port = sidecar.http_port
-        assert _post(port, _request("one", "two")).status == 200
+        assert _post(port, logs_request("one", "two")).status == 200
         assert _post(port, b"\x0a\xff").status == 400
         assert _post(port, b"{", JSON).status == 400
-        assert _post(port, _request("z" * (LIMIT + 1))).status == 413
-        assert _post(port, _request("x"), "text/plain").status == 415
+        assert _post(port, logs_request("z" * (LIMIT + 1))).status == 413
+        assert _post(port, logs_request("x"), "text/plain").status == 415
         assert _post(port, b"").status == 200
         assert _post(port, json.dumps(JSON_REQUEST).encode(), JSON).status == 200
-        values = _metric_values(sidecar)
+        values = metric_values(sidecar.metrics_port)
     report = verify_archive_at(str(tmp_path / "archive"), [key_pair.public_key])
     assert report.clean, report.findings
     assert report.records_checked == 1 + 3
@@ -454,7 +436,7 @@ def test_archive_outage_answers_503_with_retry_after_then_recovers(signer: Ed255
     import aiohttp
 
     store = InMemoryArchive()
-    request = _request("a", "b", "c")
+    request = logs_request("a", "b", "c")
 
     async def run() -> None:
         pipeline = SealingPipeline(
@@ -513,7 +495,7 @@ def test_capacity_exceeded_answers_503(signer: Ed25519Signer) -> None:
         receiver = OtlpHttpReceiver(pipeline, listen="127.0.0.1:0", max_message_bytes=1 << 20, metrics=Metrics())
         port = await receiver.start()
         try:
-            reply = await asyncio.to_thread(_post, port, _request("a", "b", "c"))
+            reply = await asyncio.to_thread(_post, port, logs_request("a", "b", "c"))
         finally:
             await receiver.stop(1)
             await pipeline.close()
@@ -529,7 +511,7 @@ def test_deflate_body_is_accepted_and_bounded(directory_sidecar: Sidecar) -> Non
     import zlib
 
     reply = _post(
-        directory_sidecar.http_port, zlib.compress(_request("deflated")), headers={"Content-Encoding": "deflate"}
+        directory_sidecar.http_port, zlib.compress(logs_request("deflated")), headers={"Content-Encoding": "deflate"}
     )
     assert reply.status == 200, reply.body
     assert directory_sidecar.pipeline.stats.records_archived == 1 + 1
@@ -538,7 +520,7 @@ def test_deflate_body_is_accepted_and_bounded(directory_sidecar: Sidecar) -> Non
 def test_deflate_bomb_and_garbage_are_refused(directory_sidecar: Sidecar) -> None:
     import zlib
 
-    bomb = zlib.compress(_request("z" * 400 * 1024))
+    bomb = zlib.compress(logs_request("z" * 400 * 1024))
     reply = _post(directory_sidecar.http_port, bomb, headers={"Content-Encoding": "deflate"})
     _assert_bad_request(reply, directory_sidecar, 413, PROTOBUF, "inflates to more than max_message_bytes")
     reply = _post(directory_sidecar.http_port, b"not deflate", headers={"Content-Encoding": "deflate"})

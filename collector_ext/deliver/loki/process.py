@@ -48,6 +48,19 @@ def _child_main(
     asyncio.run(_child_loop(connection, mapping, settings, inbox, reports))
 
 
+def _snapshot(stats: LokiStats, *, final: bool = False) -> dict[str, Any]:
+    """The counters the child reports to the parent (picklable, relative times)."""
+    return {
+        "entries_pushed": stats.entries_pushed,
+        "pushes": stats.pushes,
+        "push_retries": stats.push_retries,
+        "rejected": dict(stats.rejected),
+        "queued_records": stats.queued_records,
+        "failing_for": None if stats.failing_since is None else time.monotonic() - stats.failing_since,
+        "final": final,
+    }
+
+
 async def _child_loop(
     connection: LokiConnection, mapping: MappingSettings, settings: LokiSettings, inbox: Any, reports: Connection
 ) -> None:
@@ -74,17 +87,7 @@ async def _child_loop(
 
     async def report() -> None:
         while True:
-            stats = sender.stats
-            reports.send(
-                {
-                    "entries_pushed": stats.entries_pushed,
-                    "pushes": stats.pushes,
-                    "push_retries": stats.push_retries,
-                    "rejected": dict(stats.rejected),
-                    "queued_records": stats.queued_records,
-                    "failing_for": None if stats.failing_since is None else time.monotonic() - stats.failing_since,
-                }
-            )
+            reports.send(_snapshot(sender.stats))
             await asyncio.sleep(REPORT_INTERVAL)
 
     reporter = asyncio.create_task(report())
@@ -93,18 +96,7 @@ async def _child_loop(
     reporter.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await reporter
-    stats = sender.stats
-    reports.send(
-        {
-            "entries_pushed": stats.entries_pushed,
-            "pushes": stats.pushes,
-            "push_retries": stats.push_retries,
-            "rejected": dict(stats.rejected),
-            "queued_records": stats.queued_records,
-            "failing_for": None,
-            "final": True,
-        }
-    )
+    reports.send(_snapshot(sender.stats, final=True))
 
 
 class LokiProcess:
