@@ -79,7 +79,6 @@ class _OpenSegment:
     hashes: list[bytes] = field(default_factory=list)
     signature_chunks: list[asyncio.Future[bytes]] = field(default_factory=list)
     size: int = 0
-    last_hash: bytes = ZERO_HASH
     durable: asyncio.Future[None] | None = None
     opened_at: float = field(default_factory=time.monotonic)
 
@@ -123,10 +122,9 @@ class SealingPipeline:
         self._segment_full = asyncio.Event()
         self._upload_slots = asyncio.Semaphore(self._settings.upload_concurrency)
         self._uploads: set[asyncio.Task[None]] = set()
-        self._stop = asyncio.Event()
         self._pending_records = 0
-        self._archived: dict[int, SegmentRef] = {}
-        self._archived_heads: dict[int, bytes] = {}
+        # Archived segments not yet in a checkpoint, by first sequence: their ref and last entry hash.
+        self._archived: dict[int, tuple[SegmentRef, bytes]] = {}
         self._next_uncovered = 0
         self._last_covered_head = ZERO_HASH
         self._checkpoint_number = 0
@@ -218,8 +216,10 @@ class SealingPipeline:
                     extra={"pending_records": self._pending_records},
                 )
                 break
-            await asyncio.sleep(min(0.01, remaining))
-        self._stop.set()
+            if self._uploads:
+                await asyncio.wait(set(self._uploads), timeout=remaining)
+            else:
+                await asyncio.sleep(0)  # the flush loop takes the open segment (marked full above)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -251,7 +251,6 @@ class SealingPipeline:
         segment.entries += batch.entries
         segment.hashes += hashes
         segment.size += sum(map(len, batch.entries))
-        segment.last_hash = batch.head.head_hash
         self._pending_records += len(payloads)
         self.stats.records_sealed += len(payloads)
         self._segment_ready.set()
@@ -308,10 +307,10 @@ class SealingPipeline:
             digest = hashlib.sha256(data).digest()
             key = segment_key("", self.chain_id, segment.first_sequence, last_sequence, segment.created_unix_nano)
             await self._put_with_retry(key, data, digest)
-            self._archived[segment.first_sequence] = SegmentRef(
-                key, segment.first_sequence, last_sequence, digest, len(data)
+            self._archived[segment.first_sequence] = (
+                SegmentRef(key, segment.first_sequence, last_sequence, digest, len(data)),
+                segment.hashes[-1],
             )
-            self._archived_heads[segment.first_sequence] = segment.last_hash
             self._pending_records -= len(segment.entries)
             self.stats.records_archived += len(segment.entries)
             self.stats.segments_archived += 1
@@ -377,8 +376,7 @@ class SealingPipeline:
         next_uncovered = self._next_uncovered
         head = self._last_covered_head
         while next_uncovered in self._archived:
-            ref = self._archived[next_uncovered]
-            head = self._archived_heads[next_uncovered]
+            ref, head = self._archived[next_uncovered]
             covered.append(ref)
             next_uncovered = ref.last_sequence + 1
         if next_uncovered == 0:
@@ -399,7 +397,6 @@ class SealingPipeline:
         # Only a stored checkpoint moves the state on; a cancelled write leaves it for the next one.
         for ref in covered:
             del self._archived[ref.first_sequence]
-            del self._archived_heads[ref.first_sequence]
         self._next_uncovered = next_uncovered
         self._last_covered_head = head
         self._checkpoint_number += 1

@@ -39,7 +39,13 @@ def test_a_killed_signing_worker_is_replaced_and_nothing_is_lost(signer: Ed25519
         assert workers
         for pid in workers:
             os.kill(pid, signal.SIGKILL)
-        await asyncio.sleep(0.2)
+        # Wait until the pool has noticed, so the next submit meets a broken pool.
+        executor = pipeline._signing._executor  # type: ignore[attr-defined]
+        for _ in range(500):
+            if executor._broken:
+                break
+            await asyncio.sleep(0.01)
+        assert executor._broken
         await pipeline.submit([b"after"] * 10)
         await pipeline.close()
 

@@ -36,7 +36,6 @@ from collector_ext.deliver.loki.client import (
     LokiConfigurationError,
     LokiRejectedError,
     LokiRequestTooLargeError,
-    LokiUnavailableError,
 )
 from collector_ext.deliver.loki.mapping import EntryMapper, LokiEntry
 from collector_ext.deliver.loki.push import encode_json, encode_protobuf_uncompressed, encoded_size, snappy_block
@@ -89,7 +88,6 @@ class LokiSender:
         self._wakeup = asyncio.Event()
         self._drained = asyncio.Event()
         self._drained.set()
-        self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.stats = LokiStats()
 
@@ -117,7 +115,6 @@ class LokiSender:
         self._wakeup.set()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._drained.wait(), timeout=max(0.0, deadline - time.monotonic()))
-        self._stop.set()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -213,13 +210,14 @@ class LokiSender:
                     on_retry=on_retry,
                 )
             except LokiRejectedError as exc:
-                rejected = sum(exc.reasons.values()) or len(batch)
-                for reason, count in exc.reasons.items():
+                # A 400 without a reason Loki's messages name still refused something: count it all.
+                reasons = exc.reasons or {"other": len(batch)}
+                for reason, count in reasons.items():
                     self.stats.reject(reason, count)
-                self.stats.entries_pushed += max(0, len(batch) - rejected)
+                self.stats.entries_pushed += max(0, len(batch) - sum(reasons.values()))
                 self.stats.pushes += 1
                 self.stats.failing_since = None
-                log.warning("Loki refused entries (they remain in the archive)", extra={"reasons": exc.reasons})
+                log.warning("Loki refused entries (they remain in the archive)", extra={"reasons": reasons})
                 return
             except LokiRequestTooLargeError:
                 if len(batch) == 1:
@@ -234,8 +232,6 @@ class LokiSender:
                     self.stats.failing_since = time.monotonic()
                 log.error("Loki refuses the sidecar's pushes", extra={"error": str(exc)})
                 await asyncio.sleep(self._settings.retry.max_delay)
-                continue
-            except LokiUnavailableError:
                 continue
             self.stats.entries_pushed += len(batch)
             self.stats.pushes += 1

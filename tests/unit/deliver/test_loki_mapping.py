@@ -164,3 +164,26 @@ def test_rejection_reasons_are_counted() -> None:
     )
     assert classify_rejection(out_of_order) == {"out_of_order": 2}
     assert classify_rejection("something new") == {"other": 1}
+
+
+def test_a_400_without_a_known_reason_counts_every_entry_as_refused() -> None:
+    import asyncio
+
+    from collector_ext.deliver.loki.client import LokiRejectedError
+    from collector_ext.deliver.loki.sender import LokiSender, LokiSettings
+
+    class RefusingClient:
+        async def open(self) -> None: ...
+
+        async def close(self) -> None: ...
+
+        async def push(self, body: bytes, *, json_body: bool = False) -> None:
+            raise LokiRejectedError("Loki refused entries: ", {})
+
+    entry, entry_hash = _entry(LogRecord(body=AnyValue(string_value="x")))
+    mapped = EntryMapper().map_entry(entry, entry_hash, b"s" * 64)
+    assert mapped is not None
+    sender = LokiSender(RefusingClient(), EntryMapper(), LokiSettings())  # type: ignore[arg-type]
+    asyncio.run(sender._deliver([mapped, mapped]))
+    assert sender.stats.rejected == {"other": 2}
+    assert sender.stats.entries_pushed == 0
