@@ -130,6 +130,10 @@ class SealingPipeline:
         self._checkpoint_number = 0
         self._previous_checkpoint = b""
         self._checkpoint_due = asyncio.Event()
+        # Set at shutdown and checked by the background loops: on Python 3.11 a cancellation that
+        # meets asyncio.wait_for just as its inner wait completes can be lost, so cancelling alone
+        # does not reliably stop a loop.
+        self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._failing_since: float | None = None
         self._accepting = False
@@ -220,6 +224,9 @@ class SealingPipeline:
                 await asyncio.wait(set(self._uploads), timeout=remaining)
             else:
                 await asyncio.sleep(0)  # the flush loop takes the open segment (marked full above)
+        self._stopping.set()
+        self._segment_ready.set()
+        self._checkpoint_due.set()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -264,9 +271,12 @@ class SealingPipeline:
 
     # -- segments -----------------------------------------------------------------------------------
     async def _flush_loop(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             await self._segment_ready.wait()
             await self._upload_slots.acquire()
+            if self._stopping.is_set():
+                self._upload_slots.release()
+                return
             segment = self._open
             if segment is not None and not self._segment_full.is_set():
                 linger = self._settings.max_linger - (time.monotonic() - segment.opened_at)
@@ -358,13 +368,15 @@ class SealingPipeline:
     # -- checkpoints --------------------------------------------------------------------------------
     async def _checkpoint_loop(self) -> None:
         interval = self._settings.checkpoint_interval
-        while True:
+        while not self._stopping.is_set():
             # Idle or not, a checkpoint at least every interval, so a cut-off tail stays visible.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._checkpoint_due.wait(), timeout=interval)
-            if self._checkpoint_due.is_set():
+            if self._checkpoint_due.is_set() and not self._stopping.is_set():
                 # Under load many segments complete each second: one checkpoint covers them all.
                 await asyncio.sleep(self._settings.checkpoint_min_spacing)
+            if self._stopping.is_set():
+                return  # close() writes the final checkpoint
             self._checkpoint_due.clear()
             try:
                 await self._write_checkpoint()

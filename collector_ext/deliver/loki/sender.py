@@ -88,6 +88,8 @@ class LokiSender:
         self._wakeup = asyncio.Event()
         self._drained = asyncio.Event()
         self._drained.set()
+        # Checked by the run loop: a cancellation can be lost inside asyncio.wait_for on Python 3.11.
+        self._closing = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.stats = LokiStats()
 
@@ -115,6 +117,8 @@ class LokiSender:
         self._wakeup.set()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._drained.wait(), timeout=max(0.0, deadline - time.monotonic()))
+        self._closing.set()
+        self._wakeup.set()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -176,7 +180,7 @@ class LokiSender:
         return waited >= self._settings.batch_max_wait
 
     async def _run(self) -> None:
-        while True:
+        while not self._closing.is_set():
             if not self._batch_ready():
                 self._wakeup.clear()
                 timeout = self._settings.batch_max_wait if (self._segments or self._mapped) else None
