@@ -29,9 +29,19 @@ class InMemoryArchive:
         self.put_count += 1
         self.objects[key] = data
 
-    async def list_keys(self) -> AsyncIterator[str]:
+    async def list_keys(self, under: str = "", start_after: str = "") -> AsyncIterator[str]:
         for key in sorted(self.objects):
-            yield key
+            if key.startswith(under) and key > start_after:
+                yield key
+
+    async def list_children(self, under: str = "") -> list[str]:
+        return sorted(
+            {
+                key[len(under) :].split("/")[0]
+                for key in self.objects
+                if key.startswith(under) and "/" in key[len(under) :]
+            }
+        )
 
     async def get(self, key: str) -> bytes:
         try:

@@ -65,22 +65,37 @@ class DirectoryArchive:
         except OSError as exc:
             raise ArchiveUnavailableError(f"writing {key} under {self._root}: {exc}") from exc
 
-    def _walk(self) -> list[str]:
+    def _walk(self, under: str) -> list[str]:
         keys = []
-        for directory, _subdirectories, files in os.walk(self._root):
+        # Walk only the directory that holds every key starting with ``under``.
+        start = self._path(under.rpartition("/")[0]) if "/" in under else self._root
+        for directory, _subdirectories, files in os.walk(start):
             for name in files:
                 if name.startswith("."):
                     continue
-                keys.append(os.path.relpath(os.path.join(directory, name), self._root).replace(os.sep, "/"))
+                key = os.path.relpath(os.path.join(directory, name), self._root).replace(os.sep, "/")
+                if key.startswith(under):
+                    keys.append(key)
         return sorted(keys)
 
-    async def list_keys(self) -> AsyncIterator[str]:
+    async def list_keys(self, under: str = "", start_after: str = "") -> AsyncIterator[str]:
         try:
-            keys = await asyncio.to_thread(self._walk)
+            keys = await asyncio.to_thread(self._walk, under)
         except OSError as exc:
             raise ArchiveUnavailableError(f"listing {self._root}: {exc}") from exc
         for key in keys:
-            yield key
+            if key > start_after:
+                yield key
+
+    async def list_children(self, under: str = "") -> list[str]:
+        directory = self._path(under) if under else self._root
+        try:
+            names = await asyncio.to_thread(os.listdir, directory)
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise ArchiveUnavailableError(f"listing {directory}: {exc}") from exc
+        return sorted(name for name in names if not name.startswith(".") and (directory / name).is_dir())
 
     async def get(self, key: str) -> bytes:
         try:

@@ -12,8 +12,9 @@ anything.
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -143,13 +144,31 @@ class S3Archive:
         except BotoCoreError as exc:
             raise ArchiveUnavailableError(f"PUT {self._full_key(key)} to {self.description}: {exc}") from exc
 
-    async def list_keys(self) -> AsyncIterator[str]:
+    async def list_keys(self, under: str = "", start_after: str = "") -> AsyncIterator[str]:
         prefix = f"{self._location.prefix}/" if self._location.prefix else ""
         paginator = self._client.get_paginator("list_objects_v2")
-        try:
-            async for page in paginator.paginate(Bucket=self._location.bucket, Prefix=prefix):
+        arguments: dict[str, Any] = {"Bucket": self._location.bucket, "Prefix": prefix + under}
+        if start_after:
+            arguments["StartAfter"] = prefix + start_after
+        with self._listing_errors():
+            async for page in paginator.paginate(**arguments):
                 for item in page.get("Contents", []):
                     yield item["Key"][len(prefix) :]
+
+    async def list_children(self, under: str = "") -> list[str]:
+        prefix = f"{self._location.prefix}/" if self._location.prefix else ""
+        paginator = self._client.get_paginator("list_objects_v2")
+        children: list[str] = []
+        with self._listing_errors():
+            async for page in paginator.paginate(Bucket=self._location.bucket, Prefix=prefix + under, Delimiter="/"):
+                for item in page.get("CommonPrefixes", []):
+                    children.append(item["Prefix"][len(prefix + under) :].rstrip("/"))
+        return children
+
+    @contextlib.contextmanager
+    def _listing_errors(self) -> Iterator[None]:
+        try:
+            yield
         except ClientError as exc:
             raise ArchiveUnavailableError(f"listing {self.description}: {_error_code(exc)}: {exc}") from exc
         except BotoCoreError as exc:

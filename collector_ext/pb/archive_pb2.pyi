@@ -97,6 +97,9 @@ class GenesisPayload(_message.Message):
     WRITER_FIELD_NUMBER: _builtins.int
     SUPERSEDES_CHAIN_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    WRITER_ID_FIELD_NUMBER: _builtins.int
+    SUPERSEDED_LAST_SEQUENCE_FIELD_NUMBER: _builtins.int
+    SUPERSEDED_COVERED_UNTIL_FIELD_NUMBER: _builtins.int
     public_key: _builtins.bytes
     """Raw 32-byte Ed25519 public key of the chain's signing key (its key id is in the entry header)."""
     writer: _builtins.str
@@ -105,6 +108,15 @@ class GenesisPayload(_message.Message):
     """Chain this one continues or replaces, when the writer knows it (16 bytes, or empty)."""
     reason: _builtins.str
     """Reason the chain was started ("first start", "local state missing", ...)."""
+    writer_id: _builtins.str
+    """Stable name of the writing instance (the pod name by default); a writer that lost its local
+    state finds the chain it supersedes by this name.
+    """
+    superseded_last_sequence: _builtins.int
+    """Where the superseded chain was last seen to end (its newest entry found in the archive) and
+    the newest sequence a checkpoint of it covered; both 0 when supersedes_chain_id is empty.
+    """
+    superseded_covered_until: _builtins.int
     def __init__(
         self,
         *,
@@ -112,14 +124,55 @@ class GenesisPayload(_message.Message):
         writer: _builtins.str = ...,
         supersedes_chain_id: _builtins.bytes = ...,
         reason: _builtins.str = ...,
+        writer_id: _builtins.str = ...,
+        superseded_last_sequence: _builtins.int = ...,
+        superseded_covered_until: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["public_key", b"public_key", "reason", b"reason", "supersedes_chain_id", b"supersedes_chain_id", "writer", b"writer"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["public_key", b"public_key", "reason", b"reason", "superseded_covered_until", b"superseded_covered_until", "superseded_last_sequence", b"superseded_last_sequence", "supersedes_chain_id", b"supersedes_chain_id", "writer", b"writer", "writer_id", b"writer_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GenesisPayload: _TypeAlias = GenesisPayload  # noqa: Y015
+
+@_typing.final
+class RestartPayload(_message.Message):
+    """Payload of an entry of kind 3 (RESTART): the writer stopped and continued its chain from durable
+    state. Everything before the mark was sealed by the previous run, everything after by this one.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WRITER_FIELD_NUMBER: _builtins.int
+    WRITER_ID_FIELD_NUMBER: _builtins.int
+    PREVIOUS_RUN_CLEAN_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    writer: _builtins.str
+    """Free-form name of the writer, as in GenesisPayload."""
+    writer_id: _builtins.str
+    """As in GenesisPayload."""
+    previous_run_clean: _builtins.bool
+    """True when the previous run shut down cleanly (drained and wrote a final checkpoint); false
+    after a crash or kill.
+    """
+    reason: _builtins.str
+    """Human-readable cause, e.g. "restarted after a crash; chain continued from the local spool"."""
+    def __init__(
+        self,
+        *,
+        writer: _builtins.str = ...,
+        writer_id: _builtins.str = ...,
+        previous_run_clean: _builtins.bool = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["previous_run_clean", b"previous_run_clean", "reason", b"reason", "writer", b"writer", "writer_id", b"writer_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RestartPayload: _TypeAlias = RestartPayload  # noqa: Y015
 
 @_typing.final
 class SegmentHeader(_message.Message):

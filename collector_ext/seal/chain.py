@@ -88,9 +88,32 @@ def sign_entry_hashes(signer: Signer, hashes: Sequence[bytes]) -> list[bytes]:
     return [sign(prefix + h) for h in hashes]
 
 
-def genesis_payload(public_key: PublicKey, *, writer: str, reason: str, supersedes_chain_id: bytes = b"") -> bytes:
+def genesis_payload(
+    public_key: PublicKey,
+    *,
+    writer: str,
+    reason: str,
+    writer_id: str = "",
+    supersedes_chain_id: bytes = b"",
+    superseded_last_sequence: int = 0,
+    superseded_covered_until: int = 0,
+) -> bytes:
     """The payload of a chain's entry 0, naming its key and, if any, the chain it supersedes."""
     message = archive_pb2.GenesisPayload(
-        public_key=public_key.raw, writer=writer, reason=reason, supersedes_chain_id=supersedes_chain_id
+        public_key=public_key.raw,
+        writer=writer,
+        reason=reason,
+        writer_id=writer_id,
+        supersedes_chain_id=supersedes_chain_id,
+        superseded_last_sequence=superseded_last_sequence,
+        superseded_covered_until=superseded_covered_until,
+    )
+    return message.SerializeToString(deterministic=True)
+
+
+def restart_payload(*, writer: str, writer_id: str, previous_run_clean: bool, reason: str) -> bytes:
+    """The payload of a restart mark: the chain continues after its writer stopped."""
+    message = archive_pb2.RestartPayload(
+        writer=writer, writer_id=writer_id, previous_run_clean=previous_run_clean, reason=reason
     )
     return message.SerializeToString(deterministic=True)

@@ -49,6 +49,7 @@ class EntryKind(IntEnum):
 
     LOG_RECORD = 1
     GENESIS = 2
+    RESTART = 3
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,157 @@
+"""What a starting sidecar reads back from its archive: where its chain's checkpoints stand, and
+which chain it supersedes when its local state is gone.
+
+Only the writer's own objects are trusted here, and only after their signature checks against the
+writer's key: an object that does not verify is skipped as if absent (the verifier reports it).
+Listing is cheap on S3 only by prefix and ``StartAfter``; the newest checkpoint of a chain is found
+by a binary search over checkpoint numbers (about 2 x log2(n) one-key listings), never by listing a
+chain's whole history.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from google.protobuf.message import DecodeError
+
+from collector_ext.deliver.archive import ArchiveStore
+from collector_ext.errors import MalformedObjectError
+from collector_ext.pb import archive_pb2
+from collector_ext.seal.checkpoint import DecodedCheckpoint, decode_checkpoint
+from collector_ext.seal.entry import (
+    CHAIN_ID_SIZE,
+    KEY_ID_SLICE,
+    EntryKind,
+    decode_entry_header,
+    entry_hash,
+    entry_payload,
+    record_signature_message,
+)
+from collector_ext.seal.keys import PublicKey
+from collector_ext.seal.layout import parse_segment_key
+from collector_ext.seal.segment import decode_segment
+
+log = logging.getLogger(__name__)
+
+DAY_NS = 86_400 * 1_000_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class ChainEnd:
+    """How far a chain reached in the archive."""
+
+    chain_id: bytes
+    last_sequence: int  # newest entry found in the archive
+    covered_until: int  # newest sequence a checkpoint vouches for, -1 if none
+
+
+async def _first_key(store: ArchiveStore, under: str, start_after: str = "") -> str | None:
+    async for key in store.list_keys(under, start_after):
+        return key
+    return None
+
+
+async def newest_checkpoint(store: ArchiveStore, chain_id: bytes, key: PublicKey) -> DecodedCheckpoint | None:
+    """The chain's checkpoint with the highest number, if one exists and is signed by ``key``.
+
+    Raises:
+        ArchiveUnavailableError: the archive cannot be listed or read now.
+    """
+    under = f"{chain_id.hex()}/checkpoints/"
+
+    async def exists_from(number: int) -> str | None:
+        # Keys sort by their 12-digit number: the first key after "<number>" has a number >= it.
+        return await _first_key(store, under, f"{under}{number:012d}")
+
+    if await exists_from(0) is None:
+        return None
+    low, high = 0, 1
+    while await exists_from(high) is not None:
+        low, high = high, high * 2
+    while high - low > 1:  # a checkpoint numbered >= low exists, none >= high
+        middle = (low + high) // 2
+        if await exists_from(middle) is not None:
+            low = middle
+        else:
+            high = middle
+    found = await exists_from(low)
+    assert found is not None
+    checkpoint = decode_checkpoint(await store.get(found))
+    if not checkpoint.is_signed_by(key) or checkpoint.checkpoint.chain_id != chain_id:
+        raise MalformedObjectError(f"{found} is not a checkpoint of chain {chain_id.hex()} signed by this key")
+    return checkpoint
+
+
+async def _genesis(
+    store: ArchiveStore, chain_hex: str, key: PublicKey
+) -> tuple[archive_pb2.GenesisPayload, int] | None:
+    """A chain's genesis payload and sealing time, if its first segment starts with a genesis signed
+    by ``key``."""
+    first = await _first_key(store, f"{chain_hex}/segments/")
+    if first is None or (parsed := parse_segment_key(first)) is None or parsed.first_sequence != 0:
+        return None
+    try:
+        segment = decode_segment(await store.get(first))
+        record = segment.records[0]
+        header = decode_entry_header(record.entry)
+        if header.kind != EntryKind.GENESIS or record.entry[KEY_ID_SLICE] != key.key_id:
+            return None
+        if not key.is_valid_signature(record.signature, record_signature_message(entry_hash(record.entry))):
+            return None
+        return archive_pb2.GenesisPayload.FromString(entry_payload(record.entry)), header.sealed_unix_nano
+    except (MalformedObjectError, DecodeError, IndexError):
+        return None
+
+
+async def find_predecessor(store: ArchiveStore, writer_id: str, key: PublicKey) -> ChainEnd | None:
+    """The newest chain in the archive begun by ``writer_id`` with ``key``, and how far it reached.
+
+    Newest means the latest genesis time. Chains of other writers sharing the archive prefix are
+    never chosen: their writers may still be running.
+    """
+    started = time.monotonic()
+    best: tuple[int, bytes] | None = None
+    for chain_hex in await store.list_children(""):
+        if len(chain_hex) != 2 * CHAIN_ID_SIZE:
+            continue
+        found = await _genesis(store, chain_hex, key)
+        if found is None or found[0].writer_id != writer_id:
+            continue
+        sealed = found[1]
+        if best is None or sealed > best[0]:
+            best = (sealed, bytes.fromhex(chain_hex))
+    if best is None:
+        return None
+    chain_id = best[1]
+    checkpoint = await newest_checkpoint(store, chain_id, key)
+    covered = checkpoint.checkpoint.last_sequence if checkpoint is not None else -1
+    last = await _last_archived_sequence(store, chain_id, checkpoint)
+    log.info(
+        "found the chain this writer last wrote",
+        extra={
+            "chain_id": chain_id.hex(),
+            "last_sequence": last,
+            "covered_until": covered,
+            "seconds": round(time.monotonic() - started, 3),
+        },
+    )
+    return ChainEnd(chain_id, max(last, covered), covered)
+
+
+async def _last_archived_sequence(store: ArchiveStore, chain_id: bytes, checkpoint: DecodedCheckpoint | None) -> int:
+    """The highest sequence in any segment of the chain. Segment keys sort by day, then sequence; a
+    segment after the newest checkpoint was created at most a day before that checkpoint's time,
+    so the listing starts there rather than at the chain's beginning."""
+    under = f"{chain_id.hex()}/segments/"
+    start_after = ""
+    if checkpoint is not None:
+        day = time.strftime("%Y/%m/%d", time.gmtime((checkpoint.checkpoint.time_unix_nano - DAY_NS) // 1_000_000_000))
+        start_after = f"{under}{day}"
+    last = -1
+    async for key in store.list_keys(under, start_after):
+        parsed = parse_segment_key(key)
+        if parsed is not None:
+            last = max(last, parsed.last_sequence)
+    return last
