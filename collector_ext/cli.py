@@ -48,6 +48,13 @@ def main() -> None:
 @click.option("--metrics-listen", help="HOST:PORT for Prometheus GET /metrics (default 127.0.0.1:19464).")
 @click.option("--loki-url", help="Also push every archived record to this Loki, seal attached.")
 @click.option("--loki-tenant", help="X-Scope-OrgID for Loki.")
+@click.option("--spool", "spool_directory", type=click.Path(path_type=Path), help="Durable spool directory.")
+@click.option(
+    "--ack",
+    type=click.Choice(["spool", "archive"]),
+    help="Export succeeds once records are fsynced to the spool (default) or stored in the archive.",
+)
+@click.option("--writer-id", help="Stable name of this writer (default: the host or pod name).")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
 def serve(
     config_path: Path | None,
@@ -62,9 +69,13 @@ def serve(
     metrics_listen: str | None,
     loki_url: str | None,
     loki_tenant: str | None,
+    spool_directory: Path | None,
+    ack: str | None,
+    writer_id: str | None,
     log_level: str | None,
 ) -> None:
-    """Run the sidecar until SIGTERM or SIGINT."""
+    """Run the sidecar until SIGTERM or SIGINT (then: health NOT_SERVING, in-flight requests finish,
+    the spool drains into the archive as far as drain_timeout_seconds allows, a final checkpoint)."""
     from collector_ext.config import load_config
     from collector_ext.logging_setup import configure_logging
     from collector_ext.service import Sidecar
@@ -77,6 +88,9 @@ def serve(
         "metrics_listen": metrics_listen,
         "log_level": log_level,
         "loki": {"url": loki_url, "tenant": loki_tenant},
+        "spool": {"directory": spool_directory},
+        "ack": ack,
+        "writer_id": writer_id,
         "archive": {
             "url": archive_url,
             "retention_mode": retention_mode,

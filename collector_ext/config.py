@@ -12,6 +12,7 @@ message an operator can act on.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -57,6 +58,15 @@ class SegmentConfig(_Section):
     max_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024)
     max_linger_ms: float = Field(default=15.0, ge=0, le=60_000)
     upload_concurrency: int = Field(default=2, ge=1, le=64)
+
+
+class SpoolConfig(_Section):
+    directory: Path = Field(description="a directory on a persistent volume, used by this sidecar only")
+    max_bytes: int = Field(
+        default=1024 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="refuse new records (UNAVAILABLE) while the spool holds this much",
+    )
 
 
 class TlsConfig(_Section):
@@ -113,15 +123,39 @@ class SidecarConfig(_Section):
     segment: SegmentConfig = SegmentConfig()
     tls: TlsConfig | None = None
     loki: LokiConfig | None = None
+    spool: SpoolConfig | None = None
+    ack: Literal["spool", "archive"] = Field(
+        default="spool",
+        description="when Export succeeds: once fsynced to the spool, or once stored in the archive "
+        "(forced when no spool is set)",
+    )
+    writer_id: str = Field(
+        default_factory=lambda: os.environ.get("HOSTNAME") or socket.gethostname(),
+        min_length=1,
+        max_length=253,
+        description="stable name of this writer (the pod name); a writer without local state supersedes "
+        "the newest chain of the same writer_id",
+    )
     checkpoint_interval_seconds: float = Field(default=60.0, gt=0, le=3600)
     checkpoint_min_spacing_seconds: float = Field(
         default=1.0, ge=0, le=60, description="at most one checkpoint per this many seconds after uploads"
     )
     ack_timeout_seconds: float = Field(default=10.0, gt=0, le=600)
     max_pending_records: int = Field(default=200_000, ge=1000)
+    max_pending_bytes: int = Field(
+        default=128 * 1024 * 1024, ge=1024 * 1024, description="sealed bytes held in memory before they are durable"
+    )
     signing_workers: Literal["processes", "threads"] = "processes"
     signing_worker_count: int = Field(default=0, ge=0, le=64, description="0: one per CPU")
-    shutdown_grace_seconds: float = Field(default=20.0, ge=0, le=600)
+    shutdown_grace_seconds: float = Field(
+        default=20.0, ge=0, le=600, description="on SIGTERM: time for in-flight requests to finish"
+    )
+    drain_timeout_seconds: float = Field(
+        default=20.0,
+        ge=0,
+        le=3600,
+        description="on SIGTERM, after the requests: time to archive what is spooled (the rest stays in the spool)",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("listen", "http_listen", "metrics_listen")

@@ -46,9 +46,15 @@ class _PipelineCollector(Collector):
                 stats.upload_retries,
             ),
             "collector_ext_requests_refused_capacity": (
-                "Requests refused because too many records awaited archiving.",
+                "Requests refused because the spool was full or failing, or too much waited in memory.",
                 stats.requests_refused,
             ),
+            "collector_ext_records_spooled": ("Sealed entries fsynced to the local spool.", stats.records_spooled),
+            "collector_ext_spool_write_retries": (
+                "Spool writes that failed (disk full, I/O error) and were retried.",
+                stats.spool_write_retries,
+            ),
+            "collector_ext_restarts": ("Times this chain was continued after a restart.", stats.restarts),
         }
         for name, (help_text, value) in counters.items():
             yield CounterMetricFamily(name, help_text, value=value)
@@ -67,6 +73,15 @@ class _PipelineCollector(Collector):
             "collector_ext_last_checkpoint_timestamp_seconds",
             "Unix time of the newest checkpoint stored in the archive (0: none yet).",
             value=stats.last_checkpoint_unix,
+        )
+        yield GaugeMetricFamily(
+            "collector_ext_spool_bytes", "Bytes of sealed segments in the local spool.", value=pipeline.spool_bytes
+        )
+        spool_failing = pipeline.spool_failing_since
+        yield GaugeMetricFamily(
+            "collector_ext_spool_failing_seconds",
+            "How long spool writes have been failing (0 when they succeed).",
+            value=0.0 if spool_failing is None else time.monotonic() - spool_failing,
         )
         failing = pipeline.failing_since
         yield GaugeMetricFamily(
@@ -185,6 +200,11 @@ METRIC_NAMES = (
     "collector_ext_chain_next_sequence",
     "collector_ext_last_checkpoint_timestamp_seconds",
     "collector_ext_archive_failing_seconds",
+    "collector_ext_records_spooled_total",
+    "collector_ext_spool_write_retries_total",
+    "collector_ext_restarts_total",
+    "collector_ext_spool_bytes",
+    "collector_ext_spool_failing_seconds",
 )
 # Present when loki is configured.
 LOKI_METRIC_NAMES = (

@@ -1,59 +1,77 @@
-"""The sealing pipeline: seal -> group into segments -> archive -> checkpoint.
+"""The sealing pipeline: seal -> group into segments -> spool -> archive -> checkpoint.
 
 One ``SealingPipeline`` owns one chain. ``submit`` appends a request's records to the chain at once
 (sequence numbers and links are assigned on the event loop, so the order is total), hands the
-signatures to a SigningPool (worker processes by default), and returns only
-when the segment holding those records is stored in the archive: that is the acknowledgement rule.
+signatures to a SigningPool (worker processes by default), and returns when the segment holding
+those records is durable: written and fsynced to the local spool (``ack="spool"``) or stored in
+the archive (``ack="archive"``). That is the acknowledgement rule.
 
 Group commit: records of concurrent requests share the open segment. A segment closes when it is
-full (records or bytes) or its first record has waited ``max_linger``; up to ``upload_concurrency``
-segments are in flight at once, and while all slots are busy the open segment keeps filling, so
-batches grow with load. A checkpoint covering every contiguously archived segment is written after
-uploads complete (one at a time, at most one per ``checkpoint_min_spacing``) and on a timer when
-idle.
+full (records or bytes) or its first record has waited ``max_linger``; while the stage after it is
+busy (``upload_concurrency`` segments being signed and spooled, or uploaded when there is no spool)
+the open segment keeps filling, so batches grow with load. Segments are spooled one at a time in
+sequence order, so the spool always holds a contiguous run of the chain; the uploader then reads
+them back from the spool (memory stays bounded however long the archive is away). Without a spool
+segments are uploaded one at a time, so the archive always holds a prefix of the chain. A
+checkpoint covering every contiguously archived segment is written after uploads complete (at most
+one per ``checkpoint_min_spacing``) and on a timer when idle; a stored checkpoint lets the spool
+drop the files it covers once the Loki sender has them too.
 
-Failure handling: uploads are retried with backoff until they succeed or the pipeline shuts down;
-a request whose records are not archived within ``ack_timeout`` gets ``ArchiveUnavailableError``
-(the receiver answers UNAVAILABLE, so the collector retries; its records stay queued and are still
-archived later, so a resend appears twice in the chain: see README, "Resends"). When more than
-``max_pending_records`` are sealed but not archived, new requests are refused before sealing.
+Restarts: a spool that holds a chain is continued (a signed RESTART entry marks the seam) after the
+checkpoint state is read back from the archive, and the spooled segments no checkpoint covers yet
+are uploaded again (same keys, same bytes). Without a usable spool a new chain starts, and its
+genesis names the chain this writer last wrote, found in the archive (``recovery``).
 
-Not here: crash recovery of the chain and a local spool (a later issue); this pipeline starts a new
-chain with a genesis entry every time it starts.
+Failure handling: uploads and spool writes are retried with backoff until they succeed or the
+pipeline shuts down. A request not durable within ``ack_timeout`` gets ``ArchiveUnavailableError``
+(the receiver answers UNAVAILABLE, so the collector retries; its records are still kept, so a
+resend appears twice in the chain: see README, "Resends"). New requests are refused before
+sealing (``CapacityExceededError``) while the spool is full or failing, or too many records wait in
+memory.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import BrokenExecutor
 from dataclasses import dataclass, field
+from typing import Literal, TypeVar
 
 from collector_ext import __version__
 from collector_ext.deliver.archive import ArchiveStore
 from collector_ext.errors import (
     ArchiveUnavailableError,
     CapacityExceededError,
+    ConfigurationError,
     DeliveryError,
     PermanentArchiveError,
 )
-from collector_ext.retry import RetryPolicy, retry_async
-from collector_ext.seal.chain import ChainHead, chain_entries, genesis_payload
+from collector_ext.recovery import find_predecessor, newest_checkpoint
+from collector_ext.retry import RetryPolicy, backoff_delay, retry_async
+from collector_ext.seal.chain import ChainHead, chain_entries, genesis_payload, restart_payload
 from collector_ext.seal.checkpoint import Checkpoint, SegmentRef, sign_checkpoint
-from collector_ext.seal.entry import SIGNATURE_SIZE, ZERO_HASH, EntryKind
+from collector_ext.seal.entry import SIGNATURE_SIZE, ZERO_HASH, EntryKind, entry_hash
 from collector_ext.seal.keys import Signer
 from collector_ext.seal.layout import checkpoint_key, segment_key
-from collector_ext.seal.segment import encode_segment
+from collector_ext.seal.segment import decode_segment, encode_segment
 from collector_ext.signing_pool import SigningPool, SigningWorkers
+from collector_ext.spool import Spool, SpoolContents, SpooledSegment, SpoolError, SpoolFullError
+
+AckMode = Literal["spool", "archive"]
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
 MIN_SIGNING_CHUNK = 64
+# Spooled segments whose bytes stay in memory for the uploader; later ones are read back from disk.
+KEEP_IN_MEMORY = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +83,10 @@ class PipelineSettings:
     checkpoint_interval: float = 60.0
     checkpoint_min_spacing: float = 1.0
     ack_timeout: float = 10.0
-    max_pending_records: int = 200_000
+    ack: AckMode = "spool"  # "spool" needs a Spool; without one the pipeline acks on "archive"
+    max_pending_records: int = 200_000  # sealed, in memory, not yet durable
+    max_pending_bytes: int = 128 * 1024 * 1024
+    spool_max_bytes: int = 1024 * 1024 * 1024
     signing_workers: SigningWorkers = "processes"
     signing_worker_count: int = 0  # 0: one per CPU
     retry: RetryPolicy = field(default_factory=RetryPolicy)
@@ -79,23 +100,51 @@ class _OpenSegment:
     hashes: list[bytes] = field(default_factory=list)
     signature_chunks: list[asyncio.Future[bytes]] = field(default_factory=list)
     size: int = 0
-    durable: asyncio.Future[None] | None = None
+    spooled: asyncio.Future[None] | None = None
+    archived: asyncio.Future[None] | None = None
     opened_at: float = field(default_factory=time.monotonic)
+
+
+@dataclass(eq=False)
+class _ToArchive:
+    """A sealed segment on its way to the archive: its bytes in memory, or in a spool file."""
+
+    first_sequence: int
+    last_sequence: int
+    created_unix_nano: int
+    data: bytes | None
+    spooled: SpooledSegment | None = None
+    last_hash: bytes | None = None  # None: read from the data (segments re-queued at start)
+    archived: asyncio.Future[None] | None = None
+    on_archived: Callable[[], None] | None = None
 
 
 @dataclass
 class PipelineStats:
     records_sealed: int = 0
+    records_spooled: int = 0
     records_archived: int = 0
     segments_archived: int = 0
     checkpoints_written: int = 0
     upload_retries: int = 0
+    spool_write_retries: int = 0
     requests_refused: int = 0
+    restarts: int = 0
     last_checkpoint_unix: float = 0.0
 
 
+def _resolve(future: asyncio.Future[None] | None, error: BaseException | None = None) -> None:
+    if future is None or future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
+        future.exception()  # retrieved: a segment nobody waits for must not log "never retrieved"
+
+
 class SealingPipeline:
-    """Seals records into one chain and archives them; see the module docstring."""
+    """Seals records into one chain, spools and archives them; see the module docstring."""
 
     def __init__(
         self,
@@ -103,26 +152,41 @@ class SealingPipeline:
         store: ArchiveStore,
         settings: PipelineSettings | None = None,
         *,
+        spool: Spool | None = None,
         clock: Callable[[], int] = time.time_ns,
         writer: str = f"collector-ext/{__version__}",
+        writer_id: str = "",
         on_archived: Callable[[list[bytes], list[bytes]], None] | None = None,
+        on_spooled: Callable[[SpooledSegment], None] | None = None,
+        loki_cursor: Callable[[bytes], int] | None = None,
     ) -> None:
+        settings = settings or PipelineSettings()
+        if spool is None and settings.ack == "spool":
+            settings = dataclasses.replace(settings, ack="archive")
         self._signer = signer
         self._store = store
-        self._settings = settings or PipelineSettings()
+        self._settings = settings
+        self._spool = spool
         self._clock = clock
         self._writer = writer
+        self._writer_id = writer_id
         self._on_archived = on_archived
+        self._on_spooled = on_spooled
+        self._loki_cursor = loki_cursor
         self._head = ChainHead.new(uuid.uuid4().bytes)
-        self._signing = SigningPool(
-            signer, workers=self._settings.signing_workers, count=self._settings.signing_worker_count
-        )
+        self._signing = SigningPool(signer, workers=settings.signing_workers, count=settings.signing_worker_count)
         self._open: _OpenSegment | None = None
         self._segment_ready = asyncio.Event()
         self._segment_full = asyncio.Event()
-        self._upload_slots = asyncio.Semaphore(self._settings.upload_concurrency)
-        self._uploads: set[asyncio.Task[None]] = set()
-        self._pending_records = 0
+        # Segments closed but not yet through the first durable stage (spool, or archive without one).
+        self._stage_slots = asyncio.Semaphore(settings.upload_concurrency)
+        self._closed: asyncio.Queue[_OpenSegment] = asyncio.Queue()
+        self._to_archive: asyncio.Queue[_ToArchive] = asyncio.Queue()
+        self._in_memory = 0  # _ToArchive items holding their bytes
+        self._uploading = 0
+        self._memory_records = 0  # sealed, not yet durable (spooled, or archived without a spool)
+        self._memory_bytes = 0
+        self._unarchived_records = 0
         # Archived segments not yet in a checkpoint, by first sequence: their ref and last entry hash.
         self._archived: dict[int, tuple[SegmentRef, bytes]] = {}
         self._next_uncovered = 0
@@ -136,7 +200,11 @@ class SealingPipeline:
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._failing_since: float | None = None
+        self._spool_failing_since: float | None = None
+        self._spool_error = ""
         self._accepting = False
+        self.clean_shutdown = False
+        self.start_reason = ""
         self.stats = PipelineStats()
 
     # -- public -------------------------------------------------------------------------------------
@@ -145,9 +213,13 @@ class SealingPipeline:
         return self._head.chain_id
 
     @property
+    def ack_mode(self) -> AckMode:
+        return self._settings.ack
+
+    @property
     def pending_records(self) -> int:
         """Records sealed but not yet archived."""
-        return self._pending_records
+        return self._unarchived_records
 
     @property
     def next_sequence(self) -> int:
@@ -159,85 +231,228 @@ class SealingPipeline:
         return self._failing_since
 
     @property
+    def spool_failing_since(self) -> float | None:
+        return self._spool_failing_since
+
+    @property
+    def spool_bytes(self) -> int:
+        return self._spool.used_bytes if self._spool is not None else 0
+
+    @property
     def ready(self) -> bool:
-        """True when a request now would be accepted (for the health service)."""
-        return (
-            self._accepting
-            and self._failing_since is None
-            and self._pending_records < self._settings.max_pending_records
-        )
+        """True when a request now would be accepted (for the health service): one of up to 1 MiB,
+        or an eighth of the spool bound if that is smaller."""
+        headroom = min(1024 * 1024, self._settings.spool_max_bytes // 8) if self._spool is not None else 0
+        return self._accepting and self._refusal(1, headroom) is None
+
+    def _refusal(self, records: int, size: int) -> str | None:
+        """Why a request of ``records`` records and ``size`` bytes would be refused now, or None."""
+        settings = self._settings
+        if self._memory_records + records > settings.max_pending_records or (
+            self._memory_bytes > 0 and self._memory_bytes + size > settings.max_pending_bytes
+        ):
+            where = "the spool" if self._spool is not None else "the archive"
+            return (
+                f"{self._memory_records} records ({self._memory_bytes} bytes) wait in memory for {where} "
+                f"(max_pending_records={settings.max_pending_records}, max_pending_bytes="
+                f"{settings.max_pending_bytes})"
+            )
+        if self._spool is not None:
+            if self._spool_failing_since is not None:
+                return f"the spool cannot be written: {self._spool_error}"
+            if self._spool.used_bytes + self._memory_bytes + size > settings.spool_max_bytes:
+                return (
+                    f"the spool holds {self._spool.used_bytes} bytes (spool.max_bytes="
+                    f"{settings.spool_max_bytes}); the archive or Loki is not draining it"
+                )
+        if settings.ack == "archive" and self._failing_since is not None:
+            return "the archive is failing"
+        return None
 
     async def start(self) -> None:
-        """Start a new chain: seal its genesis entry and wait until the archive holds it (retrying while
-        the archive is unavailable), then start the background tasks' regular work."""
-        payload = genesis_payload(self._signer.public_key, writer=self._writer, reason="sidecar started")
-        durable = self._seal(EntryKind.GENESIS, [payload])
-        self._tasks = [
-            asyncio.create_task(self._flush_loop(), name="segment-flush"),
-            asyncio.create_task(self._checkpoint_loop(), name="checkpoints"),
-        ]
-        # The chain is anchored in the archive before the first record is accepted, so an archive that
-        # holds any record of this chain also holds its genesis entry.
-        await durable
-        self._accepting = True
-        log.info("chain started", extra={"chain_id": self.chain_id.hex(), "key_id": self._signer.key_id.hex()})
-
-    async def submit(self, payloads: list[bytes]) -> None:
-        """Seal ``payloads`` as consecutive log-record entries and wait until they are archived.
+        """Continue the spool's chain, or start a new one; wait until its first entry (restart mark
+        or genesis) is durable, then accept requests.
 
         Raises:
-            CapacityExceededError: too many records await archiving; nothing was sealed.
-            ArchiveUnavailableError: sealed, but not archived within ack_timeout (archiving goes on).
+            ConfigurationError: the spool cannot be used with this key or archive.
+            SpoolError: the spool's files are damaged.
+        """
+        contents = await asyncio.to_thread(self._spool.open) if self._spool is not None else None
+        self._tasks = [
+            asyncio.create_task(self._flush_loop(), name="segment-flush"),
+            asyncio.create_task(self._persist_loop(), name="segment-persist"),
+            asyncio.create_task(self._checkpoint_loop(), name="checkpoints"),
+            *(
+                asyncio.create_task(self._upload_loop(), name=f"upload-{n}")
+                for n in range(self._settings.upload_concurrency if self._spool is not None else 1)
+            ),
+        ]
+        if contents is not None and contents.head is not None:
+            first = await self._continue_chain(contents)
+        else:
+            first = await self._new_chain()
+        self._checkpoint_due.set()
+        await first
+        self._accepting = True
+        log.info(
+            "chain ready",
+            extra={
+                "chain_id": self.chain_id.hex(),
+                "next_sequence": self.next_sequence,
+                "key_id": self._signer.key_id.hex(),
+                "ack": self._settings.ack,
+                "reason": self.start_reason,
+            },
+        )
+
+    async def _continue_chain(self, contents: SpoolContents) -> asyncio.Future[None]:
+        assert contents.head is not None
+        assert self._spool is not None
+        head = contents.head
+        if contents.key_id != self._signer.key_id:
+            raise ConfigurationError(
+                "signing_key",
+                f"the spool {self._spool.directory} holds chain {head.chain_id.hex()} signed with key id "
+                f"{contents.key_id.hex() if contents.key_id else '?'}, not this key's "
+                f"{self._signer.key_id.hex()}: start with the old key until the spool is archived, or move "
+                "the spool aside to start a new chain",
+            )
+        checkpoint = await self._read_archive(
+            "the newest checkpoint", lambda: newest_checkpoint(self._store, head.chain_id, self._signer.public_key)
+        )
+        if checkpoint is not None:
+            covered = checkpoint.checkpoint
+            if covered.last_sequence >= head.next_sequence:
+                raise ConfigurationError(
+                    "spool.directory",
+                    f"the archive's checkpoint {covered.checkpoint_number} of chain {head.chain_id.hex()} covers "
+                    f"up to sequence {covered.last_sequence}, but the spool {self._spool.directory} ends at "
+                    f"{head.next_sequence - 1}: the spool is older than the archive (restored from a backup?). "
+                    "Move it aside; the sidecar will then start a new chain that supersedes this one",
+                )
+            self._checkpoint_number = covered.checkpoint_number + 1
+            self._previous_checkpoint = checkpoint.sha256
+            self._next_uncovered = covered.last_sequence + 1
+            self._last_covered_head = covered.head_sha256
+        self._head = head
+        for segment in contents.segments:
+            if segment.last_sequence >= self._next_uncovered:
+                self._unarchived_records += segment.record_count
+                self._to_archive.put_nowait(
+                    _ToArchive(
+                        segment.first_sequence,
+                        segment.last_sequence,
+                        segment.created_unix_nano,
+                        data=None,
+                        spooled=segment,
+                    )
+                )
+        how = "after a clean shutdown" if contents.previous_run_clean else "after a crash or kill"
+        self.start_reason = f"restarted {how}; chain continued from the local spool"
+        self.stats.restarts += 1
+        payload = restart_payload(
+            writer=self._writer,
+            writer_id=self._writer_id,
+            previous_run_clean=contents.previous_run_clean,
+            reason=self.start_reason,
+        )
+        return self._seal(EntryKind.RESTART, [payload])
+
+    async def _new_chain(self) -> asyncio.Future[None]:
+        predecessor = await self._read_archive(
+            "the chain this writer wrote last",
+            lambda: find_predecessor(self._store, self._writer_id, self._signer.public_key),
+        )
+        if predecessor is None:
+            self.start_reason = f"first chain of writer {self._writer_id!r} in this archive"
+            payload = genesis_payload(
+                self._signer.public_key, writer=self._writer, writer_id=self._writer_id, reason=self.start_reason
+            )
+        else:
+            self.start_reason = (
+                f"local state of writer {self._writer_id!r} not found; superseding chain "
+                f"{predecessor.chain_id.hex()}, seen in the archive up to sequence {predecessor.last_sequence}"
+            )
+            payload = genesis_payload(
+                self._signer.public_key,
+                writer=self._writer,
+                writer_id=self._writer_id,
+                reason=self.start_reason,
+                supersedes_chain_id=predecessor.chain_id,
+                superseded_last_sequence=predecessor.last_sequence,
+                superseded_covered_until=max(predecessor.covered_until, 0),
+            )
+        return self._seal(EntryKind.GENESIS, [payload])
+
+    async def _read_archive(self, what: str, read: Callable[[], Awaitable[T]]) -> T:
+        """Run a start-up read of the archive, retrying for as long as the archive is unavailable
+        (the receivers are not started yet, so the collector keeps its data and retries)."""
+        attempt = 0
+        while True:
+            try:
+                return await read()
+            except ArchiveUnavailableError as exc:
+                delay = backoff_delay(attempt, self._settings.retry, random_fraction=0.5)
+                log.warning(
+                    f"cannot read {what} from the archive; retrying",
+                    extra={"error": str(exc), "attempt": attempt + 1, "delay_s": round(delay, 3)},
+                )
+                attempt += 1
+                await asyncio.sleep(delay)
+
+    async def submit(self, payloads: list[bytes]) -> None:
+        """Seal ``payloads`` as consecutive log-record entries and wait until they are durable.
+
+        Raises:
+            CapacityExceededError: the spool is full or failing, or too much waits in memory;
+                nothing was sealed.
+            ArchiveUnavailableError: sealed, but not durable within ack_timeout (the records are
+                kept and still archived).
         """
         if not self._accepting:
             raise CapacityExceededError("the sidecar is shutting down")
-        if self._pending_records + len(payloads) > self._settings.max_pending_records:
+        refusal = self._refusal(len(payloads), sum(map(len, payloads)))
+        if refusal is not None:
             self.stats.requests_refused += 1
-            raise CapacityExceededError(
-                f"{self._pending_records} records await archiving (max_pending_records="
-                f"{self._settings.max_pending_records}); the archive is slow or unavailable"
-            )
+            raise CapacityExceededError(refusal)
         durable = self._seal(EntryKind.LOG_RECORD, payloads)
         try:
             await asyncio.wait_for(asyncio.shield(durable), timeout=self._settings.ack_timeout)
         except TimeoutError as exc:
+            where = "spooled" if self._settings.ack == "spool" else "archived"
             raise ArchiveUnavailableError(
-                f"records not archived within ack_timeout={self._settings.ack_timeout}s; archiving continues"
+                f"records not {where} within ack_timeout={self._settings.ack_timeout}s; they are kept and "
+                "archived later"
             ) from exc
 
     async def close(self, drain_timeout: float = 30.0) -> None:
-        """Stop accepting, archive what is sealed (as far as ``drain_timeout`` allows), write a
-        final checkpoint and stop the background tasks."""
+        """Stop accepting; spool and archive what is sealed (as far as ``drain_timeout`` allows); write
+        a final checkpoint; stop the background tasks. ``clean_shutdown`` tells whether every sealed
+        record reached durable storage."""
         self._accepting = False
         deadline = time.monotonic() + drain_timeout
         if self._open is not None and self._open.entries:
             self._segment_full.set()
-        while (self._open is not None and self._open.entries) or self._uploads:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+        while self._memory_records or self._unarchived_records:
+            if time.monotonic() >= deadline:
                 log.warning(
                     "shutdown deadline reached with records not archived",
-                    extra={"pending_records": self._pending_records},
+                    extra={"not_durable": self._memory_records, "not_archived": self._unarchived_records},
                 )
                 break
-            if self._uploads:
-                await asyncio.wait(set(self._uploads), timeout=remaining)
-            else:
-                await asyncio.sleep(0)  # the flush loop takes the open segment (marked full above)
+            await asyncio.sleep(0.01)
+        self.clean_shutdown = self._memory_records == 0
         self._stopping.set()
         self._segment_ready.set()
         self._checkpoint_due.set()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for upload in list(self._uploads):
-            upload.cancel()
-        await asyncio.gather(*self._uploads, return_exceptions=True)
-        if self._pending_records == 0:
-            try:
-                await asyncio.wait_for(self._write_checkpoint(), timeout=max(1.0, deadline - time.monotonic()))
-            except (DeliveryError, PermanentArchiveError, TimeoutError) as exc:
-                log.warning("final checkpoint not written", extra={"error": str(exc)})
+        try:
+            await asyncio.wait_for(self._write_checkpoint(), timeout=max(1.0, deadline - time.monotonic()))
+        except (DeliveryError, PermanentArchiveError, TimeoutError) as exc:
+            log.warning("final checkpoint not written", extra={"error": str(exc)})
+        await self._trim_spool()
         self._signing.close()
 
     # -- sealing ------------------------------------------------------------------------------------
@@ -248,7 +463,9 @@ class SealingPipeline:
         segment = self._open
         if segment is None:
             segment = _OpenSegment(first_sequence=batch.first_sequence, created_unix_nano=self._clock())
-            segment.durable = loop.create_future()
+            segment.archived = loop.create_future()
+            if self._spool is not None:
+                segment.spooled = loop.create_future()
             self._open = segment
         hashes = batch.hashes
         # Spread a batch over every signing worker, in chunks big enough to make each hand-over cheap.
@@ -257,8 +474,11 @@ class SealingPipeline:
             segment.signature_chunks.append(self._signing.sign(hashes[start : start + chunk_size]))
         segment.entries += batch.entries
         segment.hashes += hashes
-        segment.size += sum(map(len, batch.entries))
-        self._pending_records += len(payloads)
+        size = sum(map(len, batch.entries))
+        segment.size += size
+        self._memory_records += len(payloads)
+        self._memory_bytes += size
+        self._unarchived_records += len(payloads)
         self.stats.records_sealed += len(payloads)
         self._segment_ready.set()
         if (
@@ -266,16 +486,17 @@ class SealingPipeline:
             or segment.size >= self._settings.segment_max_bytes
         ):
             self._segment_full.set()
-        assert segment.durable is not None
-        return segment.durable
+        durable = segment.spooled if self._settings.ack == "spool" else segment.archived
+        assert durable is not None
+        return durable
 
     # -- segments -----------------------------------------------------------------------------------
     async def _flush_loop(self) -> None:
         while not self._stopping.is_set():
             await self._segment_ready.wait()
-            await self._upload_slots.acquire()
+            await self._stage_slots.acquire()
             if self._stopping.is_set():
-                self._upload_slots.release()
+                self._stage_slots.release()
                 return
             segment = self._open
             if segment is not None and not self._segment_full.is_set():
@@ -288,57 +509,147 @@ class SealingPipeline:
             self._segment_ready.clear()
             self._segment_full.clear()
             if segment is None or not segment.entries:
-                self._upload_slots.release()
+                self._stage_slots.release()
                 continue
-            task = asyncio.create_task(self._upload(segment), name=f"upload-{segment.first_sequence}")
-            self._uploads.add(task)
-            task.add_done_callback(self._uploads.discard)
+            self._closed.put_nowait(segment)
 
-    async def _upload(self, segment: _OpenSegment) -> None:
+    async def _signatures(self, segment: _OpenSegment) -> list[bytes]:
         try:
+            chunks = await asyncio.gather(*segment.signature_chunks)
+        except BrokenExecutor as exc:
+            # A signing worker died (killed, out of memory). The entries are chained already: sign
+            # them again on a fresh pool rather than lose them.
+            log.error("signing worker failed; restarting the signing pool", extra={"error": repr(exc)})
+            self._signing.restart()
+            chunks = [await self._signing.sign(segment.hashes)]
+        size = SIGNATURE_SIZE
+        return [chunk[i : i + size] for chunk in chunks for i in range(0, len(chunk), size)]
+
+    async def _persist_loop(self) -> None:
+        """Take closed segments in sequence order: sign, encode, spool (one at a time), then hand to
+        the uploader."""
+        while not self._stopping.is_set():
+            segment = await self._closed.get()
             try:
-                chunks = await asyncio.gather(*segment.signature_chunks)
-            except BrokenExecutor as exc:
-                # A signing worker died (killed, out of memory). The entries are chained already:
-                # sign them again on a fresh pool rather than lose them.
-                log.error("signing worker failed; restarting the signing pool", extra={"error": repr(exc)})
-                self._signing.restart()
-                chunks = [await self._signing.sign(segment.hashes)]
-            size = SIGNATURE_SIZE
-            signatures = [chunk[i : i + size] for chunk in chunks for i in range(0, len(chunk), size)]
-            last_sequence = segment.first_sequence + len(segment.entries) - 1
-            data = encode_segment(
-                chain_id=self.chain_id,
-                first_sequence=segment.first_sequence,
-                created_unix_nano=segment.created_unix_nano,
-                entries=segment.entries,
-                signatures=signatures,
-            )
-            digest = hashlib.sha256(data).digest()
-            key = segment_key("", self.chain_id, segment.first_sequence, last_sequence, segment.created_unix_nano)
-            await self._put_with_retry(key, data, digest)
-            self._archived[segment.first_sequence] = (
-                SegmentRef(key, segment.first_sequence, last_sequence, digest, len(data)),
-                segment.hashes[-1],
-            )
-            self._pending_records -= len(segment.entries)
-            self.stats.records_archived += len(segment.entries)
-            self.stats.segments_archived += 1
-            self._checkpoint_due.set()
-            assert segment.durable is not None
-            if not segment.durable.done():
-                segment.durable.set_result(None)
-            if self._on_archived is not None:
-                self._on_archived(segment.entries, signatures)
-        except BaseException as exc:
-            assert segment.durable is not None
-            if not segment.durable.done():
-                segment.durable.set_exception(
-                    exc if isinstance(exc, Exception) else ArchiveUnavailableError("archiving was interrupted")
+                await self._persist(segment)
+            except BaseException as exc:
+                error = exc if isinstance(exc, Exception) else ArchiveUnavailableError("archiving was interrupted")
+                _resolve(segment.spooled, error)
+                _resolve(segment.archived, error)
+                self._stage_slots.release()
+                raise
+
+    async def _persist(self, segment: _OpenSegment) -> None:
+        signatures = await self._signatures(segment)
+        last_sequence = segment.first_sequence + len(segment.entries) - 1
+        data = encode_segment(
+            chain_id=self.chain_id,
+            first_sequence=segment.first_sequence,
+            created_unix_nano=segment.created_unix_nano,
+            entries=segment.entries,
+            signatures=signatures,
+        )
+        item = _ToArchive(
+            segment.first_sequence,
+            last_sequence,
+            segment.created_unix_nano,
+            data=data,
+            last_hash=segment.hashes[-1],
+            archived=segment.archived,
+        )
+        if self._on_archived is not None:
+            entries, on_archived = segment.entries, self._on_archived
+            item.on_archived = lambda: on_archived(entries, signatures)
+        records, size = len(segment.entries), segment.size
+        if self._spool is None:
+            # The stage slot and the memory count are released when the upload completes.
+            def release() -> None:
+                self._memory_records -= records
+                self._memory_bytes -= size
+                self._stage_slots.release()
+
+            assert segment.archived is not None
+            segment.archived.add_done_callback(lambda _: release())
+            self._in_memory += 1
+            self._to_archive.put_nowait(item)
+            return
+        item.spooled = await self._write_spool(segment.first_sequence, last_sequence, segment.created_unix_nano, data)
+        self._memory_records -= records
+        self._memory_bytes -= size
+        self.stats.records_spooled += records
+        self._stage_slots.release()
+        _resolve(segment.spooled)
+        if self._on_spooled is not None:
+            self._on_spooled(item.spooled)
+        if self._in_memory >= KEEP_IN_MEMORY:
+            item.data = None  # the uploader reads it back from the spool file
+        else:
+            self._in_memory += 1
+        self._to_archive.put_nowait(item)
+
+    async def _write_spool(self, first: int, last: int, created: int, data: bytes) -> SpooledSegment:
+        """Append to the spool, retrying (with backoff, for as long as it takes) while the disk is
+        full or failing; requests are refused meanwhile and nothing already spooled is touched."""
+        assert self._spool is not None
+        attempt = 0
+        while True:
+            try:
+                spooled = await asyncio.to_thread(self._spool.append, self.chain_id, first, last, created, data)
+                if self._spool_failing_since is not None:
+                    log.info("spool writable again", extra={"spool": str(self._spool.directory)})
+                self._spool_failing_since = None
+                return spooled
+            except SpoolError as exc:
+                if self._spool_failing_since is None:
+                    self._spool_failing_since = time.monotonic()
+                self._spool_error = str(exc)
+                self.stats.spool_write_retries += 1
+                delay = backoff_delay(attempt, self._settings.retry, random_fraction=0.5)
+                log.error(
+                    "spool write failed; retrying" + (" (disk full)" if isinstance(exc, SpoolFullError) else ""),
+                    extra={"error": str(exc), "attempt": attempt + 1, "delay_s": round(delay, 3)},
                 )
-            raise
-        finally:
-            self._upload_slots.release()
+                attempt += 1
+                await asyncio.sleep(delay)
+
+    async def _upload_loop(self) -> None:
+        while not self._stopping.is_set():
+            item = await self._to_archive.get()
+            self._uploading += 1
+            try:
+                await self._upload(item)
+            except BaseException as exc:
+                _resolve(item.archived, exc if isinstance(exc, Exception) else ArchiveUnavailableError("interrupted"))
+                raise
+            finally:
+                self._uploading -= 1
+
+    async def _upload(self, item: _ToArchive) -> None:
+        data = item.data
+        if data is None:
+            assert self._spool is not None
+            assert item.spooled is not None
+            data = await asyncio.to_thread(self._spool.read, item.spooled)
+        else:
+            self._in_memory -= 1
+        last_hash = item.last_hash
+        if last_hash is None:
+            last_hash = entry_hash(decode_segment(data).records[-1].entry)
+        digest = hashlib.sha256(data).digest()
+        key = segment_key("", self.chain_id, item.first_sequence, item.last_sequence, item.created_unix_nano)
+        await self._put_with_retry(key, data, digest)
+        records = item.last_sequence - item.first_sequence + 1
+        self._archived[item.first_sequence] = (
+            SegmentRef(key, item.first_sequence, item.last_sequence, digest, len(data)),
+            last_hash,
+        )
+        self._unarchived_records -= records
+        self.stats.records_archived += records
+        self.stats.segments_archived += 1
+        self._checkpoint_due.set()
+        _resolve(item.archived)
+        if item.on_archived is not None:
+            item.on_archived()
 
     async def _put_with_retry(self, key: str, data: bytes, digest: bytes) -> None:
         def on_retry(error: DeliveryError, attempt: int, delay: float) -> None:
@@ -382,6 +693,19 @@ class SealingPipeline:
                 await self._write_checkpoint()
             except PermanentArchiveError as exc:
                 log.error("checkpoint refused by the archive", extra={"error": str(exc)})
+            await self._trim_spool()
+
+    async def _trim_spool(self) -> None:
+        """Drop spool files that a stored checkpoint covers and the Loki sender has delivered."""
+        if self._spool is None:
+            return
+        through = self._next_uncovered - 1
+        if self._loki_cursor is not None:
+            through = min(through, self._loki_cursor(self.chain_id))
+        try:
+            await asyncio.to_thread(self._spool.trim, through)
+        except OSError as exc:
+            log.warning("spool files not removed", extra={"error": str(exc)})
 
     async def _write_checkpoint(self) -> None:
         covered: list[SegmentRef] = []

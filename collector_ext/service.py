@@ -35,6 +35,7 @@ from collector_ext.pipeline import PipelineSettings, SealingPipeline
 from collector_ext.receive.otlp_grpc import OtlpGrpcReceiver
 from collector_ext.receive.otlp_http import OtlpHttpReceiver
 from collector_ext.seal.keys import Ed25519Signer, load_private_key_pem
+from collector_ext.spool import Spool, SpoolError
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,11 @@ class Sidecar:
             endpoint_url=config.archive.endpoint_url,
             region=config.archive.region,
         )
+        self.spool = Spool(config.spool.directory) if config.spool is not None else None
+        if self.spool is None and config.ack == "spool":
+            log.warning("no spool is configured: Export succeeds only once records are in the archive (ack=archive)")
         self.loki = _loki_sender(config)
+        spool = self.spool
         self.pipeline = SealingPipeline(
             self.signer,
             self.store,
@@ -127,12 +132,20 @@ class Sidecar:
                 checkpoint_interval=config.checkpoint_interval_seconds,
                 checkpoint_min_spacing=config.checkpoint_min_spacing_seconds,
                 ack_timeout=config.ack_timeout_seconds,
+                ack=config.ack if self.spool is not None else "archive",
                 max_pending_records=config.max_pending_records,
+                max_pending_bytes=config.max_pending_bytes,
+                spool_max_bytes=config.spool.max_bytes if config.spool is not None else 0,
                 signing_workers=config.signing_workers,
                 signing_worker_count=config.signing_worker_count,
             ),
+            spool=self.spool,
             writer=f"collector-ext/{__version__}",
-            on_archived=self.loki.offer if self.loki is not None else None,
+            writer_id=config.writer_id,
+            # With a spool the Loki sender reads it itself; without one it is handed archived segments.
+            on_archived=self.loki.offer if self.loki is not None and spool is None else None,
+            on_spooled=self.loki.notify if self.loki is not None and spool is not None else None,
+            loki_cursor=spool.loki_cursor if self.loki is not None and spool is not None else None,
         )
         self.metrics = Metrics()
         self.metrics.watch(self.pipeline)
@@ -226,10 +239,18 @@ class Sidecar:
             await self.receiver.stop(grace)
         else:
             await asyncio.gather(self.receiver.stop(grace), self.http_receiver.stop(grace))
-        await self.pipeline.close(drain_timeout=grace)
+        drain = self.config.drain_timeout_seconds
+        await self.pipeline.close(drain_timeout=drain)
         await self.store.close()
         if self.loki is not None:
-            await self.loki.close(drain_timeout=grace)
+            await self.loki.close(drain_timeout=drain)
+        if self.spool is not None:
+            if self.pipeline.clean_shutdown:
+                try:
+                    self.spool.mark_clean_shutdown()
+                except SpoolError as exc:
+                    log.warning("clean shutdown not recorded in the spool", extra={"error": str(exc)})
+            self.spool.close()
         if self.metrics_server is not None:
             await self.metrics_server.stop()
         log.info("sidecar stopped", extra={"chain_id": self.pipeline.chain_id.hex(), **vars(self.pipeline.stats)})
@@ -291,4 +312,5 @@ def _loki_sender(config: SidecarConfig) -> LokiProcess | None:
             max_queue_records=loki.max_queue_records,
             json_body=loki.json_body,
         ),
+        spool_directory=config.spool.directory if config.spool is not None else None,
     )

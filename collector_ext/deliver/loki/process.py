@@ -6,10 +6,18 @@ hands each archived segment's bytes to a pipe. The child runs the ordinary ``Lok
 event loop and reports its counters back a few times a second; ``LokiProcess`` looks like a
 ``LokiSender`` to the rest of the sidecar (``offer``, ``start``, ``close``, ``stats``).
 
-The queue bound is kept here, in the parent: when the child falls behind by more than
-``max_queue_records``, whole segments are dropped (and counted as ``queue_full``) before they are
-sent, so memory stays bounded however long Loki is down. The child is started with ``spawn``
-(forking a process with grpc threads is unsafe).
+Two ways in:
+
+- With a spool (``spool_directory``), the child reads sealed segments from the spool itself, from
+  its persisted cursor (``loki.cursor``) onwards, and takes the next file only while its queue has
+  room: nothing is dropped however long Loki is down, and after a restart it resumes where it
+  stopped. The parent only wakes it (``notify``) when a segment is spooled. A segment pushed again
+  after a crash is harmless: Loki keeps one copy of an entry with the same stream, time and line.
+- Without a spool, the parent hands each archived segment's bytes to a pipe (``offer``) and keeps
+  the queue bound: when the child falls behind by more than ``max_queue_records``, whole segments
+  are dropped (and counted as ``queue_full``), so memory stays bounded however long Loki is down.
+
+The child is started with ``spawn`` (forking a process with grpc threads is unsafe).
 """
 
 from __future__ import annotations
@@ -24,16 +32,21 @@ import threading
 import time
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 from collector_ext.deliver.loki.client import LokiClient, LokiConnection
 from collector_ext.deliver.loki.mapping import EntryMapper, MappingSettings
 from collector_ext.deliver.loki.sender import LokiSender, LokiSettings, LokiStats
+from collector_ext.seal.segment import decode_segment
+from collector_ext.spool import SpoolError, list_segment_files, read_loki_cursor, write_loki_cursor
 
 log = logging.getLogger(__name__)
 
 _STOP = "stop"
+_WAKE = "wake"
 REPORT_INTERVAL = 0.2
+SPOOL_POLL_INTERVAL = 0.5
 
 
 def _child_main(
@@ -43,9 +56,10 @@ def _child_main(
     inbox: Any,
     reports: Connection,
     log_level: int,
+    spool_directory: Path | None,
 ) -> None:
     logging.basicConfig(level=log_level)
-    asyncio.run(_child_loop(connection, mapping, settings, inbox, reports))
+    asyncio.run(_child_loop(connection, mapping, settings, inbox, reports, spool_directory))
 
 
 def _snapshot(stats: LokiStats, *, final: bool = False) -> dict[str, Any]:
@@ -61,12 +75,81 @@ def _snapshot(stats: LokiStats, *, final: bool = False) -> dict[str, Any]:
     }
 
 
+class _SpoolFollower:
+    """The child's reader of the spool: offers each new segment file to the sender, in order, while
+    the sender's queue has room, and persists the sender's progress as the Loki cursor."""
+
+    def __init__(self, directory: Path, sender_settings: LokiSettings) -> None:
+        self._directory = directory
+        self._settings = sender_settings
+        self._chain_id = b""
+        self._offered_through = -1
+        self._delivered: int | None = None
+        self._written: int | None = None
+        self.wake = asyncio.Event()
+
+    def delivered(self, sequence: int) -> None:
+        self._delivered = sequence
+
+    async def write_cursor(self) -> None:
+        delivered = self._delivered
+        if delivered is not None and delivered != self._written and self._chain_id:
+            try:
+                await asyncio.to_thread(write_loki_cursor, self._directory, self._chain_id, delivered)
+                self._written = delivered
+            except SpoolError as exc:
+                log.warning("Loki cursor not saved", extra={"error": str(exc)})
+
+    async def run(self, sender: LokiSender, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            self.wake.clear()
+            await self._offer_new(sender, stop)
+            await self.write_cursor()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), timeout=SPOOL_POLL_INTERVAL)
+
+    async def _offer_new(self, sender: LokiSender, stop: asyncio.Event) -> None:
+        files = await asyncio.to_thread(list_segment_files, self._directory)
+        if not files:
+            return
+        if files[-1].chain_id != self._chain_id:
+            self._chain_id = files[-1].chain_id
+            self._offered_through = read_loki_cursor(self._directory, self._chain_id)
+        for spooled in files:
+            if spooled.chain_id != self._chain_id or spooled.last_sequence <= self._offered_through:
+                continue
+            while sender.stats.queued_records >= self._settings.max_queue_records:
+                if stop.is_set():
+                    return
+                await asyncio.sleep(0.05)
+                await self.write_cursor()
+            try:
+                data = await asyncio.to_thread(spooled.path.read_bytes)
+            except FileNotFoundError:
+                continue  # trimmed: both the archive and Loki had it
+            segment = decode_segment(data)
+            skip = max(0, self._offered_through + 1 - spooled.first_sequence)
+            records = segment.records[skip:]
+            sender.offer([r.entry for r in records], [r.signature for r in records], spooled.last_sequence)
+            self._offered_through = spooled.last_sequence
+
+
 async def _child_loop(
-    connection: LokiConnection, mapping: MappingSettings, settings: LokiSettings, inbox: Any, reports: Connection
+    connection: LokiConnection,
+    mapping: MappingSettings,
+    settings: LokiSettings,
+    inbox: Any,
+    reports: Connection,
+    spool_directory: Path | None,
 ) -> None:
-    # The parent bounds the queue; the child keeps whatever it was given.
+    follower = _SpoolFollower(spool_directory, settings) if spool_directory is not None else None
+    # Without a spool the parent bounds the queue and the child keeps whatever it was given; with
+    # one, the follower takes from the spool only while there is room, so nothing is dropped.
     sender = LokiSender(
-        LokiClient(connection), EntryMapper(mapping), dataclasses.replace(settings, max_queue_records=1 << 62)
+        LokiClient(connection),
+        EntryMapper(mapping),
+        dataclasses.replace(settings, max_queue_records=1 << 62),
+        on_delivered=follower.delivered if follower is not None else None,
     )
     await sender.start()
     loop = asyncio.get_running_loop()
@@ -80,10 +163,15 @@ async def _child_loop(
                 drain_timeout[0] = item[1]
                 loop.call_soon_threadsafe(stop.set)
                 return
+            if item == _WAKE:
+                if follower is not None:
+                    loop.call_soon_threadsafe(follower.wake.set)
+                continue
             entries, signatures = item
             loop.call_soon_threadsafe(sender.offer, entries, signatures)
 
     threading.Thread(target=receive, name="loki-inbox", daemon=True).start()
+    following = asyncio.create_task(follower.run(sender, stop)) if follower is not None else None
 
     async def report() -> None:
         while True:
@@ -92,7 +180,13 @@ async def _child_loop(
 
     reporter = asyncio.create_task(report())
     await stop.wait()
+    if following is not None:
+        follower.wake.set()  # type: ignore[union-attr]
+        with contextlib.suppress(asyncio.CancelledError):
+            await following
     await sender.close(drain_timeout=drain_timeout[0])
+    if follower is not None:
+        await follower.write_cursor()
     reporter.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await reporter
@@ -102,7 +196,15 @@ async def _child_loop(
 class LokiProcess:
     """A LokiSender running in a child process; the parent side of it."""
 
-    def __init__(self, connection: LokiConnection, mapping: MappingSettings, settings: LokiSettings) -> None:
+    def __init__(
+        self,
+        connection: LokiConnection,
+        mapping: MappingSettings,
+        settings: LokiSettings,
+        *,
+        spool_directory: Path | None = None,
+    ) -> None:
+        self._spool_directory = spool_directory
         self._connection = connection
         self._mapping = mapping
         self._settings = settings
@@ -111,7 +213,15 @@ class LokiProcess:
         self._reports, child_reports = context.Pipe(duplex=False)
         self._process = context.Process(
             target=_child_main,
-            args=(connection, mapping, settings, self._inbox, child_reports, logging.getLogger().level),
+            args=(
+                connection,
+                mapping,
+                settings,
+                self._inbox,
+                child_reports,
+                logging.getLogger().level,
+                spool_directory,
+            ),
             name="collector-ext-loki",
             daemon=True,
         )
@@ -150,7 +260,9 @@ class LokiProcess:
             pushes=int(report.get("pushes", 0)),
             push_retries=int(report.get("push_retries", 0)),
             rejected=rejected,
-            queued_records=max(0, self._backlog()),
+            queued_records=(
+                int(report.get("queued_records", 0)) if self._spool_directory is not None else max(0, self._backlog())
+            ),
             failing_since=None if failing_for is None else time.monotonic() - float(failing_for),
         )
 
@@ -159,6 +271,11 @@ class LokiProcess:
         report = self._last
         done = int(report.get("entries_pushed", 0)) + sum(int(v) for v in report.get("rejected", {}).values())
         return self._offered - sum(self._dropped.values()) - done
+
+    def notify(self, _spooled: object = None) -> None:
+        """A segment was spooled: wake the child's spool reader (called on the event loop)."""
+        with contextlib.suppress(queue.Full, ValueError):
+            self._inbox.put_nowait(_WAKE)
 
     def offer(self, entries: Sequence[bytes], signatures: Sequence[bytes]) -> None:
         """Hand one archived segment to the child (called on the event loop; a pipe write)."""

@@ -12,11 +12,11 @@ or failing Loki never delays sealing, archiving or the acknowledgement to the co
   reason (``collector_ext_loki_entries_rejected_total{reason}``) and logged without their content.
   The records stay in the archive.
 - 413: the batch is split in halves and each is pushed.
-- Queue full (Loki down for long): the oldest queued segments are dropped and counted
-  (``reason="queue_full"``); the archive keeps them, and ``verify --loki-url`` shows the gap.
-
-The queue is in memory: records queued for Loki when the process stops are not pushed (they are in
-the archive). A durable spool with a Loki cursor is a later step.
+- Queue full (Loki down for long): without a spool, the oldest queued segments are dropped and
+  counted (``reason="queue_full"``); the archive keeps them, and ``verify --loki-url`` shows the gap.
+  With a spool nothing is dropped: the sender takes segments from the spool only while its queue
+  has room, and reports through ``on_delivered`` the last sequence of each segment it has wholly
+  pushed (or had refused), which becomes its persisted cursor.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import hashlib
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from collector_ext.deliver.loki.client import (
@@ -74,11 +74,24 @@ class LokiStats:
 class _ArchivedSegment:
     entries: Sequence[bytes]
     signatures: Sequence[bytes]
+    last_sequence: int | None
 
 
 class LokiSender:
-    def __init__(self, client: LokiClient, mapper: EntryMapper, settings: LokiSettings | None = None) -> None:
+    def __init__(
+        self,
+        client: LokiClient,
+        mapper: EntryMapper,
+        settings: LokiSettings | None = None,
+        *,
+        on_delivered: Callable[[int], None] | None = None,
+    ) -> None:
         self._client = client
+        self._on_delivered = on_delivered
+        # (entries mapped before the segment's end, its last sequence), oldest first
+        self._segment_ends: deque[tuple[int, int]] = deque()
+        self._mapped_total = 0
+        self._delivered_total = 0
         self._mapper = mapper
         self._settings = settings or LokiSettings()
         self._segments: deque[_ArchivedSegment] = deque()
@@ -97,9 +110,10 @@ class LokiSender:
         await self._client.open()
         self._task = asyncio.create_task(self._run(), name="loki-sender")
 
-    def offer(self, entries: Sequence[bytes], signatures: Sequence[bytes]) -> None:
-        """Queue the records of one archived segment (called on the event loop; O(1))."""
-        self._segments.append(_ArchivedSegment(entries, signatures))
+    def offer(self, entries: Sequence[bytes], signatures: Sequence[bytes], last_sequence: int | None = None) -> None:
+        """Queue the records of one segment (called on the event loop; O(1)). ``last_sequence`` is
+        reported to ``on_delivered`` once every record of the segment is pushed or refused."""
+        self._segments.append(_ArchivedSegment(entries, signatures, last_sequence))
         self._drained.clear()
         self.stats.queued_records += len(entries)
         if self._oldest_at is None:
@@ -144,6 +158,17 @@ class LokiSender:
             if mapped is not None:
                 self._mapped.append(mapped)
                 self._mapped_bytes += encoded_size(mapped)
+                self._mapped_total += 1
+        if segment.last_sequence is not None:
+            self._segment_ends.append((self._mapped_total, segment.last_sequence))
+            self._report_delivered()
+
+    def _report_delivered(self) -> None:
+        last = None
+        while self._segment_ends and self._segment_ends[0][0] <= self._delivered_total:
+            last = self._segment_ends.popleft()[1]
+        if last is not None and self._on_delivered is not None:
+            self._on_delivered(last)
 
     async def _take_batch(self) -> list[LokiEntry]:
         limit = self._settings.batch_max_bytes
@@ -190,6 +215,8 @@ class LokiSender:
             batch = await self._take_batch()
             if batch:
                 await self._deliver(batch)
+                self._delivered_total += len(batch)
+                self._report_delivered()
             if not self._segments and not self._mapped:
                 self._drained.set()
 
