@@ -209,9 +209,30 @@ class EmbeddedS3:
             self.stop()
             raise
 
-    def _start_once(self, binary: str, data_dir: Path, rng: random.Random) -> bool:
+    def restart(self, down_for: float = 0.0) -> None:
+        """Stop weed, stay down ``down_for`` seconds, and start it again on the same ports and data
+        (an S3 outage for clients that keep their endpoint URL)."""
+        if self._process is None or self.data_dir is None:
+            raise RuntimeError("EmbeddedS3 is not running")
+        ports, data_dir = dict(self.ports), self.data_dir
+        process = self._process
+        self._signal_group(process, signal.SIGTERM)
+        try:
+            process.wait(timeout=self.stop_timeout)
+        except subprocess.TimeoutExpired:
+            self._signal_group(process, signal.SIGKILL)
+            process.wait(timeout=self.stop_timeout)
+        self._reap()
+        (data_dir / "s3.sock").unlink(missing_ok=True)
+        time.sleep(down_for)
+        if not self._start_once(self.weed_binary or find_weed_binary(), data_dir, random.Random(), ports=ports):
+            raise EmbeddedS3Unavailable(
+                f"weed mini could not bind its old ports again:\n{_log_tail(data_dir / LOG_FILE_NAME)}"
+            )
+
+    def _start_once(self, binary: str, data_dir: Path, rng: random.Random, ports: dict[str, int] | None = None) -> bool:
         """One start attempt; False when weed exited because a picked port was taken."""
-        ports = dict(zip(_SERVICES, _pick_ports(len(_SERVICES), rng), strict=True))
+        ports = ports or dict(zip(_SERVICES, _pick_ports(len(_SERVICES), rng), strict=True))
         command = [
             binary,
             "-logtostderr",  # into weed.log, not glog files in the system temp directory

@@ -19,6 +19,8 @@ import logging
 import math
 import multiprocessing
 import os
+import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import BrokenExecutor, Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Literal
@@ -37,8 +39,22 @@ log = logging.getLogger(__name__)
 _worker_signer: Ed25519Signer | None = None
 
 
-def _initialise_worker(raw_private_key: bytes) -> None:
+def exit_with_parent(parent_pid: int, interval: float = 0.5) -> None:
+    """In a child process: exit at once when ``parent_pid`` is gone (killed with SIGKILL, so it could
+    not stop its children). Without this, a killed sidecar's workers would live on, and a Loki
+    sender among them would keep draining the spool beside the next run's."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(interval)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def _initialise_worker(raw_private_key: bytes, parent_pid: int) -> None:
     global _worker_signer
+    exit_with_parent(parent_pid)
     _worker_signer = Ed25519Signer(Ed25519PrivateKey.from_private_bytes(raw_private_key))
 
 
@@ -87,7 +103,7 @@ class SigningPool:
                 max_workers=self._count,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_initialise_worker,
-                initargs=(raw,),
+                initargs=(raw, os.getpid()),
             )
         self._in_process = True
         return ThreadPoolExecutor(max_workers=self._count, thread_name_prefix="sign")

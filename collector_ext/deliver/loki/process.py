@@ -27,6 +27,7 @@ import contextlib
 import dataclasses
 import logging
 import multiprocessing
+import os
 import queue
 import threading
 import time
@@ -39,6 +40,7 @@ from collector_ext.deliver.loki.client import LokiClient, LokiConnection
 from collector_ext.deliver.loki.mapping import EntryMapper, MappingSettings
 from collector_ext.deliver.loki.sender import LokiSender, LokiSettings, LokiStats
 from collector_ext.seal.segment import decode_segment
+from collector_ext.signing_pool import exit_with_parent
 from collector_ext.spool import SpoolError, list_segment_files, read_loki_cursor, write_loki_cursor
 
 log = logging.getLogger(__name__)
@@ -57,7 +59,9 @@ def _child_main(
     reports: Connection,
     log_level: int,
     spool_directory: Path | None,
+    parent_pid: int,
 ) -> None:
+    exit_with_parent(parent_pid)
     logging.basicConfig(level=log_level)
     asyncio.run(_child_loop(connection, mapping, settings, inbox, reports, spool_directory))
 
@@ -221,6 +225,7 @@ class LokiProcess:
                 child_reports,
                 logging.getLogger().level,
                 spool_directory,
+                os.getpid(),
             ),
             name="collector-ext-loki",
             daemon=True,
