@@ -6,7 +6,6 @@ archive afterwards with the real verifier."""
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 import signal
@@ -286,6 +285,20 @@ def test_crash_loop_loses_no_acknowledged_record(
     print(f"crash loop: {len(acked)} acked, {len(bodies)} archived, {duplicates} resent copies, 10 kills")
 
 
+def _request_now(bodies: Sequence[str]) -> bytes:
+    """An ExportLogsServiceRequest with one record per body, stamped now (Loki refuses old entries)."""
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+    from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
+    from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+
+    now = time.time_ns()
+    records = [LogRecord(time_unix_nano=now + i, body=AnyValue(string_value=b)) for i, b in enumerate(bodies)]
+    resource = Resource(attributes=[KeyValue(key="service.name", value=AnyValue(string_value="outage"))])
+    return logs_service_pb2.ExportLogsServiceRequest(
+        resource_logs=[ResourceLogs(resource=resource, scope_logs=[ScopeLogs(log_records=records)])]
+    ).SerializeToString()
+
+
 def _export_raw(stub: Any, request: bytes) -> grpc.StatusCode:
     try:
         stub.Export(logs_service_pb2.ExportLogsServiceRequest.FromString(request), timeout=15)
@@ -295,15 +308,15 @@ def _export_raw(stub: Any, request: bytes) -> grpc.StatusCode:
 
 
 def test_s3_outage_with_loki_down_and_throttling(
-    key_pair: KeyPairFiles, sidecar_process: Any, tmp_path: Path, loki: LokiReceiver
+    key_pair: KeyPairFiles, sidecar_process: Any, tmp_path: Path, loki: LokiReceiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """SeaweedFS stopped for 30 s under load while Loki refuses connections, then throttles (429):
     acks go on while the spool has room, then UNAVAILABLE; afterwards everything is archived and in
     Loki, and verify exits 0."""
     with EmbeddedS3(tmp_path / "s3") as s3:
-        os.environ.update(
-            AWS_ACCESS_KEY_ID=s3.access_key, AWS_SECRET_ACCESS_KEY=s3.secret_key, AWS_REGION=s3.region
-        )
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3.access_key)
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3.secret_key)
+        monkeypatch.setenv("AWS_REGION", s3.region)
         bucket = str(s3.create_bucket("outage", mode="GOVERNANCE", days=1))
         url = f"s3://{bucket}/prod"
         settings = _settings(
@@ -311,10 +324,10 @@ def test_s3_outage_with_loki_down_and_throttling(
             url,
             s3.endpoint_url,
             tmp_path / "spool",
-            spool={"directory": str(tmp_path / "spool"), "max_bytes": 3 * 1024 * 1024},
-            loki={"url": loki.url, "batch_max_wait_seconds": 0.05},
+            loki={"url": loki.url, "tenant": "team-a", "batch_max_wait_seconds": 0.05},
             ack_timeout_seconds=2,
         )
+        settings["spool"]["max_bytes"] = 3 * 1024 * 1024
         sidecar = sidecar_process(settings)
         sidecar.start()
         sidecar.wait_serving()
@@ -331,7 +344,7 @@ def test_s3_outage_with_loki_down_and_throttling(
             while not stop.is_set():
                 bodies = [f"b{batch}-r{i}-" + "x" * 200 for i in range(100)]
                 while not stop.is_set():
-                    code = _export_raw(stub, logs_request(*bodies))
+                    code = _export_raw(stub, _request_now(bodies))
                     statuses.append((time.monotonic(), code))
                     if code == grpc.StatusCode.OK:
                         acked.extend(bodies)
@@ -367,7 +380,7 @@ def test_s3_outage_with_loki_down_and_throttling(
         sidecar.wait_serving()
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            pushed = {e.line for e in loki.entries()} if loki.entries() else set()
+            pushed = {e.line for e in loki.entries("team-a")}
             if all(any(b in line for line in pushed) for b in acked[-5:]) and len(pushed) >= len(set(acked)):
                 break
             time.sleep(0.5)
@@ -376,7 +389,7 @@ def test_s3_outage_with_loki_down_and_throttling(
         entries = _archived_entries(S3Server(s3), bucket, "prod")
         bodies = _archived_bodies(entries)
         assert not set(acked) - set(bodies), "every acknowledged record is archived"
-        loki_lines = "\n".join(e.line for e in loki.entries())
+        loki_lines = "\n".join(e.line for e in loki.entries("team-a"))
         not_in_loki = [b for b in set(acked) if b not in loki_lines]
         assert not not_in_loki, f"{len(not_in_loki)} acknowledged records never reached Loki"
         code, report = _verify(url, key_pair, s3.endpoint_url)
