@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from collector_ext.pb import archive_pb2
-from collector_ext.seal.chain import ChainHead, chain_entries, genesis_payload, sign_entry_hashes
+from collector_ext.seal.chain import ChainHead, chain_entries, genesis_payload, restart_payload, sign_entry_hashes
 from collector_ext.seal.checkpoint import Checkpoint, SegmentRef, sign_checkpoint
 from collector_ext.seal.entry import EntryKind
 from collector_ext.seal.framing import SEGMENT_MAGIC, frame
@@ -55,6 +56,20 @@ def payload(i: int) -> bytes:
     return f"record {i}".encode() * 3
 
 
+def log_payload(sequence: int) -> bytes:
+    """The default log payload at ``sequence``: distinct for every sequence number."""
+    return payload(sequence - 1)
+
+
+def restart_mark(
+    *, previous_run_clean: bool = False, reason: str = "restarted after a crash"
+) -> tuple[EntryKind, bytes]:
+    """A restart mark for ``build_archive(special=...)``, as the writer "pod-0" seals it."""
+    return EntryKind.RESTART, restart_payload(
+        writer="collector-ext/test", writer_id="pod-0", previous_run_clean=previous_run_clean, reason=reason
+    )
+
+
 def build_archive(
     signer: Ed25519Signer,
     *,
@@ -63,40 +78,46 @@ def build_archive(
     chain_id: bytes = bytes(range(16)),
     checkpoints: bool = True,
     prefix: str = "",
+    checkpointed_segments: int | None = None,
+    genesis: bytes | None = None,
+    special: Mapping[int, tuple[EntryKind, bytes]] | None = None,
+    payloads: Callable[[int], bytes] = log_payload,
 ) -> BuiltArchive:
     """A chain of ``segments`` segments; segment 0 starts with the genesis entry. One checkpoint after
-    each segment, listing that segment's digest."""
+    each of the first ``checkpointed_segments`` segments (all by default; none without
+    ``checkpoints``), listing that segment's digest.
+
+    ``genesis`` replaces the genesis payload; ``special`` puts an entry of another kind (a restart
+    mark) at a sequence number; every other entry is a log record with ``payloads(sequence)``.
+    """
     head = ChainHead.new(chain_id)
     built = BuiltArchive(objects={}, chain_id=chain_id)
     previous_checkpoint = b""
-    counter = 0
+    special = special or {}
+    genesis = genesis if genesis is not None else genesis_payload(signer.public_key, writer="test", reason="test")
+    if not checkpoints:
+        checkpointed_segments = 0
     for index in range(segments):
         first = head.next_sequence
         entries: list[bytes] = []
         hashes: list[bytes] = []
-        if index == 0:
-            genesis = chain_entries(
-                head,
-                EntryKind.GENESIS,
-                [genesis_payload(signer.public_key, writer="test", reason="test")],
-                signer.key_id,
-                BASE_TIME,
+        # Runs of one kind go to chain_entries together; each run is one sealing batch.
+        runs: list[tuple[EntryKind, list[bytes]]] = []
+        for sequence in range(first, first + per_segment):
+            kind, data = (
+                (EntryKind.GENESIS, genesis) if sequence == 0 else special.get(sequence, (EntryKind.LOG_RECORD, b""))
             )
-            head = genesis.head
-            entries += genesis.entries
-            hashes += genesis.hashes
-        count = per_segment - len(entries)
-        batch = chain_entries(
-            head,
-            EntryKind.LOG_RECORD,
-            [payload(counter + i) for i in range(count)],
-            signer.key_id,
-            BASE_TIME + index,
-        )
-        counter += count
-        head = batch.head
-        entries += batch.entries
-        hashes += batch.hashes
+            if kind is EntryKind.LOG_RECORD:
+                data = payloads(sequence)
+            if runs and runs[-1][0] is kind and kind is EntryKind.LOG_RECORD:
+                runs[-1][1].append(data)
+            else:
+                runs.append((kind, [data]))
+        for kind, run in runs:
+            batch = chain_entries(head, kind, run, signer.key_id, BASE_TIME + index)
+            head = batch.head
+            entries += batch.entries
+            hashes += batch.hashes
         data = encode_segment(
             chain_id=chain_id,
             first_sequence=first,
@@ -108,7 +129,7 @@ def build_archive(
         key = segment_key(prefix, chain_id, first, last, BASE_TIME)
         built.objects[key] = data
         built.segment_keys.append(key)
-        if checkpoints:
+        if checkpointed_segments is None or index < checkpointed_segments:
             checkpoint = Checkpoint(
                 chain_id=chain_id,
                 checkpoint_number=index,
@@ -136,10 +157,9 @@ def build_archive(
 
 
 def verify_objects(
-    objects: dict[str, bytes], keys: list[PublicKey], *, all_signatures: bool = False
+    objects: dict[str, bytes], keys: list[PublicKey], *, all_signatures: bool = False, report_resends: bool = False
 ) -> VerificationReport:
     store = InMemoryArchive()
     store.objects = dict(objects)
-    return asyncio.run(
-        check_archive(store, {k.key_id: k for k in keys}, VerifyOptions(check_all_signatures=all_signatures))
-    )
+    options = VerifyOptions(check_all_signatures=all_signatures, report_resends=report_resends)
+    return asyncio.run(check_archive(store, {k.key_id: k for k in keys}, options))

@@ -14,6 +14,11 @@ How a record is proven authentic (proto/FORMAT.md, "Verification"):
   checked, which also pinpoints what was altered;
 - ``check_all_signatures`` checks every record signature regardless.
 
+Besides problems, the checker notes how a valid chain came to be, as INFO findings: each restart
+mark (the writer stopped and continued the chain), a genesis that supersedes another chain (the
+writer lost its local state; ``verify.supersede`` relates the two chains), and log records the
+collector resent and the sidecar sealed twice (``verify.resends``).
+
 Reading objects, threads and progress bars belong to ``verify.run``; this module does no I/O.
 """
 
@@ -30,6 +35,7 @@ from collector_ext.errors import MalformedObjectError
 from collector_ext.pb import archive_pb2
 from collector_ext.seal.checkpoint import DecodedCheckpoint, SegmentRef, decode_checkpoint
 from collector_ext.seal.entry import (
+    CHAIN_ID_SIZE,
     ENTRY_HASH_PREFIX,
     ENTRY_HEADER_SIZE,
     FORMAT_VERSION,
@@ -45,12 +51,22 @@ from collector_ext.seal.entry import (
 from collector_ext.seal.keys import PublicKey, key_id_for
 from collector_ext.seal.layout import CheckpointKey, SegmentKey
 from collector_ext.seal.segment import decode_segment
-from collector_ext.verify.findings import ChainSummary, Finding, FindingKind, Severity
+from collector_ext.verify.findings import ChainSummary, Finding, FindingKind, Severity, Supersession
+from collector_ext.verify.resends import ResendTracker
+
+# The uncovered-tail message of a chain that nothing supersedes (verify.supersede words it
+# differently when a newer chain took over).
+UNCOVERED_TAIL_MESSAGE = (
+    "records after the newest checkpoint, not yet covered by a checkpoint: each record's signature "
+    "verified, but nothing yet proves that no record followed them (normal while the writer runs, which "
+    "writes a checkpoint within the checkpoint interval; after a crash, until the writer restarts)"
+)
 
 # Told about every stored record (entry, entry hash, signature, object key), e.g. to cross-check Loki.
 RecordObserver = Callable[[bytes, bytes, bytes, str], None]
 
-# Version 1, kind LOG_RECORD, reserved 0: the first four bytes of every ordinary entry.
+# Version 1, kind LOG_RECORD, reserved 0: the first four bytes of every ordinary entry. Any other
+# entry (the genesis, a restart mark) sends its segment to the per-record path.
 _LOG_RECORD_HEADER_START = FORMAT_VERSION.to_bytes(2, "big") + bytes([EntryKind.LOG_RECORD, 0])
 
 # (public key, signature, message) triples in, one bool per triple out. verify.run passes a
@@ -74,6 +90,10 @@ class _Item:
     signature_ok: bool | None = None
 
 
+# The parsed payload of an entry that is not a log record.
+_SpecialPayload = archive_pb2.GenesisPayload | archive_pb2.RestartPayload
+
+
 @dataclass(frozen=True, slots=True)
 class _HeadClaim:
     head: bytes
@@ -91,7 +111,10 @@ class ChainChecker:
         check_all_signatures: bool = False,
         check_signature_batch: SignatureBatchChecker = check_signatures_serially,
         record_observer: RecordObserver | None = None,
+        report_resends: bool = False,
     ) -> None:
+        """``report_resends`` also reports resent log records away from restart marks (each record
+        is then looked up in a window of the ones before it, which costs a little per record)."""
         self.chain_id_hex = chain_id_hex
         self.chain_id = bytes.fromhex(chain_id_hex)
         self._keys = trusted_keys
@@ -113,6 +136,10 @@ class ChainChecker:
         self._checkpoints = 0
         self._newest_checkpoint_time: int | None = None
         self._key_ids: set[bytes] = set()
+        self.supersedes: Supersession | None = None
+        self._restart_marks = 0
+        self._segment_marks: list[int] = []  # restart marks accepted in the segment being checked
+        self._resends = ResendTracker(chain_id_hex, self.findings.append, report_all=report_resends)
 
     # -- findings -------------------------------------------------------------------------------
     def _report(
@@ -252,6 +279,7 @@ class ChainChecker:
         """Check one segment object; segments must come in ascending sequence order."""
         self.segments += 1
         self._seen_segment_keys.add(key.key)
+        self._segment_marks.clear()
         findings_before = len(self.findings)
         try:
             segment = decode_segment(data)
@@ -285,8 +313,11 @@ class ChainChecker:
             for record in segment.records:
                 self._observer(record.entry, entry_hash(record.entry), record.signature, key.key)
         verify_signatures = self._check_all or not authentic
-        if verify_signatures or not self._continue_clean_run(segment.records):
+        first = self._expected
+        clean = not verify_signatures and self._continue_clean_run(segment.records)
+        if not clean:
             self._check_records(key, segment.records, verify_signatures)
+        self._resends.add_segment(key.key, segment.records, self._segment_marks, clean_from=first if clean else None)
         declared_last = segment.first_sequence + segment.record_count - 1
         if self._expected <= declared_last:
             self._report(
@@ -473,7 +504,7 @@ class ChainChecker:
             self._skip_to(sequence)
             return
         self._key_ids.add(key_id)
-        problem = _header_problem(entry, sequence)
+        problem, special = _header_problem(entry, sequence)
         if problem:
             self._report(FindingKind.MALFORMED_OBJECT, Severity.TAMPERING, problem, first=sequence, object_key=key.key)
         if sequence < self._expected:
@@ -509,6 +540,47 @@ class ChainChecker:
         self._previous_hash = item.hash
         self._previous_item = item
         self._previous_object = key.key
+        if special is not None:
+            self._note_special(key, sequence, special)
+
+    def _note_special(self, key: SegmentKey, sequence: int, payload: _SpecialPayload) -> None:
+        """A restart mark or a superseding genesis that was accepted into the chain: an INFO note."""
+        if isinstance(payload, archive_pb2.RestartPayload):
+            self._restart_marks += 1
+            self._segment_marks.append(sequence)
+            previous_run = (
+                "the previous run ended cleanly"
+                if payload.previous_run_clean
+                else "the previous run did not end cleanly (crash or kill)"
+            )
+            self._report(
+                FindingKind.RESTART,
+                Severity.INFO,
+                f"restart mark: writer id {payload.writer_id or '(none)'} ({payload.writer or 'unnamed writer'}) "
+                f"stopped and continued this chain from its local state; {previous_run}; "
+                f"reason: {payload.reason or '(none given)'}",
+                first=sequence,
+                object_key=key.key,
+            )
+        elif payload.supersedes_chain_id:
+            old = Supersession(
+                chain_id=payload.supersedes_chain_id.hex(),
+                last_sequence=payload.superseded_last_sequence,
+                covered_until=payload.superseded_covered_until,
+                reason=payload.reason,
+                writer_id=payload.writer_id,
+            )
+            self.supersedes = old
+            writer = f" (writer id {old.writer_id})" if old.writer_id else ""
+            reason = old.reason or "(no reason given)"
+            self._report(
+                FindingKind.SUPERSEDED_CHAIN,
+                Severity.INFO,
+                f"chain {self.chain_id_hex} supersedes chain {old.chain_id}{writer}: {reason}; {old.chain_id} "
+                f"was seen up to seq {old.last_sequence}, checkpoint-covered up to {old.covered_until}",
+                first=sequence,
+                object_key=key.key,
+            )
 
     def _report_unknown_key(self, key: SegmentKey, key_id: bytes, sequence: int) -> None:
         """One finding per run of consecutive records with the same unpinned key in one object."""
@@ -605,6 +677,7 @@ class ChainChecker:
 
     # -- end ------------------------------------------------------------------------------------
     def finish(self) -> ChainSummary:
+        self._resends.finish()
         last = self._expected - 1
         if last < self._covered_until:
             claim_key = next((c.checkpoint_key for s, c in sorted(self._heads.items()) if s == self._covered_until), "")
@@ -627,9 +700,7 @@ class ChainChecker:
             self._report(
                 FindingKind.UNCOVERED_TAIL,
                 Severity.WARNING,
-                "records after the newest checkpoint: each signature verified, but nothing yet proves no record "
-                "followed them (normal for a running or crashed writer; a checkpoint is written within the "
-                "checkpoint interval)",
+                UNCOVERED_TAIL_MESSAGE,
                 first=self._covered_until + 1,
                 last=last,
                 object_key=self._previous_object,
@@ -643,25 +714,38 @@ class ChainChecker:
             checkpoints=self._checkpoints,
             newest_checkpoint_unix_nano=self._newest_checkpoint_time,
             key_ids=tuple(sorted(k.hex() for k in self._key_ids)),
+            supersedes=self.supersedes,
+            restart_marks=self._restart_marks,
         )
 
 
-def _header_problem(entry: bytes, sequence: int) -> str:
-    """What is wrong with an entry's fixed header fields beyond the chain links, or ''."""
+def _header_problem(entry: bytes, sequence: int) -> tuple[str, _SpecialPayload | None]:
+    """What is wrong with an entry's fixed header fields and kind beyond the chain links (or ''),
+    and the parsed payload of a sound genesis or restart mark (the checker notes those)."""
     version, kind, reserved = int.from_bytes(entry[0:2], "big"), entry[2], entry[3]
     if version != FORMAT_VERSION:
-        return f"entry format version {version} is not supported"
+        return f"entry format version {version} is not supported", None
     if reserved != 0:
-        return f"reserved header byte is {reserved}, not 0"
-    if kind not in (EntryKind.LOG_RECORD, EntryKind.GENESIS):
-        return f"unknown entry kind {kind}"
+        return f"reserved header byte is {reserved}, not 0", None
+    if kind not in (EntryKind.LOG_RECORD, EntryKind.GENESIS, EntryKind.RESTART):
+        return f"unknown entry kind {kind}", None
     if (sequence == 0) != (kind == EntryKind.GENESIS):
-        return "entry 0 must be the genesis entry, and only entry 0" if sequence == 0 else "genesis entry after entry 0"
+        if sequence == 0:
+            return "entry 0 must be the genesis entry", None
+        return "genesis entry after entry 0", None
     if kind == EntryKind.GENESIS:
         try:
             genesis = archive_pb2.GenesisPayload.FromString(entry_payload(entry))
         except DecodeError:
-            return "genesis payload does not parse"
+            return "genesis payload does not parse", None
         if key_id_for(genesis.public_key) != entry[KEY_ID_SLICE]:
-            return "genesis entry names a public key that does not match its key id"
-    return ""
+            return "genesis entry names a public key that does not match its key id", None
+        if len(genesis.supersedes_chain_id) not in (0, CHAIN_ID_SIZE):
+            return f"genesis names a superseded chain id of {len(genesis.supersedes_chain_id)} bytes, not 16", None
+        return "", genesis
+    if kind == EntryKind.RESTART:
+        try:
+            return "", archive_pb2.RestartPayload.FromString(entry_payload(entry))
+        except DecodeError:
+            return "restart payload does not parse", None
+    return "", None

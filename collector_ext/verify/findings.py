@@ -3,7 +3,9 @@
 Severities decide the exit code: TAMPERING and LOSS make a report unclean (exit 1); WARNING and INFO
 are shown but leave it clean. LOSS is used where the archive cannot tell a crash from a deletion
 (records missing where no checkpoint vouched for them yet); TAMPERING where a signed statement or a
-signature proves the archive was changed after the fact.
+signature proves the archive was changed after the fact. INFO findings are notes about a valid
+archive that an auditor wants to see (a writer restarted, a chain replaced another, a batch was
+sealed twice), so that a clean verdict does not hide how the archive came to be.
 """
 
 from __future__ import annotations
@@ -36,6 +38,11 @@ class FindingKind(StrEnum):
     TRUNCATED_CHAIN = "truncated-chain"
     UNCOVERED_TAIL = "uncovered-tail"
     UNRECOGNISED_OBJECT = "unrecognised-object"
+    RESTART = "restart"
+    SUPERSEDED_CHAIN = "superseded-chain"
+    WRITTEN_AFTER_SUPERSEDED = "written-after-superseded"
+    SUPERSEDED_CHAIN_MISSING = "superseded-chain-missing"
+    RESENT_RECORDS = "resent-records"
     LOKI_MISSING = "loki-missing"
     LOKI_ALTERED = "loki-altered"
     LOKI_NOT_IN_ARCHIVE = "loki-not-in-archive"
@@ -43,7 +50,7 @@ class FindingKind(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Finding:
-    """One problem, with where it is: chain, sequence range and object key (each when known)."""
+    """One problem or note, with where it is: chain, sequence range and object key (each when known)."""
 
     kind: FindingKind
     severity: Severity
@@ -68,6 +75,21 @@ class Finding:
 
 
 @dataclass(frozen=True, slots=True)
+class Supersession:
+    """What a chain's genesis says about the chain it replaces (the writer lost its local state).
+
+    The numbers are the new writer's view of the old chain when it took over; the verifier compares
+    them with what the archive holds of the old chain.
+    """
+
+    chain_id: str  # the superseded chain, hex
+    last_sequence: int  # where the old chain was seen to end
+    covered_until: int  # how far the old chain's newest checkpoint reached
+    reason: str
+    writer_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class ChainSummary:
     chain_id: str
     records: int
@@ -77,6 +99,8 @@ class ChainSummary:
     checkpoints: int
     newest_checkpoint_unix_nano: int | None
     key_ids: tuple[str, ...]
+    supersedes: Supersession | None = None
+    restart_marks: int = 0
 
 
 @dataclass(frozen=True)
@@ -97,3 +121,13 @@ class VerificationReport:
 
     def of_kind(self, kind: FindingKind) -> list[Finding]:
         return [f for f in self.findings if f.kind == kind]
+
+    @property
+    def problems(self) -> list[Finding]:
+        """Findings that may need action (tampering, loss, warning), in report order."""
+        return [f for f in self.findings if f.severity is not Severity.INFO]
+
+    @property
+    def notes(self) -> list[Finding]:
+        """INFO findings: how a valid archive came to be, shown apart from the problems."""
+        return [f for f in self.findings if f.severity is Severity.INFO]

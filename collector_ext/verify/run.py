@@ -2,7 +2,8 @@
 
 Objects are fetched a few at a time ahead of the one being checked, and checking runs on a worker
 thread, so reading and hashing overlap. Record signatures that must be checked are spread over a
-thread pool (pyca/cryptography releases the GIL while verifying).
+thread pool (pyca/cryptography releases the GIL while verifying). Once every chain is checked,
+``verify.supersede`` relates chains that replaced one another.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from collector_ext.seal.keys import PublicKey
 from collector_ext.seal.layout import CheckpointKey, SegmentKey, parse_checkpoint_key, parse_segment_key
 from collector_ext.verify.check import ChainChecker, RecordObserver
 from collector_ext.verify.findings import Finding, FindingKind, Severity, VerificationReport
+from collector_ext.verify.supersede import relate_chains
 
 ProgressCallback = Callable[[int, int], None]  # (objects done, objects in all)
 
@@ -34,6 +36,9 @@ class VerifyOptions:
     check_all_signatures: bool = False
     read_ahead: int = 8
     signature_threads: int = 0  # 0: one per CPU
+    # Report resent log records anywhere in a chain, not only after restart marks (a little work per
+    # record; see verify.resends).
+    report_resends: bool = False
 
 
 @dataclass
@@ -119,6 +124,7 @@ async def check_archive(
                 check_all_signatures=options.check_all_signatures,
                 check_signature_batch=check_batch,
                 record_observer=record_observer,
+                report_resends=options.report_resends,
             )
             checkpoint_keys = sorted(listing.checkpoints.get(chain_id_hex, []), key=lambda k: k.key)
             checkpoint_data = await asyncio.gather(*(store.get(k.key) for k in checkpoint_keys))
@@ -133,6 +139,9 @@ async def check_archive(
             findings += checker.findings
             records += checker.records
             signatures += checker.signatures_checked
+    # Every chain under the archive root was listed, so a superseded chain that is not among them is
+    # not in the archive.
+    findings = relate_chains(summaries, findings, all_chains_listed=True)
     counts: dict[str, int] = defaultdict(int)
     for finding in findings:
         counts[finding.severity.value] += 1

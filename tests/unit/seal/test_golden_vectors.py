@@ -210,6 +210,26 @@ def test_collector_ext_verifier_accepts_the_vectors(all_signatures: bool) -> Non
     assert report.signatures_checked == (2 + 4 if all_signatures else 2)
 
 
+def test_collector_ext_verifier_accepts_the_hand_built_restart_chain() -> None:
+    # The chain of hand_built_restart_archive (Part 2) is built from FORMAT.md alone; collector_ext
+    # must read its restart mark and its genesis's superseded-chain fields as the spec says.
+    from collector_ext.seal.keys import PublicKey
+    from tests.archive_builder import verify_objects
+
+    key = PublicKey.from_raw(PUBLIC_KEY)
+    report = verify_objects(hand_built_restart_archive(), [key])
+    assert [(f.kind.value, f.severity.value, f.first_sequence) for f in report.findings] == [
+        ("superseded-chain", "info", 0),
+        ("restart", "info", 5),
+        # The superseded chain is not in this archive.
+        ("superseded-chain-missing", "warning", 0),
+    ]
+    assert report.clean
+    assert "was seen up to seq 41, checkpoint-covered up to 40" in report.findings[0].message
+    assert "writer id pod-7 (mini-writer)" in report.findings[1].message
+    assert report.signatures_checked == 2
+
+
 # ================================================================================================
 # Part 2: an independent verifier written from proto/FORMAT.md alone
 # ================================================================================================
@@ -294,6 +314,15 @@ def singular(fields: list[tuple[int, int | bytes]], defaults: dict[int, int | by
     return values
 
 
+def utf8(*values: bytes) -> None:
+    """Section 5: a proto3 string holds UTF-8."""
+    for value in values:
+        try:
+            value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise Rejected("a string field is not UTF-8") from None
+
+
 def int64(value: int) -> int:
     return value - (1 << 64) if value >= 1 << 63 else value
 
@@ -334,6 +363,8 @@ class Result:
     checkpoint_hashes: list[bytes] = field(default_factory=list)
     record_signatures_checked: int = 0
     uncovered_tail: int = 0
+    restart_marks: list[int] = field(default_factory=list)
+    supersedes: bytes = b""
 
 
 class MiniVerifier:
@@ -465,14 +496,24 @@ class MiniVerifier:
                 if previous_hash != previous:
                     raise Rejected(f"{key}: entry {sequence} does not link to entry {sequence - 1}")
                 raw_key, public_key = self.pinned(key_id)
-                if kind != (2 if sequence == 0 else 1):
+                # Sections 7.2 and 10: the genesis at 0 only; log records and restart marks after it.
+                if kind not in ((2,) if sequence == 0 else (1, 3)):
                     raise Rejected(f"{key}: entry {sequence} has kind {kind}")
                 payload = entry[76:]
                 if kind == 2:
-                    genesis_fields = parse_fields(payload, {1: 2, 2: 2, 3: 2, 4: 2})
-                    genesis = singular(genesis_fields, {1: b"", 2: b"", 3: b"", 4: b""})
+                    genesis_fields = parse_fields(payload, {1: 2, 2: 2, 3: 2, 4: 2, 5: 2, 6: 0, 7: 0})
+                    genesis = singular(genesis_fields, {1: b"", 2: b"", 3: b"", 4: b"", 5: b"", 6: 0, 7: 0})
                     if genesis[1] != raw_key:
                         raise Rejected("genesis names another public key")
+                    if len(genesis[3]) not in (0, 16):
+                        raise Rejected("genesis names a superseded chain id that is not 16 bytes")
+                    utf8(genesis[2], genesis[4], genesis[5])
+                    result.supersedes = genesis[3]
+                elif kind == 3:
+                    # Section 7.5: RestartPayload.
+                    restart = singular(parse_fields(payload, {1: 2, 2: 2, 3: 0, 4: 2}), {1: b"", 2: b"", 3: 0, 4: b""})
+                    utf8(restart[1], restart[2], restart[4])
+                    result.restart_marks.append(sequence)
                 else:
                     log_fields = parse_fields(payload, {1: 2, 2: 2, 3: 2, 4: 2, 5: 2})
                     if not log_fields or log_fields[-1][0] != 5:
@@ -526,6 +567,90 @@ def varint(value: int) -> bytes:
 
 
 PUBLIC_KEY = h(VECTORS["key"]["public_key"])
+
+
+def ld(number: int, data: bytes) -> bytes:
+    """A length-delimited field, omitted when empty (section 5, canonical encoding)."""
+    return b"" if not data else varint(number << 3 | 2) + varint(len(data)) + data
+
+
+def vi(number: int, value: int) -> bytes:
+    """A varint field, omitted when 0."""
+    return b"" if not value else varint(number << 3) + varint(value)
+
+
+HAND_CHAIN_ID = bytes(range(0xC0, 0xD0))
+SUPERSEDED_CHAIN_ID = bytes(range(0xD0, 0xE0))
+HAND_TIME = 1_790_000_000_000_000_000
+
+
+def hand_built_restart_archive(
+    *, restart_at: int = 5, restart_payload: bytes | None = None, restart_kind: int = 3
+) -> dict[str, bytes]:
+    """A chain built from FORMAT.md alone: a genesis that supersedes another chain (section 7.4),
+    log records, a restart mark (7.5) and more log records, in two segments with one checkpoint
+    each (sections 6, 11)."""
+    private = Ed25519PrivateKey.from_private_bytes(h(VECTORS["key"]["seed"]))
+    raw = private.public_key().public_bytes_raw()
+    key_id = key_id_of(raw)
+    genesis = (
+        ld(1, raw)
+        + ld(2, b"mini-writer")
+        + ld(3, SUPERSEDED_CHAIN_ID)
+        + ld(4, b"local state missing")
+        + ld(5, b"pod-7")
+        + vi(6, 41)
+        + vi(7, 40)
+    )
+    if restart_payload is None:
+        restart_payload = ld(1, b"mini-writer") + ld(2, b"pod-7") + vi(3, 0) + ld(4, b"restarted after a crash")
+    chain_hex = HAND_CHAIN_ID.hex()
+    objects: dict[str, bytes] = {}
+    previous = ZERO_HASH
+    previous_checkpoint = b""
+    for number, (first, last) in enumerate([(0, 7), (8, 11)]):
+        records = []
+        for sequence in range(first, last + 1):
+            if sequence == restart_at:
+                kind, payload = restart_kind, restart_payload
+            elif sequence == 0:
+                kind, payload = 2, genesis
+            else:
+                kind, payload = 1, ld(5, b"record %d" % sequence)  # LogPayload.log_record only
+            entry = ENTRY_HEADER.pack(1, kind, 0, HAND_CHAIN_ID, sequence, previous, key_id, HAND_TIME) + payload
+            previous = entry_hash_of(entry)
+            signature = private.sign(RECORD_SIGNATURE_PREFIX + previous)
+            records.append(ld(1, entry) + ld(2, signature))
+        header = vi(1, 1) + ld(2, HAND_CHAIN_ID) + vi(3, first) + vi(4, len(records)) + vi(5, HAND_TIME)
+        body = ld(1, header) + b"".join(ld(2, r) for r in records)
+        segment = SEGMENT_MAGIC + struct.pack(">Q", len(body)) + body
+        day = time.strftime("%Y/%m/%d", time.gmtime(HAND_TIME // 1_000_000_000))
+        segment_key = f"{chain_hex}/segments/{day}/{first:020d}-{last:020d}.cxseg"
+        objects[segment_key] = segment
+        digest = (
+            ld(1, segment_key.encode())
+            + vi(2, first)
+            + vi(3, last)
+            + ld(4, hashlib.sha256(segment).digest())
+            + vi(5, len(segment))
+        )
+        checkpoint_body = (
+            vi(1, 1)
+            + ld(2, HAND_CHAIN_ID)
+            + vi(3, number)
+            + ld(4, previous_checkpoint)
+            + vi(5, last)
+            + ld(6, previous)
+            + vi(7, HAND_TIME + number)
+            + ld(8, key_id)
+            + ld(9, digest)
+        )
+        signed = ld(1, checkpoint_body) + ld(2, private.sign(CHECKPOINT_SIGNATURE_PREFIX + checkpoint_body))
+        objects[f"{chain_hex}/checkpoints/{number:012d}-{last:020d}.cxckpt"] = (
+            CHECKPOINT_MAGIC + struct.pack(">Q", len(signed)) + signed
+        )
+        previous_checkpoint = hashlib.sha256(CHECKPOINT_HASH_PREFIX + checkpoint_body).digest()
+    return objects
 
 
 @pytest.mark.parametrize("check_all_signatures", [True, False])
@@ -624,6 +749,36 @@ def test_independent_verifier_rejects_tampering(name: str, check_all_signatures:
     assert objects != vector_objects()
     with pytest.raises(Rejected):
         MiniVerifier([PUBLIC_KEY], check_all_signatures=check_all_signatures).verify(objects)
+
+
+@pytest.mark.parametrize("check_all_signatures", [True, False])
+def test_independent_verifier_accepts_a_restart_mark(check_all_signatures: bool) -> None:
+    result = MiniVerifier([PUBLIC_KEY], check_all_signatures=check_all_signatures).verify(hand_built_restart_archive())
+    assert (result.last_sequence, result.covered_until, result.uncovered_tail) == (11, 11, 0)
+    assert result.restart_marks == [5]
+    assert result.supersedes == SUPERSEDED_CHAIN_ID
+    assert result.record_signatures_checked == (12 if check_all_signatures else 0)
+
+
+@pytest.mark.parametrize(
+    ("restart_at", "restart_kind", "restart_payload"),
+    [
+        (0, 3, None),  # entry 0 must be the genesis
+        (5, 4, None),  # kind 4 is reserved
+        (5, 3, b"\x0a\xff"),  # the payload runs past its end
+        (5, 3, b"\x0a\x02\xff\xfe"),  # writer is not UTF-8
+        (5, 3, b"\x18\x01\x0a\x00"),  # fields out of order
+    ],
+    ids=["restart at 0", "reserved kind", "truncated payload", "not utf-8", "out of order"],
+)
+def test_independent_verifier_rejects_a_bad_restart_mark(
+    restart_at: int, restart_kind: int, restart_payload: bytes | None
+) -> None:
+    objects = hand_built_restart_archive(
+        restart_at=restart_at, restart_kind=restart_kind, restart_payload=restart_payload
+    )
+    with pytest.raises(Rejected):
+        MiniVerifier([PUBLIC_KEY]).verify(objects)
 
 
 def test_independent_verifier_rejects_an_unpinned_key() -> None:

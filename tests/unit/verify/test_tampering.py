@@ -274,6 +274,12 @@ def test_every_finding_kind_has_a_test() -> None:
         K.UNCOVERED_TAIL,
         K.FORKED_CHAIN,
         K.UNRECOGNISED_OBJECT,
+        # Notes and warnings about a chain's history: test_restarts.py
+        K.RESTART,
+        K.SUPERSEDED_CHAIN,
+        K.WRITTEN_AFTER_SUPERSEDED,
+        K.SUPERSEDED_CHAIN_MISSING,
+        K.RESENT_RECORDS,
         # Loki cross-check findings: tests/integration/test_loki_sink.py
         K.LOKI_MISSING,
         K.LOKI_ALTERED,
