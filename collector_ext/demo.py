@@ -23,7 +23,7 @@ from typing import Any
 
 import click
 
-from collector_ext.config import ArchiveConfig, SidecarConfig
+from collector_ext.config import ArchiveConfig, SidecarConfig, SpoolConfig
 from collector_ext.errors import CollectorExtError, ConfigurationError
 from collector_ext.seal.keys import generate_key_pair, load_public_key_pem
 from collector_ext.service import open_archive, running_in_thread
@@ -172,6 +172,7 @@ def run_demo(keep: Path | None = None) -> bool:
                 metrics_listen="127.0.0.1:0",
                 signing_key=private,
                 archive=ArchiveConfig(url=archive_url, endpoint_url=s3_server.endpoint_url),
+                spool=SpoolConfig(directory=workdir / "spool"),
                 checkpoint_interval_seconds=5,
                 shutdown_grace_seconds=10,
             )

@@ -1,6 +1,7 @@
 """End-to-end benchmark: records/s through the whole sidecar beside this machine's Ed25519 rate.
 
     python tests/benchmark.py [--seconds 10] [--archive s3|dir] [--batch 500] [--in-flight 8]
+                              [--modes spool,archive] [--loki]
 
 One run measures, on the same machine and at the same time of day:
   1. the raw Ed25519 signing rate with 1 and 2 threads (pyca/cryptography, the sidecar's message size);
@@ -8,10 +9,12 @@ One run measures, on the same machine and at the same time of day:
      load generator in another process, at full speed: records/s acknowledged (every acknowledged
      record is signed, chained and stored in the archive);
   3. Export latency (p50/p99) at half that rate, paced;
-  4. the sidecar's peak RSS (VmHWM) over the whole run;
+  4. the sidecar's peak RSS (VmHWM) over the whole run, which ends with an overload phase (many
+     more requests in flight than the sidecar can take: it must refuse, not grow);
   5. `verify` of the resulting archive: records/s through chain and signed checkpoints, and with
      every record signature checked.
-It prints ratios, because absolute numbers on shared machines are noisy. This is a benchmark, not a
+Steps 2-4 run once per acknowledgement mode (``spool``: Export succeeds once fsynced to the local
+spool; ``archive``: once stored in the archive), and a table compares them. It prints ratios, because absolute numbers on shared machines are noisy. This is a benchmark, not a
 test: it asserts nothing and is not collected by pytest.
 """
 
@@ -202,6 +205,73 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def run_mode(
+    command: list[str], args: argparse.Namespace, sign1: float, sign2: float, env: dict[str, str], loki: bool
+) -> dict[str, float]:
+    """One sidecar in one acknowledgement mode: full speed, half-rate latency, overload, peak RSS."""
+    port = free_port()
+    metrics_port = free_port()
+    command = [*command, "--listen", f"127.0.0.1:{port}", "--metrics-listen", f"127.0.0.1:{metrics_port}"]
+    sidecar = subprocess.Popen(command, env=env)
+    result: dict[str, float] = {}
+    try:
+        target = f"127.0.0.1:{port}"
+        drive(target, args.batch, 2, 2.0, None)  # warm-up
+        cpu_before = tree_cpu_seconds(sidecar.pid)
+        started = time.monotonic()
+        full = drive(target, args.batch, args.in_flight, args.seconds, None)
+        cpu_used = tree_cpu_seconds(sidecar.pid) - cpu_before
+        rate = float(full["acked"]) / float(full["seconds"])  # type: ignore[arg-type]
+        per_record = cpu_used / max(1, int(full["acked"])) * 1e6  # type: ignore[call-overload]
+        result |= {"rate": rate, "ratio": rate / sign2, "cpu_signatures": per_record * sign1 / 1e6}
+        print(
+            f"sidecar CPU per record: {per_record:.1f} us = {per_record * sign1 / 1e6:.2f} x one signature's "
+            f"{1e6 / sign1:.1f} us (the rest is parse, hash, encode, I/O)"
+        )
+        print(
+            f"end to end (sealed, signed, acknowledged on {command[command.index('--ack') + 1]}): "
+            f"{rate:,.0f} records/s ({full['failed']} failed requests, batches of {args.batch}, "
+            f"{args.in_flight} in flight)"
+        )
+        print(f"RATIO end-to-end / 2-thread signing rate: {rate / sign2:.2f} (target >= 0.80)")
+        if loki:
+            # Entries Loki accepted (204), as the sidecar counts them; the test receiver de-duplicates
+            # the benchmark's repeated records, so its own store holds fewer.
+            pushed = 0.0
+            while time.monotonic() - started < args.seconds * 10:
+                pushed = loki_pushed(metrics_port)
+                if pushed >= int(full["acked"]):  # type: ignore[call-overload]
+                    break
+                time.sleep(0.2)
+            elapsed = time.monotonic() - started
+            print(
+                f"Loki (test receiver): {pushed:,.0f} of {int(full['acked']):,} entries pushed in "  # type: ignore[call-overload]
+                f"{elapsed:.1f}s from the start of the load: {pushed / elapsed:,.0f} entries/s"
+            )
+        half = drive(target, args.batch, args.in_flight, args.seconds, rate / 2)
+        latencies = sorted(half["latencies"])  # type: ignore[call-overload]
+        if latencies:
+            p50 = statistics.median(latencies) * 1e3
+            p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1e3
+            result["p99_ms"] = p99
+            print(f"export latency at half that rate ({rate / 2:,.0f} records/s): p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+        over = drive(target, args.batch, args.overload_in_flight, args.seconds, None)
+        total = int(over["acked"]) // args.batch + int(over["failed"])  # type: ignore[call-overload]
+        result["refused_share"] = int(over["failed"]) / max(1, total)  # type: ignore[call-overload]
+        result["peak_rss_mib"] = peak_rss_mib(sidecar.pid)
+        print(
+            f"overload ({args.overload_in_flight} in flight): {float(over['acked']) / float(over['seconds']):,.0f} "  # type: ignore[arg-type]
+            f"records/s acknowledged, {over['failed']} requests refused"
+        )
+        print(f"sidecar peak RSS (with its signing workers): {result['peak_rss_mib']:.0f} MiB")
+        sidecar.send_signal(signal.SIGTERM)
+        sidecar.wait(timeout=120)
+    finally:
+        if sidecar.poll() is None:
+            sidecar.kill()
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0)
@@ -209,6 +279,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--in-flight", type=int, default=8)
     parser.add_argument("--loki", action="store_true", help="also push to the test Loki and report its rate")
+    parser.add_argument("--modes", default="spool,archive", help="acknowledgement modes to measure, in order")
+    parser.add_argument("--overload-in-flight", type=int, default=96, help="requests in flight when overloading")
     args = parser.parse_args()
 
     from collector_ext.seal.keys import generate_key_pair, load_public_key_pem
@@ -217,7 +289,6 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="collector-ext-bench-"))
     s3_server = None
-    sidecar = None
     loki = None
     try:
         # Best of three: the denominator is the most this machine could sign, so the ratio is not
@@ -240,33 +311,9 @@ def main() -> None:
                 "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
                 "AWS_REGION": s3_server.region,
             }
-            archive_url, endpoint = "s3://bench/run", s3_server.endpoint_url
+            endpoint = s3_server.endpoint_url
         else:
-            archive_url, endpoint = str(work / "archive"), None
-        port = free_port()
-        metrics_port = free_port()
-        command = [
-            sys.executable,
-            "-m",
-            "collector_ext.cli",
-            "serve",
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--signing-key",
-            str(key),
-            "--archive",
-            archive_url,
-            "--retention-days",
-            "1",
-            "--log-level",
-            "WARNING",
-            "--http-listen",
-            f"127.0.0.1:{free_port()}",
-            "--metrics-listen",
-            f"127.0.0.1:{metrics_port}",
-        ]
-        if endpoint:
-            command += ["--endpoint-url", endpoint]
+            endpoint = None
         if args.loki:
             sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
             from tests.loki_receiver import LokiReceiver
@@ -278,53 +325,57 @@ def main() -> None:
                 per_stream_rate_limit=1 << 40,
                 per_stream_rate_limit_burst=1 << 40,
             ).start()
-            command += ["--loki-url", loki.url]
-        sidecar = subprocess.Popen(command, env=env)
-        target = f"127.0.0.1:{port}"
-        drive(target, args.batch, 2, 2.0, None)  # warm-up
-        cpu_before = tree_cpu_seconds(sidecar.pid)
-        started = time.monotonic()
-        full = drive(target, args.batch, args.in_flight, args.seconds, None)
-        cpu_used = tree_cpu_seconds(sidecar.pid) - cpu_before
-        rate = float(full["acked"]) / float(full["seconds"])  # type: ignore[arg-type]
-        per_record = cpu_used / max(1, int(full["acked"])) * 1e6  # type: ignore[call-overload]
-        print(
-            f"sidecar CPU per record: {per_record:.1f} us = {per_record * sign1 / 1e6:.2f} x one signature's "
-            f"{1e6 / sign1:.1f} us (the rest is parse, hash, encode, I/O)"
-        )
-        print(
-            f"end to end (sealed, signed, archived to {args.archive}): {rate:,.0f} records/s "
-            f"({full['failed']} failed requests, batches of {args.batch}, {args.in_flight} in flight)"
-        )
-        print(f"RATIO end-to-end / 2-thread signing rate: {rate / sign2:.2f} (target >= 0.80)")
-        if loki is not None:
-            # Entries Loki accepted (204), as the sidecar counts them; the test receiver de-duplicates
-            # the benchmark's repeated records, so its own store holds fewer.
-            pushed = 0.0
-            while time.monotonic() - started < args.seconds * 10:
-                pushed = loki_pushed(metrics_port)
-                if pushed >= int(full["acked"]):  # type: ignore[call-overload]
-                    break
-                time.sleep(0.2)
-            elapsed = time.monotonic() - started
+        results: dict[str, dict[str, float]] = {}
+        archives: dict[str, str] = {}
+        for mode in args.modes.split(","):
+            archive_url = f"s3://bench/{mode}" if args.archive == "s3" else str(work / f"archive-{mode}")
+            archives[mode] = archive_url
+            print(f"-- ack={mode}")
+            command = [
+                sys.executable,
+                "-m",
+                "collector_ext.cli",
+                "serve",
+                "--archive",
+                archive_url,
+                "--signing-key",
+                str(key),
+                "--retention-days",
+                "1",
+                "--log-level",
+                "WARNING",
+                "--http-listen",
+                f"127.0.0.1:{free_port()}",
+                "--ack",
+                mode,
+                "--writer-id",
+                f"bench-{mode}",
+            ]
+            if mode == "spool":
+                command += ["--spool", str(work / "spool")]
+            if endpoint:
+                command += ["--endpoint-url", endpoint]
+            if loki is not None:
+                command += ["--loki-url", loki.url]
+            results[mode] = run_mode(command, args, sign1, sign2, env, loki is not None)
+        print()
+        print(f"{'':44}" + "".join(f"{mode:>14}" for mode in results))
+        rows = [
+            ("records/s acknowledged (full speed)", "rate", "{:,.0f}"),
+            ("RATIO to the 2-thread signing rate", "ratio", "{:.2f}"),
+            ("sidecar CPU per record, in signatures", "cpu_signatures", "{:.2f}"),
+            ("p99 Export latency at half rate (ms)", "p99_ms", "{:.1f}"),
+            ("overload: requests refused (share)", "refused_share", "{:.2f}"),
+            ("peak RSS incl. workers (MiB)", "peak_rss_mib", "{:.0f}"),
+        ]
+        for label, field, pattern in rows:
             print(
-                f"Loki (test receiver): {pushed:,.0f} of {int(full['acked']):,} entries pushed in "  # type: ignore[call-overload]
-                f"{elapsed:.1f}s from the start of the load: {pushed / elapsed:,.0f} entries/s"
+                f"{label:44}" + "".join(f"{pattern.format(results[m].get(field, float('nan'))):>14}" for m in results)
             )
-        half = drive(target, args.batch, args.in_flight, args.seconds, rate / 2)
-        latencies = sorted(half["latencies"])  # type: ignore[call-overload]
-        if latencies:
-            p50 = statistics.median(latencies) * 1e3
-            p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1e3
-            print(f"export latency at half that rate ({rate / 2:,.0f} records/s): p50 {p50:.1f} ms, p99 {p99:.1f} ms")
-        print(f"sidecar peak RSS (with its signing workers): {peak_rss_mib(sidecar.pid):.0f} MiB")
-        sidecar.send_signal(signal.SIGTERM)
-        sidecar.wait(timeout=60)
-        sidecar = None
 
         public = load_public_key_pem(pair.public_pem, "bench")
 
-        async def verify(all_signatures: bool) -> tuple[int, float]:
+        async def verify(archive_url: str, all_signatures: bool) -> tuple[int, float]:
             store = open_archive(archive_url, for_writing=False, endpoint_url=endpoint)
             await store.open()
             started = time.monotonic()
@@ -344,13 +395,12 @@ def main() -> None:
 
         if endpoint:
             os.environ.update({k: env[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION")})
-        records, elapsed = asyncio.run(verify(False))
+        archive_url = archives[next(iter(archives))]
+        records, elapsed = asyncio.run(verify(archive_url, False))
         print(f"verify (chain + signed checkpoints): {records / elapsed:,.0f} records/s over {records:,} records")
-        records, elapsed = asyncio.run(verify(True))
+        records, elapsed = asyncio.run(verify(archive_url, True))
         print(f"verify --all-signatures: {records / elapsed:,.0f} records/s")
     finally:
-        if sidecar is not None:
-            sidecar.kill()
         if s3_server is not None:
             s3_server.stop()
         if loki is not None:
