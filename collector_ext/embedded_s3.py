@@ -215,13 +215,7 @@ class EmbeddedS3:
         if self._process is None or self.data_dir is None:
             raise RuntimeError("EmbeddedS3 is not running")
         ports, data_dir = dict(self.ports), self.data_dir
-        process = self._process
-        self._signal_group(process, signal.SIGTERM)
-        try:
-            process.wait(timeout=self.stop_timeout)
-        except subprocess.TimeoutExpired:
-            self._signal_group(process, signal.SIGKILL)
-            process.wait(timeout=self.stop_timeout)
+        self._end_process(self._process)
         self._reap()
         (data_dir / "s3.sock").unlink(missing_ok=True)
         time.sleep(down_for)
@@ -318,14 +312,8 @@ class EmbeddedS3:
 
     def stop(self) -> None:
         """Stop weed (its whole process group) and remove the data directory if start() made it."""
-        process = self._process
-        if process is not None and process.poll() is None:
-            self._signal_group(process, signal.SIGTERM)
-            try:
-                process.wait(timeout=self.stop_timeout)
-            except subprocess.TimeoutExpired:
-                self._signal_group(process, signal.SIGKILL)
-                process.wait(timeout=self.stop_timeout)
+        if self._process is not None and self._process.poll() is None:
+            self._end_process(self._process)
         self._reap()
         if self.data_dir is not None:
             with contextlib.suppress(OSError):
@@ -336,6 +324,15 @@ class EmbeddedS3:
             self.data_dir = None
         self.endpoint_url = ""
         self.ports = {}
+
+    def _end_process(self, process: subprocess.Popen[bytes]) -> None:
+        """SIGTERM to weed's process group, SIGKILL if it has not exited within stop_timeout."""
+        self._signal_group(process, signal.SIGTERM)
+        try:
+            process.wait(timeout=self.stop_timeout)
+        except subprocess.TimeoutExpired:
+            self._signal_group(process, signal.SIGKILL)
+            process.wait(timeout=self.stop_timeout)
 
     @staticmethod
     def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:

@@ -13,7 +13,6 @@ import pytest
 from collector_ext.errors import CapacityExceededError, ConfigurationError
 from collector_ext.pb import archive_pb2
 from collector_ext.pipeline import PipelineSettings, SealingPipeline
-from collector_ext.retry import RetryPolicy
 from collector_ext.seal.entry import EntryKind, decode_entry_header, entry_payload
 from collector_ext.seal.keys import Ed25519Signer
 from collector_ext.seal.layout import parse_segment_key
@@ -22,21 +21,12 @@ from collector_ext.spool import Spool
 from collector_ext.verify.findings import Severity
 from tests.archive_builder import verify_objects
 from tests.fakes import InMemoryArchive
-
-FAST_RETRY = RetryPolicy(initial_delay=0.01, max_delay=0.05)
+from tests.unit.test_pipeline import _settings as pipeline_settings
 
 
 def _settings(**overrides: object) -> PipelineSettings:
-    base: dict[str, object] = {
-        "retry": FAST_RETRY,
-        "checkpoint_interval": 60.0,
-        "checkpoint_min_spacing": 0.0,
-        "max_linger": 0.002,
-        "signing_workers": "threads",
-        "ack_timeout": 2.0,
-    }
-    base.update(overrides)
-    return PipelineSettings(**base)  # type: ignore[arg-type]
+    """The plain pipeline tests' settings, with signing on threads and a shorter ack timeout."""
+    return pipeline_settings(**{"signing_workers": "threads", "ack_timeout": 2.0, **overrides})
 
 
 def _entries(store: InMemoryArchive) -> list[tuple[bytes, int, int, bytes]]:
