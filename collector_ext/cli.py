@@ -11,7 +11,7 @@ import asyncio
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import click
 
@@ -149,6 +149,11 @@ def keygen(out_dir: Path, force: bool) -> None:
     is_flag=True,
     help="Check every record's signature, also where a signed checkpoint already vouches for its segment.",
 )
+@click.option(
+    "--report-resends",
+    is_flag=True,
+    help="Report records sealed more than once (collector resends) anywhere, not only after restart marks.",
+)
 @click.option("--endpoint-url", help="S3-compatible endpoint (else AWS_ENDPOINT_URL / AWS default).")
 @click.option("--region", help="S3 region (else AWS_REGION / AWS default).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when a terminal).")
@@ -172,6 +177,7 @@ def verify(
     public_keys: tuple[Path, ...],
     as_json: bool,
     all_signatures: bool,
+    report_resends: bool,
     endpoint_url: str | None,
     region: str | None,
     progress: bool | None,
@@ -227,7 +233,15 @@ def verify(
         keys[key.key_id] = key
     try:
         report, description = asyncio.run(
-            _verify(archive_url, keys, all_signatures, endpoint_url, region, progress, loki)
+            _verify(
+                archive_url,
+                keys,
+                RequestedChecks(all_signatures, report_resends),
+                endpoint_url,
+                region,
+                progress,
+                loki,
+            )
         )
     except CollectorExtError as exc:
         _fail(exc)
@@ -235,10 +249,15 @@ def verify(
     sys.exit(EXIT_VERIFIED if report.clean else EXIT_FINDINGS)
 
 
+class RequestedChecks(NamedTuple):
+    all_signatures: bool
+    report_resends: bool
+
+
 async def _verify(
     archive_url: str,
     keys: dict[bytes, Any],
-    all_signatures: bool,
+    checks: RequestedChecks,
     endpoint_url: str | None,
     region: str | None,
     progress: bool | None,
@@ -265,7 +284,7 @@ async def _verify(
         report = await check_archive(
             store,
             keys,
-            VerifyOptions(check_all_signatures=all_signatures),
+            VerifyOptions(check_all_signatures=checks.all_signatures, report_resends=checks.report_resends),
             on_progress,
             record_observer=cross_check.add_archived if cross_check is not None else None,
         )

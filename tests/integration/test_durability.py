@@ -154,9 +154,20 @@ def _archived_bodies(entries: Sequence[tuple[str, int, int, bytes]]) -> list[str
     return bodies
 
 
-def _verify(url: str, key_pair: KeyPairFiles, endpoint: str) -> tuple[int, dict[str, Any]]:
+def _verify(url: str, key_pair: KeyPairFiles, endpoint: str, *more: str) -> tuple[int, dict[str, Any]]:
     result = subprocess.run(
-        [*CLI, "verify", "--archive", url, "--public-key", str(key_pair.public), "--endpoint-url", endpoint, "--json"],
+        [
+            *CLI,
+            "verify",
+            "--archive",
+            url,
+            "--public-key",
+            str(key_pair.public),
+            "--endpoint-url",
+            endpoint,
+            "--json",
+            *more,
+        ],
         capture_output=True,
         text=True,
         timeout=300,
@@ -278,10 +289,13 @@ def test_crash_loop_loses_no_acknowledged_record(
     marks = [archive_pb2.RestartPayload.FromString(e[3]) for e in entries if e[2] == EntryKind.RESTART]
     assert len(marks) == 10
     assert not any(m.previous_run_clean for m in marks)
-    code, report = _verify(url, key_pair, seaweedfs.endpoint_url)
+    code, report = _verify(url, key_pair, seaweedfs.endpoint_url, "--report-resends")
     assert code == 0, report
     kinds = [f["kind"] for f in report["findings"]]
     assert kinds.count("restart") == 10
+    # Verify finds exactly the copies the resend policy allows: each is a whole record sealed twice.
+    reported = sum(int(f["message"].split()[0]) for f in report["findings"] if f["kind"] == "resent-records")
+    assert reported == duplicates, [f for f in report["findings"] if f["kind"] == "resent-records"]
     print(f"crash loop: {len(acked)} acked, {len(bodies)} archived, {duplicates} resent copies, 10 kills")
 
 
