@@ -143,7 +143,7 @@ class SidecarConfig(_Section):
     ack_timeout_seconds: float = Field(default=10.0, gt=0, le=600)
     max_pending_records: int = Field(default=200_000, ge=1000)
     max_pending_bytes: int = Field(
-        default=128 * 1024 * 1024, ge=1024 * 1024, description="sealed bytes held in memory before they are durable"
+        default=32 * 1024 * 1024, ge=1024 * 1024, description="sealed bytes held in memory before they are durable"
     )
     signing_workers: Literal["processes", "threads"] = "processes"
     signing_worker_count: int = Field(default=0, ge=0, le=64, description="0: one per CPU")

@@ -70,8 +70,8 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 MIN_SIGNING_CHUNK = 64
-# Spooled segments whose bytes stay in memory for the uploader; later ones are read back from disk.
-KEEP_IN_MEMORY = 4
+# Bytes of spooled segments kept in memory for the uploader; beyond this they are read back from disk.
+KEEP_IN_MEMORY_BYTES = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +85,7 @@ class PipelineSettings:
     ack_timeout: float = 10.0
     ack: AckMode = "spool"  # "spool" needs a Spool; without one the pipeline acks on "archive"
     max_pending_records: int = 200_000  # sealed, in memory, not yet durable
-    max_pending_bytes: int = 128 * 1024 * 1024
+    max_pending_bytes: int = 32 * 1024 * 1024
     spool_max_bytes: int = 1024 * 1024 * 1024
     signing_workers: SigningWorkers = "processes"
     signing_worker_count: int = 0  # 0: one per CPU
@@ -182,7 +182,7 @@ class SealingPipeline:
         self._stage_slots = asyncio.Semaphore(settings.upload_concurrency)
         self._closed: asyncio.Queue[_OpenSegment] = asyncio.Queue()
         self._to_archive: asyncio.Queue[_ToArchive] = asyncio.Queue()
-        self._in_memory = 0  # _ToArchive items holding their bytes
+        self._in_memory_bytes = 0  # held by _ToArchive items on their way to the archive
         self._uploading = 0
         self._memory_records = 0  # sealed, not yet durable (spooled, or archived without a spool)
         self._memory_bytes = 0
@@ -403,6 +403,9 @@ class SealingPipeline:
     async def submit(self, payloads: list[bytes]) -> None:
         """Seal ``payloads`` as consecutive log-record entries and wait until they are durable.
 
+        The list is emptied once its records are sealed: they live on in the chain's entries, and a
+        request waiting for its acknowledgement should not hold a second copy of them.
+
         Raises:
             CapacityExceededError: the spool is full or failing, or too much waits in memory;
                 nothing was sealed.
@@ -416,6 +419,7 @@ class SealingPipeline:
             self.stats.requests_refused += 1
             raise CapacityExceededError(refusal)
         durable = self._seal(EntryKind.LOG_RECORD, payloads)
+        payloads.clear()
         try:
             await asyncio.wait_for(asyncio.shield(durable), timeout=self._settings.ack_timeout)
         except TimeoutError as exc:
@@ -570,7 +574,7 @@ class SealingPipeline:
 
             assert segment.archived is not None
             segment.archived.add_done_callback(lambda _: release())
-            self._in_memory += 1
+            self._in_memory_bytes += len(data)
             self._to_archive.put_nowait(item)
             return
         item.spooled = await self._write_spool(segment.first_sequence, last_sequence, segment.created_unix_nano, data)
@@ -581,10 +585,10 @@ class SealingPipeline:
         _resolve(segment.spooled)
         if self._on_spooled is not None:
             self._on_spooled(item.spooled)
-        if self._in_memory >= KEEP_IN_MEMORY:
+        if self._in_memory_bytes + len(data) > KEEP_IN_MEMORY_BYTES:
             item.data = None  # the uploader reads it back from the spool file
         else:
-            self._in_memory += 1
+            self._in_memory_bytes += len(data)
         self._to_archive.put_nowait(item)
 
     async def _write_spool(self, first: int, last: int, created: int, data: bytes) -> SpooledSegment:
@@ -631,7 +635,7 @@ class SealingPipeline:
             assert item.spooled is not None
             data = await asyncio.to_thread(self._spool.read, item.spooled)
         else:
-            self._in_memory -= 1
+            self._in_memory_bytes -= len(data)
         last_hash = item.last_hash
         if last_hash is None:
             last_hash = entry_hash(decode_segment(data).records[-1].entry)

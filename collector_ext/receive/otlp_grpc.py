@@ -66,27 +66,29 @@ class LogsExportHandler:
     async def export(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         started = time.monotonic()
         try:
-            message = ExportLogsServiceRequest.FromString(request)
-            payloads = log_payloads(message)
+            # The parsed message is dropped here: a request waiting for its acknowledgement keeps
+            # only its sealed entries (the pipeline empties ``payloads`` once it has sealed them).
+            payloads = log_payloads(ExportLogsServiceRequest.FromString(request))
         except (DecodeError, RecursionError, ValueError) as exc:
             self._metrics.observe_export("grpc", "invalid", 0, time.monotonic() - started)
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"request is not a valid ExportLogsServiceRequest ({type(exc).__name__}: {exc}); nothing was sealed",
             )
-        if not payloads:
+        count = len(payloads)
+        if not count:
             self._metrics.observe_export("grpc", "empty", 0, time.monotonic() - started)
             return _EMPTY_RESPONSE
         try:
             await self._sink.submit(payloads)
         except DeliveryError as exc:
-            self._metrics.observe_export("grpc", "unavailable", len(payloads), time.monotonic() - started)
+            self._metrics.observe_export("grpc", "unavailable", count, time.monotonic() - started)
             message_text = f"{exc.diagnostics()}; retry later"
             context.set_trailing_metadata(
                 (("grpc-status-details-bin", _unavailable_details(message_text, self._retry_after)),)
             )
             await context.abort(grpc.StatusCode.UNAVAILABLE, message_text)
-        self._metrics.observe_export("grpc", "ok", len(payloads), time.monotonic() - started)
+        self._metrics.observe_export("grpc", "ok", count, time.monotonic() - started)
         return _EMPTY_RESPONSE
 
 

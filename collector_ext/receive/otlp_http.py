@@ -328,11 +328,12 @@ class OtlpHttpReceiver:
         except InvalidRequestError as exc:
             self._metrics.observe_export("http", "invalid", 0, time.monotonic() - started)
             return _status_response(400, code_pb2.INVALID_ARGUMENT, exc.diagnostics(), reply_type)
+        count = len(payloads)
         if payloads:
             try:
                 await self._sink.submit(payloads)
             except DeliveryError as exc:
-                self._metrics.observe_export("http", "unavailable", len(payloads), time.monotonic() - started)
+                self._metrics.observe_export("http", "unavailable", count, time.monotonic() - started)
                 return _status_response(
                     503,
                     code_pb2.UNAVAILABLE,
@@ -340,8 +341,8 @@ class OtlpHttpReceiver:
                     reply_type,
                     retry_after=self._retry_after,
                 )
-        outcome = "ok" if payloads else "empty"
-        self._metrics.observe_export("http", outcome, len(payloads), time.monotonic() - started)
+        outcome = "ok" if count else "empty"
+        self._metrics.observe_export("http", outcome, count, time.monotonic() - started)
         response = web.Response(status=200, body=_EMPTY_RESPONSES[reply_type])
         response.content_type = reply_type
         return response
