@@ -19,15 +19,13 @@ import logging
 import math
 import multiprocessing
 import os
-import threading
-import time
 from collections.abc import Sequence
 from concurrent.futures import BrokenExecutor, Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Literal
 
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from collector_ext import signing_worker
 from collector_ext.seal.chain import sign_entry_hashes
 from collector_ext.seal.entry import HASH_SIZE
 from collector_ext.seal.keys import Ed25519Signer, Signer
@@ -36,37 +34,11 @@ SigningWorkers = Literal["processes", "threads"]
 
 log = logging.getLogger(__name__)
 
-_worker_signer: Ed25519Signer | None = None
-
-
-def exit_with_parent(parent_pid: int, interval: float = 0.5) -> None:
-    """In a child process: exit at once when ``parent_pid`` is gone (killed with SIGKILL, so it could
-    not stop its children). Without this, a killed sidecar's workers would live on, and a Loki
-    sender among them would keep draining the spool beside the next run's."""
-
-    def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(interval)
-        os._exit(0)
-
-    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
-
-
-def _initialise_worker(raw_private_key: bytes, parent_pid: int) -> None:
-    global _worker_signer
-    exit_with_parent(parent_pid)
-    _worker_signer = Ed25519Signer(Ed25519PrivateKey.from_private_bytes(raw_private_key))
-
 
 def _sign_concatenated(signer: Signer, hashes: bytes) -> bytes:
-    # One bytes object each way keeps the pipe round trip to a single cheap pickle.
+    """The thread-pool path: the same concatenated form the worker processes use."""
     size = HASH_SIZE
     return b"".join(sign_entry_hashes(signer, [hashes[i : i + size] for i in range(0, len(hashes), size)]))
-
-
-def _sign_in_worker(hashes: bytes) -> bytes:
-    assert _worker_signer is not None, "worker not initialised"
-    return _sign_concatenated(_worker_signer, hashes)
 
 
 def available_cpus() -> int:
@@ -102,7 +74,7 @@ class SigningPool:
             return ProcessPoolExecutor(
                 max_workers=self._count,
                 mp_context=multiprocessing.get_context("spawn"),
-                initializer=_initialise_worker,
+                initializer=signing_worker.initialise,
                 initargs=(raw, os.getpid()),
             )
         self._in_process = True
@@ -132,7 +104,7 @@ class SigningPool:
         loop = asyncio.get_running_loop()
         if self._in_process:
             return loop.run_in_executor(self._executor, _sign_concatenated, self._signer, blob)
-        return loop.run_in_executor(self._executor, _sign_in_worker, blob)
+        return loop.run_in_executor(self._executor, signing_worker.sign_concatenated, blob)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -176,13 +176,21 @@ def _children(pid: int) -> list[int]:
 
 
 def peak_rss_mib(pid: int) -> float:
-    """Peak resident memory (VmHWM) of a process plus its children (the signing workers)."""
-    total = 0
+    """Peak resident memory (VmHWM) of a process plus its children (the signing workers), in MiB."""
+    return sum(peak_rss_by_process(pid).values())
+
+
+def peak_rss_by_process(pid: int) -> dict[str, float]:
+    """VmHWM in MiB of the sidecar and of each of its children, by a short name."""
+    found: dict[str, float] = {}
     for process in [pid, *_children(pid)]:
-        for line in Path(f"/proc/{process}/status").read_text().splitlines():
+        status = Path(f"/proc/{process}/status").read_text()
+        command = Path(f"/proc/{process}/cmdline").read_bytes().split(b"\0")
+        name = "sidecar" if process == pid else ("worker" if b"spawn_main" in b" ".join(command) else "other")
+        for line in status.splitlines():
             if line.startswith("VmHWM:"):
-                total += int(line.split()[1])
-    return total / 1024
+                found[f"{name} {process}"] = int(line.split()[1]) / 1024
+    return found
 
 
 def tree_cpu_seconds(pid: int) -> float:
@@ -258,7 +266,9 @@ def run_mode(
         over = drive(target, args.batch, args.overload_in_flight, args.seconds, None)
         total = int(over["acked"]) // args.batch + int(over["failed"])  # type: ignore[call-overload]
         result["refused_share"] = int(over["failed"]) / max(1, total)  # type: ignore[call-overload]
-        result["peak_rss_mib"] = peak_rss_mib(sidecar.pid)
+        by_process = peak_rss_by_process(sidecar.pid)
+        result["peak_rss_mib"] = sum(by_process.values())
+        print("peak RSS by process (MiB): " + ", ".join(f"{name} {mib:.0f}" for name, mib in by_process.items()))
         print(
             f"overload ({args.overload_in_flight} in flight): {float(over['acked']) / float(over['seconds']):,.0f} "  # type: ignore[arg-type]
             f"records/s acknowledged, {over['failed']} requests refused"

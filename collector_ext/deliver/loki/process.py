@@ -40,7 +40,7 @@ from collector_ext.deliver.loki.client import LokiClient, LokiConnection
 from collector_ext.deliver.loki.mapping import EntryMapper, MappingSettings
 from collector_ext.deliver.loki.sender import LokiSender, LokiSettings, LokiStats
 from collector_ext.seal.segment import decode_segment
-from collector_ext.signing_pool import exit_with_parent
+from collector_ext.signing_worker import exit_with_parent
 from collector_ext.spool import SpoolError, list_segment_files, read_loki_cursor, write_loki_cursor
 
 log = logging.getLogger(__name__)
