@@ -78,7 +78,10 @@ def serve(
     the spool drains into the archive as far as drain_timeout_seconds allows, a final checkpoint)."""
     from collector_ext.config import load_config
     from collector_ext.logging_setup import configure_logging
+    from collector_ext.memory import pin_mmap_threshold
     from collector_ext.service import Sidecar
+
+    pin_mmap_threshold()
 
     overrides: dict[str, Any] = {
         "listen": listen,
