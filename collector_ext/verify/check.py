@@ -24,7 +24,6 @@ Reading objects, threads and progress bars belong to ``verify.run``; this module
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import hashlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -53,7 +52,6 @@ from collector_ext.seal.keys import PublicKey, key_id_for
 from collector_ext.seal.layout import CheckpointKey, SegmentKey
 from collector_ext.seal.segment import decode_segment
 from collector_ext.verify.findings import ChainSummary, Finding, FindingKind, Severity, Supersession
-from collector_ext.verify.precheck import LazyRecords, SegmentSummary
 from collector_ext.verify.resends import ResendTracker
 
 # The uncovered-tail message of a chain that nothing supersedes (verify.supersede words it
@@ -132,7 +130,6 @@ class ChainChecker:
         self._previous_item: _Item | None = None
         self._previous_object = ""
         self._heads: dict[int, _HeadClaim] = {}
-        self._head_sequences: list[int] = []  # sorted keys of _heads
         self._segment_refs: dict[str, tuple[SegmentRef, str]] = {}
         self._seen_segment_keys: set[str] = set()
         self._covered_until = -1
@@ -354,70 +351,6 @@ class ChainChecker:
                 last=key.last_sequence,
                 object_key=key.key,
             )
-
-    def add_prechecked_segment(self, key: SegmentKey, data: bytes, summary: SegmentSummary | None) -> None:
-        """``add_segment`` for a segment whose per-record work ``precheck_segment`` already did (in
-        another process): accepted in O(1) when the summary shows a clean continuation of the chain
-        that a checkpoint's digest vouches for, otherwise checked in full by ``add_segment``. The
-        outcome, state and findings, is the same either way."""
-        if summary is None or not self._accepts(key, summary):
-            self.add_segment(key, data)
-            return
-        self.segments += 1
-        self._seen_segment_keys.add(key.key)
-        self._segment_marks.clear()
-        self._key_ids |= summary.key_ids
-        first = self._expected
-        last = first + summary.record_count - 1
-        self._previous_item = _Item(
-            last, summary.last_entry, summary.last_signature, summary.record_count - 1, summary.last_hash
-        )
-        self._expected = last + 1
-        self._previous_hash = summary.last_hash
-        self.records += summary.record_count
-        self._resends.add_segment(key.key, LazyRecords(data, summary.record_count), (), clean_from=first)
-        self._previous_object = key.key
-
-    @property
-    def uses_prechecks(self) -> bool:
-        """False when every record must be looked at anyway (all signatures, or an observer)."""
-        return not self._check_all and self._observer is None
-
-    def _accepts(self, key: SegmentKey, summary: SegmentSummary) -> bool:
-        """True when ``add_segment`` would take the segment through the fast path without a finding."""
-        if not self.uses_prechecks or not summary.plain_run or summary.appended:
-            return False
-        recorded = self._segment_refs.get(key.key)
-        if recorded is None:
-            return False
-        ref = recorded[0]
-        count = key.last_sequence - key.first_sequence + 1
-        if not (
-            ref.size == summary.framed_size
-            and ref.sha256 == summary.framed_sha256
-            and summary.chain_id == self.chain_id
-            and summary.header_first_sequence == key.first_sequence
-            and summary.header_record_count == count == summary.record_count
-            and summary.first_sequence == self._expected
-            and self._previous_hash is not None
-            and summary.first_previous_hash == self._previous_hash
-            and summary.key_ids <= self._keys.keys()
-        ):
-            return False
-        return all(
-            summary.claimed_hashes.get(sequence) == self._heads[sequence].head
-            for sequence in self._claims_between(summary.first_sequence, summary.first_sequence + count - 1)
-        )
-
-    def claimed_sequences(self, key: SegmentKey) -> list[int]:
-        """The sequence numbers in ``key``'s range that a checkpoint claims a head hash for."""
-        return self._claims_between(key.first_sequence, key.last_sequence)
-
-    def _claims_between(self, first: int, last: int) -> list[int]:
-        if len(self._head_sequences) != len(self._heads):  # claims are only ever added
-            self._head_sequences = sorted(self._heads)
-        sequences = self._head_sequences
-        return sequences[bisect.bisect_left(sequences, first) : bisect.bisect_right(sequences, last)]
 
     def _check_segment_digest(self, key: SegmentKey, data: bytes, framed_size: int, appended: int) -> bool:
         """True when the object (or its framed part) is byte-for-byte what a checkpoint recorded."""

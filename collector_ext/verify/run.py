@@ -1,9 +1,7 @@
 """Drives the pure checker over a real archive: lists, reads in parallel, checks, reports progress.
 
-Objects are fetched a few at a time ahead of the one being checked. As each arrives, its per-record
-work (``verify.precheck``) starts in a worker process (or, for a small archive, a thread), so
-downloading, hashing and parsing overlap on every CPU; the checker then accepts a clean segment from
-its summary in O(1) and checks anything else record by record. Record signatures that must be checked are spread over a
+Objects are fetched a few at a time ahead of the one being checked, and checking runs on a worker
+thread, so reading and hashing overlap. Record signatures that must be checked are spread over a
 thread pool (pyca/cryptography releases the GIL while verifying). Once every chain is checked,
 ``verify.supersede`` relates chains that replaced one another.
 """
@@ -11,13 +9,11 @@ thread pool (pyca/cryptography releases the GIL while verifying). Once every cha
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
-import multiprocessing
 import os
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from collector_ext.deliver.archive import ArchiveStore
@@ -26,7 +22,6 @@ from collector_ext.seal.keys import PublicKey
 from collector_ext.seal.layout import CheckpointKey, SegmentKey, parse_checkpoint_key, parse_segment_key
 from collector_ext.verify.check import ChainChecker, RecordObserver
 from collector_ext.verify.findings import Finding, FindingKind, Severity, VerificationReport
-from collector_ext.verify.precheck import SegmentSummary, precheck_segment
 from collector_ext.verify.supersede import relate_chains
 
 ProgressCallback = Callable[[int, int], None]  # (objects done, objects in all)
@@ -44,11 +39,6 @@ class VerifyOptions:
     # Report resent log records anywhere in a chain, not only after restart marks (a little work per
     # record; see verify.resends).
     report_resends: bool = False
-    # Worker processes for the per-record work of clean segments: 0 one per CPU; used when the
-    # archive holds at least ``precheck_min_segments`` segments (starting processes costs a moment).
-    prechecks: bool = True  # False: every segment through the per-record check (for comparison)
-    precheck_processes: int = 0
-    precheck_min_segments: int = 64
 
 
 @dataclass
@@ -114,17 +104,7 @@ async def check_archive(
 
     summaries = []
     records = signatures = 0
-    segment_count = sum(map(len, listing.segments.values()))
-    prechecks: Executor | None = None
-    if options.prechecks and segment_count >= options.precheck_min_segments:
-        prechecks = ProcessPoolExecutor(
-            max_workers=options.precheck_processes or os.cpu_count() or 2,
-            mp_context=multiprocessing.get_context("spawn"),
-        )
-    with contextlib.ExitStack() as stack:
-        pool = stack.enter_context(ThreadPoolExecutor(max_workers=threads, thread_name_prefix="verify"))
-        if prechecks is not None:
-            stack.enter_context(prechecks)
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="verify") as pool:
 
         def check_batch(batch: Sequence[tuple[PublicKey, bytes, bytes]]) -> list[bool]:
             if len(batch) < 64:
@@ -154,9 +134,7 @@ async def check_archive(
             segment_keys = sorted(
                 listing.segments.get(chain_id_hex, []), key=lambda k: (k.first_sequence, k.last_sequence, k.key)
             )
-            await _check_segments(
-                store, checker, segment_keys, options.read_ahead, advance, prechecks, use_prechecks=options.prechecks
-            )
+            await _check_segments(store, checker, segment_keys, options.read_ahead, advance)
             summaries.append(checker.finish())
             findings += checker.findings
             records += checker.records
@@ -183,32 +161,19 @@ async def _check_segments(
     keys: list[SegmentKey],
     read_ahead: int,
     advance: Callable[[], None],
-    prechecks: Executor | None,
-    *,
-    use_prechecks: bool,
 ) -> None:
-    loop = asyncio.get_running_loop()
-    fetches: dict[int, asyncio.Task[tuple[bytes, SegmentSummary | None]]] = {}
-
-    async def fetch_and_precheck(key: SegmentKey) -> tuple[bytes, SegmentSummary | None]:
-        data = await store.get(key.key)
-        if not use_prechecks or not checker.uses_prechecks:
-            return data, None
-        claims = checker.claimed_sequences(key)
-        if prechecks is None:
-            return data, await asyncio.to_thread(precheck_segment, data, claims)
-        return data, await loop.run_in_executor(prechecks, precheck_segment, data, claims)
+    fetches: dict[int, asyncio.Task[bytes]] = {}
 
     def fetch(index: int) -> None:
         if index < len(keys) and index not in fetches:
-            fetches[index] = asyncio.create_task(fetch_and_precheck(keys[index]))
+            fetches[index] = asyncio.create_task(store.get(keys[index].key))
 
     try:
         for index, key in enumerate(keys):
             for ahead in range(index, index + read_ahead + 1):
                 fetch(ahead)
-            data, summary = await fetches.pop(index)
-            await asyncio.to_thread(checker.add_prechecked_segment, key, data, summary)
+            data = await fetches.pop(index)
+            await asyncio.to_thread(checker.add_segment, key, data)
             advance()
     finally:
         for task in fetches.values():
