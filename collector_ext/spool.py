@@ -106,21 +106,40 @@ def list_segment_files(directory: Path) -> list[SpooledSegment]:
     return sorted(found, key=lambda s: s.first_sequence)
 
 
+CURSOR_SIZE = 64  # the cursor file never changes size, so rewriting it needs no new disk blocks
+
+
 def read_loki_cursor(directory: Path, chain_id: bytes) -> int:
-    """The last sequence of ``chain_id`` the Loki sender delivered, or -1."""
+    """The last sequence of ``chain_id`` the Loki sender delivered, or -1 (also for a cursor a crash
+    left torn: Loki then gets some segments again, and keeps one copy of each entry)."""
     try:
-        chain_hex, _, sequence = (directory / LOKI_CURSOR).read_text().strip().partition(" ")
+        text = (directory / LOKI_CURSOR).read_bytes().decode("ascii", errors="replace")
     except FileNotFoundError:
         return -1
     except OSError as exc:
         raise SpoolError(f"cannot read {directory / LOKI_CURSOR}: {exc.strerror}") from exc
+    chain_hex, _, sequence = text.strip().partition(" ")
     if chain_hex != chain_id.hex() or not sequence.isdigit():
         return -1
     return int(sequence)
 
 
 def write_loki_cursor(directory: Path, chain_id: bytes, sequence: int) -> None:
-    _write_atomically(directory / LOKI_CURSOR, f"{chain_id.hex()} {sequence}\n".encode())
+    """Record the Loki sender's progress by rewriting a fixed-size file in place: this must work on
+    a full disk, because the spool shrinks only once this cursor moves."""
+    data = f"{chain_id.hex()} {sequence}".encode().ljust(CURSOR_SIZE - 1) + b"\n"
+    path = directory / LOKI_CURSOR
+    try:
+        handle = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            os.pwrite(handle, data, 0)
+            os.fsync(handle)
+        finally:
+            os.close(handle)
+    except OSError as exc:
+        if exc.errno in _NO_SPACE:
+            raise SpoolFullError(f"no space left to write {path}") from exc
+        raise SpoolError(f"cannot write {path}: {exc.strerror}") from exc
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -178,6 +197,9 @@ class Spool:
             ) from exc
         for leftover in (self.directory / SEGMENTS).glob(".*.tmp"):
             leftover.unlink()
+        if not (self.directory / LOKI_CURSOR).exists():
+            # Take the cursor's disk space now, while there is some (see write_loki_cursor).
+            write_loki_cursor(self.directory, bytes(16), 0)
         segments = list_segment_files(self.directory)
         self._check_contiguous(segments)
         self._segments = segments

@@ -450,3 +450,88 @@ def test_lost_local_state_supersedes_and_verify_explains(
     assert "restart" in kinds
     # The graceful stops left nothing uncovered: a final checkpoint covers each chain to its end.
     assert all(f["severity"] not in ("warning",) for f in report["findings"]), report["findings"]
+
+
+@pytest.fixture
+def small_filesystem(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs, so the spool really runs out of space (needs the right to mount)."""
+    mountpoint = tmp_path / "small-fs"
+    mountpoint.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mountpoint)], capture_output=True, text=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+def test_spool_disk_full_refuses_cleanly_and_recovers(
+    seaweedfs: S3Server,
+    key_pair: KeyPairFiles,
+    sidecar_process: Any,
+    small_filesystem: Path,
+    loki: LokiReceiver,
+) -> None:
+    """Loki down keeps the spool from shrinking until its 4 MiB filesystem is full: Export answers
+    UNAVAILABLE and the log names the cause; nothing spooled is damaged. When Loki returns, the
+    spool drains, space comes back, requests are accepted again, and every acknowledged record is in
+    the archive and in Loki."""
+    bucket = seaweedfs.create_bucket("disk-full")
+    url = f"s3://{bucket}/prod"
+    settings = _settings(
+        key_pair,
+        url,
+        seaweedfs.endpoint_url,
+        small_filesystem / "spool",
+        loki={"url": loki.url, "tenant": "team-a", "batch_max_wait_seconds": 0.05},
+        ack_timeout_seconds=2,
+    )
+    settings["spool"]["max_bytes"] = 64 * 1024 * 1024  # larger than the filesystem: the disk fills first
+    sidecar = sidecar_process(settings)
+    loki.set_down("refuse")
+    sidecar.start()
+    sidecar.wait_serving()
+    acked: list[str] = []
+    codes: list[grpc.StatusCode] = []
+    with grpc.insecure_channel(f"127.0.0.1:{sidecar.port}") as channel:
+        stub = logs_service_pb2_grpc.LogsServiceStub(channel)
+        batch = 0
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and codes.count(grpc.StatusCode.UNAVAILABLE) < 3:
+            bodies = [f"full-{batch}-{i}-" + "y" * 300 for i in range(200)]
+            code = _export_raw(stub, _request_now(bodies))
+            codes.append(code)
+            if code == grpc.StatusCode.OK:
+                acked.extend(bodies)
+            batch += 1
+        assert codes.count(grpc.StatusCode.UNAVAILABLE) >= 3, "the full disk never refused a request"
+        log_text = sidecar.log.read_text()
+        assert "spool write failed; retrying (disk full)" in log_text
+        assert "no space left" in log_text
+
+        loki.set_down("up")
+        recovered = False
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            bodies = [f"after-{batch}-{i}" for i in range(50)]
+            if _export_raw(stub, _request_now(bodies)) == grpc.StatusCode.OK:
+                acked.extend(bodies)
+                recovered = True
+                break
+            batch += 1
+            time.sleep(0.5)
+        assert recovered, f"no request accepted after space returned:\n{sidecar.tail()}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len({e.line for e in loki.entries("team-a")}) < len(set(acked)):
+        time.sleep(0.5)
+    assert sidecar.terminate() == 0, sidecar.tail()
+
+    bodies = _archived_bodies(_archived_entries(seaweedfs, bucket, "prod"))
+    assert not set(acked) - set(bodies), "every acknowledged record is archived"
+    in_loki = {e.line for e in loki.entries("team-a")}
+    assert not {b for b in acked if b not in in_loki}, "every acknowledged record reached Loki"
+    code, report = _verify(url, key_pair, seaweedfs.endpoint_url)
+    assert code == 0, report
