@@ -230,3 +230,26 @@ def test_disk_full_refuses_new_requests_and_recovers_when_space_returns(
     payloads = [e[3] for e in _entries(store) if e[2] == EntryKind.LOG_RECORD]
     assert payloads == [b"before", b"during", b"after"]
     assert verify_objects(store.objects, [signer.public_key]).clean
+
+
+def test_without_a_spool_each_start_supersedes_the_last_chain_of_the_writer(signer: Ed25519Signer) -> None:
+    store = InMemoryArchive()
+
+    async def run_once(payload: bytes) -> None:
+        pipeline = SealingPipeline(signer, store, _settings(), writer_id="pod-a")
+        assert pipeline.ack_mode == "archive"
+        await pipeline.start()
+        await pipeline.submit([payload])
+        await pipeline.close(drain_timeout=5)
+
+    asyncio.run(run_once(b"first"))
+    asyncio.run(run_once(b"second"))
+    entries = _entries(store)
+    geneses = {e[0]: archive_pb2.GenesisPayload.FromString(e[3]) for e in entries if e[2] == EntryKind.GENESIS}
+    assert len(geneses) == 2
+    (first,) = [chain for chain, g in geneses.items() if not g.supersedes_chain_id]
+    (second,) = [chain for chain, g in geneses.items() if g.supersedes_chain_id]
+    assert geneses[second].supersedes_chain_id == first
+    report = verify_objects(store.objects, [signer.public_key])
+    assert report.clean
+    assert "superseded-chain" in [f.kind for f in report.findings]
