@@ -77,6 +77,11 @@ class _PipelineCollector(Collector):
         yield GaugeMetricFamily(
             "collector_ext_spool_bytes", "Bytes of sealed segments in the local spool.", value=pipeline.spool_bytes
         )
+        yield GaugeMetricFamily(
+            "collector_ext_spool_max_bytes",
+            "spool.max_bytes: beyond it requests are refused (0 without a spool).",
+            value=pipeline.spool_max_bytes,
+        )
         spool_failing = pipeline.spool_failing_since
         yield GaugeMetricFamily(
             "collector_ext_spool_failing_seconds",
@@ -204,6 +209,7 @@ METRIC_NAMES = (
     "collector_ext_spool_write_retries_total",
     "collector_ext_restarts_total",
     "collector_ext_spool_bytes",
+    "collector_ext_spool_max_bytes",
     "collector_ext_spool_failing_seconds",
 )
 # Present when loki is configured.

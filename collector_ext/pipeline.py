@@ -239,6 +239,10 @@ class SealingPipeline:
         return self._spool.used_bytes if self._spool is not None else 0
 
     @property
+    def spool_max_bytes(self) -> int:
+        return self._settings.spool_max_bytes if self._spool is not None else 0
+
+    @property
     def ready(self) -> bool:
         """True when a request now would be accepted (for the health service): one of up to 1 MiB,
         or an eighth of the spool bound if that is smaller."""
