@@ -72,6 +72,7 @@ log = logging.getLogger(__name__)
 MIN_SIGNING_CHUNK = 64
 # Bytes of spooled segments kept in memory for the uploader; beyond this they are read back from disk.
 KEEP_IN_MEMORY_BYTES = 8 * 1024 * 1024
+TRIM_INTERVAL = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,6 +287,7 @@ class SealingPipeline:
             asyncio.create_task(self._flush_loop(), name="segment-flush"),
             asyncio.create_task(self._persist_loop(), name="segment-persist"),
             asyncio.create_task(self._checkpoint_loop(), name="checkpoints"),
+            asyncio.create_task(self._trim_loop(), name="spool-trim"),
             *(
                 asyncio.create_task(self._upload_loop(), name=f"upload-{n}")
                 for n in range(self._settings.upload_concurrency if self._spool is not None else 1)
@@ -701,6 +703,12 @@ class SealingPipeline:
                 await self._write_checkpoint()
             except PermanentArchiveError as exc:
                 log.error("checkpoint refused by the archive", extra={"error": str(exc)})
+            await self._trim_spool()
+
+    async def _trim_loop(self) -> None:
+        """Trim once a second as well: the Loki sender's cursor moves without any checkpoint."""
+        while self._spool is not None and not self._stopping.is_set():
+            await asyncio.sleep(TRIM_INTERVAL)
             await self._trim_spool()
 
     async def _trim_spool(self) -> None:

@@ -99,10 +99,13 @@ def list_segment_files(directory: Path) -> list[SpooledSegment]:
     found = []
     with os.scandir(directory / SEGMENTS) as entries:
         for item in entries:
-            if item.is_file():
-                segment = parse_segment_file(Path(item.path), item.stat().st_size)
-                if segment is not None:
-                    found.append(segment)
+            try:
+                size = item.stat().st_size
+            except FileNotFoundError:
+                continue  # trimmed while we looked (the Loki sender lists while the sidecar trims)
+            segment = parse_segment_file(Path(item.path), size)
+            if segment is not None:
+                found.append(segment)
     return sorted(found, key=lambda s: s.first_sequence)
 
 

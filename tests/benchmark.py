@@ -207,6 +207,18 @@ def loki_pushed(metrics_port: int) -> float:
     return 0.0
 
 
+def loki_metrics(metrics_port: int) -> list[str]:
+    """The sidecar's Loki metric lines (retries, rejections by reason, queue, failing time)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
+        return [
+            line
+            for line in response.read().decode().splitlines()
+            if line.startswith("collector_ext_loki_") and not line.startswith("collector_ext_loki_entries_pushed")
+        ]
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time a process has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -252,6 +264,7 @@ def run_mode(
                     break
                 time.sleep(0.2)
             elapsed = time.monotonic() - started
+            print("Loki sender: " + ", ".join(loki_metrics(metrics_port)))
             print(
                 f"Loki (test receiver): {pushed:,.0f} of {int(full['acked']):,} entries pushed in "  # type: ignore[call-overload]
                 f"{elapsed:.1f}s from the start of the load: {pushed / elapsed:,.0f} entries/s"

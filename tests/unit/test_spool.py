@@ -14,7 +14,15 @@ from collector_ext.seal.chain import ChainHead, chain_entries
 from collector_ext.seal.entry import EntryKind
 from collector_ext.seal.keys import Ed25519Signer
 from collector_ext.seal.segment import encode_segment
-from collector_ext.spool import SEGMENTS, Spool, SpoolError, SpoolFullError, read_loki_cursor, write_loki_cursor
+from collector_ext.spool import (
+    SEGMENTS,
+    Spool,
+    SpoolError,
+    SpoolFullError,
+    list_segment_files,
+    read_loki_cursor,
+    write_loki_cursor,
+)
 
 CHAIN = bytes(range(16))
 
@@ -162,3 +170,39 @@ def test_loki_cursor_belongs_to_one_chain(tmp_path: Path) -> None:
     write_loki_cursor(tmp_path, CHAIN, 41)
     assert read_loki_cursor(tmp_path, CHAIN) == 41
     assert read_loki_cursor(tmp_path, bytes(16)) == -1
+
+
+def test_listing_survives_a_file_trimmed_while_it_looks(
+    tmp_path: Path, signer: Ed25519Signer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Loki sender lists the spool while the sidecar trims it: a file that vanishes between the
+    directory read and its stat is skipped, not an error (an error stopped the sender's reader)."""
+    spool = Spool(tmp_path)
+    spool.open()
+    _fill(spool, signer, [1, 2, 2])
+    vanishing = spool.segments[0].path
+    real_scandir = os.scandir
+
+    class Trimmed:
+        def __init__(self, entry: os.DirEntry[str]) -> None:
+            self._entry = entry
+            self.path = entry.path
+
+        def stat(self) -> os.stat_result:
+            if self.path == str(vanishing):
+                raise FileNotFoundError(self.path)
+            return self._entry.stat()
+
+    class Listing:
+        def __init__(self, path: Path) -> None:
+            self._inner = real_scandir(path)
+
+        def __enter__(self) -> list[Trimmed]:
+            return [Trimmed(entry) for entry in self._inner]
+
+        def __exit__(self, *exc: object) -> None:
+            self._inner.close()
+
+    monkeypatch.setattr(os, "scandir", Listing)
+    listed = list_segment_files(tmp_path)
+    assert [s.first_sequence for s in listed] == [1, 3]

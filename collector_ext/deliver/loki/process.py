@@ -39,6 +39,7 @@ from typing import Any
 from collector_ext.deliver.loki.client import LokiClient, LokiConnection
 from collector_ext.deliver.loki.mapping import EntryMapper, MappingSettings
 from collector_ext.deliver.loki.sender import LokiSender, LokiSettings, LokiStats
+from collector_ext.errors import MalformedObjectError
 from collector_ext.seal.segment import decode_segment
 from collector_ext.signing_worker import exit_with_parent
 from collector_ext.spool import SpoolError, list_segment_files, read_loki_cursor, write_loki_cursor
@@ -49,6 +50,9 @@ _STOP = "stop"
 _WAKE = "wake"
 REPORT_INTERVAL = 0.2
 SPOOL_POLL_INTERVAL = 0.5
+# With a spool the backlog waits on disk: the sender holds only this many records in memory (a few
+# pushes' worth), however far behind Loki is.
+SPOOL_READ_AHEAD_RECORDS = 5_000
 
 
 def _child_main(
@@ -107,7 +111,11 @@ class _SpoolFollower:
     async def run(self, sender: LokiSender, stop: asyncio.Event) -> None:
         while not stop.is_set():
             self.wake.clear()
-            await self._offer_new(sender, stop)
+            try:
+                await self._offer_new(sender, stop)
+            except (OSError, MalformedObjectError) as exc:
+                # Never stop following: a failed pass is retried at the next wake-up or poll.
+                log.error("reading the spool for Loki failed; retrying", extra={"error": str(exc)})
             await self.write_cursor()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), timeout=SPOOL_POLL_INTERVAL)
@@ -122,7 +130,7 @@ class _SpoolFollower:
         for spooled in files:
             if spooled.chain_id != self._chain_id or spooled.last_sequence <= self._offered_through:
                 continue
-            while sender.stats.queued_records >= self._settings.max_queue_records:
+            while sender.stats.queued_records >= min(self._settings.max_queue_records, SPOOL_READ_AHEAD_RECORDS):
                 if stop.is_set():
                     return
                 await asyncio.sleep(0.05)
