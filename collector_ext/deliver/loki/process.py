@@ -40,6 +40,7 @@ from collector_ext.deliver.loki.client import LokiClient, LokiConnection
 from collector_ext.deliver.loki.mapping import EntryMapper, MappingSettings
 from collector_ext.deliver.loki.sender import LokiSender, LokiSettings, LokiStats
 from collector_ext.errors import MalformedObjectError
+from collector_ext.memory import pin_mmap_threshold
 from collector_ext.seal.segment import decode_segment
 from collector_ext.signing_worker import exit_with_parent
 from collector_ext.spool import SpoolError, list_segment_files, read_loki_cursor, write_loki_cursor
@@ -66,6 +67,7 @@ def _child_main(
     parent_pid: int,
 ) -> None:
     exit_with_parent(parent_pid)
+    pin_mmap_threshold()
     logging.basicConfig(level=log_level)
     asyncio.run(_child_loop(connection, mapping, settings, inbox, reports, spool_directory))
 
