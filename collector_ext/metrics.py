@@ -58,42 +58,35 @@ class _PipelineCollector(Collector):
         }
         for name, (help_text, value) in counters.items():
             yield CounterMetricFamily(name, help_text, value=value)
-        yield GaugeMetricFamily(
-            "collector_ext_pending_records", "Records sealed but not yet archived.", value=pipeline.pending_records
-        )
-        yield GaugeMetricFamily(
-            "collector_ext_ready", "1 when a request now would be accepted (gRPC health SERVING).", value=pipeline.ready
-        )
-        yield GaugeMetricFamily(
-            "collector_ext_chain_next_sequence",
-            "Next sequence number of the sidecar's chain.",
-            value=pipeline.next_sequence,
-        )
-        yield GaugeMetricFamily(
-            "collector_ext_last_checkpoint_timestamp_seconds",
-            "Unix time of the newest checkpoint stored in the archive (0: none yet).",
-            value=stats.last_checkpoint_unix,
-        )
-        yield GaugeMetricFamily(
-            "collector_ext_spool_bytes", "Bytes of sealed segments in the local spool.", value=pipeline.spool_bytes
-        )
-        yield GaugeMetricFamily(
-            "collector_ext_spool_max_bytes",
-            "spool.max_bytes: beyond it requests are refused (0 without a spool).",
-            value=pipeline.spool_max_bytes,
-        )
         spool_failing = pipeline.spool_failing_since
-        yield GaugeMetricFamily(
-            "collector_ext_spool_failing_seconds",
-            "How long spool writes have been failing (0 when they succeed).",
-            value=0.0 if spool_failing is None else time.monotonic() - spool_failing,
-        )
         failing = pipeline.failing_since
-        yield GaugeMetricFamily(
-            "collector_ext_archive_failing_seconds",
-            "How long archive writes have been failing (0 when they succeed).",
-            value=0.0 if failing is None else time.monotonic() - failing,
-        )
+        gauges: dict[str, tuple[str, float]] = {
+            "collector_ext_pending_records": ("Records sealed but not yet archived.", pipeline.pending_records),
+            "collector_ext_ready": ("1 when a request now would be accepted (gRPC health SERVING).", pipeline.ready),
+            "collector_ext_chain_next_sequence": (
+                "Next sequence number of the sidecar's chain.",
+                pipeline.next_sequence,
+            ),
+            "collector_ext_last_checkpoint_timestamp_seconds": (
+                "Unix time of the newest checkpoint stored in the archive (0: none yet).",
+                stats.last_checkpoint_unix,
+            ),
+            "collector_ext_spool_bytes": ("Bytes of sealed segments in the local spool.", pipeline.spool_bytes),
+            "collector_ext_spool_max_bytes": (
+                "spool.max_bytes: beyond it requests are refused (0 without a spool).",
+                pipeline.spool_max_bytes,
+            ),
+            "collector_ext_spool_failing_seconds": (
+                "How long spool writes have been failing (0 when they succeed).",
+                0.0 if spool_failing is None else time.monotonic() - spool_failing,
+            ),
+            "collector_ext_archive_failing_seconds": (
+                "How long archive writes have been failing (0 when they succeed).",
+                0.0 if failing is None else time.monotonic() - failing,
+            ),
+        }
+        for name, (help_text, gauge) in gauges.items():
+            yield GaugeMetricFamily(name, help_text, value=gauge)
 
 
 class _LokiCollector(Collector):

@@ -115,11 +115,22 @@ def sidecar_process(tmp_path: Path) -> Iterator[Any]:
         sidecar.stop_quietly()
 
 
-def _settings(key_pair: KeyPairFiles, url: str, endpoint: str, spool: Path, **more: Any) -> dict[str, Any]:
+def _settings(
+    key_pair: KeyPairFiles,
+    url: str,
+    endpoint: str,
+    spool: Path,
+    *,
+    spool_max_bytes: int = 1024 * 1024 * 1024,
+    loki: LokiReceiver | None = None,
+    **more: Any,
+) -> dict[str, Any]:
+    if loki is not None:
+        more["loki"] = {"url": loki.url, "tenant": "team-a", "batch_max_wait_seconds": 0.05}
     return {
         "signing_key": str(key_pair.private),
         "archive": {"url": url, "endpoint_url": endpoint, "retention_days": 1},
-        "spool": {"directory": str(spool)},
+        "spool": {"directory": str(spool), "max_bytes": spool_max_bytes},
         "writer_id": "durability-test",
         "checkpoint_min_spacing_seconds": 0.2,
         "checkpoint_interval_seconds": 2,
@@ -338,10 +349,10 @@ def test_s3_outage_with_loki_down_and_throttling(
             url,
             s3.endpoint_url,
             tmp_path / "spool",
-            loki={"url": loki.url, "tenant": "team-a", "batch_max_wait_seconds": 0.05},
+            spool_max_bytes=3 << 20,
+            loki=loki,
             ack_timeout_seconds=2,
         )
-        settings["spool"]["max_bytes"] = 3 * 1024 * 1024
         sidecar = sidecar_process(settings)
         sidecar.start()
         sidecar.wait_serving()
@@ -481,16 +492,10 @@ def test_spool_disk_full_refuses_cleanly_and_recovers(
     the archive and in Loki."""
     bucket = seaweedfs.create_bucket("disk-full")
     url = f"s3://{bucket}/prod"
-    settings = _settings(
-        key_pair,
-        url,
-        seaweedfs.endpoint_url,
-        small_filesystem / "spool",
-        loki={"url": loki.url, "tenant": "team-a", "batch_max_wait_seconds": 0.05},
-        ack_timeout_seconds=2,
-    )
-    settings["spool"]["max_bytes"] = 64 * 1024 * 1024  # larger than the filesystem: the disk fills first
-    sidecar = sidecar_process(settings)
+    # spool.max_bytes larger than the filesystem: the disk fills first.
+    spool = small_filesystem / "spool"
+    settings = _settings(key_pair, url, seaweedfs.endpoint_url, spool, spool_max_bytes=64 << 20, loki=loki)
+    sidecar = sidecar_process({**settings, "ack_timeout_seconds": 2})
     loki.set_down("refuse")
     sidecar.start()
     sidecar.wait_serving()
