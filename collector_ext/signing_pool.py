@@ -107,4 +107,6 @@ class SigningPool:
         return loop.run_in_executor(self._executor, signing_worker.sign_concatenated, blob)
 
     def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        """Stop the workers and wait for them: at shutdown nothing is left to sign, and not waiting
+        let the pool's pipe feeder write into pipes the exiting interpreter had closed."""
+        self._executor.shutdown(wait=True, cancel_futures=True)
