@@ -11,12 +11,15 @@ import asyncio
 import os
 import sys
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from collector_ext import __version__
 from collector_ext.errors import CollectorExtError, ConfigurationError, KeyFileError
+
+if TYPE_CHECKING:
+    from collector_ext.verify.run import VerifyOptions
 
 EXIT_VERIFIED = 0
 EXIT_FINDINGS = 1
@@ -222,6 +225,7 @@ def verify(
         )
     from collector_ext.seal.keys import PublicKey, load_public_key_pem
     from collector_ext.verify.render import render_json, render_text
+    from collector_ext.verify.run import VerifyOptions
 
     keys: dict[bytes, PublicKey] = {}
     for path in public_keys:
@@ -239,7 +243,7 @@ def verify(
             _verify(
                 archive_url,
                 keys,
-                RequestedChecks(all_signatures, report_resends),
+                VerifyOptions(check_all_signatures=all_signatures, report_resends=report_resends),
                 endpoint_url,
                 region,
                 progress,
@@ -252,15 +256,10 @@ def verify(
     sys.exit(EXIT_VERIFIED if report.clean else EXIT_FINDINGS)
 
 
-class RequestedChecks(NamedTuple):
-    all_signatures: bool
-    report_resends: bool
-
-
 async def _verify(
     archive_url: str,
     keys: dict[bytes, Any],
-    checks: RequestedChecks,
+    options: VerifyOptions,
     endpoint_url: str | None,
     region: str | None,
     progress: bool | None,
@@ -269,7 +268,7 @@ async def _verify(
     from tqdm import tqdm
 
     from collector_ext.service import open_archive
-    from collector_ext.verify.run import VerifyOptions, check_archive, with_findings
+    from collector_ext.verify.run import check_archive, with_findings
 
     store = open_archive(archive_url, for_writing=False, endpoint_url=endpoint_url, region=region)
     await store.open()
@@ -287,7 +286,7 @@ async def _verify(
         report = await check_archive(
             store,
             keys,
-            VerifyOptions(check_all_signatures=checks.all_signatures, report_resends=checks.report_resends),
+            options,
             on_progress,
             record_observer=cross_check.add_archived if cross_check is not None else None,
         )

@@ -57,7 +57,7 @@ from collector_ext.recovery import find_predecessor, newest_checkpoint
 from collector_ext.retry import RetryPolicy, backoff_delay, retry_async
 from collector_ext.seal.chain import ChainHead, chain_entries, genesis_payload, restart_payload
 from collector_ext.seal.checkpoint import Checkpoint, SegmentRef, sign_checkpoint
-from collector_ext.seal.entry import SIGNATURE_SIZE, ZERO_HASH, EntryKind, entry_hash
+from collector_ext.seal.entry import ENTRY_HEADER_SIZE, SIGNATURE_SIZE, ZERO_HASH, EntryKind, entry_hash
 from collector_ext.seal.keys import Signer
 from collector_ext.seal.layout import checkpoint_key, segment_key
 from collector_ext.seal.segment import decode_segment, encode_segment
@@ -188,6 +188,8 @@ class SealingPipeline:
         self._memory_records = 0  # sealed, not yet durable (spooled, or archived without a spool)
         self._memory_bytes = 0
         self._unarchived_records = 0
+        self._all_archived = asyncio.Event()  # set while _unarchived_records is 0
+        self._all_archived.set()
         # Archived segments not yet in a checkpoint, by first sequence: their ref and last entry hash.
         self._archived: dict[int, tuple[SegmentRef, bytes]] = {}
         self._next_uncovered = 0
@@ -287,7 +289,7 @@ class SealingPipeline:
             asyncio.create_task(self._flush_loop(), name="segment-flush"),
             asyncio.create_task(self._persist_loop(), name="segment-persist"),
             asyncio.create_task(self._checkpoint_loop(), name="checkpoints"),
-            asyncio.create_task(self._trim_loop(), name="spool-trim"),
+            *([asyncio.create_task(self._trim_loop(), name="spool-trim")] if self._spool is not None else []),
             *(
                 asyncio.create_task(self._upload_loop(), name=f"upload-{n}")
                 for n in range(self._settings.upload_concurrency if self._spool is not None else 1)
@@ -344,6 +346,7 @@ class SealingPipeline:
         for segment in contents.segments:
             if segment.last_sequence >= self._next_uncovered:
                 self._unarchived_records += segment.record_count
+                self._all_archived.clear()
                 self._to_archive.put_nowait(
                     _ToArchive(
                         segment.first_sequence,
@@ -420,11 +423,12 @@ class SealingPipeline:
         """
         if not self._accepting:
             raise CapacityExceededError("the sidecar is shutting down")
-        refusal = self._refusal(len(payloads), sum(map(len, payloads)))
+        size = sum(map(len, payloads)) + ENTRY_HEADER_SIZE * len(payloads)  # the entries' bytes
+        refusal = self._refusal(len(payloads), size)
         if refusal is not None:
             self.stats.requests_refused += 1
             raise CapacityExceededError(refusal)
-        durable = self._seal(EntryKind.LOG_RECORD, payloads)
+        durable = self._seal(EntryKind.LOG_RECORD, payloads, size)
         payloads.clear()
         try:
             await asyncio.wait_for(asyncio.shield(durable), timeout=self._settings.ack_timeout)
@@ -443,14 +447,14 @@ class SealingPipeline:
         deadline = time.monotonic() + drain_timeout
         if self._open is not None and self._open.entries:
             self._segment_full.set()
-        while self._memory_records or self._unarchived_records:
-            if time.monotonic() >= deadline:
-                log.warning(
-                    "shutdown deadline reached with records not archived",
-                    extra={"not_durable": self._memory_records, "not_archived": self._unarchived_records},
-                )
-                break
-            await asyncio.sleep(0.01)
+        try:
+            # Records not yet durable are among those not yet archived: one wait covers both.
+            await asyncio.wait_for(self._all_archived.wait(), timeout=drain_timeout)
+        except TimeoutError:
+            log.warning(
+                "shutdown deadline reached with records not archived",
+                extra={"not_durable": self._memory_records, "not_archived": self._unarchived_records},
+            )
         self.clean_shutdown = self._memory_records == 0
         self._stopping.set()
         self._segment_ready.set()
@@ -466,7 +470,9 @@ class SealingPipeline:
         self._signing.close()
 
     # -- sealing ------------------------------------------------------------------------------------
-    def _seal(self, kind: EntryKind, payloads: list[bytes]) -> asyncio.Future[None]:
+    def _seal(self, kind: EntryKind, payloads: list[bytes], size: int | None = None) -> asyncio.Future[None]:
+        """Chain ``payloads`` into the open segment; ``size`` is their entries' total length when the
+        caller knows it already."""
         loop = asyncio.get_running_loop()
         batch = chain_entries(self._head, kind, payloads, self._signer.key_id, self._clock())
         self._head = batch.head
@@ -484,11 +490,13 @@ class SealingPipeline:
             segment.signature_chunks.append(self._signing.sign(hashes[start : start + chunk_size]))
         segment.entries += batch.entries
         segment.hashes += hashes
-        size = sum(map(len, batch.entries))
+        if size is None:
+            size = sum(map(len, batch.entries))
         segment.size += size
         self._memory_records += len(payloads)
         self._memory_bytes += size
         self._unarchived_records += len(payloads)
+        self._all_archived.clear()
         self.stats.records_sealed += len(payloads)
         self._segment_ready.set()
         if (
@@ -654,6 +662,8 @@ class SealingPipeline:
             last_hash,
         )
         self._unarchived_records -= records
+        if self._unarchived_records == 0:
+            self._all_archived.set()
         self.stats.records_archived += records
         self.stats.segments_archived += 1
         self._checkpoint_due.set()
@@ -703,11 +713,10 @@ class SealingPipeline:
                 await self._write_checkpoint()
             except PermanentArchiveError as exc:
                 log.error("checkpoint refused by the archive", extra={"error": str(exc)})
-            await self._trim_spool()
 
     async def _trim_loop(self) -> None:
-        """Trim once a second as well: the Loki sender's cursor moves without any checkpoint."""
-        while self._spool is not None and not self._stopping.is_set():
+        """Trim once a second: a stored checkpoint or the Loki sender's cursor may have moved."""
+        while not self._stopping.is_set():
             await asyncio.sleep(TRIM_INTERVAL)
             await self._trim_spool()
 

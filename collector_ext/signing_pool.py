@@ -26,19 +26,11 @@ from typing import Literal
 from cryptography.hazmat.primitives import serialization
 
 from collector_ext import signing_worker
-from collector_ext.seal.chain import sign_entry_hashes
-from collector_ext.seal.entry import HASH_SIZE
 from collector_ext.seal.keys import Ed25519Signer, Signer
 
 SigningWorkers = Literal["processes", "threads"]
 
 log = logging.getLogger(__name__)
-
-
-def _sign_concatenated(signer: Signer, hashes: bytes) -> bytes:
-    """The thread-pool path: the same concatenated form the worker processes use."""
-    size = HASH_SIZE
-    return b"".join(sign_entry_hashes(signer, [hashes[i : i + size] for i in range(0, len(hashes), size)]))
 
 
 def available_cpus() -> int:
@@ -103,7 +95,7 @@ class SigningPool:
     def _submit(self, blob: bytes) -> asyncio.Future[bytes]:
         loop = asyncio.get_running_loop()
         if self._in_process:
-            return loop.run_in_executor(self._executor, _sign_concatenated, self._signer, blob)
+            return loop.run_in_executor(self._executor, signing_worker.sign_hashes, self._signer.sign, blob)
         return loop.run_in_executor(self._executor, signing_worker.sign_concatenated, blob)
 
     def close(self) -> None:

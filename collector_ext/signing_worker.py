@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -36,10 +37,15 @@ def initialise(raw_private_key: bytes, parent_pid: int) -> None:
     _private_key = Ed25519PrivateKey.from_private_bytes(raw_private_key)
 
 
-def sign_concatenated(hashes: bytes) -> bytes:
+def sign_hashes(sign: Callable[[bytes], bytes], hashes: bytes) -> bytes:
     """Record signatures (over RECORD_SIGNATURE_PREFIX || hash) for concatenated 32-byte entry
-    hashes, concatenated: one bytes object each way keeps the pipe round trip to one cheap pickle."""
-    assert _private_key is not None, "worker not initialised"
-    sign = _private_key.sign
+    hashes, concatenated: one bytes object each way keeps the pipe round trip to one cheap pickle.
+    ``sign`` is an Ed25519 signing function (the worker's key, or a Signer's on the thread path)."""
     prefix = RECORD_SIGNATURE_PREFIX
     return b"".join(sign(prefix + hashes[i : i + HASH_SIZE]) for i in range(0, len(hashes), HASH_SIZE))
+
+
+def sign_concatenated(hashes: bytes) -> bytes:
+    """``sign_hashes`` with this worker's key (see ``initialise``)."""
+    assert _private_key is not None, "worker not initialised"
+    return sign_hashes(_private_key.sign, hashes)

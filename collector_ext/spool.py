@@ -245,11 +245,15 @@ class Spool:
             raise SpoolError(f"cannot read {segment.path}: {exc.strerror}") from exc
         except MalformedObjectError as exc:
             raise SpoolError(f"{segment.path} is damaged: {exc}") from exc
-        last_entry = decoded.records[-1].entry if decoded.records else b""
-        expected_count = segment.record_count
-        if decoded.record_count != expected_count or len(decoded.records) != expected_count:
-            raise SpoolError(f"{segment.path} holds {len(decoded.records)} records, its name says {expected_count}")
-        header = decode_entry_header(last_entry)
+        if decoded.record_count != segment.record_count or len(decoded.records) != segment.record_count:
+            raise SpoolError(
+                f"{segment.path} holds {len(decoded.records)} records, its name says {segment.record_count}"
+            )
+        last_entry = decoded.records[-1].entry  # a name always spans at least one record
+        try:
+            header = decode_entry_header(last_entry)
+        except MalformedObjectError as exc:
+            raise SpoolError(f"{segment.path} is damaged: {exc}") from exc
         if header.sequence != segment.last_sequence or header.chain_id != segment.chain_id:
             raise SpoolError(f"{segment.path}: its last entry is not sequence {segment.last_sequence}")
         head = ChainHead(segment.chain_id, segment.last_sequence + 1, entry_hash(last_entry))

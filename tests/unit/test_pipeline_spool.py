@@ -222,7 +222,7 @@ def test_disk_full_refuses_new_requests_and_recovers_when_space_returns(
         with pytest.raises(CapacityExceededError, match="no space left"):
             await pipeline.submit([b"y" * 200])
         monkeypatch.setattr(os, "fsync", real_fsync)
-        await waiting  # the retried write succeeds within ack_timeout... or the collector resends
+        await waiting  # the retried write succeeds well within ack_timeout once space is back
         await pipeline.submit([b"after"])
         await pipeline.close(drain_timeout=5)
 

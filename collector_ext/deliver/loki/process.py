@@ -194,10 +194,9 @@ async def _child_loop(
 
     reporter = asyncio.create_task(report())
     await stop.wait()
-    if following is not None:
-        follower.wake.set()  # type: ignore[union-attr]
-        with contextlib.suppress(asyncio.CancelledError):
-            await following
+    if follower is not None and following is not None:
+        follower.wake.set()  # the follower sees ``stop`` and finishes its pass
+        await following
     await sender.close(drain_timeout=drain_timeout[0])
     if follower is not None:
         await follower.write_cursor()
