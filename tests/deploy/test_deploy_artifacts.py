@@ -3,7 +3,9 @@
 Real checkers, no cluster: kubernetes-validate (the Kubernetes OpenAPI schemas of stated versions,
 strict: unknown fields fail), hadolint (Dockerfile lint), promql-parser (PromQL), and a real sidecar
 started in-process, with its Loki fan-out pointed at the in-process Loki stand-in (tests/loki_receiver.py),
-whose /metrics output must contain every metric the dashboard and alerts use.
+whose /metrics output must contain every metric the dashboard and alerts use. The daily audit's
+alerts watch a CronJob through kube-state-metrics instead: those metrics are checked against an
+explicit list of kube-state-metrics names and labels (KUBE_STATE_METRICS), not against the sidecar.
 What cannot be checked here (a real cluster, the Helm chart's own schema, LogQL, building the image)
 is said where it applies.
 """
@@ -22,7 +24,8 @@ import tomllib
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from datetime import datetime
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -40,8 +43,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from collector_ext import config as sidecar_config_module
 from collector_ext.config import ArchiveConfig, LokiConfig, SidecarConfig, load_config
 from collector_ext.deliver.loki.mapping import DEFAULT_LABEL_ATTRIBUTES
+from collector_ext.errors import KeyFileError
 from collector_ext.metrics import LOKI_METRIC_NAMES, METRIC_NAMES, Metrics
-from collector_ext.seal.keys import generate_key_pair
+from collector_ext.seal.keys import generate_key_pair, load_public_key_pem
 from collector_ext.service import running_in_thread
 from tests.loki_receiver import LokiReceiver
 
@@ -65,6 +69,13 @@ COLLECTOR_PORTS = {4317, 4318, 13133}
 LOKI_GATEWAY_SERVICE = "loki-gateway"
 LOKI_GATEWAY_POD_PORTS = {80: 8080}
 SEAL_FIELDS = ("audit_chain_id", "audit_seq", "audit_hash", "audit_signature", "audit_key_id")
+
+# The daily audit (deploy/kubernetes/audit): the verifier's command line, exactly. The archive is the
+# sidecar's archive.url; the keyring comes from a ConfigMap, the state from a PersistentVolumeClaim.
+AUDIT_DIR = KUBERNETES_DIR / "audit"
+AUDIT_KEYRING_PATH = "/etc/collector-ext-audit/keyring.yaml"
+AUDIT_STATE_PATH = "/var/lib/collector-ext-audit/state.json"
+AUDIT_KEYRING_FIELDS = {"public_key", "not_before", "not_after", "writer_ids", "comment"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -316,6 +327,205 @@ def test_loki_egress_admits_the_shipped_loki_url(which: str) -> None:
     assert _policy_ports(loki_rules) == {(pod_port, "TCP")}
     # The Service port itself is not what the policy must open (80 would block the push).
     assert (url.port, "TCP") not in _policy_ports(egress)
+
+
+# ---------------------------------------------------------------------------------------------
+# The daily audit: deploy/kubernetes/audit
+#
+# A kustomization of its own (applied after the keyring holds real keys), so its ServiceAccount,
+# ConfigMap and NetworkPolicy do not mix with the pipeline's in deploy/kubernetes.
+
+
+def _audit_manifest_files() -> list[Path]:
+    return sorted(p for p in AUDIT_DIR.glob("*.yaml") if p.name != "kustomization.yaml")
+
+
+def _audit_one(kind: str) -> dict[str, Any]:
+    found = [doc for path in _audit_manifest_files() for doc in _load_yaml_documents(path) if doc["kind"] == kind]
+    assert len(found) == 1, f"expected one audit {kind}, found {len(found)}"
+    return found[0]
+
+
+def _audit_pod_spec() -> dict[str, Any]:
+    spec: dict[str, Any] = _audit_one("CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    return spec
+
+
+def _audit_container() -> dict[str, Any]:
+    (container,) = _audit_pod_spec()["containers"]
+    assert not _audit_pod_spec().get("initContainers")
+    container_spec: dict[str, Any] = container
+    return container_spec
+
+
+def _option(command: list[str], flag: str) -> str:
+    assert command.count(flag) == 1, f"{flag} once in {command}"
+    return command[command.index(flag) + 1]
+
+
+def _volume_holding(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The audit container's mount whose directory holds `path`, and the pod volume behind it."""
+    mounts = [
+        m
+        for m in _audit_container()["volumeMounts"]
+        if PurePosixPath(path).is_relative_to(PurePosixPath(m["mountPath"]))
+    ]
+    assert len(mounts) == 1, f"one mount holds {path}: {mounts}"
+    (mount,) = mounts
+    (volume,) = (v for v in _audit_pod_spec()["volumes"] if v["name"] == mount["name"])
+    return mount, volume
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_every_audit_manifest_validates_against_the_kubernetes_schema(version: str) -> None:
+    manifests = [doc for path in _audit_manifest_files() for doc in _load_yaml_documents(path)]
+    kinds = sorted(doc["kind"] for doc in manifests)
+    assert kinds == sorted(["ServiceAccount", "ConfigMap", "PersistentVolumeClaim", "NetworkPolicy", "CronJob"])
+    namespace = _one("Namespace")["metadata"]["name"]
+    for resource in manifests:
+        assert resource["metadata"]["namespace"] == namespace, resource["kind"]
+        _validate_kubernetes(resource, version)
+
+
+def test_audit_schema_validation_catches_a_misspelt_field() -> None:
+    """The strict schema covers the CronJob's job template: a typo in backoffLimit is refused."""
+    cronjob = copy.deepcopy(_audit_one("CronJob"))
+    job = cronjob["spec"]["jobTemplate"]["spec"]
+    job["backofLimit"] = job.pop("backoffLimit")
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(cronjob, KUBERNETES_VERSIONS[0], strict=True)
+
+
+def test_audit_kustomization_applies_every_audit_manifest() -> None:
+    kustomization = yaml.safe_load((AUDIT_DIR / "kustomization.yaml").read_text(encoding="utf-8"))
+    assert set(kustomization["resources"]) == {p.name for p in _audit_manifest_files()}
+    assert "namespace" not in kustomization, "the manifests name their namespace, as in deploy/kubernetes"
+
+
+def test_audit_cronjob_runs_the_verifier_once_a_day_never_twice_at_once_never_retried() -> None:
+    cronjob = _audit_one("CronJob")["spec"]
+    minute, hour, day_of_month, month, day_of_week = cronjob["schedule"].split()
+    assert minute.isdigit() and hour.isdigit() and (day_of_month, month, day_of_week) == ("*", "*", "*")
+    assert cronjob["concurrencyPolicy"] == "Forbid"
+    assert 0 < cronjob["startingDeadlineSeconds"] <= 3 * 3600
+    assert cronjob["successfulJobsHistoryLimit"] >= 1
+    assert cronjob["failedJobsHistoryLimit"] >= 1, "a failed audit stays visible"
+    assert cronjob.get("suspend", False) is False
+    job = cronjob["jobTemplate"]["spec"]
+    assert job["backoffLimit"] == 0, "a failed audit is not retried until it passes"
+    assert "ttlSecondsAfterFinished" not in job, "a finished (failed) Job must not be deleted by a TTL"
+    # A hung run fails before the next day's run would be skipped for it (concurrencyPolicy Forbid).
+    assert 0 < job["activeDeadlineSeconds"] < 24 * 3600
+    # Only disruptions (drain, eviction, preemption) are exempt from backoffLimit, never an exit code.
+    for rule in job.get("podFailurePolicy", {}).get("rules", []):
+        if rule["action"] == "Ignore":
+            assert "onExitCodes" not in rule
+            assert [c["type"] for c in rule["onPodConditions"]] == ["DisruptionTarget"]
+    assert job["template"]["spec"]["restartPolicy"] == "Never"
+
+
+def test_audit_command_is_the_incremental_verify_of_the_sidecars_archive() -> None:
+    command = _audit_container()["command"]
+    archive_url = yaml.safe_load(_configmap_data()["sidecar.yaml"])["archive"]["url"]
+    assert command == [
+        "collector-ext",
+        "verify",
+        "--archive",
+        archive_url,
+        "--keyring",
+        AUDIT_KEYRING_PATH,
+        "--state",
+        AUDIT_STATE_PATH,
+        "--json",
+    ]
+    assert "args" not in _audit_container(), "the image's CMD (serve) must not be appended"
+    assert _option(command, "--archive").startswith("s3://")
+
+
+def test_audit_state_lives_on_the_persistent_volume_claim() -> None:
+    state_path = _option(_audit_container()["command"], "--state")
+    mount, volume = _volume_holding(state_path)
+    assert not mount.get("readOnly", False), "the state is written after every run"
+    claim = _audit_one("PersistentVolumeClaim")
+    assert volume["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    assert not volume["persistentVolumeClaim"].get("readOnly", False)
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "1Gi"
+    # The volume's group is the container's, so the non-root user can write state.json.
+    assert _audit_pod_spec()["securityContext"]["fsGroup"] == _audit_container()["securityContext"]["runAsGroup"]
+
+
+def test_audit_keyring_is_mounted_read_only_from_its_configmap() -> None:
+    keyring_path = PurePosixPath(_option(_audit_container()["command"], "--keyring"))
+    mount, volume = _volume_holding(str(keyring_path))
+    assert mount["readOnly"] is True
+    configmap = _audit_one("ConfigMap")
+    assert volume["configMap"]["name"] == configmap["metadata"]["name"]
+    relative = str(keyring_path.relative_to(mount["mountPath"]))
+    assert [(i["key"], i["path"]) for i in volume["configMap"]["items"]] == [("keyring.yaml", relative)]
+    assert set(configmap["data"]) == {"keyring.yaml"}
+
+
+def test_audit_keyring_is_a_list_of_keys_shipped_as_a_placeholder() -> None:
+    """The keyring file's shape: a mapping with a non-empty list `keys` of entries."""
+    document = yaml.safe_load(_audit_one("ConfigMap")["data"]["keyring.yaml"])
+    assert set(document) == {"keys"}
+    keyring = document["keys"]
+    assert isinstance(keyring, list) and keyring
+    for entry in keyring:
+        assert set(entry) <= AUDIT_KEYRING_FIELDS and "public_key" in entry, entry
+        pem = entry["public_key"]
+        assert pem.startswith("-----BEGIN PUBLIC KEY-----\n") and pem.rstrip().endswith("-----END PUBLIC KEY-----")
+        for field in ("not_before", "not_after"):
+            if field in entry:
+                assert isinstance(entry[field], str) and entry[field].endswith("Z"), "RFC 3339, quoted, UTC"
+                datetime.fromisoformat(entry[field])
+        assert isinstance(entry.get("writer_ids", []), list)
+    # Shipped without a real key: the placeholder is not a PEM key, so the audit cannot run (exit 2).
+    placeholder = keyring[0]["public_key"]
+    assert "REPLACE" in placeholder
+    with pytest.raises(KeyFileError):
+        load_public_key_pem(placeholder.encode(), "keyring placeholder")
+
+
+def test_audit_pod_is_restricted_and_bounded() -> None:
+    spec = _audit_pod_spec()
+    container = _audit_container()
+    _assert_restricted_pod(spec["securityContext"])
+    _assert_restricted(container)
+    assert spec["automountServiceAccountToken"] is False
+    assert container["image"] == _sidecar_container(_pod_spec()["initContainers"])["image"], "the same image"
+    resources = container["resources"]
+    assert {"cpu", "memory"} <= set(resources["requests"]) and {"cpu", "memory"} <= set(resources["limits"])
+    # The verifier is designed to stay under 300 MiB; the limit leaves room, the request covers it.
+    assert resources["limits"]["memory"] == "512Mi"
+    assert 300 <= int(resources["requests"]["memory"].removesuffix("Mi")) <= 512
+    # Writable places besides the state: /tmp only (read-only root filesystem).
+    writable = {m["mountPath"] for m in container["volumeMounts"] if not m.get("readOnly", False)}
+    assert writable == {str(PurePosixPath(AUDIT_STATE_PATH).parent), "/tmp"}
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["TMPDIR"] == "/tmp" and "AWS_REGION" in env
+
+
+def test_audit_has_its_own_read_only_identity() -> None:
+    account = _audit_one("ServiceAccount")
+    assert _audit_pod_spec()["serviceAccountName"] == account["metadata"]["name"]
+    assert account["automountServiceAccountToken"] is False
+    role = account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"]
+    assert role.startswith("arn:aws:iam::")
+    assert role != _one("ServiceAccount")["metadata"]["annotations"]["eks.amazonaws.com/role-arn"]
+    assert account["metadata"]["name"] != _one("ServiceAccount")["metadata"]["name"]
+
+
+def test_audit_network_policy_admits_nothing_and_egress_dns_s3() -> None:
+    policy = _audit_one("NetworkPolicy")["spec"]
+    pod_labels = _audit_one("CronJob")["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"]
+    assert policy["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    # The pipeline's policy does not select the audit pod (its rules admit OTLP and scrapes).
+    assert not _one("NetworkPolicy")["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert set(policy["policyTypes"]) == {"Ingress", "Egress"}
+    assert not policy.get("ingress")
+    assert _policy_ports(policy["egress"]) == {(53, "UDP"), (53, "TCP"), (443, "TCP")}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -649,6 +859,24 @@ def test_image_constraints_repeat_the_pyproject_pins() -> None:
 
 
 GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1h"}
+ALERTS = DEPLOY / "prometheus" / "alerts.yaml"
+
+# The alert group on the daily audit. Its rules watch the audit CronJob through kube-state-metrics,
+# so its metrics come from kube-state-metrics, not from the sidecar; every other group, and the
+# dashboard, must use the sidecar's metrics only.
+AUDIT_ALERT_GROUP = "collector-ext-audit"
+
+# The kube-state-metrics series the audit alerts may use, with the labels kube-state-metrics gives
+# them (its docs/metrics/workload/job-metrics.md and cronjob-metrics.md, v2.x; kube_job_status_failed
+# has carried `reason` since v2.x as well). An explicit list, not a `kube_` prefix: a misspelt or
+# invented name fails here as an unknown sidecar metric would. No kube-state-metrics runs offline,
+# so unlike the sidecar's these names are not scraped from a live process.
+KUBE_STATE_METRICS: dict[str, frozenset[str]] = {
+    "kube_job_status_failed": frozenset({"namespace", "job_name", "reason"}),
+    "kube_job_owner": frozenset({"namespace", "job_name", "owner_kind", "owner_name", "owner_is_controller"}),
+    "kube_cronjob_created": frozenset({"namespace", "cronjob"}),
+    "kube_cronjob_status_last_successful_time": frozenset({"namespace", "cronjob"}),
+}
 
 
 def _dashboard() -> dict[str, Any]:
@@ -666,17 +894,32 @@ def _dashboard_targets(datasource_type: str) -> list[str]:
     return exprs
 
 
+def _alert_groups(path: Path) -> dict[str, list[dict[str, Any]]]:
+    groups = yaml.safe_load(path.read_text(encoding="utf-8"))["groups"]
+    by_name: dict[str, list[dict[str, Any]]] = {group["name"]: group["rules"] for group in groups}
+    assert len(by_name) == len(groups), "group names are unique"
+    return by_name
+
+
 def _alert_rules(path: Path) -> list[dict[str, Any]]:
-    rules: list[dict[str, Any]] = [
-        rule for group in yaml.safe_load(path.read_text(encoding="utf-8"))["groups"] for rule in group["rules"]
-    ]
-    return rules
+    return [rule for rules in _alert_groups(path).values() for rule in rules]
 
 
 def _promql_expressions() -> dict[str, str]:
+    """Every PromQL expression shipped: the dashboard's and every alert's."""
     exprs = {f"dashboard: {e}": e for e in _dashboard_targets("prometheus")}
-    exprs.update({f"alert {r['alert']}": r["expr"] for r in _alert_rules(DEPLOY / "prometheus" / "alerts.yaml")})
+    exprs.update({f"alert {r['alert']}": r["expr"] for r in _alert_rules(ALERTS)})
     return exprs
+
+
+def _sidecar_expressions() -> dict[str, str]:
+    """The expressions on the sidecar's metrics: all but the audit group's alerts."""
+    audit = {f"alert {r['alert']}" for r in _alert_groups(ALERTS)[AUDIT_ALERT_GROUP]}
+    return {where: expr for where, expr in _promql_expressions().items() if where not in audit}
+
+
+def _audit_alerts() -> dict[str, dict[str, Any]]:
+    return {rule["alert"]: rule for rule in _alert_groups(ALERTS)[AUDIT_ALERT_GROUP]}
 
 
 def _selected_metrics(expr: str) -> set[str]:
@@ -720,12 +963,43 @@ def _grouping(expr: str) -> set[str]:
 
 
 def _used_metric_names() -> set[str]:
-    return {name for expr in _promql_expressions().values() for name in _selected_metrics(expr)}
+    """The sidecar's metrics the dashboard and the alerts (all but the audit group's) use."""
+    return {name for expr in _sidecar_expressions().values() for name in _selected_metrics(expr)}
+
+
+def _selectors(expr: str) -> list[tuple[str, dict[str, tuple[str, str]]]]:
+    """Each vector selector of a PromQL expression: its metric name and its label matchers."""
+    found: list[tuple[str, dict[str, tuple[str, str]]]] = []
+
+    def visit(node: Any) -> None:
+        if isinstance(node, promql_parser.VectorSelector):
+            assert not node.matchers.or_matchers, f"`or` matchers in {expr}"
+            matchers = {m.name: (str(m.op).rpartition(".")[2], m.value) for m in node.matchers.matchers}
+            found.append((node.name, matchers))
+
+    promql_parser.walk(promql_parser.parse(expr), visit)
+    return found
+
+
+def _label_names(expr: str) -> set[str]:
+    """Every label an expression names: in matchers, `by (...)`, `on (...)` and `group_left (...)`."""
+    labels = {name for _, matchers in _selectors(expr) for name in matchers}
+
+    def visit(node: Any) -> None:
+        if isinstance(node, promql_parser.AggregateExpr) and node.modifier is not None:
+            labels.update(node.modifier.labels)
+        if isinstance(node, promql_parser.BinaryExpr) and node.modifier is not None:
+            if node.modifier.matching is not None:
+                labels.update(node.modifier.matching.labels)
+            labels.update(node.modifier.group_labels or [])
+
+    promql_parser.walk(promql_parser.parse(expr), visit)
+    return labels
 
 
 def test_dashboard_and_alerts_use_only_metrics_the_sidecar_exports() -> None:
     allowed = _allowed_series_names()
-    expressions = _promql_expressions()
+    expressions = _sidecar_expressions()
     assert len(expressions) >= 15
     for where, expr in expressions.items():
         names = _selected_metrics(expr)
@@ -789,6 +1063,76 @@ def test_alert_thresholds_follow_the_shipped_sidecar_config() -> None:
         assert rule["annotations"]["summary"]
 
 
+def test_audit_alerts_use_only_listed_kube_state_metrics_and_their_labels() -> None:
+    rules = _audit_alerts()
+    assert rules
+    for name, rule in rules.items():
+        metrics = _selected_metrics(rule["expr"])
+        assert metrics, f"{name}: no metric"
+        assert metrics <= set(KUBE_STATE_METRICS), (
+            f"{name}: not in KUBE_STATE_METRICS: {metrics - set(KUBE_STATE_METRICS)}"
+        )
+        known_labels = frozenset().union(*(KUBE_STATE_METRICS[m] for m in metrics))
+        assert _label_names(rule["expr"]) <= known_labels, f"{name}: {_label_names(rule['expr']) - known_labels}"
+    # kube-state-metrics series nowhere else: the sidecar's own checks stay strict.
+    for where, expr in _sidecar_expressions().items():
+        assert not _selected_metrics(expr) & set(KUBE_STATE_METRICS), where
+
+
+def test_label_check_is_not_vacuous() -> None:
+    """A label kube-state-metrics does not put on a series (here `job` for the Job's name) is seen."""
+    expr = 'sum by (namespace, job) (kube_job_status_failed{namespace="audit-logging"}) > 0'
+    assert "job" in _label_names(expr) and "job" not in KUBE_STATE_METRICS["kube_job_status_failed"]
+    assert _label_names('a * on (x) group_left (y) b{z="1"}') == {"x", "y", "z"}
+
+
+def _audit_selectors(alert: str) -> dict[str, list[dict[str, tuple[str, str]]]]:
+    by_metric: dict[str, list[dict[str, tuple[str, str]]]] = {}
+    for metric, matchers in _selectors(_audit_alerts()[alert]["expr"]):
+        by_metric.setdefault(metric, []).append(matchers)
+    return by_metric
+
+
+def test_audit_alerts_watch_the_shipped_cronjob() -> None:
+    """Every selector names the audit CronJob's namespace, and the CronJob itself where the series has it."""
+    cronjob = _audit_one("CronJob")["metadata"]
+    namespace, name = ("Equal", cronjob["namespace"]), ("Equal", cronjob["name"])
+    for alert in _audit_alerts():
+        for metric, all_matchers in _audit_selectors(alert).items():
+            for matchers in all_matchers:
+                assert matchers.get("namespace") == namespace, f"{alert}: {metric}"
+                if "cronjob" in KUBE_STATE_METRICS[metric]:
+                    assert matchers.get("cronjob") == name, f"{alert}: {metric}"
+
+
+def test_audit_failed_alert_selects_failed_jobs_owned_by_the_cronjob() -> None:
+    cronjob = _audit_one("CronJob")["metadata"]["name"]
+    rule = _audit_alerts()["CollectorExtAuditFailed"]
+    selectors = _audit_selectors("CollectorExtAuditFailed")
+    assert set(selectors) == {"kube_job_status_failed", "kube_job_owner"}
+    (owner,) = selectors["kube_job_owner"]
+    assert owner["owner_kind"] == ("Equal", "CronJob") and owner["owner_name"] == ("Equal", cronjob)
+    # Joined on the Job: the failed-pod count of each Job, kept only for Jobs the CronJob owns.
+    expr = promql_parser.parse(rule["expr"])
+    assert isinstance(expr, promql_parser.BinaryExpr) and expr.modifier is not None
+    assert set(expr.modifier.matching.labels) == {"namespace", "job_name"}
+    assert re.search(r"kube_job_status_failed\{[^}]*\}\)\s*>\s*0\)", rule["expr"]), "any failed pod counts"
+    assert "for" not in rule, "a failed audit alerts at once"
+    assert rule["labels"]["severity"] == "critical"
+
+
+def test_audit_not_succeeding_alert_allows_26_hours_between_successes() -> None:
+    rule = _audit_alerts()["CollectorExtAuditNotSucceeding"]
+    selectors = _audit_selectors("CollectorExtAuditNotSucceeding")
+    assert set(selectors) == {"kube_cronjob_status_last_successful_time", "kube_cronjob_created"}
+    # Both branches: last success too old, and created long ago but never succeeded.
+    assert rule["expr"].count("> 26 * 3600") == 2
+    assert re.search(r"\)\s*unless on \(namespace, cronjob\)\s*kube_cronjob_status_last_successful_time", rule["expr"])
+    # A daily schedule, started at most startingDeadlineSeconds late, stays inside the 26 hours.
+    assert 24 * 3600 + _audit_one("CronJob")["spec"]["startingDeadlineSeconds"] < 26 * 3600
+    assert rule["labels"]["severity"] == "critical"
+
+
 LIVE_TENANT = "audit"
 
 
@@ -844,7 +1188,9 @@ def _scrape(metrics_port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], 
 
 def test_every_metric_used_appears_in_a_running_sidecars_metrics(live_sidecar: LiveSidecar) -> None:
     samples = {name for name, _ in _scrape(live_sidecar.metrics_port)}
+    # The audit group's kube-state-metrics series are checked against KUBE_STATE_METRICS instead.
     used = _used_metric_names()
+    assert used and not used & set(KUBE_STATE_METRICS)
     assert used <= samples, f"not exported: {sorted(used - samples)}"
     assert _allowed_series_names() <= samples, (
         f"METRIC_NAMES not all exported: {sorted(_allowed_series_names() - samples)}"
@@ -1035,3 +1381,18 @@ def test_trust_policy_admits_only_the_collector_service_account() -> None:
     account = _one("ServiceAccount")["metadata"]
     subject = f"system:serviceaccount:{account['namespace']}:{account['name']}"
     assert statement["Condition"]["StringEquals"]["OIDC_PROVIDER:sub"] == subject
+
+
+def test_auditor_trust_policy_admits_only_the_audit_service_account() -> None:
+    trust = _policy("auditor-trust-policy.json")
+    (statement,) = trust["Statement"]
+    assert statement["Action"] == "sts:AssumeRoleWithWebIdentity"
+    account = _audit_one("ServiceAccount")["metadata"]
+    subject = f"system:serviceaccount:{account['namespace']}:{account['name']}"
+    assert statement["Condition"]["StringEquals"]["OIDC_PROVIDER:sub"] == subject
+    assert statement["Condition"]["StringEquals"]["OIDC_PROVIDER:aud"] == "sts.amazonaws.com"
+
+
+def test_auditor_policy_only_reads() -> None:
+    actions = _allowed_actions(_policy("auditor-policy.json"))
+    assert actions and all(a.startswith(("s3:Get", "s3:List")) for a in actions), actions
