@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 
 from collector_ext.pb import archive_pb2
 from collector_ext.seal.chain import ChainHead, chain_entries, genesis_payload, restart_payload, sign_entry_hashes
-from collector_ext.seal.checkpoint import Checkpoint, SegmentRef, sign_checkpoint
-from collector_ext.seal.entry import EntryKind
+from collector_ext.seal.checkpoint import Checkpoint, SegmentRef, decode_checkpoint, sign_checkpoint
+from collector_ext.seal.entry import FORMAT_VERSION, EntryKind, entry_hash
 from collector_ext.seal.framing import SEGMENT_MAGIC, frame
 from collector_ext.seal.keys import Ed25519Signer, PublicKey
 from collector_ext.seal.layout import checkpoint_key, segment_key
@@ -30,6 +30,16 @@ class BuiltArchive:
     checkpoint_keys: list[str] = field(default_factory=list)
     head: ChainHead | None = None
 
+    def entry_hash_at(self, sequence: int) -> bytes:
+        for key in self.segment_keys:
+            for record in decode_segment(self.objects[key]).records:
+                if int.from_bytes(record.entry[20:28], "big") == sequence:
+                    return entry_hash(record.entry)
+        raise KeyError(sequence)
+
+    def checkpoint_hash_at(self, number: int) -> bytes:
+        return decode_checkpoint(self.objects[self.checkpoint_keys[number]]).sha256
+
     def segment_records(self, index: int) -> list[archive_pb2.SealedRecord]:
         return list(decode_segment(self.objects[self.segment_keys[index]]).records)
 
@@ -41,7 +51,7 @@ class BuiltArchive:
         old = decode_segment(self.objects[key])
         message = archive_pb2.Segment(
             header=archive_pb2.SegmentHeader(
-                format_version=1,
+                format_version=old.format_version,
                 chain_id=old.chain_id,
                 first_sequence=old.first_sequence,
                 record_count=old.record_count if record_count is None else record_count,
@@ -82,6 +92,8 @@ def build_archive(
     genesis: bytes | None = None,
     special: Mapping[int, tuple[EntryKind, bytes]] | None = None,
     payloads: Callable[[int], bytes] = log_payload,
+    format_version: int = FORMAT_VERSION,
+    key_for: Callable[[int], Ed25519Signer] | None = None,
 ) -> BuiltArchive:
     """A chain of ``segments`` segments; segment 0 starts with the genesis entry. One checkpoint after
     each of the first ``checkpointed_segments`` segments (all by default; none without
@@ -89,7 +101,10 @@ def build_archive(
 
     ``genesis`` replaces the genesis payload; ``special`` puts an entry of another kind (a restart
     mark) at a sequence number; every other entry is a log record with ``payloads(sequence)``.
+    ``key_for(sequence)`` picks the signer per entry (default ``signer``); checkpoints are signed by
+    the signer of the entry after their last one.
     """
+    signer_at = key_for or (lambda _sequence: signer)
     head = ChainHead.new(chain_id)
     built = BuiltArchive(objects={}, chain_id=chain_id)
     previous_checkpoint = b""
@@ -114,7 +129,9 @@ def build_archive(
             else:
                 runs.append((kind, [data]))
         for kind, run in runs:
-            batch = chain_entries(head, kind, run, signer.key_id, BASE_TIME + index)
+            batch = chain_entries(
+                head, kind, run, signer_at(head.next_sequence).key_id, BASE_TIME + index, format_version
+            )
             head = batch.head
             entries += batch.entries
             hashes += batch.hashes
@@ -123,7 +140,8 @@ def build_archive(
             first_sequence=first,
             created_unix_nano=BASE_TIME,
             entries=entries,
-            signatures=sign_entry_hashes(signer, hashes),
+            signatures=[sign_entry_hashes(signer_at(first + i), [h])[0] for i, h in enumerate(hashes)],
+            format_version=format_version,
         )
         last = first + len(entries) - 1
         key = segment_key(prefix, chain_id, first, last, BASE_TIME)
@@ -137,7 +155,8 @@ def build_archive(
                 last_sequence=last,
                 head_sha256=head.head_hash,
                 time_unix_nano=BASE_TIME + index,
-                key_id=signer.key_id,
+                key_id=signer_at(last + 1).key_id,
+                format_version=format_version,
                 segments=(
                     SegmentRef(
                         segment_key("", chain_id, first, last, BASE_TIME),
@@ -148,7 +167,7 @@ def build_archive(
                     ),
                 ),
             )
-            checkpoint_data, previous_checkpoint = sign_checkpoint(checkpoint, signer)
+            checkpoint_data, previous_checkpoint = sign_checkpoint(checkpoint, signer_at(last + 1))
             ckey = checkpoint_key(prefix, chain_id, index, last)
             built.objects[ckey] = checkpoint_data
             built.checkpoint_keys.append(ckey)

@@ -21,6 +21,7 @@ from collector_ext.seal.entry import (
     RECORD_SIGNATURE_PREFIX,
     ZERO_HASH,
     EntryKind,
+    key_rotation_message,
 )
 from collector_ext.seal.keys import PublicKey, Signer
 
@@ -51,7 +52,12 @@ class ChainedBatch:
 
 
 def chain_entries(
-    head: ChainHead, kind: EntryKind, payloads: Sequence[bytes], key_id: bytes, sealed_unix_nano: int
+    head: ChainHead,
+    kind: EntryKind,
+    payloads: Sequence[bytes],
+    key_id: bytes,
+    sealed_unix_nano: int,
+    format_version: int = FORMAT_VERSION,
 ) -> ChainedBatch:
     """Append one entry per payload to the chain at ``head``.
 
@@ -66,7 +72,7 @@ def chain_entries(
     entries: list[bytes] = []
     hashes: list[bytes] = []
     for payload in payloads:
-        entry = pack(FORMAT_VERSION, kind, 0, chain_id, sequence, previous, key_id, sealed_unix_nano) + payload
+        entry = pack(format_version, kind, 0, chain_id, sequence, previous, key_id, sealed_unix_nano) + payload
         digest = base.copy()
         digest.update(entry)
         previous = digest.digest()
@@ -97,8 +103,13 @@ def genesis_payload(
     supersedes_chain_id: bytes = b"",
     superseded_last_sequence: int = 0,
     superseded_covered_until: int = 0,
+    archive_id: str = "",
+    superseded_head_sha256: bytes = b"",
+    superseded_checkpoint_sha256: bytes = b"",
+    superseded_checkpoint_number: int = 0,
 ) -> bytes:
-    """The payload of a chain's entry 0, naming its key and, if any, the chain it supersedes."""
+    """The payload of a chain's entry 0, naming its key, its archive (version 2) and, if any, the
+    chain it supersedes with how far that chain reached."""
     message = archive_pb2.GenesisPayload(
         public_key=public_key.raw,
         writer=writer,
@@ -107,8 +118,21 @@ def genesis_payload(
         supersedes_chain_id=supersedes_chain_id,
         superseded_last_sequence=superseded_last_sequence,
         superseded_covered_until=superseded_covered_until,
+        archive_id=archive_id,
+        superseded_head_sha256=superseded_head_sha256,
+        superseded_checkpoint_sha256=superseded_checkpoint_sha256,
+        superseded_checkpoint_number=superseded_checkpoint_number,
     )
     return message.SerializeToString(deterministic=True)
+
+
+def key_rotation_payload(*, chain_id: bytes, sequence: int, retired: Signer, successor: Signer, reason: str) -> bytes:
+    """The payload of a key rotation entry at ``sequence``: ``successor`` signs the chain from the next
+    entry on, and proves it holds its key by signing the rotation message."""
+    message = key_rotation_message(chain_id, sequence, retired.key_id)
+    return archive_pb2.KeyRotationPayload(
+        new_public_key=successor.public_key.raw, new_key_signature=successor.sign(message), reason=reason
+    ).SerializeToString(deterministic=True)
 
 
 def restart_payload(*, writer: str, writer_id: str, previous_run_clean: bool, reason: str) -> bytes:

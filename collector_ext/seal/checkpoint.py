@@ -16,7 +16,12 @@ from google.protobuf.message import DecodeError
 
 from collector_ext.errors import MalformedObjectError
 from collector_ext.pb import archive_pb2
-from collector_ext.seal.entry import CHECKPOINT_HASH_PREFIX, CHECKPOINT_SIGNATURE_PREFIX, FORMAT_VERSION
+from collector_ext.seal.entry import (
+    CHECKPOINT_HASH_PREFIX,
+    CHECKPOINT_SIGNATURE_PREFIX,
+    FORMAT_VERSION,
+    SUPPORTED_FORMAT_VERSIONS,
+)
 from collector_ext.seal.framing import CHECKPOINT_MAGIC, frame, unframe
 from collector_ext.seal.keys import PublicKey, Signer
 
@@ -42,6 +47,8 @@ class Checkpoint:
     time_unix_nano: int
     key_id: bytes
     segments: tuple[SegmentRef, ...]
+    final: bool = False  # version 2: stored at a clean shutdown
+    format_version: int = FORMAT_VERSION
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,8 +72,10 @@ def checkpoint_hash(body: bytes) -> bytes:
 
 
 def encode_checkpoint_body(checkpoint: Checkpoint) -> bytes:
+    if checkpoint.final and checkpoint.format_version < 2:
+        raise ValueError("a final checkpoint needs format version 2")
     message = archive_pb2.CheckpointBody(
-        format_version=FORMAT_VERSION,
+        format_version=checkpoint.format_version,
         chain_id=checkpoint.chain_id,
         checkpoint_number=checkpoint.checkpoint_number,
         previous_checkpoint_sha256=checkpoint.previous_checkpoint_sha256,
@@ -84,6 +93,7 @@ def encode_checkpoint_body(checkpoint: Checkpoint) -> bytes:
             )
             for s in checkpoint.segments
         ],
+        final=checkpoint.final,
     )
     return message.SerializeToString(deterministic=True)
 
@@ -108,7 +118,7 @@ def decode_checkpoint(data: bytes) -> DecodedCheckpoint:
         body = archive_pb2.CheckpointBody.FromString(signed.body)
     except DecodeError as exc:
         raise MalformedObjectError(f"checkpoint does not parse: {exc}") from exc
-    if body.format_version != FORMAT_VERSION:
+    if body.format_version not in SUPPORTED_FORMAT_VERSIONS:
         raise MalformedObjectError(f"checkpoint format version {body.format_version} is not supported")
     checkpoint = Checkpoint(
         chain_id=body.chain_id,
@@ -121,6 +131,9 @@ def decode_checkpoint(data: bytes) -> DecodedCheckpoint:
         segments=tuple(
             SegmentRef(s.object_key, s.first_sequence, s.last_sequence, s.sha256, s.size) for s in body.segments
         ),
+        # A version 1 body cannot carry field 10; one that does was not written by a version 1 writer.
+        final=body.final,
+        format_version=body.format_version,
     )
     return DecodedCheckpoint(
         checkpoint=checkpoint, body=signed.body, signature=signed.signature, appended=unframed.appended

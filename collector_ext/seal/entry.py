@@ -17,7 +17,10 @@ from enum import IntEnum
 
 from collector_ext.errors import MalformedObjectError
 
-FORMAT_VERSION = 1
+# The version this writer writes. Version 1 archives are still read and verified under the rules of
+# version 1 (proto/FORMAT.md, "Versions").
+FORMAT_VERSION = 2
+SUPPORTED_FORMAT_VERSIONS = (1, 2)
 CHAIN_ID_SIZE = 16
 HASH_SIZE = 32
 KEY_ID_SIZE = 8
@@ -32,6 +35,8 @@ RECORD_SIGNATURE_PREFIX = b"collector-ext/v1/record-signature\x00"
 CHECKPOINT_SIGNATURE_PREFIX = b"collector-ext/v1/checkpoint-signature\x00"
 CHECKPOINT_HASH_PREFIX = b"collector-ext/v1/checkpoint\x00"
 KEY_ID_PREFIX = b"collector-ext/v1/key-id\x00"
+# Version 2: what the new key signs in a key rotation entry (proof of possession).
+KEY_ROTATION_PREFIX = b"collector-ext/v2/key-rotation\x00"
 
 # version u16 | kind u8 | reserved u8 | chain id 16 | sequence u64 | previous hash 32 | key id 8 |
 # sealed time u64 (ns since the Unix epoch)
@@ -50,6 +55,7 @@ class EntryKind(IntEnum):
     LOG_RECORD = 1
     GENESIS = 2
     RESTART = 3
+    KEY_ROTATION = 4  # version 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,9 +80,10 @@ def encode_entry(
     key_id: bytes,
     sealed_unix_nano: int,
     payload: bytes,
+    format_version: int = FORMAT_VERSION,
 ) -> bytes:
     """Build one entry's bytes. ``chain.chain_entries`` is the fast path for whole batches."""
-    header = ENTRY_HEADER.pack(FORMAT_VERSION, kind, 0, chain_id, sequence, previous_hash, key_id, sealed_unix_nano)
+    header = ENTRY_HEADER.pack(format_version, kind, 0, chain_id, sequence, previous_hash, key_id, sealed_unix_nano)
     return header + payload
 
 
@@ -89,8 +96,8 @@ def decode_entry_header(entry: bytes) -> EntryHeader:
     if len(entry) < ENTRY_HEADER_SIZE:
         raise MalformedObjectError(f"entry of {len(entry)} bytes is shorter than the 76-byte header")
     version, kind, _reserved, chain_id, sequence, previous, key_id, sealed = ENTRY_HEADER.unpack_from(entry)
-    if version != FORMAT_VERSION:
-        raise MalformedObjectError(f"entry format version {version} is not supported (expected 1)")
+    if version not in SUPPORTED_FORMAT_VERSIONS:
+        raise MalformedObjectError(f"entry format version {version} is not supported (expected 1 or 2)")
     return EntryHeader(version, kind, chain_id, sequence, previous, key_id, sealed)
 
 
@@ -109,3 +116,8 @@ def entry_hash(entry: bytes) -> bytes:
 def record_signature_message(hash_of_entry: bytes) -> bytes:
     """The exact message an entry's Ed25519 signature is made over."""
     return RECORD_SIGNATURE_PREFIX + hash_of_entry
+
+
+def key_rotation_message(chain_id: bytes, sequence: int, retired_key_id: bytes) -> bytes:
+    """What the new key signs in a key rotation entry at ``sequence`` (version 2)."""
+    return KEY_ROTATION_PREFIX + chain_id + sequence.to_bytes(8, "big") + retired_key_id

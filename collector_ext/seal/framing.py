@@ -39,3 +39,10 @@ def unframe(magic: bytes, data: bytes) -> Unframed:
     if end > len(data):
         raise MalformedObjectError(f"frame says {length} body bytes but only {len(data) - FRAME_PREFIX_SIZE} follow")
     return Unframed(body=data[FRAME_PREFIX_SIZE:end], framed_size=end, appended=len(data) - end)
+
+
+# The largest objects a writer produces (proto/FORMAT.md 4.1); a verifier reports a larger object
+# without reading it. A segment closes once it holds segment.max_bytes (at most 128 MiB by the
+# configuration, 16 MiB by default) plus the batch that filled it.
+MAX_SEGMENT_OBJECT_BYTES = 256 * 1024 * 1024
+MAX_CHECKPOINT_OBJECT_BYTES = 64 * 1024 * 1024

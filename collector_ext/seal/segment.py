@@ -15,7 +15,7 @@ from google.protobuf.message import DecodeError
 
 from collector_ext.errors import MalformedObjectError
 from collector_ext.pb import archive_pb2
-from collector_ext.seal.entry import FORMAT_VERSION, SIGNATURE_SIZE
+from collector_ext.seal.entry import FORMAT_VERSION, SIGNATURE_SIZE, SUPPORTED_FORMAT_VERSIONS
 from collector_ext.seal.framing import SEGMENT_MAGIC, frame, unframe
 from collector_ext.seal.payload import encode_varint
 
@@ -31,6 +31,7 @@ def encode_segment(
     created_unix_nano: int,
     entries: Sequence[bytes],
     signatures: Sequence[bytes],
+    format_version: int = FORMAT_VERSION,
 ) -> bytes:
     """The complete framed segment object for ``entries`` (starting at ``first_sequence``)."""
     if len(entries) != len(signatures):
@@ -38,7 +39,7 @@ def encode_segment(
     if any(len(signature) != SIGNATURE_SIZE for signature in signatures):
         raise ValueError(f"every signature is {SIGNATURE_SIZE} bytes")
     header = archive_pb2.SegmentHeader(
-        format_version=FORMAT_VERSION,
+        format_version=format_version,
         chain_id=chain_id,
         first_sequence=first_sequence,
         record_count=len(entries),
@@ -58,6 +59,7 @@ def encode_segment(
 
 @dataclass(frozen=True, slots=True)
 class DecodedSegment:
+    format_version: int
     chain_id: bytes
     first_sequence: int
     record_count: int
@@ -79,9 +81,10 @@ def decode_segment(data: bytes) -> DecodedSegment:
     except DecodeError as exc:
         raise MalformedObjectError(f"segment body does not parse: {exc}") from exc
     header = segment.header
-    if header.format_version != FORMAT_VERSION:
+    if header.format_version not in SUPPORTED_FORMAT_VERSIONS:
         raise MalformedObjectError(f"segment format version {header.format_version} is not supported")
     return DecodedSegment(
+        format_version=header.format_version,
         chain_id=header.chain_id,
         first_sequence=header.first_sequence,
         record_count=header.record_count,

@@ -43,6 +43,23 @@ class FindingKind(StrEnum):
     WRITTEN_AFTER_SUPERSEDED = "written-after-superseded"
     SUPERSEDED_CHAIN_MISSING = "superseded-chain-missing"
     RESENT_RECORDS = "resent-records"
+    # Keys (FORMAT.md 10.2): a pinned key signed where the chain is bound to another key, or outside
+    # the keyring's validity window or writer ids for it.
+    WRONG_KEY = "wrong-key"
+    KEY_OUTSIDE_VALIDITY = "key-outside-validity"
+    KEY_ROTATION = "key-rotation"
+    # Archive binding (FORMAT.md 7.4): a chain whose genesis names another archive.
+    FOREIGN_CHAIN = "foreign-chain"
+    # A successor's signed claims about the chain it superseded do not hold (FORMAT.md 13.6).
+    SUPERSEDED_CHAIN_CUT = "superseded-chain-cut"
+    # Against what an earlier run remembered (--state, FORMAT.md 13.9).
+    ROLLBACK = "rollback"
+    VANISHED_CHAIN = "vanished-chain"
+    STALE_CHAIN = "stale-chain"
+    # An object the verifier could not read as an archive object (not a regular file, too large).
+    UNREADABLE_OBJECT = "unreadable-object"
+    # A chain written in format version 1: what it cannot prove.
+    FORMAT_V1 = "format-v1"
     LOKI_MISSING = "loki-missing"
     LOKI_ALTERED = "loki-altered"
     LOKI_NOT_IN_ARCHIVE = "loki-not-in-archive"
@@ -87,6 +104,12 @@ class Supersession:
     covered_until: int  # how far the old chain's newest checkpoint reached
     reason: str
     writer_id: str
+    # Version 2: the old chain's entry hash at last_sequence, its newest checkpoint's hash and number
+    # (hex; "" when not stated).
+    head_sha256: str = ""
+    checkpoint_sha256: str = ""
+    checkpoint_number: int = 0
+    format_version: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +124,16 @@ class ChainSummary:
     key_ids: tuple[str, ...]
     supersedes: Supersession | None = None
     restart_marks: int = 0
+    format_version: int = 0  # 0: unknown (no readable entry)
+    head_sha256: str = ""  # entry hash of last_sequence, hex
+    newest_checkpoint_number: int | None = None
+    newest_checkpoint_sha256: str = ""
+    final: bool = False  # the newest checkpoint was stored at a clean shutdown
+    archive_id: str | None = None  # what the genesis names (version 2)
+    writer_id: str = ""
+    signing_key_id: str = ""  # the key the chain is bound to after its last entry, hex
+    newest_segment_key: str = ""
+    resumed_from: int | None = None  # --state: the checkpoint number checking resumed after
 
 
 @dataclass(frozen=True)
@@ -113,6 +146,8 @@ class VerificationReport:
     records_checked: int
     signatures_checked: int
     counts: dict[str, int] = field(default_factory=dict)
+    pinned_key_ids: tuple[str, ...] = ()
+    incremental: bool = False  # resumed from a remembered state: only what is new was read
 
     @property
     def clean(self) -> bool:

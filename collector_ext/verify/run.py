@@ -1,9 +1,16 @@
-"""Drives the pure checker over a real archive: lists, reads in parallel, checks, reports progress.
+"""Drives the pure checker over a real archive: lists, reads ahead within a memory budget, checks,
+reports progress, and remembers what was verified (``--state``).
 
-Objects are fetched a few at a time ahead of the one being checked, and checking runs on a worker
-thread, so reading and hashing overlap. Record signatures that must be checked are spread over a
-thread pool (pyca/cryptography releases the GIL while verifying). Once every chain is checked,
-``verify.supersede`` relates chains that replaced one another.
+Per chain, checkpoint objects are fed just ahead of the segments they describe and segment objects
+are fetched a few at a time ahead of the one being checked (bounded in count and in bytes, by the
+sizes the listing gives); checking runs on a worker thread, so reading and hashing overlap. Record
+signatures that must be checked are spread over a thread pool (pyca/cryptography releases the GIL
+while verifying). Every object that cannot be read as an archive object (not a regular file, larger
+than the format allows, gone) becomes a finding; only a store that cannot be listed or read at all
+stops the run.
+
+With a remembered state, each known chain is listed and read only after its newest verified
+checkpoint, which must still be there unchanged.
 """
 
 from __future__ import annotations
@@ -11,20 +18,28 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from collector_ext.deliver.archive import ArchiveStore
-from collector_ext.errors import ArchiveUnavailableError
+from collector_ext.deliver.archive import ArchiveStore, ListedObject
+from collector_ext.errors import ArchiveUnavailableError, MalformedObjectError, UnreadableObjectError
+from collector_ext.seal.checkpoint import decode_checkpoint
+from collector_ext.seal.framing import MAX_CHECKPOINT_OBJECT_BYTES, MAX_SEGMENT_OBJECT_BYTES
 from collector_ext.seal.keys import PublicKey
-from collector_ext.seal.layout import CheckpointKey, SegmentKey, parse_checkpoint_key, parse_segment_key
-from collector_ext.verify.check import ChainChecker, RecordObserver
-from collector_ext.verify.findings import Finding, FindingKind, Severity, VerificationReport
-from collector_ext.verify.supersede import relate_chains
+from collector_ext.seal.layout import CheckpointKey, SegmentKey, checkpoint_key, parse_checkpoint_key, parse_segment_key
+from collector_ext.verify.checkpoints import ResumePoint, UnreadableObject
+from collector_ext.verify.findings import ChainSummary, Finding, FindingKind, Severity, VerificationReport
+from collector_ext.verify.keys import Keyring
+from collector_ext.verify.links import ChainChecker, RecordObserver
+from collector_ext.verify.state import VerifierState, next_state, rollback_finding, vanished_chains
+from collector_ext.verify.supersede import relate_archive, relate_chains
 
 ProgressCallback = Callable[[int, int], None]  # (objects done, objects in all)
+
+DAY_NS = 86_400 * 1_000_000_000
 
 
 class EmptyArchiveError(ArchiveUnavailableError):
@@ -35,41 +50,107 @@ class EmptyArchiveError(ArchiveUnavailableError):
 class VerifyOptions:
     check_all_signatures: bool = False
     read_ahead: int = 8
+    read_ahead_bytes: int = 64 * 1024 * 1024  # besides the object being checked
     signature_threads: int = 0  # 0: one per CPU
     # Report resent log records anywhere in a chain, not only after restart marks (a little work per
     # record; see verify.resends).
     report_resends: bool = False
+    # The archive this is (what version 2 chains must name); None: taken from the state, if any.
+    archive_id: str | None = None
+    # Warn about an open chain (newest checkpoint not final) whose newest checkpoint is older.
+    stale_after_seconds: float | None = None
+    now_unix_nano: int | None = None  # for tests; default: the clock
+
+
+@dataclass(frozen=True)
+class ArchiveCheck:
+    """A verification run's report and, for ``--state``, the state to remember after it."""
+
+    report: VerificationReport
+    state: VerifierState
+
+
+@dataclass
+class _Chain:
+    prefix: str  # what precedes "<chain>/" in its keys
+    segments: list[tuple[SegmentKey, ListedObject]] = field(default_factory=list)
+    checkpoints: list[tuple[CheckpointKey, ListedObject]] = field(default_factory=list)
 
 
 @dataclass
 class _Listing:
-    segments: dict[str, list[SegmentKey]]
-    checkpoints: dict[str, list[CheckpointKey]]
-    unrecognised: list[str]
+    chains: dict[str, _Chain] = field(default_factory=dict)
+    findings: list[Finding] = field(default_factory=list)
 
     @property
     def total(self) -> int:
-        return sum(map(len, self.segments.values())) + sum(map(len, self.checkpoints.values()))
+        return sum(len(c.segments) + len(c.checkpoints) for c in self.chains.values())
 
-
-async def _list(store: ArchiveStore) -> _Listing:
-    listing = _Listing(defaultdict(list), defaultdict(list), [])
-    async for key in store.list_keys():
-        segment = parse_segment_key(key)
+    def add(self, listed: ListedObject) -> None:
+        segment = parse_segment_key(listed.key)
         if segment is not None:
-            listing.segments[segment.chain_id_hex].append(segment)
-            continue
-        checkpoint = parse_checkpoint_key(key)
+            self._chain(segment.chain_id_hex, listed.key).segments.append((segment, listed))
+            return
+        checkpoint = parse_checkpoint_key(listed.key)
         if checkpoint is not None:
-            listing.checkpoints[checkpoint.chain_id_hex].append(checkpoint)
-            continue
-        listing.unrecognised.append(key)
+            self._chain(checkpoint.chain_id_hex, listed.key).checkpoints.append((checkpoint, listed))
+            return
+        message = "object does not belong to the archive layout; it was not checked"
+        if listed.problem:
+            message = f"entry {listed.problem}; it does not belong to the archive layout and was not read"
+        self.findings.append(Finding(FindingKind.UNRECOGNISED_OBJECT, Severity.WARNING, message, object_key=listed.key))
+
+    def _chain(self, chain_id_hex: str, key: str) -> _Chain:
+        chain = self.chains.get(chain_id_hex)
+        if chain is None:
+            chain = self.chains[chain_id_hex] = _Chain(key[: key.index(chain_id_hex + "/")])
+        return chain
+
+
+async def _list_all(store: ArchiveStore) -> _Listing:
+    listing = _Listing()
+    async for listed in store.list_objects():
+        listing.add(listed)
+    return listing
+
+
+async def _list_from_state(store: ArchiveStore, state: VerifierState) -> _Listing:
+    """Each known chain from its newest verified checkpoint on; any other chain whole."""
+    listing = _Listing()
+    prefixes = {chain.key_prefix for chain in state.chains.values()} | {""}
+    for prefix in sorted(prefixes):
+        for name in await store.list_children(prefix):
+            if len(name) != 32 or any(c not in "0123456789abcdef" for c in name):
+                continue
+            chain_under = f"{prefix}{name}/"
+            remembered = state.chains.get(name)
+            point = remembered.checkpoint if remembered is not None else None
+            if point is None:
+                async for listed in store.list_objects(chain_under):
+                    listing.add(listed)
+                continue
+            listing.chains.setdefault(name, _Chain(prefix))
+            checkpoints_under = f"{chain_under}checkpoints/"
+            async for listed in store.list_objects(checkpoints_under, f"{checkpoints_under}{point['number']:012d}"):
+                listing.add(listed)
+            # Segment keys sort by day, then sequence: a segment after the remembered checkpoint was
+            # created at most a day before that checkpoint's time (as in recovery).
+            day = time.strftime("%Y/%m/%d", time.gmtime((point["time_unix_nano"] - DAY_NS) // 1_000_000_000))
+            segments_under = f"{chain_under}segments/"
+            async for listed in store.list_objects(segments_under, f"{segments_under}{day}"):
+                parsed = parse_segment_key(listed.key)
+                if parsed is None or parsed.last_sequence > point["last_sequence"]:
+                    listing.add(listed)
+            async for listed in store.list_objects(chain_under):
+                # Anything else under the chain (not a segment or checkpoint) is reported as usual.
+                if not listed.key.startswith((checkpoints_under, segments_under)):
+                    listing.add(listed)
     return listing
 
 
 async def check_archive(
     store: ArchiveStore,
-    trusted_keys: Mapping[bytes, PublicKey],
+    trusted_keys: Keyring | Mapping[bytes, PublicKey],
     options: VerifyOptions | None = None,
     progress: ProgressCallback | None = None,
     record_observer: RecordObserver | None = None,
@@ -80,29 +161,37 @@ async def check_archive(
         ArchiveUnavailableError: the archive cannot be listed or read.
         EmptyArchiveError: the archive holds no collector-ext objects at all.
     """
+    return (await check_archive_with_state(store, trusted_keys, None, options, progress, record_observer)).report
+
+
+async def check_archive_with_state(
+    store: ArchiveStore,
+    trusted_keys: Keyring | Mapping[bytes, PublicKey],
+    state: VerifierState | None,
+    options: VerifyOptions | None = None,
+    progress: ProgressCallback | None = None,
+    record_observer: RecordObserver | None = None,
+) -> ArchiveCheck:
+    """As ``check_archive``, resuming each chain ``state`` remembers; also returns the next state."""
     options = options or VerifyOptions()
-    listing = await _list(store)
-    if listing.total == 0:
+    keyring = Keyring.of(trusted_keys)
+    incremental = state is not None and bool(state.chains)
+    listing = await (_list_from_state(store, state) if state is not None and incremental else _list_all(store))
+    if not listing.chains and not incremental:
         raise EmptyArchiveError(f"no collector-ext objects under {store.description}: check the archive location")
     threads = options.signature_threads or os.cpu_count() or 2
-    findings: list[Finding] = [
-        Finding(
-            FindingKind.UNRECOGNISED_OBJECT,
-            Severity.WARNING,
-            "object does not belong to the archive layout; it was not checked",
-            object_key=key,
-        )
-        for key in listing.unrecognised
-    ]
+    findings: list[Finding] = list(listing.findings)
     done = 0
+    total = listing.total
 
     def advance() -> None:
         nonlocal done
         done += 1
         if progress is not None:
-            progress(done, listing.total)
+            progress(done, total)
 
-    summaries = []
+    summaries: list[ChainSummary] = []
+    resume_points: dict[str, ResumePoint | None] = {}
     records = signatures = 0
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="verify") as pool:
 
@@ -117,67 +206,205 @@ async def check_archive(
             )
             return [ok for chunk in results for ok in chunk]
 
-        for chain_id_hex in sorted(set(listing.segments) | set(listing.checkpoints)):
+        for chain_id_hex in sorted(listing.chains):
+            chain = listing.chains[chain_id_hex]
             checker = ChainChecker(
                 chain_id_hex,
-                trusted_keys,
+                keyring,
                 check_all_signatures=options.check_all_signatures,
                 check_signature_batch=check_batch,
                 record_observer=record_observer,
                 report_resends=options.report_resends,
             )
-            checkpoint_keys = sorted(listing.checkpoints.get(chain_id_hex, []), key=lambda k: k.key)
-            checkpoint_data = await asyncio.gather(*(store.get(k.key) for k in checkpoint_keys))
-            for _ in checkpoint_keys:
-                advance()
-            checker.add_checkpoints(zip(checkpoint_keys, checkpoint_data, strict=True))
-            segment_keys = sorted(
-                listing.segments.get(chain_id_hex, []), key=lambda k: (k.first_sequence, k.last_sequence, k.key)
-            )
-            await _check_segments(store, checker, segment_keys, options.read_ahead, advance)
+            start = state.start_of(chain_id_hex) if state is not None else None
+            if start is not None and state is not None:
+                checker.resume(start)
+                findings += await _check_remembered_checkpoint(store, chain_id_hex, chain, state)
+            await _check_chain(store, checker, chain, options, advance)
             summaries.append(checker.finish())
+            resume_points[chain_id_hex] = checker.resume_point()
             findings += checker.findings
             records += checker.records
             signatures += checker.signatures_checked
-    # Every chain under the archive root was listed, so a superseded chain that is not among them is
-    # not in the archive.
+    if state is not None:
+        findings += vanished_chains(state, set(listing.chains))
+    # Every chain under the archive root was listed (or remembered), so a superseded chain that is
+    # not among them is not in the archive.
     findings = relate_chains(summaries, findings, all_chains_listed=True)
+    archive_id = options.archive_id or (state.archive_id if state is not None else None)
+    findings += relate_archive(summaries, archive_id)
+    findings += _stale(summaries, options)
     counts: dict[str, int] = defaultdict(int)
     for finding in findings:
         counts[finding.severity.value] += 1
-    return VerificationReport(
+    report = VerificationReport(
         findings=tuple(findings),
         chains=tuple(summaries),
-        objects_read=listing.total,
+        objects_read=total,
         records_checked=records,
         signatures_checked=signatures,
         counts=dict(counts),
+        pinned_key_ids=tuple(keyring.key_ids),
+        incremental=incremental,
     )
+    if archive_id is None:
+        named = {s.archive_id for s in summaries if s.archive_id is not None}
+        archive_id = named.pop() if len(named) == 1 else None
+    new_state = next_state(
+        state,
+        store.description,
+        archive_id,
+        summaries,
+        resume_points,
+        {chain_id: chain.prefix for chain_id, chain in listing.chains.items()},
+        findings,
+        (options.now_unix_nano or time.time_ns()) // 1_000_000_000,
+    )
+    return ArchiveCheck(report, new_state)
 
 
-async def _check_segments(
+async def _check_remembered_checkpoint(
+    store: ArchiveStore, chain_id_hex: str, chain: _Chain, state: VerifierState
+) -> list[Finding]:
+    """The newest checkpoint an earlier run verified must still be there, byte for byte (its body)."""
+    remembered = state.chains[chain_id_hex]
+    point = remembered.checkpoint
+    assert point is not None
+    key = checkpoint_key(
+        f"{chain.prefix}", bytes.fromhex(chain_id_hex), point["number"], point["last_sequence"]
+    ).lstrip("/")
+    listed = next((listed for ckey, listed in chain.checkpoints if ckey.key == key), None)
+    if listed is None:
+        return [rollback_finding(chain_id_hex, remembered, "is not in the archive any more", key)]
+    try:
+        decoded = decode_checkpoint(await store.get(key, MAX_CHECKPOINT_OBJECT_BYTES))
+    except (UnreadableObjectError, MalformedObjectError) as exc:
+        return [rollback_finding(chain_id_hex, remembered, f"cannot be read any more ({exc})", key)]
+    if decoded.sha256.hex() != point["sha256"]:
+        return [rollback_finding(chain_id_hex, remembered, "was replaced by a different checkpoint", key)]
+    return []
+
+
+def _unreadable(listed: ListedObject, limit: int) -> UnreadableObject | None:
+    if listed.problem:
+        return UnreadableObject(FindingKind.UNREADABLE_OBJECT, f"not read: the entry {listed.problem}")
+    if listed.size > limit:
+        return UnreadableObject(
+            FindingKind.UNREADABLE_OBJECT,
+            f"not read: the object is {listed.size} bytes, more than the {limit} bytes the format allows",
+        )
+    return None
+
+
+async def _read(store: ArchiveStore, listed: ListedObject, limit: int) -> bytes | UnreadableObject:
+    problem = _unreadable(listed, limit)
+    if problem is not None:
+        return problem
+    try:
+        return await store.get(listed.key, limit)
+    except UnreadableObjectError as exc:
+        return UnreadableObject(FindingKind.UNREADABLE_OBJECT, f"not read: {exc.reason}")
+
+
+class _ReadAhead:
+    """Fetches objects in order, at most ``count`` ahead and ``budget`` bytes (by listed size)."""
+
+    def __init__(self, store: ArchiveStore, objects: Sequence[ListedObject], limit: int, count: int, budget: int):
+        self._store = store
+        self._objects = objects
+        self._limit = limit
+        self._count = max(1, count)
+        self._budget = budget
+        self._tasks: dict[int, asyncio.Task[bytes | UnreadableObject]] = {}
+        self._next = 0  # next index to start fetching
+
+    def _fill(self, current: int) -> None:
+        in_flight = sum(min(self._objects[i].size, self._limit) for i in self._tasks if i > current)
+        while self._next < len(self._objects) and self._next <= current + self._count:
+            size = min(self._objects[self._next].size, self._limit)
+            if self._next > current and in_flight + size > self._budget:
+                return
+            self._tasks[self._next] = asyncio.create_task(_read(self._store, self._objects[self._next], self._limit))
+            if self._next > current:
+                in_flight += size
+            self._next += 1
+
+    async def get(self, index: int) -> bytes | UnreadableObject:
+        self._fill(index)
+        return await self._tasks.pop(index)
+
+    def cancel(self) -> None:
+        for task in self._tasks.values():
+            task.cancel()
+
+
+async def _check_chain(
     store: ArchiveStore,
     checker: ChainChecker,
-    keys: list[SegmentKey],
-    read_ahead: int,
+    chain: _Chain,
+    options: VerifyOptions,
     advance: Callable[[], None],
 ) -> None:
-    fetches: dict[int, asyncio.Task[bytes]] = {}
+    checkpoints = sorted(chain.checkpoints, key=lambda item: item[0].key)
+    segments = sorted(chain.segments, key=lambda item: (item[0].first_sequence, item[0].last_sequence, item[0].key))
+    checkpoint_reads = _ReadAhead(
+        store, [listed for _, listed in checkpoints], MAX_CHECKPOINT_OBJECT_BYTES, 4, 8 * 1024 * 1024
+    )
+    segment_reads = _ReadAhead(
+        store,
+        [listed for _, listed in segments],
+        MAX_SEGMENT_OBJECT_BYTES,
+        options.read_ahead,
+        options.read_ahead_bytes,
+    )
+    fed = 0
 
-    def fetch(index: int) -> None:
-        if index < len(keys) and index not in fetches:
-            fetches[index] = asyncio.create_task(store.get(keys[index].key))
+    async def feed_checkpoints(until: int | None) -> None:
+        # The checkpoints that describe a segment come before it; the rest wait, so only the digests
+        # and head claims just ahead of the walk are held.
+        nonlocal fed
+        while fed < len(checkpoints) and (until is None or checker.covered_until < until):
+            data = await checkpoint_reads.get(fed)
+            checker.add_checkpoint(checkpoints[fed][0], data)
+            fed += 1
+            advance()
 
     try:
-        for index, key in enumerate(keys):
-            for ahead in range(index, index + read_ahead + 1):
-                fetch(ahead)
-            data = await fetches.pop(index)
+        for index, (key, _listed) in enumerate(segments):
+            await feed_checkpoints(key.last_sequence)
+            data = await segment_reads.get(index)
             await asyncio.to_thread(checker.add_segment, key, data)
             advance()
+        await feed_checkpoints(None)
     finally:
-        for task in fetches.values():
-            task.cancel()
+        checkpoint_reads.cancel()
+        segment_reads.cancel()
+
+
+def _stale(summaries: Sequence[ChainSummary], options: VerifyOptions) -> list[Finding]:
+    """An open chain whose newest checkpoint is old: its writer stopped without a final checkpoint, or
+    the newest checkpoints were removed (FORMAT.md 13.8)."""
+    if options.stale_after_seconds is None:
+        return []
+    now = options.now_unix_nano or time.time_ns()
+    limit = now - int(options.stale_after_seconds * 1e9)
+    superseded = {s.supersedes.chain_id for s in summaries if s.supersedes is not None}
+    return [
+        Finding(
+            FindingKind.STALE_CHAIN,
+            Severity.WARNING,
+            f"the chain is open (its newest checkpoint, number {s.newest_checkpoint_number}, is not final) and that "
+            f"checkpoint is {(now - s.newest_checkpoint_unix_nano) / 3.6e12:.1f} hours old: its writer stopped "
+            "without a clean shutdown, or its newest checkpoints were removed",
+            s.chain_id,
+            s.covered_until,
+        )
+        for s in summaries
+        if s.newest_checkpoint_unix_nano is not None
+        and s.newest_checkpoint_unix_nano < limit
+        and not s.final
+        and s.chain_id not in superseded
+    ]
 
 
 def with_findings(report: VerificationReport, extra: list[Finding]) -> VerificationReport:

@@ -37,7 +37,7 @@ from collector_ext.seal.checkpoint import (
     encode_checkpoint_body,
     sign_checkpoint,
 )
-from collector_ext.seal.entry import CHECKPOINT_SIGNATURE_PREFIX, FORMAT_VERSION, EntryKind
+from collector_ext.seal.entry import CHECKPOINT_SIGNATURE_PREFIX, EntryKind
 from collector_ext.seal.keys import Ed25519Signer, key_id_for
 from collector_ext.seal.layout import checkpoint_key, segment_key
 from collector_ext.seal.payload import log_payloads
@@ -56,6 +56,8 @@ SEGMENT_CREATED = T0 + 250_000
 RECORDS_SEALED = T0 + 1_000_000  # the three log records are one sealing batch: one time
 CHECKPOINT_0_TIME = T0 + 2_000_000_000
 CHECKPOINT_1_TIME = T0 + 62_000_000_000  # idle checkpoint one interval later
+# These vectors pin format version 1, which verifiers still accept (proto/FORMAT.md, "Versions").
+FORMAT_VERSION = 1
 
 
 def _string(key: str, value: str) -> KeyValue:
@@ -131,8 +133,8 @@ def build_vectors() -> dict[str, Any]:
 
     # The chain: genesis batch (seq 0), then one batch of three log records (seq 1-3).
     genesis = genesis_payload(public_key, writer=WRITER, reason=REASON)
-    first = chain_entries(ChainHead.new(CHAIN_ID), EntryKind.GENESIS, [genesis], key_id, GENESIS_SEALED)
-    second = chain_entries(first.head, EntryKind.LOG_RECORD, payloads, key_id, RECORDS_SEALED)
+    first = chain_entries(ChainHead.new(CHAIN_ID), EntryKind.GENESIS, [genesis], key_id, GENESIS_SEALED, FORMAT_VERSION)
+    second = chain_entries(first.head, EntryKind.LOG_RECORD, payloads, key_id, RECORDS_SEALED, FORMAT_VERSION)
     entries = first.entries + second.entries
     hashes = first.hashes + second.hashes
     signatures = sign_entry_hashes(signer, hashes)
@@ -148,6 +150,7 @@ def build_vectors() -> dict[str, Any]:
         created_unix_nano=SEGMENT_CREATED,
         entries=entries,
         signatures=signatures,
+        format_version=FORMAT_VERSION,
     )
     segment_sha256 = hashlib.sha256(segment_object).digest()
     segment_object_key = segment_key("", CHAIN_ID, 0, last_sequence, SEGMENT_CREATED)
@@ -166,6 +169,7 @@ def build_vectors() -> dict[str, Any]:
             time_unix_nano=time_unix_nano,
             key_id=key_id,
             segments=segments,
+            format_version=FORMAT_VERSION,
         )
         body = encode_checkpoint_body(checkpoint)
         signature = signer.sign(CHECKPOINT_SIGNATURE_PREFIX + body)

@@ -117,8 +117,8 @@ def test_record_signature_is_domain_separated_from_checkpoint_signature(signer: 
 def test_decode_entry_header_rejects_short_and_unknown_versions() -> None:
     with pytest.raises(MalformedObjectError, match="shorter"):
         decode_entry_header(b"\x00\x01")
-    with pytest.raises(MalformedObjectError, match="version 2"):
-        decode_entry_header(b"\x00\x02" + bytes(ENTRY_HEADER_SIZE))
+    with pytest.raises(MalformedObjectError, match="version 3"):
+        decode_entry_header(b"\x00\x03" + bytes(ENTRY_HEADER_SIZE))
 
 
 def test_segment_round_trip(signer: Ed25519Signer) -> None:

@@ -106,11 +106,17 @@ def test_entries_hashes_and_signatures() -> None:
             key_id=signer.key_id,
             sealed_unix_nano=vector["sealed_unix_nano"],
             payload=h(vector["payload"]),
+            format_version=VECTORS["format_version"],
         )
         assert entry.hex() == vector["entry"]
         assert entry_hash(entry).hex() == vector["entry_hash"]
         batch = chain_entries(
-            head, EntryKind(vector["kind"]), [h(vector["payload"])], signer.key_id, vector["sealed_unix_nano"]
+            head,
+            EntryKind(vector["kind"]),
+            [h(vector["payload"])],
+            signer.key_id,
+            vector["sealed_unix_nano"],
+            VECTORS["format_version"],
         )
         assert batch.entries == [entry]
         assert batch.hashes == [entry_hash(entry)]
@@ -131,6 +137,7 @@ def test_segment_object() -> None:
         created_unix_nano=segment["created_unix_nano"],
         entries=[h(e["entry"]) for e in VECTORS["entries"]],
         signatures=[h(e["signature"]) for e in VECTORS["entries"]],
+        format_version=VECTORS["format_version"],
     )
     assert data.hex() == segment["object"]
     assert hashlib.sha256(data).hexdigest() == segment["sha256"]
@@ -180,6 +187,7 @@ def test_checkpoint_objects() -> None:
             time_unix_nano=vector["time_unix_nano"],
             key_id=signer.key_id,
             segments=tuple(refs[k] for k in vector["segment_object_keys"]),
+            format_version=VECTORS["format_version"],
         )
         body = encode_checkpoint_body(checkpoint)
         assert body.hex() == vector["body"]
@@ -203,7 +211,8 @@ def test_collector_ext_verifier_accepts_the_vectors(all_signatures: bool) -> Non
 
     key = PublicKey.from_raw(h(VECTORS["key"]["public_key"]))
     report = verify_objects(vector_objects(), [key], all_signatures=all_signatures)
-    assert report.findings == ()
+    # Version 1 vectors verify under version 1 rules, with a note saying what version 1 cannot prove.
+    assert [(f.kind.value, f.severity.value) for f in report.findings] == [("format-v1", "info")]
     assert report.clean
     assert report.records_checked == 4
     # Fast path: the segment's digest is in a signed checkpoint, so only the 2 checkpoint signatures.
@@ -221,7 +230,8 @@ def test_collector_ext_verifier_accepts_the_hand_built_restart_chain() -> None:
     assert [(f.kind.value, f.severity.value, f.first_sequence) for f in report.findings] == [
         ("superseded-chain", "info", 0),
         ("restart", "info", 5),
-        # The superseded chain is not in this archive.
+        ("format-v1", "info", None),
+        # The superseded chain is not in this archive (version 1: a warning).
         ("superseded-chain-missing", "warning", 0),
     ]
     assert report.clean

@@ -123,7 +123,19 @@ def test_a_modified_restart_mark_is_a_modified_record_not_a_note(signer: Ed25519
 # -- superseded chains ----------------------------------------------------------------------------
 
 
-def _successor(signer: Ed25519Signer, *, last: int, covered: int, old: bytes = OLD) -> BuiltArchive:
+def _successor(
+    signer: Ed25519Signer,
+    *,
+    last: int,
+    covered: int,
+    old: bytes = OLD,
+    predecessor: BuiltArchive | None = None,
+    checkpoint_number: int | None = None,
+) -> BuiltArchive:
+    """A chain whose genesis supersedes ``old``; with ``predecessor`` (the old chain as built), the
+    genesis names its head at ``last`` and its checkpoint ``checkpoint_number`` as a writer does."""
+    head = predecessor.entry_hash_at(last) if predecessor is not None else bytes(range(32))
+    number = checkpoint_number if checkpoint_number is not None else 0
     genesis = genesis_payload(
         signer.public_key,
         writer="collector-ext/test",
@@ -132,6 +144,11 @@ def _successor(signer: Ed25519Signer, *, last: int, covered: int, old: bytes = O
         supersedes_chain_id=old,
         superseded_last_sequence=last,
         superseded_covered_until=covered,
+        superseded_head_sha256=head,
+        superseded_checkpoint_number=number,
+        superseded_checkpoint_sha256=(
+            predecessor.checkpoint_hash_at(number) if predecessor is not None and checkpoint_number is not None else b""
+        ),
     )
     return build_archive(signer, chain_id=NEW, genesis=genesis, segments=1)
 
@@ -140,7 +157,7 @@ def test_superseding_chain_pair_verifies_clean(signer: Ed25519Signer) -> None:
     # The old writer crashed after segment 2 was archived but before its checkpoint; its successor
     # lost the local state and started a new chain naming the old one.
     old = build_archive(signer, chain_id=OLD, checkpointed_segments=2)
-    new = _successor(signer, last=29, covered=19)
+    new = _successor(signer, last=29, covered=19, predecessor=old, checkpoint_number=1)
     report = verify_objects(old.objects | new.objects, [signer.public_key])
     assert findings(report) == [
         ("uncovered-tail", "info", 20, 29, old.segment_keys[2]),
@@ -148,7 +165,8 @@ def test_superseding_chain_pair_verifies_clean(signer: Ed25519Signer) -> None:
     ]
     assert report.clean
     tail, superseded = report.findings
-    assert "not yet covered by a checkpoint" in tail.message
+    assert "not covered by a checkpoint" in tail.message
+    assert "names the hash of seq 29, which matches" in tail.message
     assert f"superseded by chain {NEW.hex()}" in tail.message
     assert superseded.chain_id == NEW.hex()
     assert superseded.message == (
@@ -162,7 +180,7 @@ def test_superseding_chain_pair_verifies_clean(signer: Ed25519Signer) -> None:
 
 def test_old_chain_written_after_it_was_superseded_is_a_warning(signer: Ed25519Signer) -> None:
     old = build_archive(signer, chain_id=OLD, checkpointed_segments=2)
-    new = _successor(signer, last=24, covered=19)
+    new = _successor(signer, last=24, covered=19, predecessor=old, checkpoint_number=1)
     report = verify_objects(old.objects | new.objects, [signer.public_key])
     assert findings(report) == [
         ("uncovered-tail", "info", 20, 29, old.segment_keys[2]),
@@ -173,14 +191,35 @@ def test_old_chain_written_after_it_was_superseded_is_a_warning(signer: Ed25519S
     assert report.clean
 
 
-def test_superseding_a_chain_that_is_not_in_the_archive_is_a_warning(signer: Ed25519Signer) -> None:
+def test_superseding_a_chain_that_is_not_in_the_archive_is_tampering(signer: Ed25519Signer) -> None:
+    # A version 2 writer looks for the chain it supersedes in its own archive: it was there.
     new = _successor(signer, last=29, covered=19)
     report = verify_objects(new.objects, [signer.public_key])
     assert findings(report) == [
         ("superseded-chain", "info", 0, None, new.segment_keys[0]),
-        ("superseded-chain-missing", "warning", 0, None, ""),
+        ("superseded-chain-missing", "tampering", 0, None, ""),
     ]
     assert report.findings[1].chain_id == NEW.hex()
+    assert not report.clean
+
+
+def test_superseding_a_v1_chain_that_is_not_in_the_archive_is_a_warning(signer: Ed25519Signer) -> None:
+    genesis = genesis_payload(
+        signer.public_key,
+        writer="collector-ext/test",
+        reason="local state missing",
+        writer_id="pod-0",
+        supersedes_chain_id=OLD,
+        superseded_last_sequence=29,
+        superseded_covered_until=19,
+    )
+    new = build_archive(signer, chain_id=NEW, genesis=genesis, segments=1, format_version=1)
+    report = verify_objects(new.objects, [signer.public_key])
+    assert findings(report) == [
+        ("superseded-chain", "info", 0, None, new.segment_keys[0]),
+        ("format-v1", "info", None, None, ""),
+        ("superseded-chain-missing", "warning", 0, None, ""),
+    ]
     assert report.clean
 
 

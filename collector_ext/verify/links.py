@@ -1,0 +1,966 @@
+"""The segment walk of one chain (proto/FORMAT.md 10 and 13.3-13.5): links, sequence numbers,
+signatures, keys, and the end of the chain.
+
+``ChainChecker`` is fed a chain's checkpoint objects (``add_checkpoint``, in key order) and segment
+objects (``add_segment``, in key order), interleaved by the driver so that the checkpoints that
+describe a segment come before it, and keeps only what it needs to continue (expected sequence
+number, last hash, the chain's key, the digests ahead), so a chain of any length is checked in
+bounded memory. It never raises on bad data: every problem becomes a ``Finding`` with its location.
+
+How a record is proven authentic:
+
+- a segment whose SHA-256 matches the digest in a valid checkpoint signed by the key the chain is
+  bound to is authentic as a whole, signatures included, so its records' own signatures need not
+  be checked one by one (what makes a clean archive fast to verify);
+- every other segment has every record signature checked, which also pinpoints what was altered;
+- ``check_all_signatures`` checks every record signature regardless.
+
+A segment stored under a key whose range differs from its content is set aside (within a budget)
+and walked where its content belongs, so two swapped segments read as two misnamed objects, not as
+a fork and a deletion.
+
+Reading objects, threads and progress bars belong to ``verify.run``; this module does no I/O.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from collector_ext.errors import MalformedObjectError
+from collector_ext.pb import archive_pb2
+from collector_ext.seal.entry import (
+    ENTRY_HASH_PREFIX,
+    ENTRY_HEADER_SIZE,
+    KEY_ID_SLICE,
+    PREVIOUS_HASH_SLICE,
+    RECORD_SIGNATURE_PREFIX,
+    SEQUENCE_SLICE,
+    ZERO_HASH,
+    EntryKind,
+    entry_hash,
+)
+from collector_ext.seal.keys import PublicKey
+from collector_ext.seal.layout import CheckpointKey, SegmentKey
+from collector_ext.seal.segment import DecodedSegment, decode_segment
+from collector_ext.verify.checkpoints import CheckpointLedger, ListedSegment, ResumePoint, UnreadableObject
+from collector_ext.verify.entries import SpecialPayload, entry_version, header_problem, rotation_of
+from collector_ext.verify.findings import ChainSummary, Finding, FindingKind, Severity, Supersession
+from collector_ext.verify.keys import ChainKeys, Keyring
+from collector_ext.verify.resends import ResendTracker
+
+# The uncovered-tail message of a chain that nothing supersedes (verify.supersede words it
+# differently when a newer chain took over).
+UNCOVERED_TAIL_MESSAGE = (
+    "records after the newest checkpoint, not yet covered by a checkpoint: each was checked against its own "
+    "signature, but nothing yet proves that no record followed them (normal while the writer runs, which "
+    "writes a checkpoint within the checkpoint interval; after a crash, until the writer restarts)"
+)
+
+# Told about every stored record (entry, entry hash, signature, object key), e.g. to cross-check Loki.
+RecordObserver = Callable[[bytes, bytes, bytes, str], None]
+
+# (public key, signature, message) triples in, one bool per triple out. verify.run passes a
+# parallel implementation; the default checks them one after another.
+SignatureBatchChecker = Callable[[Sequence[tuple[PublicKey, bytes, bytes]]], list[bool]]
+
+# Misnamed segments set aside until the walk reaches their content: at most this many bytes.
+DEFERRED_BYTES_BUDGET = 64 * 1024 * 1024
+
+
+def check_signatures_serially(batch: Sequence[tuple[PublicKey, bytes, bytes]]) -> list[bool]:
+    return [key.is_valid_signature(signature, message) for key, signature, message in batch]
+
+
+@dataclass(slots=True)
+class _Item:
+    """One stored record of the segment being checked."""
+
+    sequence: int
+    entry: bytes
+    signature: bytes
+    position: int
+    hash: bytes = b""
+    signature_ok: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChainStart:
+    """What an earlier run (``--state``) knew of a chain, to resume after its newest checkpoint."""
+
+    point: ResumePoint
+    format_version: int
+    archive_id: str | None
+    writer_id: str
+    supersedes: Supersession | None
+    restart_marks: int
+
+
+class ChainChecker:
+    """Checks one chain: ``add_checkpoint``/``add_segment`` in key order, then ``finish``."""
+
+    def __init__(
+        self,
+        chain_id_hex: str,
+        trusted_keys: Keyring | Mapping[bytes, PublicKey],
+        *,
+        check_all_signatures: bool = False,
+        check_signature_batch: SignatureBatchChecker = check_signatures_serially,
+        record_observer: RecordObserver | None = None,
+        report_resends: bool = False,
+    ) -> None:
+        """``report_resends`` also reports resent log records away from restart marks (each record
+        is then looked up in a window of the ones before it, which costs a little per record)."""
+        self.chain_id_hex = chain_id_hex
+        self.chain_id = bytes.fromhex(chain_id_hex)
+        self._keyring = Keyring.of(trusted_keys)
+        self._check_all = check_all_signatures
+        self._check_batch = check_signature_batch
+        self._observer = record_observer
+        self.findings: list[Finding] = []
+        self.records = 0
+        self._record_signatures = 0
+        self.segments = 0
+        self.ledger = CheckpointLedger(self.chain_id, self._keyring, self._report_at, self._report_unknown_key)
+        self.keys = ChainKeys()
+        self.format_version = 0
+        self._expected = 0
+        self._previous_hash: bytes | None = ZERO_HASH
+        self._previous_item: _Item | None = None
+        self._previous_object = ""
+        self._last_hash = b""
+        self._key_ids: set[bytes] = set()
+        self.supersedes: Supersession | None = None
+        self.archive_id: str | None = None
+        self.writer_id = ""
+        self._restart_marks = 0
+        self._segment_marks: list[int] = []  # restart marks accepted in the segment being checked
+        self._resends = ResendTracker(chain_id_hex, self.findings.append, report_all=report_resends)
+        self._deferred: dict[int, list[tuple[SegmentKey, DecodedSegment, bytes, ListedSegment | None]]] = {}
+        self._deferred_bytes = 0
+        self._unreadable: tuple[int, str] | None = None  # first sequence (by key) and key of an unreadable object
+        self._unpinned: dict[bytes, list[int]] = {}  # unpinned key id -> [finding index, records, checkpoints]
+        self._newest_segment_key = ""
+        self._resumed: ResumePoint | None = None
+        self._last_accepted = -1  # the newest entry accepted into the chain
+
+    @property
+    def signatures_checked(self) -> int:
+        return self._record_signatures + self.ledger.signatures_checked
+
+    @property
+    def covered_until(self) -> int:
+        return self.ledger.covered_until
+
+    # -- findings -------------------------------------------------------------------------------
+    def _report(
+        self,
+        kind: FindingKind,
+        severity: Severity,
+        message: str,
+        *,
+        first: int | None = None,
+        last: int | None = None,
+        object_key: str = "",
+    ) -> None:
+        self.findings.append(Finding(kind, severity, message, self.chain_id_hex, first, last, object_key))
+
+    def _report_at(
+        self, kind: FindingKind, severity: Severity, message: str, first: int | None, last: int | None, key: str
+    ) -> None:
+        self._report(kind, severity, message, first=first, last=last, object_key=key)
+
+    def _loss_or_tampering(self, last_missing: int) -> Severity:
+        """Records a checkpoint vouched for are missing by tampering; others may be lost in a crash."""
+        return Severity.TAMPERING if last_missing <= self.ledger.covered_until else Severity.LOSS
+
+    # -- resuming -------------------------------------------------------------------------------
+    def resume(self, start: ChainStart) -> None:
+        """Continue after the newest checkpoint an earlier run verified (FORMAT.md 13.9)."""
+        point = start.point
+        self._resumed = point
+        self.ledger.resume(point)
+        self.keys.bind(point.last_sequence + 1, point.key_id)
+        self.format_version = start.format_version
+        self.archive_id = start.archive_id
+        self.writer_id = start.writer_id
+        self.supersedes = start.supersedes
+        self._restart_marks = start.restart_marks
+        self._expected = point.last_sequence + 1
+        self._last_accepted = point.last_sequence
+        self._previous_hash = point.head_sha256
+        self._last_hash = point.head_sha256
+        self._previous_item = None
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def add_checkpoint(self, key: CheckpointKey, data: bytes | UnreadableObject) -> None:
+        decoded = self.ledger.add(key, data)
+        if decoded is None:
+            return
+        self._key_ids.add(decoded.checkpoint.key_id)
+        self._note_version(decoded.checkpoint.format_version, key.key)
+        last = decoded.checkpoint.last_sequence
+        if last < self._expected:
+            # The walk already passed this entry (an idle checkpoint): check what can still be checked.
+            claim = self.ledger.take_claim(last)
+            if (
+                claim is not None
+                and last == self._expected - 1
+                and self._previous_hash is not None
+                and claim.head != self._previous_hash
+            ):
+                self._report(
+                    FindingKind.CHECKPOINT_MISMATCH,
+                    Severity.TAMPERING,
+                    f"{key.key} names a different hash for this record",
+                    first=last,
+                    object_key=self._previous_object,
+                )
+            if claim is not None:
+                self._check_checkpoint_keys(last, claim.signers)
+
+    def _check_checkpoint_keys(self, last: int, signers: Sequence[tuple[bytes, str]]) -> None:
+        """A checkpoint up to ``last`` must be signed by the key the chain is bound to after ``last``."""
+        bound = self.keys.key_at(last + 1)
+        if bound is None:
+            return
+        for key_id, object_key in signers:
+            if key_id != bound:
+                self._report(
+                    FindingKind.WRONG_KEY,
+                    Severity.TAMPERING,
+                    f"checkpoint signed with pinned key id {key_id.hex()}, but the chain is bound to key id "
+                    f"{bound.hex()} there (its genesis or key rotation): another key holder wrote it",
+                    first=last,
+                    object_key=object_key,
+                )
+
+    def _note_version(self, version: int, object_key: str) -> bool:
+        """Every object of a chain has the chain's format version; False (and a finding) if not."""
+        if not self.format_version:
+            self.format_version = version
+            return True
+        if version == self.format_version:
+            return True
+        self._report(
+            FindingKind.MALFORMED_OBJECT,
+            Severity.TAMPERING,
+            f"object of format version {version} in a chain of format version {self.format_version}",
+            object_key=object_key,
+        )
+        return False
+
+    # -- segments -------------------------------------------------------------------------------
+    def add_segment(self, key: SegmentKey, data: bytes | UnreadableObject) -> None:
+        """Check one segment object; segments come in ascending key order."""
+        self.segments += 1
+        self._newest_segment_key = max(self._newest_segment_key, key.key)
+        if isinstance(data, UnreadableObject):
+            self._report(
+                data.kind,
+                Severity.TAMPERING,
+                data.message,
+                first=key.first_sequence,
+                last=key.last_sequence,
+                object_key=key.key,
+            )
+            self._set_unreadable(key)
+            return
+        try:
+            segment = decode_segment(data)
+        except MalformedObjectError as exc:
+            self._report(
+                FindingKind.MALFORMED_OBJECT,
+                Severity.TAMPERING,
+                f"segment {exc}; its records (seq {key.first_sequence}-{key.last_sequence} by its name) are unreadable",
+                first=key.first_sequence,
+                last=key.last_sequence,
+                object_key=key.key,
+            )
+            self._set_unreadable(key)
+            return
+        if segment.chain_id != self.chain_id:
+            self._report(
+                FindingKind.REPLACED_SEGMENT,
+                Severity.TAMPERING,
+                f"segment belongs to chain {segment.chain_id.hex()}, not to the chain it is stored under",
+                first=key.first_sequence,
+                last=key.last_sequence,
+                object_key=key.key,
+            )
+            self._set_unreadable(key)
+            return
+        if not self._note_version(segment.format_version, key.key):
+            self._set_unreadable(key)
+            return
+        declared_last = segment.first_sequence + segment.record_count - 1
+        listed = self.ledger.listed(key.key)
+        self.ledger.mark_seen(key.key)
+        # A header whose first sequence differs from the key's: the object was renamed or swapped
+        # (reported now); one whose count alone differs is reported after the walk (13.3 step 10).
+        misnamed = segment.first_sequence != key.first_sequence
+        if misnamed:
+            self._report(
+                FindingKind.REPLACED_SEGMENT,
+                Severity.TAMPERING,
+                f"object holds seq {segment.first_sequence}-{declared_last} by its header; its object key says "
+                f"{key.first_sequence}-{key.last_sequence} (the object was renamed or replaced)",
+                first=key.first_sequence,
+                last=key.last_sequence,
+                object_key=key.key,
+            )
+            if (
+                segment.first_sequence > self._expected
+                and segment.record_count > 0
+                and self._deferred_bytes + len(data) <= DEFERRED_BYTES_BUDGET
+            ):
+                # Walk it where its content belongs (FORMAT.md 13.3 step 0).
+                self._deferred.setdefault(segment.first_sequence, []).append((key, segment, data, listed))
+                self._deferred_bytes += len(data)
+                return
+        self._walk_deferred(before=segment.first_sequence)
+        self._walk_segment(key, segment, data, listed, misnamed_reported=misnamed)
+        self._walk_deferred(before=self._expected + 1)
+
+    def _set_unreadable(self, key: SegmentKey) -> None:
+        """An object that could not be read: its records are not skipped over (its key is not trusted);
+        a gap that starts where it would have started is its finding's, not a second one."""
+        self.ledger.mark_seen(key.key)
+        if self._unreadable is None or key.first_sequence < self._unreadable[0]:
+            self._unreadable = (key.first_sequence, key.key)
+
+    def _walk_deferred(self, *, before: int) -> None:
+        while self._deferred:
+            first = min(self._deferred)
+            if first >= before:
+                return
+            for key, segment, data, listed in self._deferred.pop(first):
+                self._deferred_bytes -= len(data)
+                self._walk_segment(key, segment, data, listed, misnamed_reported=True)
+
+    def _walk_segment(
+        self,
+        key: SegmentKey,
+        segment: DecodedSegment,
+        data: bytes,
+        listed: ListedSegment | None,
+        *,
+        misnamed_reported: bool,
+    ) -> None:
+        findings_before = len(self.findings)
+        authentic = self._check_segment_digest(key, listed, data, segment)
+        if self._observer is not None:
+            for record in segment.records:
+                self._observer(record.entry, entry_hash(record.entry), record.signature, key.key)
+        verify_signatures = self._check_all or not authentic
+        first = self._expected
+        self._segment_marks.clear()
+        clean = not verify_signatures and self._continue_clean_run(segment.records)
+        if not clean:
+            self._check_records(key, segment, verify_signatures)
+        self._resends.add_segment(key.key, segment.records, self._segment_marks, clean_from=first if clean else None)
+        declared_last = segment.first_sequence + segment.record_count - 1
+        if self._expected <= declared_last:
+            self._report(
+                FindingKind.DELETED_RECORDS,
+                Severity.TAMPERING,
+                f"the segment header declares {segment.record_count} records up to seq {declared_last}; "
+                f"seq {self._expected}-{declared_last} are not in it",
+                first=self._expected,
+                last=declared_last,
+                object_key=key.key,
+            )
+            self._skip_to(declared_last)
+        self._previous_object = key.key
+        tampering_found = any(
+            f.severity is Severity.TAMPERING and f.object_key == key.key for f in self.findings[findings_before:]
+        )
+        if (
+            not tampering_found
+            and not misnamed_reported
+            and (segment.first_sequence, declared_last) != (key.first_sequence, key.last_sequence)
+        ):
+            self._report(
+                FindingKind.REPLACED_SEGMENT,
+                Severity.TAMPERING,
+                f"segment header says seq {segment.first_sequence}-{declared_last}, its object key says "
+                f"{key.first_sequence}-{key.last_sequence}",
+                first=key.first_sequence,
+                last=key.last_sequence,
+                object_key=key.key,
+            )
+            tampering_found = True
+        if listed is not None and not authentic and not tampering_found and not misnamed_reported:
+            # Whatever notes the segment carries: a checkpoint-listed object must be byte for byte
+            # the one recorded (FORMAT.md 13.3 step 11).
+            self._report(
+                FindingKind.REPLACED_SEGMENT,
+                Severity.TAMPERING,
+                f"object differs from the one recorded in {listed.checkpoint_key} (its records verify one by one)",
+                first=key.first_sequence,
+                last=key.last_sequence,
+                object_key=key.key,
+            )
+        self._report_passed_listings()
+        for sequence, _claim in self.ledger.drop_claims_below(self._expected):
+            del sequence  # their entries were missing or unusable: already reported
+
+    def _report_passed_listings(self) -> None:
+        """Checkpoint-listed objects the walk went past without seeing: their records were found
+        under other keys (else the gap would have named them)."""
+        for listed in self.ledger.pop_passed(self._expected):
+            ref = listed.ref
+            self._report(
+                FindingKind.REPLACED_SEGMENT,
+                Severity.TAMPERING,
+                f"{listed.checkpoint_key} lists this object for seq {ref.first_sequence}-{ref.last_sequence}; it is "
+                "not in the archive, and those records were read from other objects (renamed or re-packed)",
+                first=ref.first_sequence,
+                last=ref.last_sequence,
+                object_key=ref.object_key,
+            )
+
+    def _check_segment_digest(
+        self, key: SegmentKey, listed: ListedSegment | None, data: bytes, segment: DecodedSegment
+    ) -> bool:
+        """True when the object (its framed part) is byte for byte what a checkpoint recorded, and
+        that checkpoint was signed by the key the chain is bound to."""
+        if segment.appended:
+            self._report(
+                FindingKind.APPENDED_BYTES,
+                Severity.TAMPERING,
+                f"{segment.appended} bytes appended after the segment's end at offset {segment.framed_size}",
+                object_key=key.key,
+            )
+        if listed is None:
+            return False
+        ref = listed.ref
+        framed = data if not segment.appended else data[: segment.framed_size]
+        if ref.size != len(framed) or hashlib.sha256(framed).digest() != ref.sha256:
+            return False
+        declared_last = segment.first_sequence + segment.record_count - 1
+        if ref.first_sequence != segment.first_sequence or ref.last_sequence != declared_last:
+            self._report(
+                FindingKind.CHECKPOINT_MISMATCH,
+                Severity.TAMPERING,
+                f"{listed.checkpoint_key} records seq {ref.first_sequence}-{ref.last_sequence} for this object, which "
+                f"holds {segment.first_sequence}-{declared_last}",
+                first=segment.first_sequence,
+                last=declared_last,
+                object_key=key.key,
+            )
+            return False
+        # The digest vouches only with the chain's own key; a fast path under another pinned key
+        # would let that key pass off records it did not sign.
+        return self.keys.current is None or listed.key_id == self.keys.key_at(self._expected)
+
+    def _skip_to(self, last_sequence: int) -> None:
+        if last_sequence >= self._expected:
+            self._expected = last_sequence + 1
+            self._previous_hash = None
+            self._previous_item = None
+
+    def _continue_clean_run(self, records: Sequence[archive_pb2.SealedRecord]) -> bool:
+        """Fast path for a segment already proven authentic by a checkpoint digest: True (and the
+        state moved on) when every record simply continues the chain; False, with nothing changed,
+        when anything needs a closer look by ``_check_records``."""
+        expected = self._expected
+        previous = self._previous_hash
+        key_id = self.keys.key_at(expected)
+        if previous is None or not records or key_id is None or not self.format_version:
+            return False
+        chain_id = self.chain_id
+        claims = self.ledger
+        plain_header = self.format_version.to_bytes(2, "big") + bytes([EntryKind.LOG_RECORD, 0])
+        base = hashlib.sha256(ENTRY_HASH_PREFIX)
+        pinned = self._keyring.pinned(key_id)
+        if pinned is None:
+            return False
+        window = None
+        if pinned.not_before is not None or pinned.not_after is not None:
+            window = (
+                (pinned.not_before or 0).to_bytes(8, "big"),
+                (pinned.not_after if pinned.not_after is not None else 2**64 - 1).to_bytes(8, "big"),
+            )
+        claimed: list[int] = []
+        for record in records:
+            entry = record.entry
+            if (
+                entry[:4] != plain_header
+                or entry[4:20] != chain_id
+                or entry[SEQUENCE_SLICE] != expected.to_bytes(8, "big")
+                or entry[PREVIOUS_HASH_SLICE] != previous
+                or entry[KEY_ID_SLICE] != key_id
+            ):
+                return False
+            if window is not None and not window[0] <= entry[68:76] <= window[1]:
+                return False
+            digest = base.copy()
+            digest.update(entry)
+            previous = digest.digest()
+            claim = claims.claim_at(expected)
+            if claim is not None:
+                if claim.head != previous:
+                    return False
+                claimed.append(expected)
+            expected += 1
+        self._key_ids.add(key_id)
+        last = records[-1]
+        self._previous_item = _Item(expected - 1, last.entry, last.signature, len(records) - 1, previous)
+        self._expected = expected
+        self._previous_hash = previous
+        self._last_hash = previous
+        self._last_accepted = expected - 1
+        self.records += len(records)
+        for sequence in claimed:
+            taken = self.ledger.take_claim(sequence)
+            if taken is not None:
+                self._check_checkpoint_keys(sequence, taken.signers)
+        return True
+
+    def _check_records(self, key: SegmentKey, segment: DecodedSegment, verify_signatures: bool) -> None:
+        items = []
+        for position, record in enumerate(segment.records):
+            entry = record.entry
+            # An entry too short for a header has no sequence number of its own: it stands where
+            # it is stored (FORMAT.md 13.3 step 5).
+            if len(entry) >= ENTRY_HEADER_SIZE:
+                sequence = int.from_bytes(entry[SEQUENCE_SLICE], "big")
+            else:
+                sequence = segment.first_sequence + position
+            items.append(_Item(sequence, entry, record.signature, position))
+        self._check_items(key, items, verify_signatures=verify_signatures)
+
+    def _check_items(self, key: SegmentKey, items: list[_Item], *, verify_signatures: bool) -> None:
+        running_max = -1
+        reordered = False
+        for item in items:
+            if item.sequence < running_max:
+                reordered = True
+                self._report(
+                    FindingKind.REORDERED_RECORD,
+                    Severity.TAMPERING,
+                    f"record stored at position {item.position}, after seq {running_max}",
+                    first=item.sequence,
+                    object_key=key.key,
+                )
+            running_max = max(running_max, item.sequence)
+        if reordered:
+            items = sorted(items, key=lambda i: i.sequence)
+        base = hashlib.sha256(ENTRY_HASH_PREFIX)
+        for item in items:
+            digest = base.copy()
+            digest.update(item.entry)
+            item.hash = digest.digest()
+        if verify_signatures:
+            self._verify_signatures(items)
+        first_in_segment = True
+        for item in items:
+            self._check_item(key, item, first_in_segment)
+            first_in_segment = False
+        self.records += len(items)
+
+    def _verify_signatures(self, items: Sequence[_Item]) -> None:
+        batch: list[tuple[PublicKey, bytes, bytes]] = []
+        targets: list[_Item] = []
+        for item in items:
+            public_key = self._keyring.get(item.entry[KEY_ID_SLICE])
+            if public_key is not None and len(item.entry) >= ENTRY_HEADER_SIZE:
+                batch.append((public_key, item.signature, RECORD_SIGNATURE_PREFIX + item.hash))
+                targets.append(item)
+        for item, ok in zip(targets, self._check_batch(batch), strict=True):
+            item.signature_ok = ok
+        self._record_signatures += len(batch)
+
+    def _signature_ok(self, item: _Item) -> bool:
+        if item.signature_ok is None:
+            self._verify_signatures([item])
+        return bool(item.signature_ok)
+
+    def _check_item(self, key: SegmentKey, item: _Item, first_in_segment: bool) -> None:
+        entry = item.entry
+        sequence = item.sequence
+        if len(entry) < ENTRY_HEADER_SIZE:
+            # 13.3 step 8.1
+            if sequence > self._expected:
+                self._report_gap(key, sequence, first_in_segment)
+            self._report(
+                FindingKind.MODIFIED_RECORD,
+                Severity.TAMPERING,
+                f"record at position {item.position} is too short to be an entry ({len(entry)} bytes)",
+                first=sequence,
+                object_key=key.key,
+            )
+            self._skip_to(sequence)
+            return
+        key_id = entry[KEY_ID_SLICE]
+        if entry[4:20] != self.chain_id:
+            # 13.3 step 8.2
+            self._report(
+                FindingKind.INSERTED_RECORD,
+                Severity.TAMPERING,
+                f"record at position {item.position} belongs to chain {entry[4:20].hex()}",
+                first=sequence,
+                object_key=key.key,
+            )
+            return
+        pinned = self._keyring.pinned(key_id)
+        if pinned is None:
+            # 13.3 step 8.3
+            self._report_unknown_key(key_id, sequence, key.key, "record")
+            if sequence >= self._expected:
+                self._skip_to(sequence)
+            return
+        problem, special = header_problem(entry, sequence, self.format_version)
+        if not self.format_version and not problem:
+            self.format_version = entry_version(entry)
+        if problem:
+            # 13.3 step 8.3a
+            self._report(FindingKind.MALFORMED_OBJECT, Severity.TAMPERING, problem, first=sequence, object_key=key.key)
+        if sequence < self._expected:
+            # 13.3 step 8.4
+            self._check_duplicate(key, item)
+            return
+        if item.signature_ok is False:
+            # 13.3 step 8.5: the stored bytes are not what the key signed.
+            if sequence > self._expected:
+                self._report_gap(key, sequence, first_in_segment)
+            self._report(
+                FindingKind.MODIFIED_RECORD,
+                Severity.TAMPERING,
+                "record signature does not match its content",
+                first=sequence,
+                object_key=key.key,
+            )
+            self._skip_to(sequence)
+            return
+        bound = self.keys.key_at(sequence)
+        if bound is not None and key_id != bound:
+            # 13.3 step 8.5a (FORMAT.md 10 rule 5): a pinned key, but not this chain's.
+            if sequence > self._expected:
+                self._report_gap(key, sequence, first_in_segment)
+            self._report(
+                FindingKind.WRONG_KEY,
+                Severity.TAMPERING,
+                f"record signed with pinned key id {key_id.hex()}, but the chain is bound to key id {bound.hex()} "
+                "here (its genesis or key rotation): another key holder wrote or rewrote it",
+                first=sequence,
+                object_key=key.key,
+            )
+            self._skip_to(sequence)
+            return
+        if sequence > self._expected:
+            # 13.3 step 8.6
+            self._report_gap(key, sequence, first_in_segment)
+        elif self._previous_hash is not None and entry[PREVIOUS_HASH_SLICE] != self._previous_hash:
+            # 13.3 step 8.7
+            self._explain_broken_link(key, item)
+        window = pinned.time_problem(int.from_bytes(entry[68:76], "big"))
+        if window:
+            self._report_outside_window(key, key_id, sequence, window)
+        claim = self.ledger.take_claim(sequence)
+        if claim is not None and claim.head != item.hash:
+            # 13.3 step 8.8
+            self._report(
+                FindingKind.CHECKPOINT_MISMATCH,
+                Severity.TAMPERING,
+                f"{claim.checkpoint_key} names a different hash for this record",
+                first=sequence,
+                object_key=key.key,
+            )
+        # 13.3 step 8.9
+        if not self.keys.bound:
+            self.keys.bind(sequence, key_id)
+        self._key_ids.add(key_id)
+        self._expected = sequence + 1
+        self._last_accepted = sequence
+        self._previous_hash = item.hash
+        self._last_hash = item.hash
+        self._previous_item = item
+        self._previous_object = key.key
+        if special is not None and not problem:
+            self._note_special(key, sequence, key_id, special)
+        if claim is not None:
+            self._check_checkpoint_keys(sequence, claim.signers)
+
+    def _note_special(self, key: SegmentKey, sequence: int, key_id: bytes, payload: SpecialPayload) -> None:
+        """13.3 step 8.10: a genesis, restart mark or key rotation accepted into the chain."""
+        if isinstance(payload, archive_pb2.RestartPayload):
+            self._restart_marks += 1
+            self._segment_marks.append(sequence)
+            self._check_writer(key, key_id, sequence, payload.writer_id)
+            previous_run = (
+                "the previous run ended cleanly"
+                if payload.previous_run_clean
+                else "the previous run did not end cleanly (crash or kill)"
+            )
+            self._report(
+                FindingKind.RESTART,
+                Severity.INFO,
+                f"restart mark: writer id {payload.writer_id or '(none)'} ({payload.writer or 'unnamed writer'}) "
+                f"stopped and continued this chain from its local state; {previous_run}; "
+                f"reason: {payload.reason or '(none given)'}",
+                first=sequence,
+                object_key=key.key,
+            )
+        elif isinstance(payload, archive_pb2.KeyRotationPayload):
+            rotation, problem = rotation_of(payload, self.chain_id, sequence, key_id)
+            if rotation is None:
+                kind = FindingKind.MALFORMED_OBJECT
+                self._report(kind, Severity.TAMPERING, problem, first=sequence, object_key=key.key)
+                return
+            self.keys.bind(sequence + 1, rotation.new_key_id)
+            pinned = "" if rotation.new_key_id in self._keyring else " (not pinned: pin it to verify what follows)"
+            self._report(
+                FindingKind.KEY_ROTATION,
+                Severity.INFO,
+                f"key rotation signed by key id {key_id.hex()}: from seq {sequence + 1} on the chain is signed by "
+                f"key id {rotation.new_key_id.hex()}{pinned}; reason: {rotation.reason or '(none given)'}",
+                first=sequence,
+                object_key=key.key,
+            )
+        else:
+            self.keys.bind(0, key_id)
+            self.writer_id = payload.writer_id
+            self.archive_id = payload.archive_id if self.format_version >= 2 else None
+            self._check_writer(key, key_id, sequence, payload.writer_id)
+            if payload.supersedes_chain_id:
+                self._note_supersession(key, sequence, payload)
+
+    def _check_writer(self, key: SegmentKey, key_id: bytes, sequence: int, writer_id: str) -> None:
+        pinned = self._keyring.pinned(key_id)
+        problem = pinned.writer_problem(writer_id) if pinned is not None else ""
+        if problem:
+            self._report(
+                FindingKind.KEY_OUTSIDE_VALIDITY,
+                Severity.TAMPERING,
+                f"chain signed with key id {key_id.hex()} for a writer the keyring does not allow it: {problem}",
+                first=sequence,
+                object_key=key.key,
+            )
+
+    def _note_supersession(self, key: SegmentKey, sequence: int, payload: archive_pb2.GenesisPayload) -> None:
+        old = Supersession(
+            chain_id=payload.supersedes_chain_id.hex(),
+            last_sequence=payload.superseded_last_sequence,
+            covered_until=payload.superseded_covered_until,
+            reason=payload.reason,
+            writer_id=payload.writer_id,
+            head_sha256=payload.superseded_head_sha256.hex(),
+            checkpoint_sha256=payload.superseded_checkpoint_sha256.hex(),
+            checkpoint_number=payload.superseded_checkpoint_number,
+            format_version=self.format_version,
+        )
+        self.supersedes = old
+        writer = f" (writer id {old.writer_id})" if old.writer_id else ""
+        reason = old.reason or "(no reason given)"
+        self._report(
+            FindingKind.SUPERSEDED_CHAIN,
+            Severity.INFO,
+            f"chain {self.chain_id_hex} supersedes chain {old.chain_id}{writer}: {reason}; {old.chain_id} "
+            f"was seen up to seq {old.last_sequence}, checkpoint-covered up to {old.covered_until}",
+            first=sequence,
+            object_key=key.key,
+        )
+
+    def _report_unknown_key(self, key_id: bytes, sequence: int | None, object_key: str, what: str) -> None:
+        """One finding per unpinned key id and chain, with counts (a wrong --public-key must say so
+        once, not flood the report with a line per object)."""
+        tally = self._unpinned.get(key_id)
+        if tally is None:
+            tally = self._unpinned[key_id] = [len(self.findings), 0, 0]
+            kind = FindingKind.UNKNOWN_KEY
+            self._report(kind, Severity.TAMPERING, "", first=sequence, last=sequence, object_key=object_key)
+        tally[1 if what == "record" else 2] += 1
+        finding = self.findings[tally[0]]
+        first, last = finding.first_sequence, finding.last_sequence
+        if sequence is not None:
+            first = sequence if first is None else min(first, sequence)
+            last = sequence if last is None else max(last, sequence)
+        pinned = ", ".join(self._keyring.key_ids) or "none"
+        self.findings[tally[0]] = dataclasses.replace(
+            finding,
+            first_sequence=first,
+            last_sequence=last,
+            message=f"{tally[1]} record(s) and {tally[2]} checkpoint(s) are signed with key id {key_id.hex()}, which "
+            f"is not pinned (pinned key ids: {pinned}); nothing they say was verified",
+        )
+
+    def _report_outside_window(self, key: SegmentKey, key_id: bytes, sequence: int, problem: str) -> None:
+        """One finding per run of consecutive records outside their key's window in one object."""
+        message = f"records sealed with key id {key_id.hex()} {problem}"
+        last = self.findings[-1] if self.findings else None
+        if (
+            last is not None
+            and last.kind is FindingKind.KEY_OUTSIDE_VALIDITY
+            and last.object_key == key.key
+            and last.message == message
+            and last.last_sequence == sequence - 1
+        ):
+            self.findings[-1] = dataclasses.replace(last, last_sequence=sequence)
+            return
+        self._report(
+            FindingKind.KEY_OUTSIDE_VALIDITY,
+            Severity.TAMPERING,
+            message,
+            first=sequence,
+            last=sequence,
+            object_key=key.key,
+        )
+
+    def _check_duplicate(self, key: SegmentKey, item: _Item) -> None:
+        previous = self._previous_item
+        if previous is not None and previous.sequence == item.sequence and previous.entry == item.entry:
+            message = f"a second copy of seq {item.sequence} at position {item.position}"
+            kind = FindingKind.INSERTED_RECORD
+        elif self._signature_ok(item):
+            message = "a second, validly signed record with an already used sequence number"
+            kind = FindingKind.FORKED_CHAIN
+        else:
+            message = f"a record with an already used sequence number and a bad signature at position {item.position}"
+            kind = FindingKind.INSERTED_RECORD
+        self._report(kind, Severity.TAMPERING, message, first=item.sequence, object_key=key.key)
+
+    def _explain_broken_link(self, key: SegmentKey, item: _Item) -> None:
+        previous = self._previous_item
+        if not self._signature_ok(item):
+            self._report(
+                FindingKind.MODIFIED_RECORD,
+                Severity.TAMPERING,
+                "record signature does not match its content",
+                first=item.sequence,
+                object_key=key.key,
+            )
+        elif previous is not None and not self._signature_ok(previous):
+            self._report(
+                FindingKind.MODIFIED_RECORD,
+                Severity.TAMPERING,
+                "record signature does not match its content (the next record's link does not match it either)",
+                first=previous.sequence,
+                object_key=self._previous_object,
+            )
+        else:
+            self._report(
+                FindingKind.FORKED_CHAIN,
+                Severity.TAMPERING,
+                "validly signed record does not link to the validly signed record before it",
+                first=item.sequence,
+                object_key=key.key,
+            )
+
+    def _report_gap(self, key: SegmentKey, sequence: int, first_in_segment: bool) -> None:
+        first, last = self._expected, sequence - 1
+        unreadable = self._unreadable
+        self._unreadable = None
+        if unreadable is not None and unreadable[0] == first:
+            return  # the unreadable object that should hold them is already reported
+        severity = self._loss_or_tampering(last)
+        cause = (
+            "removed after a checkpoint vouched for them"
+            if severity is Severity.TAMPERING
+            else ("not covered by any checkpoint: lost before archiving, or removed")
+        )
+        if first_in_segment and key.first_sequence == sequence:
+            missing = [s.ref.object_key for s in self.ledger.unseen_overlapping(first, last)]
+            where = f"; checkpoints name {', '.join(missing)}" if missing else ""
+            self._report(
+                FindingKind.MISSING_SEGMENT,
+                severity,
+                f"no segment holds seq {first}-{last} ({cause}){where}",
+                first=first,
+                last=last,
+                object_key=missing[0] if missing else "",
+            )
+        else:
+            self.ledger.unseen_overlapping(first, last)
+            self._report(
+                FindingKind.DELETED_RECORDS,
+                severity,
+                f"records missing from the segment ({cause})",
+                first=first,
+                last=last,
+                object_key=key.key,
+            )
+
+    # -- end ------------------------------------------------------------------------------------
+    def finish(self) -> ChainSummary:
+        self._walk_deferred(before=2**64)
+        self._report_passed_listings()
+        self._resends.finish()
+        last = self._expected - 1
+        covered = self.ledger.covered_until
+        unreadable = self._unreadable
+        if last < covered and not (unreadable is not None and unreadable[0] == last + 1):
+            missing = [s.ref.object_key for s in self.ledger.pop_all_unseen() if s.ref.last_sequence > last]
+            detail = f"; missing objects: {', '.join(missing)}" if missing else ""
+            claim_key = self.ledger.newest_key
+            self._report(
+                FindingKind.TRUNCATED_CHAIN,
+                Severity.TAMPERING,
+                f"the archive ends at seq {last} but {claim_key} vouches for records up to {covered}{detail}",
+                first=last + 1,
+                last=covered,
+                object_key=missing[0] if missing else claim_key,
+            )
+        elif self._last_accepted > covered:
+            # Only accepted records: ones skipped (unpinned key, bad signature) have findings of their own.
+            self._report(
+                FindingKind.UNCOVERED_TAIL,
+                Severity.WARNING,
+                UNCOVERED_TAIL_MESSAGE,
+                first=covered + 1,
+                last=self._last_accepted,
+                object_key=self._previous_object,
+            )
+        if self.format_version == 1:
+            self._report(
+                FindingKind.FORMAT_V1,
+                Severity.INFO,
+                "chain written in format version 1, verified under its rules: it names no archive (a copy of it "
+                "elsewhere verifies too), has no key rotation statement, no final checkpoint, and a successor "
+                "chain's genesis does not name its head",
+            )
+        current = self.keys.current
+        return ChainSummary(
+            chain_id=self.chain_id_hex,
+            records=self.records,
+            last_sequence=last if last >= 0 else None,
+            covered_until=covered if covered >= 0 else None,
+            segments=self.segments,
+            checkpoints=self.ledger.count,
+            newest_checkpoint_unix_nano=self.ledger.newest_time,
+            key_ids=tuple(sorted(k.hex() for k in self._key_ids)),
+            supersedes=self.supersedes,
+            restart_marks=self._restart_marks,
+            format_version=self.format_version,
+            head_sha256=self._last_hash.hex() if last >= 0 and self._previous_hash is not None else "",
+            newest_checkpoint_number=self.ledger.newest_number,
+            newest_checkpoint_sha256=self.ledger.newest_sha256.hex(),
+            final=self.ledger.newest_final,
+            archive_id=self.archive_id,
+            writer_id=self.writer_id,
+            signing_key_id=current.hex() if current is not None else "",
+            newest_segment_key=self._newest_segment_key,
+            resumed_from=self.ledger.resumed_from,
+        )
+
+    def resume_point(self) -> ResumePoint | None:
+        """Where a later run may resume: the newest valid checkpoint this run walked past (or the one
+        it resumed from)."""
+        newest = self.ledger.newest
+        if newest is None:
+            return self._resumed
+        checkpoint = newest.checkpoint
+        if checkpoint.last_sequence >= self._expected:
+            return None  # the walk never reached it (findings say why)
+        return ResumePoint(
+            checkpoint_number=checkpoint.checkpoint_number,
+            checkpoint_sha256=newest.sha256,
+            last_sequence=checkpoint.last_sequence,
+            head_sha256=checkpoint.head_sha256,
+            key_id=self.keys.key_at(checkpoint.last_sequence + 1) or checkpoint.key_id,
+            time_unix_nano=checkpoint.time_unix_nano,
+            final=checkpoint.final,
+        )
