@@ -144,10 +144,28 @@ def keygen(out_dir: Path, force: bool) -> None:
 @click.option(
     "--public-key",
     "public_keys",
-    required=True,
     multiple=True,
     type=click.Path(path_type=Path),
     help="Pinned Ed25519 public key (PEM); repeat for several keys.",
+)
+@click.option(
+    "--keyring",
+    type=click.Path(path_type=Path),
+    help="YAML file of pinned keys with validity windows and writer ids (instead of --public-key).",
+)
+@click.option(
+    "--state",
+    "state_path",
+    type=click.Path(path_type=Path),
+    help="Remember what was verified here; the next run checks only what is new and catches rollbacks.",
+)
+@click.option(
+    "--archive-id",
+    help="The archive's name as its writers record it (default: the s3:// URL; for a local copy, none).",
+)
+@click.option(
+    "--stale-after",
+    help="Warn about an open chain whose newest checkpoint is older than this (e.g. 2h, 1d).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option(
@@ -197,8 +215,20 @@ def verify(
     loki_seal_in_line: bool,
     loki_label_attributes: tuple[str, ...],
     since: str,
+    keyring: Path | None,
+    state_path: Path | None,
+    archive_id: str | None,
+    stale_after: str | None,
 ) -> None:
     """Verify an archive against pinned public keys. Exit 0 verified, 1 tampering or loss, 2 could not run."""
+    if bool(public_keys) == bool(keyring):
+        _fail(ConfigurationError("--public-key", "give one or more --public-key files, or one --keyring file"))
+    stale_seconds: float | None = None
+    if stale_after is not None:
+        try:
+            stale_seconds = parse_duration(stale_after)
+        except ValueError as exc:
+            _fail(ConfigurationError("--stale-after", str(exc)))
     from collector_ext.deliver.loki.client import LokiConnection
     from collector_ext.deliver.loki.mapping import DEFAULT_LABEL_ATTRIBUTES, MappingSettings
 
@@ -223,54 +253,107 @@ def verify(
             loki_query,
             window,
         )
-    from collector_ext.seal.keys import PublicKey, load_public_key_pem
+    from collector_ext.config import archive_id_for
     from collector_ext.verify.render import render_json, render_text
     from collector_ext.verify.run import VerifyOptions
 
-    keys: dict[bytes, PublicKey] = {}
-    for path in public_keys:
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            _fail(KeyFileError("--public-key", f"cannot read {path}: {exc.strerror}"))
-        try:
-            key = load_public_key_pem(data, f"--public-key {path}")
-        except KeyFileError as exc:
-            _fail(exc)
-        keys[key.key_id] = key
+    if archive_id is None and archive_url.startswith("s3://"):
+        archive_id = archive_id_for(archive_url)
+    options = VerifyOptions(
+        check_all_signatures=all_signatures,
+        report_resends=report_resends,
+        archive_id=archive_id,
+        stale_after_seconds=stale_seconds,
+    )
     try:
+        keys = _pinned_keys(public_keys, keyring)
         report, description = asyncio.run(
-            _verify(
-                archive_url,
-                keys,
-                VerifyOptions(check_all_signatures=all_signatures, report_resends=report_resends),
-                endpoint_url,
-                region,
-                progress,
-                loki,
-            )
+            _verify(archive_url, keys, options, endpoint_url, region, progress, loki, state_path)
         )
     except CollectorExtError as exc:
         _fail(exc)
+    except MemoryError:
+        click.echo("collector-ext: error: out of memory while verifying; no verdict", err=True)
+        sys.exit(EXIT_CANNOT_RUN)
     click.echo(render_json(report, description) if as_json else render_text(report, description))
     sys.exit(EXIT_VERIFIED if report.clean else EXIT_FINDINGS)
 
 
+def _pinned_keys(public_keys: tuple[Path, ...], keyring: Path | None) -> Any:
+    """The keyring from --keyring, or from the --public-key files (no windows).
+
+    Raises:
+        KeyFileError: a key file or the keyring cannot be read or parsed (names it).
+    """
+    from collector_ext.seal.keys import load_public_key_pem
+    from collector_ext.verify.keys import Keyring, PinnedKey, parse_keyring
+
+    if keyring is not None:
+        try:
+            data = keyring.read_bytes()
+        except OSError as exc:
+            raise KeyFileError("--keyring", f"cannot read {keyring}: {exc.strerror}") from exc
+        return parse_keyring(data, f"--keyring {keyring}", lambda name: (keyring.parent / name).read_bytes())
+    pinned = []
+    for path in public_keys:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise KeyFileError("--public-key", f"cannot read {path}: {exc.strerror}") from exc
+        pinned.append(PinnedKey(load_public_key_pem(data, f"--public-key {path}"), source=str(path)))
+    return Keyring(pinned)
+
+
+def _read_state(path: Path, archive: str) -> Any:
+    from collector_ext.verify.state import StateFileError, load_state
+
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None  # the first run: everything is checked and remembered
+    except OSError as exc:
+        raise StateFileError(str(path), f"cannot be read: {exc.strerror}") from exc
+    return load_state(data, str(path), archive)
+
+
+def _write_state(path: Path, data: bytes) -> None:
+    """Atomically: a temporary file beside it, fsynced, renamed over it, the directory fsynced."""
+    from collector_ext.verify.state import StateFileError
+
+    temporary = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+        directory = os.open(path.parent if str(path.parent) else ".", os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+    except OSError as exc:
+        raise StateFileError(str(path), f"cannot be written: {exc.strerror}") from exc
+
+
 async def _verify(
     archive_url: str,
-    keys: dict[bytes, Any],
+    keys: Any,
     options: VerifyOptions,
     endpoint_url: str | None,
     region: str | None,
     progress: bool | None,
     loki: LokiCheck | None,
+    state_path: Path | None,
 ) -> tuple[Any, str]:
     from tqdm import tqdm
 
     from collector_ext.service import open_archive
-    from collector_ext.verify.run import check_archive, with_findings
+    from collector_ext.verify.run import check_archive_with_state, with_findings
+    from collector_ext.verify.state import dump_state
 
     store = open_archive(archive_url, for_writing=False, endpoint_url=endpoint_url, region=region)
+    state = _read_state(state_path, store.description) if state_path is not None else None
     await store.open()
     bar = tqdm(
         total=0, unit="obj", desc="verifying", file=sys.stderr, disable=(not progress) if progress is not None else None
@@ -283,9 +366,10 @@ async def _verify(
 
     cross_check = loki.start() if loki is not None else None
     try:
-        report = await check_archive(
+        checked = await check_archive_with_state(
             store,
             keys,
+            state,
             options,
             on_progress,
             record_observer=cross_check.add_archived if cross_check is not None else None,
@@ -293,6 +377,9 @@ async def _verify(
     finally:
         bar.close()
         await store.close()
+    report = checked.report
+    if state_path is not None:
+        _write_state(state_path, dump_state(checked.state))
     if loki is not None and cross_check is not None:
         report = with_findings(report, await loki.read_and_compare(cross_check))
     return report, store.description

@@ -36,12 +36,28 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def archive_id_for(url: str) -> str:
+    """The archive name a writer records by default, and a verifier expects for an S3 URL."""
+    if url.startswith("s3://"):
+        return "s3://" + url[len("s3://") :].strip("/")
+    return url.rstrip("/") or url
+
+
 class ArchiveConfig(_Section):
     url: str = Field(description="s3://bucket/prefix, or a directory path")
     retention_mode: Literal["GOVERNANCE", "COMPLIANCE", "NONE"] = "GOVERNANCE"
     retention_days: int = Field(default=365, ge=1, le=36500)
     endpoint_url: str | None = Field(default=None, description="S3-compatible endpoint; else AWS_ENDPOINT_URL")
     region: str | None = None
+    # The name every new chain's genesis gives its archive, so a chain copied into another archive is
+    # caught (`verify --archive-id`). Default: the URL, s3://bucket/prefix without a trailing slash.
+    id: str | None = Field(default=None, min_length=1, max_length=1024)
+
+    @property
+    def archive_id(self) -> str:
+        if self.id is not None:
+            return self.id
+        return archive_id_for(self.url)
 
     @field_validator("url")
     @classmethod

@@ -157,6 +157,7 @@ class SealingPipeline:
         clock: Callable[[], int] = time.time_ns,
         writer: str = f"collector-ext/{__version__}",
         writer_id: str = "",
+        archive_id: str = "",
         on_archived: Callable[[list[bytes], list[bytes]], None] | None = None,
         on_spooled: Callable[[SpooledSegment], None] | None = None,
         loki_cursor: Callable[[bytes], int] | None = None,
@@ -171,6 +172,7 @@ class SealingPipeline:
         self._clock = clock
         self._writer = writer
         self._writer_id = writer_id
+        self._archive_id = archive_id
         self._on_archived = on_archived
         self._on_spooled = on_spooled
         self._loki_cursor = loki_cursor
@@ -375,7 +377,11 @@ class SealingPipeline:
         if predecessor is None:
             self.start_reason = f"first chain of writer {self._writer_id!r} in this archive"
             payload = genesis_payload(
-                self._signer.public_key, writer=self._writer, writer_id=self._writer_id, reason=self.start_reason
+                self._signer.public_key,
+                writer=self._writer,
+                writer_id=self._writer_id,
+                reason=self.start_reason,
+                archive_id=self._archive_id,
             )
         else:
             self.start_reason = (
@@ -390,6 +396,12 @@ class SealingPipeline:
                 supersedes_chain_id=predecessor.chain_id,
                 superseded_last_sequence=predecessor.last_sequence,
                 superseded_covered_until=max(predecessor.covered_until, 0),
+                archive_id=self._archive_id,
+                # What the successor vouches for: the old chain's head where it was seen to end, and its
+                # newest checkpoint (FORMAT.md 7.4).
+                superseded_head_sha256=predecessor.head_sha256 or ZERO_HASH,
+                superseded_checkpoint_sha256=predecessor.checkpoint_sha256,
+                superseded_checkpoint_number=predecessor.checkpoint_number,
             )
         return self._seal(EntryKind.GENESIS, [payload])
 
@@ -463,7 +475,11 @@ class SealingPipeline:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         try:
-            await asyncio.wait_for(self._write_checkpoint(), timeout=max(1.0, deadline - time.monotonic()))
+            # Final when everything sealed is archived: the chain is closed cleanly here (FORMAT.md 11.1).
+            await asyncio.wait_for(
+                self._write_checkpoint(final=self._unarchived_records == 0),
+                timeout=max(1.0, deadline - time.monotonic()),
+            )
         except (DeliveryError, PermanentArchiveError, TimeoutError) as exc:
             log.warning("final checkpoint not written", extra={"error": str(exc)})
         await self._trim_spool()
@@ -732,7 +748,7 @@ class SealingPipeline:
         except OSError as exc:
             log.warning("spool files not removed", extra={"error": str(exc)})
 
-    async def _write_checkpoint(self) -> None:
+    async def _write_checkpoint(self, *, final: bool = False) -> None:
         covered: list[SegmentRef] = []
         next_uncovered = self._next_uncovered
         head = self._last_covered_head
@@ -751,6 +767,7 @@ class SealingPipeline:
             time_unix_nano=self._clock(),
             key_id=self._signer.key_id,
             segments=tuple(covered),
+            final=final,
         )
         data, checkpoint_sha256 = sign_checkpoint(checkpoint, self._signer)
         key = checkpoint_key("", self.chain_id, checkpoint.checkpoint_number, checkpoint.last_sequence)

@@ -45,6 +45,9 @@ class ChainEnd:
     chain_id: bytes
     last_sequence: int  # newest entry found in the archive
     covered_until: int  # newest sequence a checkpoint vouches for, -1 if none
+    head_sha256: bytes = b""  # entry hash of last_sequence
+    checkpoint_sha256: bytes = b""  # checkpoint hash of the newest checkpoint (empty: none)
+    checkpoint_number: int = 0
 
 
 async def _first_key(store: ArchiveStore, under: str, start_after: str = "") -> str | None:
@@ -127,7 +130,7 @@ async def find_predecessor(store: ArchiveStore, writer_id: str, key: PublicKey) 
     chain_id = best[1]
     checkpoint = await newest_checkpoint(store, chain_id, key)
     covered = checkpoint.checkpoint.last_sequence if checkpoint is not None else -1
-    last = await _last_archived_sequence(store, chain_id, checkpoint)
+    last, head = await _last_archived_entry(store, chain_id, checkpoint, key)
     log.info(
         "found the chain this writer last wrote",
         extra={
@@ -137,21 +140,44 @@ async def find_predecessor(store: ArchiveStore, writer_id: str, key: PublicKey) 
             "seconds": round(time.monotonic() - started, 3),
         },
     )
-    return ChainEnd(chain_id, max(last, covered), covered)
+    if checkpoint is not None and covered >= last:
+        last, head = covered, checkpoint.checkpoint.head_sha256
+    return ChainEnd(
+        chain_id,
+        last,
+        covered,
+        head_sha256=head,
+        checkpoint_sha256=checkpoint.sha256 if checkpoint is not None else b"",
+        checkpoint_number=checkpoint.checkpoint.checkpoint_number if checkpoint is not None else 0,
+    )
 
 
-async def _last_archived_sequence(store: ArchiveStore, chain_id: bytes, checkpoint: DecodedCheckpoint | None) -> int:
-    """The highest sequence in any segment of the chain. Segment keys sort by day, then sequence; a
-    segment after the newest checkpoint was created at most a day before that checkpoint's time,
-    so the listing starts there rather than at the chain's beginning."""
+async def _last_archived_entry(
+    store: ArchiveStore, chain_id: bytes, checkpoint: DecodedCheckpoint | None, key: PublicKey
+) -> tuple[int, bytes]:
+    """The highest sequence in any segment of the chain, and that entry's hash (taken from the
+    segment, whose record signature must verify under ``key``). Segment keys sort by day, then
+    sequence; a segment after the newest checkpoint was created at most a day before that
+    checkpoint's time, so the listing starts there rather than at the chain's beginning."""
     under = f"{chain_id.hex()}/segments/"
     start_after = ""
     if checkpoint is not None:
         day = time.strftime("%Y/%m/%d", time.gmtime((checkpoint.checkpoint.time_unix_nano - DAY_NS) // 1_000_000_000))
         start_after = f"{under}{day}"
-    last = -1
-    async for key in store.list_keys(under, start_after):
-        parsed = parse_segment_key(key)
-        if parsed is not None:
-            last = max(last, parsed.last_sequence)
-    return last
+    last, newest = -1, ""
+    async for object_key in store.list_keys(under, start_after):
+        parsed = parse_segment_key(object_key)
+        if parsed is not None and parsed.last_sequence > last:
+            last, newest = parsed.last_sequence, object_key
+    if not newest:
+        return last, b""
+    try:
+        record = decode_segment(await store.get(newest)).records[-1]
+        header = decode_entry_header(record.entry)
+        digest = entry_hash(record.entry)
+        if header.sequence == last and key.is_valid_signature(record.signature, record_signature_message(digest)):
+            return last, digest
+    except (MalformedObjectError, DecodeError, IndexError):
+        pass
+    log.warning("the newest segment of the superseded chain does not verify", extra={"object_key": newest})
+    return last, b""

@@ -142,6 +142,7 @@ class Sidecar:
             spool=self.spool,
             writer=f"collector-ext/{__version__}",
             writer_id=config.writer_id,
+            archive_id=config.archive.archive_id,
             # With a spool the Loki sender reads it itself; without one it is handed archived segments.
             on_archived=self.loki.offer if self.loki is not None and spool is None else None,
             on_spooled=self.loki.notify if self.loki is not None and spool is not None else None,
