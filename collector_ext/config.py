@@ -137,6 +137,10 @@ class SidecarConfig(_Section):
     )
     max_message_bytes: int = Field(default=DEFAULT_MAX_MESSAGE_BYTES, ge=64 * 1024, le=1024 * 1024 * 1024)
     signing_key: Path
+    # Keys this sidecar signed with before signing_key: a chain in the spool signed by one of them is
+    # continued after a key rotation entry that it signs (proto/FORMAT.md 7.6), and the chain a lost
+    # spool supersedes is found among theirs too.
+    previous_signing_keys: list[Path] = Field(default_factory=list, max_length=16)
     archive: ArchiveConfig
     segment: SegmentConfig = SegmentConfig()
     tls: TlsConfig | None = None

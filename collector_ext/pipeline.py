@@ -39,7 +39,7 @@ import hashlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import BrokenExecutor
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
@@ -55,7 +55,14 @@ from collector_ext.errors import (
 )
 from collector_ext.recovery import find_predecessor, newest_checkpoint
 from collector_ext.retry import RetryPolicy, backoff_delay, retry_async
-from collector_ext.seal.chain import ChainHead, chain_entries, genesis_payload, restart_payload
+from collector_ext.seal.chain import (
+    ChainHead,
+    chain_entries,
+    genesis_payload,
+    key_rotation_payload,
+    restart_payload,
+    sign_entry_hashes,
+)
 from collector_ext.seal.checkpoint import Checkpoint, SegmentRef, sign_checkpoint
 from collector_ext.seal.entry import ENTRY_HEADER_SIZE, SIGNATURE_SIZE, ZERO_HASH, EntryKind, entry_hash
 from collector_ext.seal.keys import Signer
@@ -104,6 +111,9 @@ class _OpenSegment:
     spooled: asyncio.Future[None] | None = None
     archived: asyncio.Future[None] | None = None
     opened_at: float = field(default_factory=time.monotonic)
+    # A retired key that signs this segment's entries (the restart mark and key rotation entry that
+    # continue a chain under a new key); None: the signing pool's key.
+    signer: Signer | None = None
 
 
 @dataclass(eq=False)
@@ -158,6 +168,7 @@ class SealingPipeline:
         writer: str = f"collector-ext/{__version__}",
         writer_id: str = "",
         archive_id: str = "",
+        retired_signers: Sequence[Signer] = (),
         on_archived: Callable[[list[bytes], list[bytes]], None] | None = None,
         on_spooled: Callable[[SpooledSegment], None] | None = None,
         loki_cursor: Callable[[bytes], int] | None = None,
@@ -173,6 +184,10 @@ class SealingPipeline:
         self._writer = writer
         self._writer_id = writer_id
         self._archive_id = archive_id
+        self._retired = {retired.key_id: retired for retired in retired_signers}
+        # After a key rotation: its sequence number and the key it retired (checkpoints up to the
+        # entry before it are signed by that key, FORMAT.md 10.2).
+        self._rotation: tuple[int, Signer] | None = None
         self._on_archived = on_archived
         self._on_spooled = on_spooled
         self._loki_cursor = loki_cursor
@@ -319,16 +334,20 @@ class SealingPipeline:
         assert contents.head is not None
         assert self._spool is not None
         head = contents.head
+        retired: Signer | None = None
         if contents.key_id != self._signer.key_id:
-            raise ConfigurationError(
-                "signing_key",
-                f"the spool {self._spool.directory} holds chain {head.chain_id.hex()} signed with key id "
-                f"{contents.key_id.hex() if contents.key_id else '?'}, not this key's "
-                f"{self._signer.key_id.hex()}: start with the old key until the spool is archived, or move "
-                "the spool aside to start a new chain",
-            )
+            retired = self._retired.get(contents.key_id or b"")
+            if retired is None:
+                raise ConfigurationError(
+                    "signing_key",
+                    f"the spool {self._spool.directory} holds chain {head.chain_id.hex()} signed with key id "
+                    f"{contents.key_id.hex() if contents.key_id else '?'}, not this key's "
+                    f"{self._signer.key_id.hex()}: list the old key under previous_signing_keys to continue the "
+                    "chain after a signed key rotation, or move the spool aside to start a new chain",
+                )
+        chain_key = retired.public_key if retired is not None else self._signer.public_key
         checkpoint = await self._read_archive(
-            "the newest checkpoint", lambda: newest_checkpoint(self._store, head.chain_id, self._signer.public_key)
+            "the newest checkpoint", lambda: newest_checkpoint(self._store, head.chain_id, chain_key)
         )
         if checkpoint is not None:
             covered = checkpoint.checkpoint
@@ -367,12 +386,29 @@ class SealingPipeline:
             previous_run_clean=contents.previous_run_clean,
             reason=self.start_reason,
         )
-        return self._seal(EntryKind.RESTART, [payload])
+        if retired is None:
+            return self._seal(EntryKind.RESTART, [payload])
+        # The chain is bound to the retired key: that key signs the restart mark and the rotation that
+        # hands the chain to the new key; everything after is signed by the new key.
+        self._seal(EntryKind.RESTART, [payload], signer=retired)
+        sequence = self._head.next_sequence
+        rotation = key_rotation_payload(
+            chain_id=head.chain_id,
+            sequence=sequence,
+            retired=retired,
+            successor=self._signer,
+            reason=f"signing key {retired.key_id.hex()} retired; {self._signer.key_id.hex()} signs from here on",
+        )
+        self._rotation = (sequence, retired)
+        self.start_reason += f"; key rotated from {retired.key_id.hex()} to {self._signer.key_id.hex()}"
+        return self._seal(EntryKind.KEY_ROTATION, [rotation], signer=retired)
 
     async def _new_chain(self) -> asyncio.Future[None]:
         predecessor = await self._read_archive(
             "the chain this writer wrote last",
-            lambda: find_predecessor(self._store, self._writer_id, self._signer.public_key),
+            lambda: find_predecessor(
+                self._store, self._writer_id, [self._signer.public_key, *(r.public_key for r in self._retired.values())]
+            ),
         )
         if predecessor is None:
             self.start_reason = f"first chain of writer {self._writer_id!r} in this archive"
@@ -486,23 +522,31 @@ class SealingPipeline:
         self._signing.close()
 
     # -- sealing ------------------------------------------------------------------------------------
-    def _seal(self, kind: EntryKind, payloads: list[bytes], size: int | None = None) -> asyncio.Future[None]:
+    def _seal(
+        self, kind: EntryKind, payloads: list[bytes], size: int | None = None, *, signer: Signer | None = None
+    ) -> asyncio.Future[None]:
         """Chain ``payloads`` into the open segment; ``size`` is their entries' total length when the
-        caller knows it already."""
+        caller knows it already. ``signer`` (a retired key, at start-up only) signs instead of the
+        signing pool; its entries get a segment of their own."""
         loop = asyncio.get_running_loop()
-        batch = chain_entries(self._head, kind, payloads, self._signer.key_id, self._clock())
+        batch = chain_entries(self._head, kind, payloads, (signer or self._signer).key_id, self._clock())
         self._head = batch.head
         segment = self._open
         if segment is None:
-            segment = _OpenSegment(first_sequence=batch.first_sequence, created_unix_nano=self._clock())
+            segment = _OpenSegment(first_sequence=batch.first_sequence, created_unix_nano=self._clock(), signer=signer)
             segment.archived = loop.create_future()
             if self._spool is not None:
                 segment.spooled = loop.create_future()
             self._open = segment
+        assert segment.signer is signer, "entries of a retired key are sealed before requests are accepted"
         hashes = batch.hashes
+        if signer is not None:
+            signed: asyncio.Future[bytes] = loop.create_future()
+            signed.set_result(b"".join(sign_entry_hashes(signer, hashes)))
+            segment.signature_chunks.append(signed)
         # Spread a batch over every signing worker, in chunks big enough to make each hand-over cheap.
         chunk_size = max(MIN_SIGNING_CHUNK, -(-len(hashes) // self._signing.workers))
-        for start in range(0, len(hashes), chunk_size):
+        for start in range(0, len(hashes) if signer is None else 0, chunk_size):
             segment.signature_chunks.append(self._signing.sign(hashes[start : start + chunk_size]))
         segment.entries += batch.entries
         segment.hashes += hashes
@@ -555,7 +599,10 @@ class SealingPipeline:
             # them again on a fresh pool rather than lose them.
             log.error("signing worker failed; restarting the signing pool", extra={"error": repr(exc)})
             self._signing.restart()
-            chunks = [await self._signing.sign(segment.hashes)]
+            if segment.signer is not None:
+                chunks = [b"".join(sign_entry_hashes(segment.signer, segment.hashes))]
+            else:
+                chunks = [await self._signing.sign(segment.hashes)]
         size = SIGNATURE_SIZE
         return [chunk[i : i + size] for chunk in chunks for i in range(0, len(chunk), size)]
 
@@ -758,6 +805,11 @@ class SealingPipeline:
             next_uncovered = ref.last_sequence + 1
         if next_uncovered == 0:
             return  # not even the genesis entry is archived yet
+        # A checkpoint is signed by the key the chain is bound to after its last entry: before a key
+        # rotation entry, the retired key.
+        signer = self._signer
+        if self._rotation is not None and next_uncovered - 1 < self._rotation[0]:
+            signer = self._rotation[1]
         checkpoint = Checkpoint(
             chain_id=self.chain_id,
             checkpoint_number=self._checkpoint_number,
@@ -765,11 +817,11 @@ class SealingPipeline:
             last_sequence=next_uncovered - 1,
             head_sha256=head,
             time_unix_nano=self._clock(),
-            key_id=self._signer.key_id,
+            key_id=signer.key_id,
             segments=tuple(covered),
             final=final,
         )
-        data, checkpoint_sha256 = sign_checkpoint(checkpoint, self._signer)
+        data, checkpoint_sha256 = sign_checkpoint(checkpoint, signer)
         key = checkpoint_key("", self.chain_id, checkpoint.checkpoint_number, checkpoint.last_sequence)
         await self._put_with_retry(key, data, hashlib.sha256(data).digest())
         # Only a stored checkpoint moves the state on; a cancelled write leaves it for the next one.

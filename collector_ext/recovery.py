@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
@@ -57,7 +58,8 @@ async def _first_key(store: ArchiveStore, under: str, start_after: str = "") -> 
 
 
 async def newest_checkpoint(store: ArchiveStore, chain_id: bytes, key: PublicKey) -> DecodedCheckpoint | None:
-    """The chain's checkpoint with the highest number, if one exists and is signed by ``key``.
+    """The chain's checkpoint with the highest number, if one exists and is signed by ``key`` (one of
+    ``key``'s siblings in ``find_predecessor``).
 
     Raises:
         ArchiveUnavailableError: the archive cannot be listed or read now.
@@ -88,10 +90,10 @@ async def newest_checkpoint(store: ArchiveStore, chain_id: bytes, key: PublicKey
 
 
 async def _genesis(
-    store: ArchiveStore, chain_hex: str, key: PublicKey
-) -> tuple[archive_pb2.GenesisPayload, int] | None:
-    """A chain's genesis payload and sealing time, if its first segment starts with a genesis signed
-    by ``key``."""
+    store: ArchiveStore, chain_hex: str, keys: Sequence[PublicKey]
+) -> tuple[archive_pb2.GenesisPayload, int, PublicKey] | None:
+    """A chain's genesis payload, sealing time and key, if its first segment starts with a genesis
+    signed by one of ``keys``."""
     first = await _first_key(store, f"{chain_hex}/segments/")
     if first is None or (parsed := parse_segment_key(first)) is None or parsed.first_sequence != 0:
         return None
@@ -99,38 +101,40 @@ async def _genesis(
         segment = decode_segment(await store.get(first))
         record = segment.records[0]
         header = decode_entry_header(record.entry)
-        if header.kind != EntryKind.GENESIS or record.entry[KEY_ID_SLICE] != key.key_id:
+        key = next((k for k in keys if k.key_id == record.entry[KEY_ID_SLICE]), None)
+        if header.kind != EntryKind.GENESIS or key is None:
             return None
         if not key.is_valid_signature(record.signature, record_signature_message(entry_hash(record.entry))):
             return None
-        return archive_pb2.GenesisPayload.FromString(entry_payload(record.entry)), header.sealed_unix_nano
+        return archive_pb2.GenesisPayload.FromString(entry_payload(record.entry)), header.sealed_unix_nano, key
     except (MalformedObjectError, DecodeError, IndexError):
         return None
 
 
-async def find_predecessor(store: ArchiveStore, writer_id: str, key: PublicKey) -> ChainEnd | None:
-    """The newest chain in the archive begun by ``writer_id`` with ``key``, and how far it reached.
+async def find_predecessor(store: ArchiveStore, writer_id: str, keys: Sequence[PublicKey]) -> ChainEnd | None:
+    """The newest chain in the archive begun by ``writer_id`` with one of ``keys`` (the signing key and
+    the keys it retired), and how far it reached.
 
     Newest means the latest genesis time. Chains of other writers sharing the archive prefix are
     never chosen: their writers may still be running.
     """
     started = time.monotonic()
-    best: tuple[int, bytes] | None = None
+    best: tuple[int, bytes, PublicKey] | None = None
     for chain_hex in await store.list_children(""):
         if len(chain_hex) != 2 * CHAIN_ID_SIZE:
             continue
-        found = await _genesis(store, chain_hex, key)
+        found = await _genesis(store, chain_hex, keys)
         if found is None or found[0].writer_id != writer_id:
             continue
         sealed = found[1]
         if best is None or sealed > best[0]:
-            best = (sealed, bytes.fromhex(chain_hex))
+            best = (sealed, bytes.fromhex(chain_hex), found[2])
     if best is None:
         return None
     chain_id = best[1]
-    checkpoint = await newest_checkpoint(store, chain_id, key)
+    checkpoint = await _newest_checkpoint_by_any(store, chain_id, keys)
     covered = checkpoint.checkpoint.last_sequence if checkpoint is not None else -1
-    last, head = await _last_archived_entry(store, chain_id, checkpoint, key)
+    last, head = await _last_archived_entry(store, chain_id, checkpoint, keys)
     log.info(
         "found the chain this writer last wrote",
         extra={
@@ -152,8 +156,21 @@ async def find_predecessor(store: ArchiveStore, writer_id: str, key: PublicKey) 
     )
 
 
+async def _newest_checkpoint_by_any(
+    store: ArchiveStore, chain_id: bytes, keys: Sequence[PublicKey]
+) -> DecodedCheckpoint | None:
+    """``newest_checkpoint`` signed by whichever of ``keys`` signed it (a chain may have rotated)."""
+    for index, key in enumerate(keys):
+        try:
+            return await newest_checkpoint(store, chain_id, key)
+        except MalformedObjectError:
+            if index == len(keys) - 1:
+                raise
+    return None
+
+
 async def _last_archived_entry(
-    store: ArchiveStore, chain_id: bytes, checkpoint: DecodedCheckpoint | None, key: PublicKey
+    store: ArchiveStore, chain_id: bytes, checkpoint: DecodedCheckpoint | None, keys: Sequence[PublicKey]
 ) -> tuple[int, bytes]:
     """The highest sequence in any segment of the chain, and that entry's hash (taken from the
     segment, whose record signature must verify under ``key``). Segment keys sort by day, then
@@ -175,7 +192,12 @@ async def _last_archived_entry(
         record = decode_segment(await store.get(newest)).records[-1]
         header = decode_entry_header(record.entry)
         digest = entry_hash(record.entry)
-        if header.sequence == last and key.is_valid_signature(record.signature, record_signature_message(digest)):
+        key = next((k for k in keys if k.key_id == header.key_id), None)
+        if (
+            header.sequence == last
+            and key is not None
+            and key.is_valid_signature(record.signature, record_signature_message(digest))
+        ):
             return last, digest
     except (MalformedObjectError, DecodeError, IndexError):
         pass

@@ -40,12 +40,12 @@ from collector_ext.spool import Spool, SpoolError
 log = logging.getLogger(__name__)
 
 
-def read_signing_key(path: Path) -> Ed25519Signer:
+def read_signing_key(path: Path, setting: str = "signing_key") -> Ed25519Signer:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise KeyFileError("signing_key", f"cannot read {path}: {exc.strerror}") from exc
-    return load_private_key_pem(data, f"signing_key ({path})")
+        raise KeyFileError(setting, f"cannot read {path}: {exc.strerror}") from exc
+    return load_private_key_pem(data, f"{setting} ({path})")
 
 
 def open_archive(
@@ -108,6 +108,7 @@ class Sidecar:
     def __init__(self, config: SidecarConfig) -> None:
         self.config = config
         self.signer = read_signing_key(config.signing_key)
+        retired = [read_signing_key(path, "previous_signing_keys") for path in config.previous_signing_keys]
         self.store = open_archive(
             config.archive.url,
             for_writing=True,
@@ -143,6 +144,7 @@ class Sidecar:
             writer=f"collector-ext/{__version__}",
             writer_id=config.writer_id,
             archive_id=config.archive.archive_id,
+            retired_signers=retired,
             # With a spool the Loki sender reads it itself; without one it is handed archived segments.
             on_archived=self.loki.offer if self.loki is not None and spool is None else None,
             on_spooled=self.loki.notify if self.loki is not None and spool is not None else None,

@@ -350,7 +350,14 @@ class ChainChecker:
         misnamed_reported: bool,
     ) -> None:
         findings_before = len(self.findings)
-        authentic = self._check_segment_digest(key, listed, data, segment)
+        recorded = self._check_segment_digest(key, listed, data, segment)
+        # The digest vouches for the records' signatures only when the checkpoint's key is the one
+        # that signs them: a fast path under another pinned key would let that key pass off records
+        # it did not sign (after a key rotation, the new key's checkpoint covers entries the old key
+        # signed: those are checked one by one).
+        authentic = recorded and (
+            listed is not None and (self.keys.current is None or listed.key_id == self.keys.key_at(self._expected))
+        )
         if self._observer is not None:
             for record in segment.records:
                 self._observer(record.entry, entry_hash(record.entry), record.signature, key.key)
@@ -392,7 +399,7 @@ class ChainChecker:
                 object_key=key.key,
             )
             tampering_found = True
-        if listed is not None and not authentic and not tampering_found and not misnamed_reported:
+        if listed is not None and not recorded and not tampering_found and not misnamed_reported:
             # Whatever notes the segment carries: a checkpoint-listed object must be byte for byte
             # the one recorded (FORMAT.md 13.3 step 11).
             self._report(
@@ -425,8 +432,7 @@ class ChainChecker:
     def _check_segment_digest(
         self, key: SegmentKey, listed: ListedSegment | None, data: bytes, segment: DecodedSegment
     ) -> bool:
-        """True when the object (its framed part) is byte for byte what a checkpoint recorded, and
-        that checkpoint was signed by the key the chain is bound to."""
+        """True when the object (its framed part) is byte for byte what a checkpoint recorded."""
         if segment.appended:
             self._report(
                 FindingKind.APPENDED_BYTES,
@@ -452,9 +458,7 @@ class ChainChecker:
                 object_key=key.key,
             )
             return False
-        # The digest vouches only with the chain's own key; a fast path under another pinned key
-        # would let that key pass off records it did not sign.
-        return self.keys.current is None or listed.key_id == self.keys.key_at(self._expected)
+        return True
 
     def _skip_to(self, last_sequence: int) -> None:
         if last_sequence >= self._expected:

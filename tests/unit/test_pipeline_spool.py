@@ -141,6 +141,11 @@ def test_lost_local_state_starts_a_chain_that_names_the_one_it_supersedes(
     assert genesis.supersedes_chain_id == old_chain
     assert genesis.superseded_last_sequence == 2
     assert genesis.superseded_covered_until == 2
+    # Version 2: the successor vouches for the old chain's head and newest checkpoint.
+    old_head = [e for e in _entries(store) if e[0] == old_chain][-1]
+    assert len(genesis.superseded_head_sha256) == 32
+    assert len(genesis.superseded_checkpoint_sha256) == 32
+    assert old_head[1] == 2
     assert "not found" in genesis.reason
     assert verify_objects(store.objects, [signer.public_key]).clean
 
@@ -163,6 +168,49 @@ def test_a_spool_signed_with_another_key_is_refused(
     pipeline = _pipeline(other_signer, store, tmp_path)
     with pytest.raises(ConfigurationError, match="signing_key"):
         asyncio.run(pipeline.start())
+
+
+def test_a_spool_signed_with_a_retired_key_continues_after_a_signed_key_rotation(
+    signer: Ed25519Signer, other_signer: Ed25519Signer, tmp_path: Path
+) -> None:
+    store = InMemoryArchive()
+    asyncio.run(_run(_pipeline(signer, store, tmp_path), [[b"old-1"], [b"old-2"]]))
+    rotated = SealingPipeline(
+        other_signer, store, _settings(), spool=Spool(tmp_path), writer_id="pod-a", retired_signers=[signer]
+    )
+    asyncio.run(_run(rotated, [[b"new-1"]]))
+
+    entries = _entries(store)
+    assert len({e[0] for e in entries}) == 1  # one chain, continued
+    kinds = [e[2] for e in entries]
+    rotation_at = kinds.index(EntryKind.KEY_ROTATION)
+    assert kinds[rotation_at - 1] == EntryKind.RESTART
+    rotation = archive_pb2.KeyRotationPayload.FromString(entries[rotation_at][3])
+    assert rotation.new_public_key == other_signer.public_key.raw
+    # Records up to the rotation are signed by the retired key, everything after it by the new one.
+    key_ids = []
+    for key in sorted(store.objects):
+        if parse_segment_key(key) is not None:
+            key_ids += [decode_entry_header(r.entry).key_id for r in decode_segment(store.objects[key]).records]
+    assert set(key_ids[: rotation_at + 1]) == {signer.key_id}
+    assert set(key_ids[rotation_at + 1 :]) == {other_signer.key_id}
+    report = verify_objects(store.objects, [signer.public_key, other_signer.public_key])
+    assert report.clean, report.findings
+    assert [f.first_sequence for f in report.findings if f.kind == "key-rotation"] == [rotation_at]
+    # Pinning only the new key does not verify what the retired key signed.
+    assert not verify_objects(store.objects, [other_signer.public_key]).clean
+
+
+def test_the_checkpoint_of_a_clean_shutdown_is_final(signer: Ed25519Signer, tmp_path: Path) -> None:
+    from collector_ext.seal.checkpoint import decode_checkpoint
+    from collector_ext.seal.layout import parse_checkpoint_key
+
+    store = InMemoryArchive()
+    asyncio.run(_run(_pipeline(signer, store, tmp_path), [[b"a"]]))
+    checkpoints = sorted(k for k in store.objects if parse_checkpoint_key(k) is not None)
+    finals = [decode_checkpoint(store.objects[k]).checkpoint.final for k in checkpoints]
+    assert finals[-1] is True
+    assert not any(finals[:-1])
 
 
 def test_a_full_spool_refuses_before_sealing_and_recovers(signer: Ed25519Signer, tmp_path: Path) -> None:
