@@ -283,6 +283,17 @@ def test_every_finding_kind_has_a_test() -> None:
         K.WRITTEN_AFTER_SUPERSEDED,
         K.SUPERSEDED_CHAIN_MISSING,
         K.RESENT_RECORDS,
+        K.FORMAT_V1,
+        # The attacks of issue 9: test_adversary.py
+        K.WRONG_KEY,
+        K.KEY_OUTSIDE_VALIDITY,
+        K.KEY_ROTATION,
+        K.FOREIGN_CHAIN,
+        K.SUPERSEDED_CHAIN_CUT,
+        K.ROLLBACK,
+        K.VANISHED_CHAIN,
+        K.STALE_CHAIN,
+        K.UNREADABLE_OBJECT,
         # Loki cross-check findings: tests/integration/test_loki_sink.py
         K.LOKI_MISSING,
         K.LOKI_ALTERED,
