@@ -138,7 +138,7 @@ class ChainChecker:
         self._restart_marks = 0
         self._segment_marks: list[int] = []  # restart marks accepted in the segment being checked
         self._resends = ResendTracker(chain_id_hex, self.findings.append, report_all=report_resends)
-        self._deferred: dict[int, list[tuple[SegmentKey, DecodedSegment, bytes, ListedSegment | None]]] = {}
+        self._deferred: dict[int, list[tuple[SegmentKey, DecodedSegment, bytes, ListedSegment | None, bool]]] = {}
         self._deferred_bytes = 0
         self._unreadable: tuple[int, str] | None = None  # first sequence (by key) and key of an unreadable object
         self._unpinned: dict[bytes, list[int]] = {}  # unpinned key id -> [finding index, records, checkpoints]
@@ -311,18 +311,20 @@ class ChainChecker:
                 last=key.last_sequence,
                 object_key=key.key,
             )
-            if (
-                segment.first_sequence > self._expected
-                and segment.record_count > 0
-                and self._deferred_bytes + len(data) <= DEFERRED_BYTES_BUDGET
-            ):
-                # Walk it where its content belongs (FORMAT.md 13.3 step 0).
-                self._deferred.setdefault(segment.first_sequence, []).append((key, segment, data, listed))
-                self._deferred_bytes += len(data)
-                return
+        if (
+            segment.first_sequence > self._expected
+            and segment.record_count > 0
+            and self._deferred_bytes + len(data) <= DEFERRED_BYTES_BUDGET
+        ):
+            # Its content starts after a gap: set it aside (within a budget) in case the missing
+            # records come in a misnamed object later in key order, and walk it where its content
+            # belongs (FORMAT.md 13.3 step 0). A real gap is reported when the budget or the chain ends.
+            self._deferred.setdefault(segment.first_sequence, []).append((key, segment, data, listed, misnamed))
+            self._deferred_bytes += len(data)
+            return
         self._walk_deferred(before=segment.first_sequence)
         self._walk_segment(key, segment, data, listed, misnamed_reported=misnamed)
-        self._walk_deferred(before=self._expected + 1)
+        self._walk_deferred()
 
     def _set_unreadable(self, key: SegmentKey) -> None:
         """An object that could not be read: its records are not skipped over (its key is not trusted);
@@ -331,14 +333,16 @@ class ChainChecker:
         if self._unreadable is None or key.first_sequence < self._unreadable[0]:
             self._unreadable = (key.first_sequence, key.key)
 
-    def _walk_deferred(self, *, before: int) -> None:
+    def _walk_deferred(self, *, before: int | None = None) -> None:
+        """Walk the set-aside segments whose content starts before ``before`` (default: those the
+        walk has reached, re-evaluated after each)."""
         while self._deferred:
             first = min(self._deferred)
-            if first >= before:
+            if first >= (before if before is not None else self._expected + 1):
                 return
-            for key, segment, data, listed in self._deferred.pop(first):
+            for key, segment, data, listed, misnamed in self._deferred.pop(first):
                 self._deferred_bytes -= len(data)
-                self._walk_segment(key, segment, data, listed, misnamed_reported=True)
+                self._walk_segment(key, segment, data, listed, misnamed_reported=misnamed)
 
     def _walk_segment(
         self,
@@ -411,8 +415,10 @@ class ChainChecker:
                 object_key=key.key,
             )
         self._report_passed_listings()
-        for sequence, _claim in self.ledger.drop_claims_below(self._expected):
-            del sequence  # their entries were missing or unusable: already reported
+        for sequence, claim in self.ledger.drop_claims_below(self._expected):
+            # Their entries were missing or unusable (already reported); whose key signed the
+            # checkpoints that claim them is still checked.
+            self._check_checkpoint_keys(sequence, claim.signers)
 
     def _report_passed_listings(self) -> None:
         """Checkpoint-listed objects the walk went past without seeing: their records were found
@@ -892,6 +898,8 @@ class ChainChecker:
     def finish(self) -> ChainSummary:
         self._walk_deferred(before=2**64)
         self._report_passed_listings()
+        for sequence, claim in self.ledger.drop_claims_below(2**64):
+            self._check_checkpoint_keys(sequence, claim.signers)
         self._resends.finish()
         last = self._expected - 1
         covered = self.ledger.covered_until
