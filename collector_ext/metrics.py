@@ -119,6 +119,18 @@ class _LokiCollector(Collector):
             "How long pushes to Loki have been failing (0 when they succeed).",
             value=0.0 if failing is None else time.monotonic() - failing,
         )
+        undelivered = stats.undelivered_since
+        yield GaugeMetricFamily(
+            "collector_ext_loki_oldest_undelivered_seconds",
+            "Age of the oldest record stored (spooled; archived, without a spool) that Loki does not have "
+            "yet (0 when it has them all).",
+            value=0.0 if undelivered is None else max(0.0, time.monotonic() - undelivered),
+        )
+        yield CounterMetricFamily(
+            "collector_ext_loki_spool_records_missing",
+            "Records passed because their spool file vanished before Loki had them (removed by hand).",
+            value=stats.spool_records_missing,
+        )
 
 
 LOKI_REASONS = (
@@ -213,4 +225,6 @@ LOKI_METRIC_NAMES = (
     "collector_ext_loki_entries_rejected_total",
     "collector_ext_loki_queue_records",
     "collector_ext_loki_failing_seconds",
+    "collector_ext_loki_oldest_undelivered_seconds",
+    "collector_ext_loki_spool_records_missing_total",
 )

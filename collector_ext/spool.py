@@ -95,7 +95,11 @@ def parse_segment_file(path: Path, size: int) -> SpooledSegment | None:
 
 
 def list_segment_files(directory: Path) -> list[SpooledSegment]:
-    """The spool's segment files in sequence order (also used by the Loki sender's process)."""
+    """The spool's segment files in sequence order (also used by the Loki sender's process).
+
+    One directory read: a file renamed into place while it runs may be missing from the result
+    even when a later one is present, so a reader that follows a live spool must not take a gap in
+    the sequence for a file that is gone (see ``deliver.loki.spool_follower``)."""
     found = []
     with os.scandir(directory / SEGMENTS) as entries:
         for item in entries:

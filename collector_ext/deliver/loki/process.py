@@ -8,16 +8,18 @@ event loop and reports its counters back a few times a second; ``LokiProcess`` l
 
 Two ways in:
 
-- With a spool (``spool_directory``), the child reads sealed segments from the spool itself, from
-  its persisted cursor (``loki.cursor``) onwards, and takes the next file only while its queue has
-  room: nothing is dropped however long Loki is down, and after a restart it resumes where it
-  stopped. The parent only wakes it (``notify``) when a segment is spooled. A segment pushed again
-  after a crash is harmless: Loki keeps one copy of an entry with the same stream, time and line.
+- With a spool (``spool_directory``), the child reads sealed segments from the spool itself
+  (``spool_follower``), from its persisted cursor (``loki.cursor``) onwards and strictly in
+  sequence order, and takes the next file only while its queue has room: nothing is dropped however
+  long Loki is down, and after a restart it resumes where it stopped. The parent only wakes it
+  (``notify``) when a segment is spooled. A segment pushed again after a crash is harmless: Loki
+  keeps one copy of an entry with the same stream, time and line.
 - Without a spool, the parent hands each archived segment's bytes to a pipe (``offer``) and keeps
   the queue bound: when the child falls behind by more than ``max_queue_records``, whole segments
   are dropped (and counted as ``queue_full``), so memory stays bounded however long Loki is down.
 
-The child is started with ``spawn`` (forking a process with grpc threads is unsafe).
+The child is started with ``spawn`` (forking a process with grpc threads is unsafe) and logs JSON
+on the inherited stderr, as the sidecar does.
 """
 
 from __future__ import annotations
@@ -39,21 +41,16 @@ from typing import Any
 from collector_ext.deliver.loki.client import LokiClient, LokiConnection
 from collector_ext.deliver.loki.mapping import EntryMapper, MappingSettings
 from collector_ext.deliver.loki.sender import LokiSender, LokiSettings, LokiStats
-from collector_ext.errors import MalformedObjectError
+from collector_ext.deliver.loki.spool_follower import SpoolFollower
+from collector_ext.logging_setup import configure_logging
 from collector_ext.memory import pin_mmap_threshold
-from collector_ext.seal.segment import decode_segment
 from collector_ext.signing_worker import exit_with_parent
-from collector_ext.spool import SpoolError, list_segment_files, read_loki_cursor, write_loki_cursor
 
 log = logging.getLogger(__name__)
 
 _STOP = "stop"
 _WAKE = "wake"
 REPORT_INTERVAL = 0.2
-SPOOL_POLL_INTERVAL = 0.5
-# With a spool the backlog waits on disk: the sender holds only this many records in memory (a few
-# pushes' worth), however far behind Loki is.
-SPOOL_READ_AHEAD_RECORDS = 5_000
 
 
 def _child_main(
@@ -68,12 +65,20 @@ def _child_main(
 ) -> None:
     exit_with_parent(parent_pid)
     pin_mmap_threshold()
-    logging.basicConfig(level=log_level)
+    configure_logging(logging.getLevelName(log_level))
     asyncio.run(_child_loop(connection, mapping, settings, inbox, reports, spool_directory))
 
 
-def _snapshot(stats: LokiStats, *, final: bool = False) -> dict[str, Any]:
+def _snapshot(stats: LokiStats, follower: SpoolFollower | None, *, final: bool = False) -> dict[str, Any]:
     """The counters the child reports to the parent (picklable, relative times)."""
+    if follower is None:
+        since = stats.undelivered_since
+        undelivered_for = None if since is None else time.monotonic() - since
+    else:
+        # With a spool, records wait there before the sender sees them: their age comes from the
+        # spool's files (each named with its creation time), not from the sender's queue.
+        created = follower.oldest_undelivered_unix_nano()
+        undelivered_for = None if created is None else max(0.0, time.time() - created / 1e9)
     return {
         "entries_pushed": stats.entries_pushed,
         "pushes": stats.pushes,
@@ -81,71 +86,10 @@ def _snapshot(stats: LokiStats, *, final: bool = False) -> dict[str, Any]:
         "rejected": dict(stats.rejected),
         "queued_records": stats.queued_records,
         "failing_for": None if stats.failing_since is None else time.monotonic() - stats.failing_since,
+        "undelivered_for": undelivered_for,
+        "spool_records_missing": 0 if follower is None else follower.missing_records,
         "final": final,
     }
-
-
-class _SpoolFollower:
-    """The child's reader of the spool: offers each new segment file to the sender, in order, while
-    the sender's queue has room, and persists the sender's progress as the Loki cursor."""
-
-    def __init__(self, directory: Path, sender_settings: LokiSettings) -> None:
-        self._directory = directory
-        self._settings = sender_settings
-        self._chain_id = b""
-        self._offered_through = -1
-        self._delivered: int | None = None
-        self._written: int | None = None
-        self.wake = asyncio.Event()
-
-    def delivered(self, sequence: int) -> None:
-        self._delivered = sequence
-
-    async def write_cursor(self) -> None:
-        delivered = self._delivered
-        if delivered is not None and delivered != self._written and self._chain_id:
-            try:
-                await asyncio.to_thread(write_loki_cursor, self._directory, self._chain_id, delivered)
-                self._written = delivered
-            except SpoolError as exc:
-                log.warning("Loki cursor not saved", extra={"error": str(exc)})
-
-    async def run(self, sender: LokiSender, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            self.wake.clear()
-            try:
-                await self._offer_new(sender, stop)
-            except (OSError, MalformedObjectError) as exc:
-                # Never stop following: a failed pass is retried at the next wake-up or poll.
-                log.error("reading the spool for Loki failed; retrying", extra={"error": str(exc)})
-            await self.write_cursor()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), timeout=SPOOL_POLL_INTERVAL)
-
-    async def _offer_new(self, sender: LokiSender, stop: asyncio.Event) -> None:
-        files = await asyncio.to_thread(list_segment_files, self._directory)
-        if not files:
-            return
-        if files[-1].chain_id != self._chain_id:
-            self._chain_id = files[-1].chain_id
-            self._offered_through = read_loki_cursor(self._directory, self._chain_id)
-        for spooled in files:
-            if spooled.chain_id != self._chain_id or spooled.last_sequence <= self._offered_through:
-                continue
-            while sender.stats.queued_records >= min(self._settings.max_queue_records, SPOOL_READ_AHEAD_RECORDS):
-                if stop.is_set():
-                    return
-                await asyncio.sleep(0.05)
-                await self.write_cursor()
-            try:
-                data = await asyncio.to_thread(spooled.path.read_bytes)
-            except FileNotFoundError:
-                continue  # trimmed: both the archive and Loki had it
-            segment = decode_segment(data)
-            skip = max(0, self._offered_through + 1 - spooled.first_sequence)
-            records = segment.records[skip:]
-            sender.offer([r.entry for r in records], [r.signature for r in records], spooled.last_sequence)
-            self._offered_through = spooled.last_sequence
 
 
 async def _child_loop(
@@ -156,7 +100,11 @@ async def _child_loop(
     reports: Connection,
     spool_directory: Path | None,
 ) -> None:
-    follower = _SpoolFollower(spool_directory, settings) if spool_directory is not None else None
+    follower = (
+        SpoolFollower(spool_directory, max_queue_records=settings.max_queue_records)
+        if spool_directory is not None
+        else None
+    )
     # Without a spool the parent bounds the queue and the child keeps whatever it was given; with
     # one, the follower takes from the spool only while there is room, so nothing is dropped.
     sender = LokiSender(
@@ -189,7 +137,7 @@ async def _child_loop(
 
     async def report() -> None:
         while True:
-            reports.send(_snapshot(sender.stats))
+            reports.send(_snapshot(sender.stats, follower))
             await asyncio.sleep(REPORT_INTERVAL)
 
     reporter = asyncio.create_task(report())
@@ -203,7 +151,7 @@ async def _child_loop(
     reporter.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await reporter
-    reports.send(_snapshot(sender.stats, final=True))
+    reports.send(_snapshot(sender.stats, follower, final=True))
 
 
 class LokiProcess:
@@ -269,6 +217,7 @@ class LokiProcess:
         for reason, count in self._dropped.items():
             rejected[reason] = rejected.get(reason, 0) + count
         failing_for = report.get("failing_for")
+        undelivered_for = report.get("undelivered_for")
         self.stats = LokiStats(
             entries_pushed=int(report.get("entries_pushed", 0)),
             pushes=int(report.get("pushes", 0)),
@@ -278,6 +227,8 @@ class LokiProcess:
                 int(report.get("queued_records", 0)) if self._spool_directory is not None else max(0, self._backlog())
             ),
             failing_since=None if failing_for is None else time.monotonic() - float(failing_for),
+            undelivered_since=None if undelivered_for is None else time.monotonic() - float(undelivered_for),
+            spool_records_missing=int(report.get("spool_records_missing", 0)),
         )
 
     def _backlog(self) -> int:

@@ -17,6 +17,8 @@ or failing Loki never delays sealing, archiving or the acknowledgement to the co
   With a spool nothing is dropped: the sender takes segments from the spool only while its queue
   has room, and reports through ``on_delivered`` the last sequence of each segment it has wholly
   pushed (or had refused), which becomes its persisted cursor.
+- ``stats.undelivered_since``: when the oldest segment not yet wholly pushed or refused was offered
+  (``collector_ext_loki_oldest_undelivered_seconds`` without a spool).
 """
 
 from __future__ import annotations
@@ -65,6 +67,10 @@ class LokiStats:
     rejected: dict[str, int] = field(default_factory=dict)
     queued_records: int = 0
     failing_since: float | None = None
+    # time.monotonic() when the oldest record not yet pushed or refused was offered (the Loki process
+    # reports when it was spooled instead); None: nothing waits
+    undelivered_since: float | None = None
+    spool_records_missing: int = 0  # reported by the spool follower: records whose file vanished
 
     def reject(self, reason: str, count: int) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + count
@@ -75,6 +81,14 @@ class _ArchivedSegment:
     entries: Sequence[bytes]
     signatures: Sequence[bytes]
     last_sequence: int | None
+    offered_at: float  # time.monotonic()
+
+
+@dataclass(frozen=True, slots=True)
+class _SegmentEnd:
+    mapped_total: int  # entries mapped before the segment's end
+    last_sequence: int | None
+    offered_at: float
 
 
 class LokiSender:
@@ -88,8 +102,8 @@ class LokiSender:
     ) -> None:
         self._client = client
         self._on_delivered = on_delivered
-        # (entries mapped before the segment's end, its last sequence), oldest first
-        self._segment_ends: deque[tuple[int, int]] = deque()
+        # mapped segments whose entries are not all delivered yet, oldest first
+        self._segment_ends: deque[_SegmentEnd] = deque()
         self._mapped_total = 0
         self._delivered_total = 0
         self._mapper = mapper
@@ -113,15 +127,17 @@ class LokiSender:
     def offer(self, entries: Sequence[bytes], signatures: Sequence[bytes], last_sequence: int | None = None) -> None:
         """Queue the records of one segment (called on the event loop; O(1)). ``last_sequence`` is
         reported to ``on_delivered`` once every record of the segment is pushed or refused."""
-        self._segments.append(_ArchivedSegment(entries, signatures, last_sequence))
+        now = time.monotonic()
+        self._segments.append(_ArchivedSegment(entries, signatures, last_sequence, now))
         self._drained.clear()
         self.stats.queued_records += len(entries)
         if self._oldest_at is None:
-            self._oldest_at = time.monotonic()
+            self._oldest_at = now
         while self.stats.queued_records > self._settings.max_queue_records and len(self._segments) > 1:
             dropped = self._segments.popleft()
             self.stats.queued_records -= len(dropped.entries)
             self.stats.reject("queue_full", len(dropped.entries))
+        self._note_undelivered()
         self._wakeup.set()
 
     async def close(self, drain_timeout: float) -> None:
@@ -159,16 +175,27 @@ class LokiSender:
                 self._mapped.append(mapped)
                 self._mapped_bytes += encoded_size(mapped)
                 self._mapped_total += 1
-        if segment.last_sequence is not None:
-            self._segment_ends.append((self._mapped_total, segment.last_sequence))
-            self._report_delivered()
+        self._segment_ends.append(_SegmentEnd(self._mapped_total, segment.last_sequence, segment.offered_at))
+        self._report_delivered()
 
     def _report_delivered(self) -> None:
         last = None
-        while self._segment_ends and self._segment_ends[0][0] <= self._delivered_total:
-            last = self._segment_ends.popleft()[1]
+        while self._segment_ends and self._segment_ends[0].mapped_total <= self._delivered_total:
+            end = self._segment_ends.popleft()
+            if end.last_sequence is not None:
+                last = end.last_sequence
         if last is not None and self._on_delivered is not None:
             self._on_delivered(last)
+        self._note_undelivered()
+
+    def _note_undelivered(self) -> None:
+        """Keep ``stats.undelivered_since``: when the oldest segment not wholly delivered was offered."""
+        if self._segment_ends:
+            self.stats.undelivered_since = self._segment_ends[0].offered_at
+        elif self._segments:
+            self.stats.undelivered_since = self._segments[0].offered_at
+        else:
+            self.stats.undelivered_since = None
 
     async def _take_batch(self) -> list[LokiEntry]:
         limit = self._settings.batch_max_bytes
