@@ -16,10 +16,15 @@ from dataclasses import dataclass
 SEGMENT_SUFFIX = ".cxseg"
 CHECKPOINT_SUFFIX = ".cxckpt"
 
+# ASCII digits only (``\d`` would take any Unicode digit) and ``\Z``, the very end (``$`` also
+# matches before a trailing newline): proto/FORMAT.md 3.
 _SEGMENT_RE = re.compile(
-    r"(?:^|/)(?P<chain>[0-9a-f]{32})/segments/\d{4}/\d{2}/\d{2}/(?P<first>\d{20})-(?P<last>\d{20})\.cxseg$"
+    r"(?:^|/)(?P<chain>[0-9a-f]{32})/segments/[0-9]{4}/[0-9]{2}/[0-9]{2}/(?P<first>[0-9]{20})-(?P<last>[0-9]{20})"
+    r"\.cxseg\Z"
 )
-_CHECKPOINT_RE = re.compile(r"(?:^|/)(?P<chain>[0-9a-f]{32})/checkpoints/(?P<number>\d{12})-(?P<last>\d{20})\.cxckpt$")
+_CHECKPOINT_RE = re.compile(
+    r"(?:^|/)(?P<chain>[0-9a-f]{32})/checkpoints/(?P<number>[0-9]{12})-(?P<last>[0-9]{20})\.cxckpt\Z"
+)
 
 
 def _join(prefix: str, rest: str) -> str:
