@@ -189,3 +189,18 @@ def test_keys_round_trip_through_pem_and_name_their_source_on_error() -> None:
     with pytest.raises(KeyFileError, match=r"b\.pub"):
         load_public_key_pem(pair.private_pem, "b.pub")
     assert "PRIVATE" not in repr(signer)
+
+
+def test_object_keys_take_ascii_digits_only_and_no_trailing_newline() -> None:
+    from collector_ext.seal.layout import parse_checkpoint_key, parse_segment_key
+
+    chain = "0" * 32
+    segment = f"{chain}/segments/2026/09/21/{0:020d}-{9:020d}.cxseg"
+    checkpoint = f"{chain}/checkpoints/{0:012d}-{9:020d}.cxckpt"
+    assert parse_segment_key(segment) is not None
+    assert parse_checkpoint_key(checkpoint) is not None
+    assert parse_segment_key(segment + "\n") is None
+    assert parse_checkpoint_key(checkpoint + "\n") is None
+    arabic_zero = "\u0660"
+    assert parse_segment_key(segment.replace("2026", arabic_zero * 4)) is None
+    assert parse_checkpoint_key(checkpoint.replace("0" * 12, arabic_zero * 12, 1)) is None
