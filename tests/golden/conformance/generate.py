@@ -1,0 +1,560 @@
+"""Conformance cases for archive verifiers (proto/FORMAT.md 18.1): small archives, most of them
+tampered, each with the exact findings and verdict a verifier must produce.
+
+Usage, from the repository root (it imports tests.archive_builder):
+
+    python -m tests.golden.conformance.generate          # rewrite tests/golden/conformance/cases/
+    python -m tests.golden.conformance.generate --check  # exit 1 if the cases differ from what the
+                                                          # current code produces
+
+Every case is a directory ``cases/<name>/`` with ``objects/`` (the archive: each object key is a
+file path relative to ``objects/``, as ``aws s3 sync`` would write it) and ``case.json`` (what it
+tests, the pinned keys, options, the expected findings and verdict). Everything is fixed (keys from
+fixed seeds, chain ids, times), and Ed25519 signatures are deterministic, so two runs give
+byte-identical output. The expected findings are written here by hand from FORMAT.md, not taken
+from a verifier's output; tests/golden/test_conformance.py runs collector_ext's verifier on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import filecmp
+import hashlib
+import json
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from collector_ext.pb import archive_pb2
+from collector_ext.seal.chain import genesis_payload, key_rotation_payload
+from collector_ext.seal.entry import EntryKind
+from collector_ext.seal.framing import SEGMENT_MAGIC, frame
+from collector_ext.seal.keys import Ed25519Signer
+from collector_ext.seal.layout import segment_key
+from tests.archive_builder import BASE_TIME, BuiltArchive, build_archive, restart_mark
+
+CASES_DIR = Path(__file__).resolve().with_name("cases")
+
+KEY_A = Ed25519Signer(Ed25519PrivateKey.from_private_bytes(bytes(range(0x00, 0x20))))
+KEY_B = Ed25519Signer(Ed25519PrivateKey.from_private_bytes(bytes(range(0x01, 0x21))))
+# A second pair for the rotation case (the verifier's behaviour there depends on the key ids).
+KEY_C = Ed25519Signer(Ed25519PrivateKey.from_private_bytes(bytes(32)))
+KEY_D = Ed25519Signer(Ed25519PrivateKey.from_private_bytes(bytes([1]) * 32))
+CHAIN = bytes(range(0xC0, 0xD0))
+SUCCESSOR = bytes(range(0xD0, 0xE0))
+ARCHIVE_ID = "s3://audit-archive/logs"
+
+
+def genesis(signer: Ed25519Signer = KEY_A, *, archive_id: str = ARCHIVE_ID, **fields: Any) -> bytes:
+    return genesis_payload(
+        signer.public_key,
+        writer="collector-ext/conformance",
+        reason="test",
+        writer_id="pod-0",
+        archive_id=archive_id,
+        **fields,
+    )
+
+
+def chain(**kwargs: Any) -> BuiltArchive:
+    """Three segments of three entries (seq 0-8), a checkpoint after each, signed by KEY_A."""
+    kwargs.setdefault("segments", 3)
+    kwargs.setdefault("per_segment", 3)
+    kwargs.setdefault("chain_id", CHAIN)
+    if kwargs.get("format_version", 2) >= 2:
+        kwargs.setdefault("genesis", genesis())
+    signer = kwargs.pop("signer", KEY_A)
+    return build_archive(signer, **kwargs)
+
+
+@dataclass
+class Case:
+    name: str
+    description: str
+    objects: dict[str, bytes]
+    expected: list[dict[str, Any]]
+    keys: list[Ed25519Signer] = field(default_factory=lambda: [KEY_A])
+    options: dict[str, Any] = field(default_factory=dict)
+    known_verifier_bug: str = ""
+
+    @property
+    def verified(self) -> bool:
+        return not any(f["severity"] in ("tampering", "loss") for f in self.expected)
+
+
+def finding(
+    kind: str,
+    severity: str,
+    first: int | None = None,
+    last: int | None = None,
+    key: str | None = None,
+    chain_id: bytes | None = CHAIN,
+) -> dict[str, Any]:
+    return {
+        "kind": kind,
+        "severity": severity,
+        "chain_id": chain_id.hex() if chain_id is not None else None,
+        "first_sequence": first,
+        "last_sequence": last if last is not None else first,
+        "object_key": key,
+    }
+
+
+def _reencode(built: BuiltArchive, index: int, mutate: Callable[[archive_pb2.Segment], None]) -> None:
+    key = built.segment_keys[index]
+    message = archive_pb2.Segment.FromString(built.objects[key][16:])
+    mutate(message)
+    built.objects[key] = frame(SEGMENT_MAGIC, message.SerializeToString())
+
+
+# -- the cases --------------------------------------------------------------------------------------------
+
+
+def clean_v2() -> Case:
+    return Case("clean-v2", "An untouched version 2 chain: no findings.", chain().objects, [])
+
+
+def clean_v1() -> Case:
+    built = chain(format_version=1)
+    return Case(
+        "clean-v1",
+        "An untouched version 1 chain verifies under version 1 rules and gets the format-v1 note (FORMAT.md 1.1).",
+        built.objects,
+        [finding("format-v1", "info")],
+    )
+
+
+def modified_record() -> Case:
+    built = chain()
+    records = built.segment_records(1)
+    records[1].entry = records[1].entry[:-1] + b"!"
+    built.rewrite_segment(1, records)
+    return Case(
+        "modified-record",
+        "One byte of the log record at seq 4 changed: its signature no longer verifies (13.3 step 8.5).",
+        built.objects,
+        [finding("modified-record", "tampering", 4, 4, built.segment_keys[1])],
+    )
+
+
+def deleted_records() -> Case:
+    built = chain()
+    records = built.segment_records(1)
+    built.rewrite_segment(1, [records[0], records[2]])
+    return Case(
+        "deleted-records",
+        "The record at seq 4 removed from its segment (the header still declares 3 records); a checkpoint "
+        "covers it, so tampering (13.3 step 8.6).",
+        built.objects,
+        [finding("deleted-records", "tampering", 4, 4, built.segment_keys[1])],
+    )
+
+
+def missing_segment() -> Case:
+    built = chain()
+    del built.objects[built.segment_keys[1]]
+    return Case(
+        "missing-segment",
+        "The checkpoint-listed segment holding seq 3-5 deleted (13.3 step 8.6).",
+        built.objects,
+        [finding("missing-segment", "tampering", 3, 5, built.segment_keys[1])],
+    )
+
+
+def swapped_segments() -> Case:
+    built = chain()
+    one, two = built.segment_keys[1], built.segment_keys[2]
+    built.objects[one], built.objects[two] = built.objects[two], built.objects[one]
+    return Case(
+        "swapped-segments",
+        "The contents of the segments for seq 3-5 and 6-8 swapped: two misnamed objects, walked where their "
+        "content belongs; no fork, no deletion (13.3 step 0).",
+        built.objects,
+        [
+            finding("replaced-segment", "tampering", 3, 5, one),
+            finding("replaced-segment", "tampering", 6, 8, two),
+        ],
+    )
+
+
+def appended_bytes() -> Case:
+    built = chain()
+    built.objects[built.segment_keys[0]] += b"appended"
+    return Case(
+        "appended-bytes",
+        "Bytes appended after the first segment's frame; the framed part still matches its digest (FORMAT.md 4).",
+        built.objects,
+        [finding("appended-bytes", "tampering", None, None, built.segment_keys[0])],
+    )
+
+
+def forged_checkpoint() -> Case:
+    built = chain()
+    key = built.checkpoint_keys[1]
+    data = bytearray(built.objects[key])
+    data[-1] ^= 0x01  # the last byte of the signature
+    built.objects[key] = bytes(data)
+    return Case(
+        "forged-checkpoint",
+        "Checkpoint 1's signature altered: it is discarded, so checkpoint 2 follows a gap; the segment it "
+        "listed is no longer authentic but each of its records verifies (13.2 steps 3 and 6).",
+        built.objects,
+        [
+            finding("forged-checkpoint", "tampering", 5, 5, key),
+            finding("missing-checkpoint", "tampering", None, None, built.checkpoint_keys[2]),
+        ],
+    )
+
+
+def wrong_key() -> Case:
+    built = chain(key_for=lambda sequence: KEY_A if sequence < 6 else KEY_B)
+    return Case(
+        "wrong-key",
+        "Both keys are pinned; the chain is bound to KEY_A by its genesis, but seq 6-8 and the checkpoint covering "
+        "seq 3-5 (which a checkpoint signs with the key bound after it) are signed by KEY_B without a rotation "
+        "(FORMAT.md 10.2); so is the checkpoint covering seq 6-8, whose head entry is itself rejected (13.3 step "
+        "8.9a checks it all the same).",
+        built.objects,
+        [
+            finding("wrong-key", "tampering", 5, 5, built.checkpoint_keys[1]),
+            finding("wrong-key", "tampering", 6, 6, built.segment_keys[2]),
+            finding("wrong-key", "tampering", 7, 7, built.segment_keys[2]),
+            finding("wrong-key", "tampering", 8, 8, built.segment_keys[2]),
+            finding("wrong-key", "tampering", 8, 8, built.checkpoint_keys[2]),
+        ],
+        keys=[KEY_A, KEY_B],
+    )
+
+
+def unknown_key() -> Case:
+    built = chain()
+    return Case(
+        "unknown-key",
+        "An untouched archive checked against the wrong pinned key: one unknown-key finding for the key id, "
+        "covering every record and checkpoint it signed (13.2 step 2, 13.3 step 8.3).",
+        built.objects,
+        [finding("unknown-key", "tampering", 0, 8, built.checkpoint_keys[0])],
+        keys=[KEY_B],
+    )
+
+
+def _rotation_chain(
+    rotation_at: int,
+    signer_after: Ed25519Signer,
+    segments: int = 3,
+    per_segment: int = 3,
+    old: Ed25519Signer = KEY_A,
+    new: Ed25519Signer = KEY_B,
+) -> BuiltArchive:
+    payload = key_rotation_payload(
+        chain_id=CHAIN, sequence=rotation_at, retired=old, successor=new, reason="scheduled rotation"
+    )
+    return chain(
+        signer=old,
+        genesis=genesis(old),
+        segments=segments,
+        per_segment=per_segment,
+        special={rotation_at: (EntryKind.KEY_ROTATION, payload)},
+        key_for=lambda sequence: old if sequence <= rotation_at else signer_after,
+    )
+
+
+def key_rotation() -> Case:
+    built = _rotation_chain(5, KEY_D, segments=2, per_segment=4, old=KEY_C, new=KEY_D)
+    return Case(
+        "key-rotation",
+        "An untouched chain (seq 0-7) that rotates from KEY_C to KEY_D at seq 5, inside its last segment; the "
+        "checkpoint covering seq 4-7 is signed by KEY_D, the key bound after it (FORMAT.md 7.6, 10.2).",
+        built.objects,
+        [finding("key-rotation", "info", 5, 5, built.segment_keys[1])],
+        keys=[KEY_C, KEY_D],
+    )
+
+
+def retired_key_writes() -> Case:
+    built = _rotation_chain(7, KEY_A)
+    return Case(
+        "retired-key-writes",
+        "The chain rotates to KEY_B at seq 7, but seq 8 and the checkpoint covering seq 6-8 are signed by the "
+        "retired KEY_A (still pinned): wrong-key on both (FORMAT.md 10.2, 13.3 step 8.9a).",
+        built.objects,
+        [
+            finding("key-rotation", "info", 7, 7, built.segment_keys[2]),
+            finding("wrong-key", "tampering", 8, 8, built.segment_keys[2]),
+            finding("wrong-key", "tampering", 8, 8, built.checkpoint_keys[2]),
+        ],
+        keys=[KEY_A, KEY_B],
+    )
+
+
+def foreign_chain() -> Case:
+    built = chain(genesis=genesis(archive_id="s3://another-archive/logs"))
+    return Case(
+        "foreign-chain",
+        f"A chain whose genesis names another archive, found in the archive {ARCHIVE_ID!r} (the expected archive "
+        "id is given): it was copied here (13.6a).",
+        built.objects,
+        [finding("foreign-chain", "tampering", 0, 0, None)],
+        options={"archive_id": ARCHIVE_ID},
+    )
+
+
+def _successor(old: BuiltArchive, last: int, checkpoint: int) -> BuiltArchive:
+    return chain(
+        chain_id=SUCCESSOR,
+        segments=1,
+        genesis=genesis(
+            supersedes_chain_id=CHAIN,
+            superseded_last_sequence=last,
+            superseded_covered_until=last,
+            superseded_head_sha256=old.entry_hash_at(last),
+            superseded_checkpoint_sha256=old.checkpoint_hash_at(checkpoint),
+            superseded_checkpoint_number=checkpoint,
+        ),
+    )
+
+
+def successor_cut() -> Case:
+    old = chain()
+    new = _successor(old, 8, 2)
+    del old.objects[old.segment_keys[2]]
+    del old.objects[old.checkpoint_keys[2]]
+    return Case(
+        "successor-cut",
+        "A chain superseded by a version 2 chain whose genesis says it reached seq 8 with checkpoint 2; its last "
+        "segment and checkpoint were then deleted (13.6 step 2).",
+        {**old.objects, **new.objects},
+        [
+            finding("superseded-chain", "info", 0, 0, new.segment_keys[0], chain_id=SUCCESSOR),
+            finding("superseded-chain-cut", "tampering", 6, 8, None),
+            finding("superseded-chain-cut", "tampering", 6, 8, None),
+            finding("superseded-chain-cut", "tampering", 6, 8, None),
+        ],
+    )
+
+
+def successor_missing() -> Case:
+    old = chain()
+    new = _successor(old, 8, 2)
+    return Case(
+        "superseded-chain-missing",
+        "A version 2 chain supersedes a chain that is not in the archive: it was removed as a whole (13.6 step 3).",
+        new.objects,
+        [
+            finding("superseded-chain", "info", 0, 0, new.segment_keys[0], chain_id=SUCCESSOR),
+            finding("superseded-chain-missing", "tampering", 0, 0, None, chain_id=SUCCESSOR),
+        ],
+    )
+
+
+def restart_segment_rewritten() -> Case:
+    built = chain(special={4: restart_mark()})
+
+    def later(message: archive_pb2.Segment) -> None:
+        message.header.created_unix_nano += 1
+
+    _reencode(built, 1, later)
+    return Case(
+        "restart-segment-rewritten",
+        "The checkpoint-listed segment holding a restart mark re-encoded with another header time: each record "
+        "still verifies, the restart note is given, and the changed object is reported anyway (notes do not "
+        "count, 13.3 step 11).",
+        built.objects,
+        [
+            finding("restart", "info", 4, 4, built.segment_keys[1]),
+            finding("replaced-segment", "tampering", 3, 5, built.segment_keys[1]),
+        ],
+    )
+
+
+def truncated_chain() -> Case:
+    built = chain()
+    del built.objects[built.segment_keys[2]]
+    return Case(
+        "truncated-chain",
+        "The last segment deleted; checkpoint 2 still vouches for seq 6-8 (13.5).",
+        built.objects,
+        [finding("truncated-chain", "tampering", 6, 8, built.segment_keys[2])],
+    )
+
+
+def rolled_back_tail() -> Case:
+    built = chain()
+    del built.objects[built.segment_keys[2]]
+    del built.objects[built.checkpoint_keys[2]]
+    return Case(
+        "rolled-back-tail",
+        "The newest checkpoint and the segment after the one before deleted: a shorter, consistent archive. "
+        "Without a remembered state (13.9) nothing in the archive shows it (FORMAT.md 17): no finding.",
+        built.objects,
+        [],
+    )
+
+
+def uncovered_tail() -> Case:
+    built = chain(checkpointed_segments=2)
+    return Case(
+        "uncovered-tail",
+        "The last segment not yet covered by a checkpoint (a running writer): a warning only (13.5).",
+        built.objects,
+        [finding("uncovered-tail", "warning", 6, 8, built.segment_keys[2])],
+    )
+
+
+def short_entry() -> Case:
+    built = chain()
+    records = built.segment_records(1)
+    records[1].entry = records[1].entry[:10]
+    built.rewrite_segment(1, records)
+    return Case(
+        "short-entry",
+        "The entry stored at position 1 of the segment for seq 3-5 cut to 10 bytes: reported at "
+        "header.first_sequence + position = 4, and the intact records around it are not blamed (13.3 step 5).",
+        built.objects,
+        [finding("modified-record", "tampering", 4, 4, built.segment_keys[1])],
+    )
+
+
+def listed_key_absent() -> Case:
+    built = chain()
+    old_key = built.segment_keys[1]
+    new_key = segment_key("", CHAIN, 3, 5, BASE_TIME + 86_400 * 10**9)
+    built.objects[new_key] = built.objects.pop(old_key)
+    return Case(
+        "listed-key-absent",
+        "The segment for seq 3-5 moved to another key (another date): its records verify where they are, and "
+        "the key checkpoint 1 lists is absent: replaced-segment naming the listed key (13.3 step 12).",
+        built.objects,
+        [finding("replaced-segment", "tampering", 3, 5, old_key)],
+    )
+
+
+def inserted_record() -> Case:
+    built = chain()
+    records = built.segment_records(1)
+    built.rewrite_segment(1, [records[0], records[1], records[1], records[2]], record_count=3)
+    return Case(
+        "inserted-record",
+        "A byte-identical copy of the record at seq 4 stored after it (13.3 step 8.4).",
+        built.objects,
+        [finding("inserted-record", "tampering", 4, 4, built.segment_keys[1])],
+    )
+
+
+def reordered_records() -> Case:
+    built = chain()
+    records = built.segment_records(1)
+    built.rewrite_segment(1, [records[1], records[0], records[2]])
+    return Case(
+        "reordered-records",
+        "Two records of a segment stored in the wrong order (13.3 step 5).",
+        built.objects,
+        [finding("reordered-record", "tampering", 3, 3, built.segment_keys[1])],
+    )
+
+
+CASES: list[Callable[[], Case]] = [
+    clean_v2,
+    clean_v1,
+    modified_record,
+    deleted_records,
+    missing_segment,
+    swapped_segments,
+    inserted_record,
+    reordered_records,
+    appended_bytes,
+    forged_checkpoint,
+    wrong_key,
+    unknown_key,
+    key_rotation,
+    retired_key_writes,
+    foreign_chain,
+    successor_cut,
+    successor_missing,
+    restart_segment_rewritten,
+    truncated_chain,
+    rolled_back_tail,
+    uncovered_tail,
+    short_entry,
+    listed_key_absent,
+]
+
+
+def _key_json(signer: Ed25519Signer) -> dict[str, str]:
+    public = signer.private_key.public_key()
+    pem = public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return {"pem": pem.decode(), "raw_hex": signer.public_key.raw.hex(), "key_id": signer.key_id.hex()}
+
+
+def _order(f: dict[str, Any]) -> tuple[Any, ...]:
+    return (
+        f["chain_id"] or "",
+        f["kind"],
+        -1 if f["first_sequence"] is None else f["first_sequence"],
+        f["object_key"] or "",
+    )
+
+
+def write_case(case: Case, root: Path) -> None:
+    directory = root / case.name
+    for key, data in sorted(case.objects.items()):
+        path = directory / "objects" / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    document = {
+        "description": case.description,
+        "pinned_keys": [_key_json(signer) for signer in case.keys],
+        "options": {"archive_id": case.options.get("archive_id"), "check_all_signatures": False},
+        "objects": {key: hashlib.sha256(data).hexdigest() for key, data in sorted(case.objects.items())},
+        "expected": {"verified": case.verified, "findings": sorted(case.expected, key=_order)},
+    }
+    if case.known_verifier_bug:
+        document["known_reference_verifier_bug"] = case.known_verifier_bug
+    (directory / "case.json").write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
+
+
+def write_all(root: Path) -> None:
+    if root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+    for make in CASES:
+        write_case(make(), root)
+
+
+def _same_tree(a: Path, b: Path) -> bool:
+    comparison = filecmp.dircmp(a, b)
+    if comparison.left_only or comparison.right_only or comparison.funny_files:
+        return False
+    _, mismatch, errors = filecmp.cmpfiles(a, b, comparison.common_files, shallow=False)
+    if mismatch or errors:
+        return False
+    return all(_same_tree(a / d, b / d) for d in comparison.common_dirs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 if cases/ differs instead of writing it")
+    args = parser.parse_args(argv)
+    if args.check:
+        with tempfile.TemporaryDirectory() as temporary:
+            fresh = Path(temporary) / "cases"
+            write_all(fresh)
+            if not CASES_DIR.exists() or not _same_tree(fresh, CASES_DIR):
+                print(f"{CASES_DIR} differs from what the code produces; run {Path(__file__).name} to rewrite it")
+                return 1
+        print(f"{CASES_DIR} is up to date")
+        return 0
+    write_all(CASES_DIR)
+    print(f"wrote {len(CASES)} cases to {CASES_DIR}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
