@@ -140,7 +140,7 @@ class CheckpointLedger:
         return decoded
 
     def _authenticate(self, key: CheckpointKey, data: bytes) -> DecodedCheckpoint | None:
-        """Steps 13.2.1-5: parse, pinned key, signature, content against key, appended bytes."""
+        """Steps 13.2.1-5a: parse, pinned key, signature, content against key, appended bytes, window."""
         try:
             decoded = decode_checkpoint(data)
         except MalformedObjectError as exc:

@@ -48,7 +48,7 @@ class FindingKind(StrEnum):
     WRONG_KEY = "wrong-key"
     KEY_OUTSIDE_VALIDITY = "key-outside-validity"
     KEY_ROTATION = "key-rotation"
-    # Archive binding (FORMAT.md 7.4): a chain whose genesis names another archive.
+    # Archive binding (FORMAT.md 13.6a): a chain whose genesis names another archive.
     FOREIGN_CHAIN = "foreign-chain"
     # A successor's signed claims about the chain it superseded do not hold (FORMAT.md 13.6).
     SUPERSEDED_CHAIN_CUT = "superseded-chain-cut"

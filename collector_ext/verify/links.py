@@ -222,7 +222,8 @@ class ChainChecker:
                 self._check_checkpoint_keys(last, claim.signers)
 
     def _check_checkpoint_keys(self, last: int, signers: Sequence[tuple[bytes, str]]) -> None:
-        """A checkpoint up to ``last`` must be signed by the key the chain is bound to after ``last``."""
+        """13.3 step 8.9a: a checkpoint up to ``last`` must be signed by the key the chain is bound to
+        after ``last``."""
         bound = self.keys.key_at(last + 1)
         if bound is None:
             return
@@ -238,7 +239,8 @@ class ChainChecker:
                 )
 
     def _note_version(self, version: int, object_key: str) -> bool:
-        """Every object of a chain has the chain's format version; False (and a finding) if not."""
+        """13.2 step 1a / 13.3 step 1: every object of a chain has the chain's format version; False
+        (and a finding) if not."""
         if not self.format_version:
             self.format_version = version
             return True
@@ -421,7 +423,7 @@ class ChainChecker:
             self._check_checkpoint_keys(sequence, claim.signers)
 
     def _report_passed_listings(self) -> None:
-        """Checkpoint-listed objects the walk went past without seeing: their records were found
+        """13.3 step 12: checkpoint-listed objects the walk went past without seeing: their records were found
         under other keys (else the gap would have named them)."""
         for listed in self.ledger.pop_passed(self._expected):
             ref = listed.ref
@@ -454,6 +456,7 @@ class ChainChecker:
             return False
         declared_last = segment.first_sequence + segment.record_count - 1
         if ref.first_sequence != segment.first_sequence or ref.last_sequence != declared_last:
+            # 13.3 step 3
             self._report(
                 FindingKind.CHECKPOINT_MISMATCH,
                 Severity.TAMPERING,
@@ -669,6 +672,7 @@ class ChainChecker:
             self._explain_broken_link(key, item)
         window = pinned.time_problem(int.from_bytes(entry[68:76], "big"))
         if window:
+            # 13.3 step 8.7a
             self._report_outside_window(key, key_id, sequence, window)
         claim = self.ledger.take_claim(sequence)
         if claim is not None and claim.head != item.hash:
@@ -722,6 +726,8 @@ class ChainChecker:
                 self._report(kind, Severity.TAMPERING, problem, first=sequence, object_key=key.key)
                 return
             self.keys.bind(sequence + 1, rotation.new_key_id)
+            # The new key must be allowed to sign for this chain's writer too (FORMAT.md 8.2).
+            self._check_writer(key, rotation.new_key_id, sequence, self.writer_id)
             pinned = "" if rotation.new_key_id in self._keyring else " (not pinned: pin it to verify what follows)"
             self._report(
                 FindingKind.KEY_ROTATION,

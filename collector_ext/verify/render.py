@@ -4,6 +4,13 @@ In the text form, INFO findings (restart marks, superseded chains, resent record
 "notes", apart from the findings that may need action: a reader scanning for problems should not
 have to skip the history of a healthy archive, and must not mistake it for a problem. JSON lists
 every finding with its severity; tools filter on that.
+
+Much of a report comes from the archive, which may be hostile: object keys, chain ids, and messages
+that quote payload fields (writer ids, reasons). Text output passes every line through
+``escape_controls``, so a control character (an ESC that starts a terminal sequence, a carriage return
+that overwrites the verdict, a bidi override that reorders it) is shown as a visible escape and never
+reaches the terminal raw. The escapes are for reading, not for parsing back (a backslash is left as it
+is); the JSON form carries the exact values, itself in pure ASCII.
 """
 
 from __future__ import annotations
@@ -13,6 +20,34 @@ import json
 from typing import Any
 
 from collector_ext.verify.findings import Finding, Severity, Supersession, VerificationReport
+
+_NAMED_ESCAPES = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def _escape(character: str) -> str:
+    named = _NAMED_ESCAPES.get(character)
+    if named is not None:
+        return named
+    code = ord(character)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with every character a terminal might act on, rather than show, written as an escape.
+
+    That is every character Python does not call printable: C0 controls (ESC, BEL, CR, LF, TAB...),
+    DEL, C1 controls (U+0080-U+009F, which some terminals read as CSI or OSC), format characters
+    (bidi overrides and isolates U+202A-U+202E and U+2066-U+2069, marks, zero-width characters), line
+    and paragraph separators, spaces other than U+0020, surrogates (a file name that is not UTF-8),
+    private-use and unassigned code points. Escapes look like Python's: ``\\x1b``, ``\\r``, ``\\u202e``.
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _escape(c) for c in text)
 
 
 def _time(unix_nano: int | None) -> str:
@@ -53,7 +88,9 @@ def render_text(report: VerificationReport, archive: str) -> str:
         f"{report.signatures_checked} signatures checked; findings: {totals}"
     )
     lines.append("verdict: VERIFIED" if report.clean else "verdict: NOT VERIFIED (tampering or loss found)")
-    return "\n".join(lines)
+    # Every line, so that no field of the archive's (a key, a chain id, a quoted payload field) gets
+    # through raw, whichever line shows it.
+    return "\n".join(map(escape_controls, lines))
 
 
 def report_as_json(report: VerificationReport, archive: str) -> dict[str, Any]:
@@ -110,4 +147,6 @@ def _supersession(old: Supersession | None) -> dict[str, Any] | None:
 
 
 def render_json(report: VerificationReport, archive: str) -> str:
-    return json.dumps(report_as_json(report, archive), indent=2)
+    # ensure_ascii: every control and non-ASCII character in a value is written as a \uXXXX escape, so
+    # the document is plain ASCII and safe to show on a terminal, while a parser gets the exact value.
+    return json.dumps(report_as_json(report, archive), indent=2, ensure_ascii=True)

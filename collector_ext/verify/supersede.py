@@ -100,7 +100,7 @@ def relate_chains(
             and finding.last_sequence is not None
             and finding.last_sequence <= claim[0]
         ):
-            # The successor's signed genesis vouches that these records existed: not a crash.
+            # 13.6 step 1: the successor's signed genesis vouches that these records existed: not a crash.
             finding = dataclasses.replace(
                 finding,
                 severity=Severity.TAMPERING,
@@ -112,6 +112,7 @@ def relate_chains(
 
 
 def _missing(successor: ChainSummary, old: Supersession) -> Finding:
+    """13.6 step 3."""
     # Version 2 writers look for the chain they supersede only in their own archive, so it must be
     # here; a version 1 successor may have found it elsewhere.
     severity = Severity.TAMPERING if old.format_version >= 2 else Severity.WARNING
