@@ -54,6 +54,33 @@ class MalformedObjectError(DataError):
     """An archive object does not follow the format in proto/FORMAT.md."""
 
 
+class UnreadableObjectError(DataError):
+    """An archive object cannot be read as one, for a reason tied to the object itself: it is not a
+    regular file (a symbolic link, a FIFO, a device), it cannot be opened, it vanished after it was
+    listed, or it changed while it was read. Retrying cannot help; the verifier reports it.
+
+    The key comes from the archive, so the message shows it escaped (``repr``): a key carrying
+    terminal control sequences must not reach a terminal raw.
+    """
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"object {key!r} cannot be read: {reason}")
+        self.key = key
+        self.reason = reason
+
+
+class ObjectTooLargeError(UnreadableObjectError):
+    """An archive object is larger than the reader's limit; it was not read."""
+
+    def __init__(self, key: str, size: int, limit: int, *, size_known: bool = True) -> None:
+        # size_known=False: the store did not say how large the object is; ``size`` is how much of it
+        # arrived before reading stopped.
+        amount = f"{size} bytes" if size_known else f"at least {size} bytes"
+        super().__init__(key, f"it is {amount}, more than the {limit} bytes an object may have")
+        self.size = size
+        self.limit = limit
+
+
 class DeliveryError(CollectorExtError):
     """A backend could not take or give data now; the operation may be retried."""
 

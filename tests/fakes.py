@@ -4,14 +4,20 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from collector_ext.errors import ArchiveUnavailableError
+from collector_ext.deliver.archive import ListedObject
+from collector_ext.errors import ArchiveUnavailableError, ObjectTooLargeError, UnreadableObjectError
 
 
 class InMemoryArchive:
-    """An ArchiveStore in a dict. ``fail_puts`` makes the next N puts fail as if S3 were down."""
+    """An ArchiveStore in a dict. ``fail_puts`` makes the next N puts fail as if S3 were down.
+
+    ``unreadable`` holds entries that are listed but cannot be read, key -> problem (as a directory
+    archive lists a FIFO or a symbolic link); ``get`` raises UnreadableObjectError for them.
+    """
 
     def __init__(self) -> None:
         self.objects: dict[str, bytes] = {}
+        self.unreadable: dict[str, str] = {}
         self.fail_puts = 0
         self.put_count = 0
 
@@ -29,10 +35,17 @@ class InMemoryArchive:
         self.put_count += 1
         self.objects[key] = data
 
-    async def list_keys(self, under: str = "", start_after: str = "") -> AsyncIterator[str]:
-        for key in sorted(self.objects):
+    async def list_objects(self, under: str = "", start_after: str = "") -> AsyncIterator[ListedObject]:
+        for key in sorted(self.objects.keys() | self.unreadable.keys()):
             if key.startswith(under) and key > start_after:
-                yield key
+                if key in self.unreadable:
+                    yield ListedObject(key, 0, self.unreadable[key])
+                else:
+                    yield ListedObject(key, len(self.objects[key]))
+
+    async def list_keys(self, under: str = "", start_after: str = "") -> AsyncIterator[str]:
+        async for listed in self.list_objects(under, start_after):
+            yield listed.key
 
     async def list_children(self, under: str = "") -> list[str]:
         return sorted(
@@ -43,11 +56,16 @@ class InMemoryArchive:
             }
         )
 
-    async def get(self, key: str) -> bytes:
+    async def get(self, key: str, max_bytes: int | None = None) -> bytes:
+        if key in self.unreadable:
+            raise UnreadableObjectError(key, self.unreadable[key])
         try:
-            return self.objects[key]
+            data = self.objects[key]
         except KeyError as exc:
-            raise ArchiveUnavailableError(f"no object {key}") from exc
+            raise UnreadableObjectError(key, "no longer exists (it was deleted after it was listed)") from exc
+        if max_bytes is not None and len(data) > max_bytes:
+            raise ObjectTooLargeError(key, len(data), max_bytes)
+        return data
 
     async def close(self) -> None:
         return None

@@ -5,6 +5,10 @@ AWS_REGION, and AWS_ENDPOINT_URL for S3-compatible stores (SeaweedFS, MinIO). bo
 are switched off for writes: ``retry.retry_async`` is the one owner of retries in the sidecar.
 Every botocore error is translated here into the project's errors.
 
+Reading is bounded: ``get`` refuses an object larger than the caller's limit from the response's
+Content-Length, before reading its body, and reads the body in chunks, stopping at the limit should the
+store send more than it announced.
+
 What this does not do: create buckets or change bucket settings (see deploy/ for that), or delete
 anything.
 """
@@ -18,15 +22,18 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
 from typing import Any
 
+import aiohttp
 from aiobotocore.session import get_session
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from collector_ext.deliver.archive import RetentionMode, S3Location
+from collector_ext.deliver.archive import ListedObject, RetentionMode, S3Location
 from collector_ext.errors import (
     ArchiveUnavailableError,
     ConfigurationError,
+    ObjectTooLargeError,
     PermanentArchiveError,
+    UnreadableObjectError,
 )
 
 _PERMANENT_CODES = {
@@ -40,6 +47,17 @@ _PERMANENT_CODES = {
     "SignatureDoesNotMatch",
     "MethodNotAllowed",
 }
+
+# GET errors that belong to the object, not to the store: retrying cannot help. The verifier GETs only
+# keys it has just listed, so a missing key was deleted (or overwritten with a delete marker) meanwhile.
+_OBJECT_CODES = {
+    "NoSuchKey": "no longer exists (it was deleted after it was listed)",
+    "404": "no longer exists (it was deleted after it was listed)",
+    "NotFound": "no longer exists (it was deleted after it was listed)",
+    "InvalidObjectState": "is in an archive storage class and must be restored before it can be read",
+    "MethodNotAllowed": "is a delete marker",
+}
+_READ_CHUNK = 1 << 20
 
 
 def _error_code(exc: ClientError) -> str:
@@ -174,16 +192,52 @@ class S3Archive:
         except BotoCoreError as exc:
             raise ArchiveUnavailableError(f"listing {self.description}: {exc}") from exc
 
-    async def get(self, key: str) -> bytes:
+    async def list_objects(self, under: str = "", start_after: str = "") -> AsyncIterator[ListedObject]:
+        prefix = f"{self._location.prefix}/" if self._location.prefix else ""
+        paginator = self._client.get_paginator("list_objects_v2")
+        arguments: dict[str, Any] = {"Bucket": self._location.bucket, "Prefix": prefix + under}
+        if start_after:
+            arguments["StartAfter"] = prefix + start_after
+        with self._listing_errors():
+            async for page in paginator.paginate(**arguments):
+                for item in page.get("Contents", []):
+                    yield ListedObject(item["Key"][len(prefix) :], int(item.get("Size", 0)))
+
+    async def get(self, key: str, max_bytes: int | None = None) -> bytes:
+        full_key = self._full_key(key)
         try:
-            response = await self._client.get_object(Bucket=self._location.bucket, Key=self._full_key(key))
+            response = await self._client.get_object(Bucket=self._location.bucket, Key=full_key)
             async with response["Body"] as body:
-                data: bytes = await body.read()
-                return data
+                announced = response.get("ContentLength")
+                if max_bytes is not None and announced is not None and announced > max_bytes:
+                    raise ObjectTooLargeError(key, int(announced), max_bytes)
+                return await self._read_body(key, body, max_bytes)
         except ClientError as exc:
-            raise ArchiveUnavailableError(f"GET {self._full_key(key)}: {_error_code(exc)}: {exc}") from exc
+            code = _error_code(exc)
+            if code in _OBJECT_CODES:
+                raise UnreadableObjectError(key, _OBJECT_CODES[code]) from exc
+            raise ArchiveUnavailableError(f"GET {full_key!r}: {code}: {exc}") from exc
         except BotoCoreError as exc:
-            raise ArchiveUnavailableError(f"GET {self._full_key(key)}: {exc}") from exc
+            raise ArchiveUnavailableError(f"GET {full_key!r}: {exc}") from exc
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            # The body is read after botocore has handed the response over; its transport errors
+            # arrive raw.
+            raise ArchiveUnavailableError(f"GET {full_key!r}: reading the body: {exc!r}") from exc
+
+    @staticmethod
+    async def _read_body(key: str, body: Any, max_bytes: int | None) -> bytes:
+        if max_bytes is None:
+            data: bytes = await body.read()
+            return data
+        # A store that sends more than it announced (or announces nothing) is cut off at the limit.
+        pieces: list[bytes] = []
+        received = 0
+        while piece := await body.read(min(_READ_CHUNK, max_bytes + 1 - received)):
+            pieces.append(piece)
+            received += len(piece)
+            if received > max_bytes:
+                raise ObjectTooLargeError(key, received, max_bytes, size_known=False)
+        return b"".join(pieces)
 
     async def close(self) -> None:
         await self._stack.aclose()

@@ -1,18 +1,23 @@
 """Records sent by the OpenTelemetry SDK's OTLP gRPC exporter end up sealed in a real SeaweedFS under
-Object Lock; verify passes on the bucket and on a downloaded copy, and catches tampering in both."""
+Object Lock; verify passes on the bucket and on a downloaded copy, and catches tampering in both. The
+S3 archive's reader lists sizes and refuses an object over the caller's limit before reading it."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
 
-from collector_ext.errors import ConfigurationError
+from collector_ext.deliver.archive import ListedObject, S3Location
+from collector_ext.deliver.s3_archive import S3Archive
+from collector_ext.errors import ConfigurationError, ObjectTooLargeError, UnreadableObjectError
 from collector_ext.seal.layout import parse_checkpoint_key, parse_segment_key
 from tests.integration.conftest import KeyPairFiles, S3Server, sidecar_config, verify_archive_at
 
@@ -166,3 +171,60 @@ def test_verify_cli_exit_codes_and_json(
     bad = subprocess.run([*base, "--archive", url, "--public-key", str(not_a_key)], capture_output=True, text=True)
     assert bad.returncode == 2
     assert "not-a-key.pub" in bad.stderr
+
+
+def test_get_with_a_limit_refuses_a_large_object_before_reading_its_body(seaweedfs: S3Server) -> None:
+    bucket = seaweedfs.create_bucket("limits")
+    large, small = "p/chain/large.cxseg", "p/chain/small.cxseg"
+    seaweedfs.client.put_object(Bucket=bucket, Key=large, Body=b"\x01" * (24 << 20))
+    seaweedfs.client.put_object(Bucket=bucket, Key=small, Body=b"small object")
+    hostile = "p/\x1b]0;owned\x07\r.txt"
+    seaweedfs.client.put_object(Bucket=bucket, Key=hostile, Body=b"")
+
+    async def run() -> None:
+        store = S3Archive(S3Location(bucket, "p"), endpoint_url=seaweedfs.endpoint_url, for_writing=False)
+        await store.open()
+        try:
+            listed = [item async for item in store.list_objects()]
+            assert listed == [
+                ListedObject("\x1b]0;owned\x07\r.txt", 0),
+                ListedObject("chain/large.cxseg", 24 << 20),
+                ListedObject("chain/small.cxseg", 12),
+            ]
+            assert [item async for item in store.list_objects("chain/", "chain/large.cxseg")] == [listed[2]]
+            started = time.monotonic()
+            with pytest.raises(ObjectTooLargeError) as error:
+                await store.get("chain/large.cxseg", max_bytes=1 << 20)
+            assert time.monotonic() - started < 5
+            # The exact size: it came from Content-Length, before the body (reading stops at limit + 1).
+            assert (error.value.key, error.value.size, error.value.limit) == ("chain/large.cxseg", 24 << 20, 1 << 20)
+            assert await store.get("chain/small.cxseg", max_bytes=12) == b"small object"
+            with pytest.raises(ObjectTooLargeError):
+                await store.get("chain/small.cxseg", max_bytes=11)
+            assert await store.get("chain/small.cxseg") == b"small object"
+            # Listed, then gone: the object's problem, not the store's.
+            with pytest.raises(UnreadableObjectError, match="no longer exists"):
+                await store.get("chain/deleted.cxseg", max_bytes=1 << 20)
+        finally:
+            await store.close()
+
+    asyncio.run(run())
+
+
+def test_a_body_longer_than_announced_is_cut_off_at_the_limit() -> None:
+    class EndlessBody:
+        """A response body that never ends, as a store announcing no length could send."""
+
+        def __init__(self) -> None:
+            self.sent = 0
+
+        async def read(self, amount: int | None = None) -> bytes:
+            assert amount is not None, "read without a bound"
+            self.sent += amount
+            return b"\x00" * amount
+
+    body = EndlessBody()
+    with pytest.raises(ObjectTooLargeError) as error:
+        asyncio.run(S3Archive._read_body("k", body, 3 << 20))
+    assert body.sent == (3 << 20) + 1
+    assert "at least 3145729 bytes" in str(error.value)
