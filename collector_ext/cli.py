@@ -27,7 +27,10 @@ EXIT_CANNOT_RUN = 2
 
 
 def _fail(error: CollectorExtError, code: int = EXIT_CANNOT_RUN) -> None:
-    click.echo(f"collector-ext: error: {error.diagnostics()}", err=True)
+    from collector_ext.verify.render import escape_controls
+
+    # Errors may quote what a hostile archive or server sent (keys, S3 error texts): escaped.
+    click.echo(f"collector-ext: error: {escape_controls(error.diagnostics())}", err=True)
     sys.exit(code)
 
 

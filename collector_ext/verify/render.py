@@ -19,7 +19,7 @@ import datetime as dt
 import json
 from typing import Any
 
-from collector_ext.verify.findings import Finding, Severity, Supersession, VerificationReport
+from collector_ext.verify.findings import Finding, FindingKind, Severity, Supersession, VerificationReport
 
 _NAMED_ESCAPES = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
 
@@ -60,8 +60,27 @@ def _line(finding: Finding) -> str:
     return f"  {finding.severity.value.upper():9} {finding.kind.value:24} {finding.location()}: {finding.message}"
 
 
+def _wrong_key_hint(report: VerificationReport) -> str:
+    """When nothing in the archive is signed by a pinned key, say so plainly: a wrong --public-key is
+    the likeliest cause, and the findings alone read like an attack."""
+    problems = [f for f in report.findings if f.severity in (Severity.TAMPERING, Severity.LOSS)]
+    unknown = [f for f in problems if f.kind is FindingKind.UNKNOWN_KEY]
+    if not unknown or len(unknown) != len(problems) or any(c.key_ids for c in report.chains):
+        return ""
+    signed_by = sorted({f.message.split("key id ", 1)[1].split(",", 1)[0] for f in unknown if "key id " in f.message})
+    pinned = ", ".join(report.pinned_key_ids) or "none"
+    return (
+        f"none of the pinned keys (key ids {pinned}) signed anything in this archive; it is signed with key id(s) "
+        f"{', '.join(signed_by)}: check --public-key / --keyring. Nothing in it was verified."
+    )
+
+
 def render_text(report: VerificationReport, archive: str) -> str:
     lines = [f"archive: {archive}"]
+    if report.pinned_key_ids:
+        lines.append(f"pinned key ids: {', '.join(report.pinned_key_ids)}")
+    if report.incremental:
+        lines.append("incremental (--state): each known chain was read after its newest checkpoint verified before")
     for chain in report.chains:
         span = f"seq 0-{chain.last_sequence}" if chain.last_sequence is not None else "no records"
         covered = f"checkpointed to seq {chain.covered_until}" if chain.covered_until is not None else "no checkpoint"
@@ -70,8 +89,13 @@ def render_text(report: VerificationReport, archive: str) -> str:
             history += f", restart marks: {chain.restart_marks}"
         if chain.supersedes is not None:
             history += f", supersedes chain {chain.supersedes.chain_id}"
+        if chain.resumed_from is not None:
+            history += f", resumed after checkpoint {chain.resumed_from}"
+        state = "closed cleanly (final checkpoint)" if chain.final else "open"
+        archive_name = f", archive {chain.archive_id!r}" if chain.archive_id is not None else ""
         lines.append(
-            f"chain {chain.chain_id}: {chain.records} entries ({span}), {chain.segments} segments, "
+            f"chain {chain.chain_id} (format v{chain.format_version or '?'}, {state}{archive_name}): "
+            f"{chain.records} entries ({span}), {chain.segments} segments, "
             f"{chain.checkpoints} checkpoints ({covered}, newest {_time(chain.newest_checkpoint_unix_nano)}), "
             f"key ids {', '.join(chain.key_ids) or '-'}{history}"
         )
@@ -87,6 +111,9 @@ def render_text(report: VerificationReport, archive: str) -> str:
         f"totals: {len(report.chains)} chains, {report.objects_read} objects, {report.records_checked} entries, "
         f"{report.signatures_checked} signatures checked; findings: {totals}"
     )
+    hint = _wrong_key_hint(report)
+    if hint:
+        lines.append(hint)
     lines.append("verdict: VERIFIED" if report.clean else "verdict: NOT VERIFIED (tampering or loss found)")
     # Every line, so that no field of the archive's (a key, a chain id, a quoted payload field) gets
     # through raw, whichever line shows it.
@@ -97,6 +124,8 @@ def report_as_json(report: VerificationReport, archive: str) -> dict[str, Any]:
     return {
         "archive": archive,
         "verified": report.clean,
+        "incremental": report.incremental,
+        "pinned_key_ids": list(report.pinned_key_ids),
         "totals": {
             "chains": len(report.chains),
             "objects": report.objects_read,
@@ -116,6 +145,11 @@ def report_as_json(report: VerificationReport, archive: str) -> dict[str, Any]:
                 "key_ids": list(c.key_ids),
                 "restart_marks": c.restart_marks,
                 "supersedes": _supersession(c.supersedes),
+                "format_version": c.format_version or None,
+                "final": c.final,
+                "archive_id": c.archive_id,
+                "signing_key_id": c.signing_key_id or None,
+                "resumed_from_checkpoint": c.resumed_from,
             }
             for c in report.chains
         ],

@@ -114,7 +114,7 @@ def test_text_layout_is_unchanged_for_an_ordinary_report() -> None:
     text = render_text(_report("pod-0"), "/audit/copy")
     assert text.split("\n") == [
         "archive: /audit/copy",
-        f"chain {CHAIN}pod-0: 10 entries (seq 0-9), 1 segments, 1 checkpoints (checkpointed to seq 9, newest "
+        f"chain {CHAIN}pod-0 (format v?, open): 10 entries (seq 0-9), 1 segments, 1 checkpoints (checkpointed to seq 9, newest "
         f"2026-09-21T14:13:20Z), key ids 0011223344556677pod-0, restart marks: 1, supersedes chain {'ff' * 16}pod-0",
         "findings (2):",
         "  WARNING   unrecognised-object      object pod-0: not in the layout",

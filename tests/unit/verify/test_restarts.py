@@ -358,7 +358,7 @@ def test_notes_are_listed_apart_from_problems(signer: Ed25519Signer) -> None:
     assert problems < notes
     assert lines[problems + 1].split()[:2] == ["WARNING", "uncovered-tail"]
     assert lines[notes + 1].split()[:2] == ["INFO", "restart"]
-    assert lines[1].endswith(", restart marks: 1")
+    assert lines[2].endswith(", restart marks: 1")
     assert lines[-1] == "verdict: VERIFIED"
     document = json.loads(render_json(report, "archive"))
     assert [(f["kind"], f["severity"]) for f in document["findings"]] == [

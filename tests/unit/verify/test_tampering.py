@@ -186,6 +186,13 @@ def test_wrong_pinned_key_reports_unknown_key_for_checkpoints(
     assert other_signer.key_id.hex() in finding.message
     assert report.signatures_checked == 0
     assert not report.clean
+    from collector_ext.verify.render import render_text
+
+    text = render_text(report, "archive")
+    assert (
+        f"none of the pinned keys (key ids {other_signer.key_id.hex()}) signed anything in this archive; it is "
+        f"signed with key id(s) {signer.key_id.hex()}" in text
+    )
 
 
 def test_checkpoint_that_does_not_match_the_chain(signer: Ed25519Signer, archive: BuiltArchive) -> None:
