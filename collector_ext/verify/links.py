@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import heapq
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -138,7 +139,9 @@ class ChainChecker:
         self._restart_marks = 0
         self._segment_marks: list[int] = []  # restart marks accepted in the segment being checked
         self._resends = ResendTracker(chain_id_hex, self.findings.append, report_all=report_resends)
-        self._deferred: dict[int, list[tuple[SegmentKey, DecodedSegment, bytes, ListedSegment | None, bool]]] = {}
+        # Set-aside segments as a heap by first sequence (then arrival), so taking the lowest is
+        # O(log n) however many wait.
+        self._deferred: list[tuple[int, int, SegmentKey, DecodedSegment, bytes, ListedSegment | None, bool]] = []
         self._deferred_bytes = 0
         self._unreadable: tuple[int, str] | None = None  # first sequence (by key) and key of an unreadable object
         self._unpinned: dict[bytes, list[int]] = {}  # unpinned key id -> [finding index, records, checkpoints]
@@ -321,7 +324,9 @@ class ChainChecker:
             # Its content starts after a gap: set it aside (within a budget) in case the missing
             # records come in a misnamed object later in key order, and walk it where its content
             # belongs (FORMAT.md 13.3 step 0). A real gap is reported when the budget or the chain ends.
-            self._deferred.setdefault(segment.first_sequence, []).append((key, segment, data, listed, misnamed))
+            heapq.heappush(
+                self._deferred, (segment.first_sequence, self.segments, key, segment, data, listed, misnamed)
+            )
             self._deferred_bytes += len(data)
             return
         self._walk_deferred(before=segment.first_sequence)
@@ -339,12 +344,11 @@ class ChainChecker:
         """Walk the set-aside segments whose content starts before ``before`` (default: those the
         walk has reached, re-evaluated after each)."""
         while self._deferred:
-            first = min(self._deferred)
-            if first >= (before if before is not None else self._expected + 1):
+            if self._deferred[0][0] >= (before if before is not None else self._expected + 1):
                 return
-            for key, segment, data, listed, misnamed in self._deferred.pop(first):
-                self._deferred_bytes -= len(data)
-                self._walk_segment(key, segment, data, listed, misnamed_reported=misnamed)
+            _, _, key, segment, data, listed, misnamed = heapq.heappop(self._deferred)
+            self._deferred_bytes -= len(data)
+            self._walk_segment(key, segment, data, listed, misnamed_reported=misnamed)
 
     def _walk_segment(
         self,

@@ -40,6 +40,8 @@ from collector_ext.verify.supersede import relate_archive, relate_chains
 ProgressCallback = Callable[[int, int], None]  # (objects done, objects in all)
 
 DAY_NS = 86_400 * 1_000_000_000
+# Segments up to this size are checked on the event loop's thread.
+INLINE_CHECK_BYTES = 256 * 1024
 
 
 class EmptyArchiveError(ArchiveUnavailableError):
@@ -373,7 +375,11 @@ async def _check_chain(
         for index, (key, _listed) in enumerate(segments):
             await feed_checkpoints(key.last_sequence)
             data = await segment_reads.get(index)
-            await asyncio.to_thread(checker.add_segment, key, data)
+            if isinstance(data, bytes) and len(data) > INLINE_CHECK_BYTES:
+                # Hash and parse off the event loop, so the next reads go on meanwhile.
+                await asyncio.to_thread(checker.add_segment, key, data)
+            else:
+                checker.add_segment(key, data)  # a small object: a thread hand-over costs more
             advance()
         await feed_checkpoints(None)
     finally:
