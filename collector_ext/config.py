@@ -71,9 +71,9 @@ class ArchiveConfig(_Section):
 
 class SegmentConfig(_Section):
     max_records: int = Field(default=20_000, ge=1, le=1_000_000)
-    # At most 128 MiB, so that a segment (this plus the batch that filled it) stays within the
-    # 256 MiB a verifier reads of one object (proto/FORMAT.md 4.1).
-    max_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, le=128 * 1024 * 1024)
+    # At most 32 MiB; a segment object never passes the 64 MiB a verifier reads of one object
+    # (proto/FORMAT.md 4.1): the pipeline closes a segment early rather than let a batch push it past.
+    max_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, le=32 * 1024 * 1024)
     max_linger_ms: float = Field(default=15.0, ge=0, le=60_000)
     upload_concurrency: int = Field(default=2, ge=1, le=64)
 

@@ -33,6 +33,7 @@ memory.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import hashlib
@@ -51,6 +52,7 @@ from collector_ext.errors import (
     CapacityExceededError,
     ConfigurationError,
     DeliveryError,
+    InvalidRequestError,
     PermanentArchiveError,
 )
 from collector_ext.recovery import find_predecessor, newest_checkpoint
@@ -65,9 +67,16 @@ from collector_ext.seal.chain import (
 )
 from collector_ext.seal.checkpoint import Checkpoint, SegmentRef, sign_checkpoint
 from collector_ext.seal.entry import ENTRY_HEADER_SIZE, SIGNATURE_SIZE, ZERO_HASH, EntryKind, entry_hash
+from collector_ext.seal.framing import MAX_ENTRY_BYTES, MAX_SEGMENT_OBJECT_BYTES
 from collector_ext.seal.keys import Signer
 from collector_ext.seal.layout import checkpoint_key, segment_key
-from collector_ext.seal.segment import decode_segment, encode_segment
+from collector_ext.seal.segment import (
+    OBJECT_OVERHEAD_BYTES,
+    RECORD_OVERHEAD_BYTES,
+    decode_segment,
+    encode_segment,
+    segment_object_bound,
+)
 from collector_ext.signing_pool import SigningPool, SigningWorkers
 from collector_ext.spool import Spool, SpoolContents, SpooledSegment, SpoolError, SpoolFullError
 
@@ -111,6 +120,7 @@ class _OpenSegment:
     spooled: asyncio.Future[None] | None = None
     archived: asyncio.Future[None] | None = None
     opened_at: float = field(default_factory=time.monotonic)
+    object_bound: int = OBJECT_OVERHEAD_BYTES  # at least the size of the segment object
     # A retired key that signs this segment's entries (the restart mark and key rotation entry that
     # continue a chain under a new key); None: the signing pool's key.
     signer: Signer | None = None
@@ -154,6 +164,16 @@ def _resolve(future: asyncio.Future[None] | None, error: BaseException | None = 
         future.exception()  # retrieved: a segment nobody waits for must not log "never retrieved"
 
 
+# About 200 bytes each in a checkpoint: 10 MB, within MAX_CHECKPOINT_OBJECT_BYTES (16 MiB).
+MAX_SEGMENTS_PER_CHECKPOINT = 50_000
+
+
+async def _all_of(futures: list[asyncio.Future[None]]) -> None:
+    """Done when every one of ``futures`` is; the first failure is raised."""
+    for future in futures:
+        await future
+
+
 class SealingPipeline:
     """Seals records into one chain, spools and archives them; see the module docstring."""
 
@@ -194,6 +214,7 @@ class SealingPipeline:
         self._head = ChainHead.new(uuid.uuid4().bytes)
         self._signing = SigningPool(signer, workers=settings.signing_workers, count=settings.signing_worker_count)
         self._open: _OpenSegment | None = None
+        self._full_segments: collections.deque[_OpenSegment] = collections.deque()
         self._segment_ready = asyncio.Event()
         self._segment_full = asyncio.Event()
         # Segments closed but not yet through the first durable stage (spool, or archive without one).
@@ -471,6 +492,12 @@ class SealingPipeline:
         """
         if not self._accepting:
             raise CapacityExceededError("the sidecar is shutting down")
+        for index, payload in enumerate(payloads):
+            if len(payload) + ENTRY_HEADER_SIZE > MAX_ENTRY_BYTES:
+                raise InvalidRequestError(
+                    f"log record {index} of the request encodes to {len(payload)} bytes; a sealed record holds at "
+                    f"most {MAX_ENTRY_BYTES - ENTRY_HEADER_SIZE} (proto/FORMAT.md 4.1); nothing was sealed"
+                )
         size = sum(map(len, payloads)) + ENTRY_HEADER_SIZE * len(payloads)  # the entries' bytes
         refusal = self._refusal(len(payloads), size)
         if refusal is not None:
@@ -512,10 +539,7 @@ class SealingPipeline:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         try:
             # Final when everything sealed is archived: the chain is closed cleanly here (FORMAT.md 11.1).
-            await asyncio.wait_for(
-                self._write_checkpoint(final=self._unarchived_records == 0),
-                timeout=max(1.0, deadline - time.monotonic()),
-            )
+            await asyncio.wait_for(self._write_final_checkpoints(), timeout=max(1.0, deadline - time.monotonic()))
         except (DeliveryError, PermanentArchiveError, TimeoutError) as exc:
             log.warning("final checkpoint not written", extra={"error": str(exc)})
         await self._trim_spool()
@@ -527,19 +551,84 @@ class SealingPipeline:
     ) -> asyncio.Future[None]:
         """Chain ``payloads`` into the open segment; ``size`` is their entries' total length when the
         caller knows it already. ``signer`` (a retired key, at start-up only) signs instead of the
-        signing pool; its entries get a segment of their own."""
+        signing pool; its entries get a segment of their own. A batch that would carry the open
+        segment past MAX_SEGMENT_OBJECT_BYTES continues in new segments."""
         loop = asyncio.get_running_loop()
         batch = chain_entries(self._head, kind, payloads, (signer or self._signer).key_id, self._clock())
         self._head = batch.head
+        if size is None:
+            size = sum(map(len, batch.entries))
+        open_bound = self._open.object_bound if self._open is not None else 0
+        if open_bound + segment_object_bound(size, len(payloads)) <= MAX_SEGMENT_OBJECT_BYTES:
+            durable = self._append(loop, batch.first_sequence, batch.entries, batch.hashes, size, signer)
+        else:
+            durable = self._append_split(loop, batch.first_sequence, batch.entries, batch.hashes, signer)
+        self._memory_records += len(payloads)
+        self._memory_bytes += size
+        self._unarchived_records += len(payloads)
+        self._all_archived.clear()
+        self.stats.records_sealed += len(payloads)
+        self._segment_ready.set()
+        return durable
+
+    def _append_split(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        first_sequence: int,
+        entries: list[bytes],
+        hashes: list[bytes],
+        signer: Signer | None,
+    ) -> asyncio.Future[None]:
+        """Spread a large batch over as many segments as it needs; durable when all of them are."""
+        durables: list[asyncio.Future[None]] = []
+        start = 0
+        while start < len(entries):
+            bound = self._open.object_bound if self._open is not None else OBJECT_OVERHEAD_BYTES
+            end, size = start, 0
+            while end < len(entries):
+                cost = len(entries[end]) + RECORD_OVERHEAD_BYTES
+                if bound + cost > MAX_SEGMENT_OBJECT_BYTES and (end > start or self._open is not None):
+                    break
+                bound += cost
+                size += len(entries[end])
+                end += 1
+            if end == start:
+                self._close_open_segment()  # the open segment is full: the rest goes to a new one
+                continue
+            durables.append(
+                self._append(loop, first_sequence + start, entries[start:end], hashes[start:end], size, signer)
+            )
+            start = end
+            if start < len(entries):
+                self._close_open_segment()
+        if len(durables) == 1:
+            return durables[0]
+        return asyncio.ensure_future(_all_of(durables))
+
+    def _close_open_segment(self) -> None:
+        """Hand the open segment to the flush loop now; the next entries open a new one."""
+        if self._open is not None and self._open.entries:
+            self._full_segments.append(self._open)
+            self._open = None
+            self._segment_ready.set()
+
+    def _append(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        first_sequence: int,
+        entries: list[bytes],
+        hashes: list[bytes],
+        size: int,
+        signer: Signer | None,
+    ) -> asyncio.Future[None]:
         segment = self._open
         if segment is None:
-            segment = _OpenSegment(first_sequence=batch.first_sequence, created_unix_nano=self._clock(), signer=signer)
+            segment = _OpenSegment(first_sequence=first_sequence, created_unix_nano=self._clock(), signer=signer)
             segment.archived = loop.create_future()
             if self._spool is not None:
                 segment.spooled = loop.create_future()
             self._open = segment
         assert segment.signer is signer, "entries of a retired key are sealed before requests are accepted"
-        hashes = batch.hashes
         if signer is not None:
             signed: asyncio.Future[bytes] = loop.create_future()
             signed.set_result(b"".join(sign_entry_hashes(signer, hashes)))
@@ -548,17 +637,10 @@ class SealingPipeline:
         chunk_size = max(MIN_SIGNING_CHUNK, -(-len(hashes) // self._signing.workers))
         for start in range(0, len(hashes) if signer is None else 0, chunk_size):
             segment.signature_chunks.append(self._signing.sign(hashes[start : start + chunk_size]))
-        segment.entries += batch.entries
+        segment.entries += entries
         segment.hashes += hashes
-        if size is None:
-            size = sum(map(len, batch.entries))
         segment.size += size
-        self._memory_records += len(payloads)
-        self._memory_bytes += size
-        self._unarchived_records += len(payloads)
-        self._all_archived.clear()
-        self.stats.records_sealed += len(payloads)
-        self._segment_ready.set()
+        segment.object_bound += size + RECORD_OVERHEAD_BYTES * len(entries)
         if (
             len(segment.entries) >= self._settings.segment_max_records
             or segment.size >= self._settings.segment_max_bytes
@@ -576,12 +658,19 @@ class SealingPipeline:
             if self._stopping.is_set():
                 self._stage_slots.release()
                 return
+            if self._full_segments:
+                # Closed early by a large batch: older than the open segment, so first.
+                self._closed.put_nowait(self._full_segments.popleft())
+                continue
             segment = self._open
             if segment is not None and not self._segment_full.is_set():
                 linger = self._settings.max_linger - (time.monotonic() - segment.opened_at)
                 if linger > 0:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._segment_full.wait(), timeout=linger)
+                if self._full_segments:
+                    self._closed.put_nowait(self._full_segments.popleft())
+                    continue
             segment = self._open
             self._open = None
             self._segment_ready.clear()
@@ -795,16 +884,32 @@ class SealingPipeline:
         except OSError as exc:
             log.warning("spool files not removed", extra={"error": str(exc)})
 
-    async def _write_checkpoint(self, *, final: bool = False) -> None:
+    async def _write_final_checkpoints(self) -> None:
+        """At shutdown: checkpoints until every archived segment is covered, the last one final when
+        everything sealed was archived."""
+        while True:
+            remaining = await self._write_checkpoint(final=self._unarchived_records == 0)
+            if not remaining:
+                return
+
+    async def _write_checkpoint(self, *, final: bool = False) -> bool:
+        """Write the next checkpoint; True when archived segments remain that it could not list."""
         covered: list[SegmentRef] = []
+        remaining = False
         next_uncovered = self._next_uncovered
         head = self._last_covered_head
         while next_uncovered in self._archived:
+            if len(covered) == MAX_SEGMENTS_PER_CHECKPOINT:
+                # Keeps the checkpoint object within its format limit (after a long outage many
+                # segments arrive at once); the next checkpoint, due at once, covers the rest.
+                self._checkpoint_due.set()
+                remaining = True
+                break
             ref, head = self._archived[next_uncovered]
             covered.append(ref)
             next_uncovered = ref.last_sequence + 1
         if next_uncovered == 0:
-            return  # not even the genesis entry is archived yet
+            return False  # not even the genesis entry is archived yet
         # A checkpoint is signed by the key the chain is bound to after its last entry: before a key
         # rotation entry, the retired key.
         signer = self._signer
@@ -819,7 +924,7 @@ class SealingPipeline:
             time_unix_nano=self._clock(),
             key_id=signer.key_id,
             segments=tuple(covered),
-            final=final,
+            final=final and not remaining,
         )
         data, checkpoint_sha256 = sign_checkpoint(checkpoint, signer)
         key = checkpoint_key("", self.chain_id, checkpoint.checkpoint_number, checkpoint.last_sequence)
@@ -833,3 +938,4 @@ class SealingPipeline:
         self._previous_checkpoint = checkpoint_sha256
         self.stats.checkpoints_written += 1
         self.stats.last_checkpoint_unix = checkpoint.time_unix_nano / 1e9
+        return remaining

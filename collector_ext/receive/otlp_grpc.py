@@ -27,7 +27,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
     ExportLogsServiceResponse,
 )
 
-from collector_ext.errors import DeliveryError
+from collector_ext.errors import DeliveryError, InvalidRequestError
 from collector_ext.metrics import Metrics
 from collector_ext.seal.payload import log_payloads
 
@@ -81,6 +81,9 @@ class LogsExportHandler:
             return _EMPTY_RESPONSE
         try:
             await self._sink.submit(payloads)
+        except InvalidRequestError as exc:  # a record too large to seal
+            self._metrics.observe_export("grpc", "invalid", 0, time.monotonic() - started)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.diagnostics())
         except DeliveryError as exc:
             self._metrics.observe_export("grpc", "unavailable", count, time.monotonic() - started)
             message_text = f"{exc.diagnostics()}; retry later"

@@ -332,6 +332,9 @@ class OtlpHttpReceiver:
         if payloads:
             try:
                 await self._sink.submit(payloads)
+            except InvalidRequestError as exc:  # a record too large to seal
+                self._metrics.observe_export("http", "invalid", 0, time.monotonic() - started)
+                return _status_response(400, code_pb2.INVALID_ARGUMENT, exc.diagnostics(), reply_type)
             except DeliveryError as exc:
                 self._metrics.observe_export("http", "unavailable", count, time.monotonic() - started)
                 return _status_response(

@@ -42,7 +42,9 @@ def unframe(magic: bytes, data: bytes) -> Unframed:
 
 
 # The largest objects a writer produces (proto/FORMAT.md 4.1); a verifier reports a larger object
-# without reading it. A segment closes once it holds segment.max_bytes (at most 128 MiB by the
-# configuration, 16 MiB by default) plus the batch that filled it.
-MAX_SEGMENT_OBJECT_BYTES = 256 * 1024 * 1024
-MAX_CHECKPOINT_OBJECT_BYTES = 64 * 1024 * 1024
+# without reading it. The limits keep the verifier's memory bounded: it holds an object, its parse
+# and its records at once. The writer closes a segment before it would pass the limit and refuses a
+# record whose entry alone would not fit (MAX_ENTRY_BYTES).
+MAX_SEGMENT_OBJECT_BYTES = 64 * 1024 * 1024
+MAX_CHECKPOINT_OBJECT_BYTES = 16 * 1024 * 1024
+MAX_ENTRY_BYTES = 16 * 1024 * 1024

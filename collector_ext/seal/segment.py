@@ -19,6 +19,19 @@ from collector_ext.seal.entry import FORMAT_VERSION, SIGNATURE_SIZE, SUPPORTED_F
 from collector_ext.seal.framing import SEGMENT_MAGIC, frame, unframe
 from collector_ext.seal.payload import encode_varint
 
+# Bounds on what a segment object adds to its entries: per record the SealedRecord tag and length
+# (at most 6 bytes), the entry's tag and length (6) and the signature field (66); per object the
+# frame (16) and the header field (at most 64).
+RECORD_OVERHEAD_BYTES = 78
+OBJECT_OVERHEAD_BYTES = 80
+
+
+def segment_object_bound(entry_bytes: int, records: int) -> int:
+    """An upper bound on the size of the segment object holding ``records`` entries of
+    ``entry_bytes`` bytes in all."""
+    return OBJECT_OVERHEAD_BYTES + entry_bytes + RECORD_OVERHEAD_BYTES * records
+
+
 _RECORD_TAG = encode_varint(2 << 3 | 2)
 _ENTRY_TAG = encode_varint(1 << 3 | 2)
 _SIGNATURE_FIELD = encode_varint(2 << 3 | 2) + encode_varint(SIGNATURE_SIZE)

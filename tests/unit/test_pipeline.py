@@ -182,3 +182,82 @@ def test_checkpoints_after_uploads_are_coalesced(signer: Ed25519Signer) -> None:
     assert report.findings == ()
     (chain,) = report.chains
     assert chain.covered_until == 20
+
+
+@pytest.mark.parametrize("signing_workers", ["threads", "processes"])
+def test_no_segment_object_passes_the_format_limit(
+    signer: Ed25519Signer, monkeypatch: pytest.MonkeyPatch, signing_workers: str
+) -> None:
+    """A batch that would carry a segment past MAX_SEGMENT_OBJECT_BYTES continues in new segments,
+    so a verifier never meets a legitimate object it must refuse (FORMAT.md 4.1)."""
+    import collector_ext.pipeline as pipeline_module
+
+    limit = 4096
+    monkeypatch.setattr(pipeline_module, "MAX_SEGMENT_OBJECT_BYTES", limit)
+    store = InMemoryArchive()
+
+    async def run() -> None:
+        pipeline = SealingPipeline(
+            signer, store, _settings(max_linger=0.05, signing_workers=signing_workers, signing_worker_count=2)
+        )
+        await pipeline.start()
+        # One request far larger than a segment may be, then several that fill one together.
+        await pipeline.submit([bytes([i]) * 300 for i in range(40)])
+        await asyncio.gather(*(pipeline.submit([f"r{i}".encode() * 100] * 5) for i in range(10)))
+        await pipeline.close()
+
+    asyncio.run(run())
+    sizes = [len(store.objects[k]) for k in _segments(store)]
+    assert max(sizes) <= limit
+    assert len(sizes) >= 6
+    report = verify_objects(store.objects, [signer.public_key])
+    assert report.findings == ()
+    assert report.records_checked == 1 + 40 + 50
+
+
+def test_a_record_too_large_to_seal_is_refused_and_nothing_is_sealed(
+    signer: Ed25519Signer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import collector_ext.pipeline as pipeline_module
+    from collector_ext.errors import InvalidRequestError
+
+    monkeypatch.setattr(pipeline_module, "MAX_ENTRY_BYTES", 1000)
+    store = InMemoryArchive()
+
+    async def run() -> None:
+        pipeline = SealingPipeline(signer, store, _settings())
+        await pipeline.start()
+        with pytest.raises(InvalidRequestError, match="log record 1 of the request encodes to 1000 bytes"):
+            await pipeline.submit([b"small", b"x" * 1000])
+        assert pipeline.next_sequence == 1  # only the genesis
+        await pipeline.submit([b"fine"])
+        await pipeline.close()
+
+    asyncio.run(run())
+    assert verify_objects(store.objects, [signer.public_key]).records_checked == 2
+
+
+def test_a_checkpoint_lists_at_most_its_share_of_segments(
+    signer: Ed25519Signer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After an outage many archived segments wait for a checkpoint: they are spread over several, so
+    no checkpoint object passes its format limit."""
+    import collector_ext.pipeline as pipeline_module
+    from collector_ext.seal.checkpoint import decode_checkpoint
+
+    monkeypatch.setattr(pipeline_module, "MAX_SEGMENTS_PER_CHECKPOINT", 3)
+    store = InMemoryArchive()
+
+    async def run() -> None:
+        # Checkpoints at most every 0.5 s: the ten segments archived meanwhile wait for one.
+        pipeline = SealingPipeline(signer, store, _settings(checkpoint_min_spacing=0.5))
+        await pipeline.start()
+        for i in range(10):
+            await pipeline.submit([f"r{i}".encode()])
+        await pipeline.close()
+
+    asyncio.run(run())
+    listed = [len(decode_checkpoint(store.objects[k]).checkpoint.segments) for k in _checkpoints(store)]
+    assert max(listed) == 3
+    assert sum(listed) == len(_segments(store))
+    assert verify_objects(store.objects, [signer.public_key]).findings == ()
