@@ -70,7 +70,8 @@ class ArchiveConfig(_Section):
 
 
 class SegmentConfig(_Section):
-    max_records: int = Field(default=20_000, ge=1, le=1_000_000)
+    # At most 200,000: a segment object holds at most 262,144 records (proto/FORMAT.md 4.1).
+    max_records: int = Field(default=20_000, ge=1, le=200_000)
     # At most 32 MiB; a segment object never passes the 64 MiB a verifier reads of one object
     # (proto/FORMAT.md 4.1): the pipeline closes a segment early rather than let a batch push it past.
     max_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, le=32 * 1024 * 1024)

@@ -67,7 +67,7 @@ from collector_ext.seal.chain import (
 )
 from collector_ext.seal.checkpoint import Checkpoint, SegmentRef, sign_checkpoint
 from collector_ext.seal.entry import ENTRY_HEADER_SIZE, SIGNATURE_SIZE, ZERO_HASH, EntryKind, entry_hash
-from collector_ext.seal.framing import MAX_ENTRY_BYTES, MAX_SEGMENT_OBJECT_BYTES
+from collector_ext.seal.framing import MAX_ENTRY_BYTES, MAX_SEGMENT_OBJECT_BYTES, MAX_SEGMENT_RECORDS
 from collector_ext.seal.keys import Signer
 from collector_ext.seal.layout import checkpoint_key, segment_key
 from collector_ext.seal.segment import (
@@ -164,8 +164,8 @@ def _resolve(future: asyncio.Future[None] | None, error: BaseException | None = 
         future.exception()  # retrieved: a segment nobody waits for must not log "never retrieved"
 
 
-# About 200 bytes each in a checkpoint: 10 MB, within MAX_CHECKPOINT_OBJECT_BYTES (16 MiB).
-MAX_SEGMENTS_PER_CHECKPOINT = 50_000
+# At most about 200 bytes each in a checkpoint: 2 MB, within MAX_CHECKPOINT_OBJECT_BYTES (4 MiB).
+MAX_SEGMENTS_PER_CHECKPOINT = 10_000
 
 
 async def _all_of(futures: list[asyncio.Future[None]]) -> None:
@@ -559,7 +559,11 @@ class SealingPipeline:
         if size is None:
             size = sum(map(len, batch.entries))
         open_bound = self._open.object_bound if self._open is not None else 0
-        if open_bound + segment_object_bound(size, len(payloads)) <= MAX_SEGMENT_OBJECT_BYTES:
+        open_records = len(self._open.entries) if self._open is not None else 0
+        if (
+            open_bound + segment_object_bound(size, len(payloads)) <= MAX_SEGMENT_OBJECT_BYTES
+            and open_records + len(payloads) <= MAX_SEGMENT_RECORDS
+        ):
             durable = self._append(loop, batch.first_sequence, batch.entries, batch.hashes, size, signer)
         else:
             durable = self._append_split(loop, batch.first_sequence, batch.entries, batch.hashes, signer)
@@ -584,8 +588,9 @@ class SealingPipeline:
         start = 0
         while start < len(entries):
             bound = self._open.object_bound if self._open is not None else OBJECT_OVERHEAD_BYTES
+            room = MAX_SEGMENT_RECORDS - (len(self._open.entries) if self._open is not None else 0)
             end, size = start, 0
-            while end < len(entries):
+            while end < len(entries) and end - start < room:
                 cost = len(entries[end]) + RECORD_OVERHEAD_BYTES
                 if bound + cost > MAX_SEGMENT_OBJECT_BYTES and (end > start or self._open is not None):
                     break

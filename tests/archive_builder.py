@@ -41,7 +41,10 @@ class BuiltArchive:
         return decode_checkpoint(self.objects[self.checkpoint_keys[number]]).sha256
 
     def segment_records(self, index: int) -> list[archive_pb2.SealedRecord]:
-        return list(decode_segment(self.objects[self.segment_keys[index]]).records)
+        return [
+            archive_pb2.SealedRecord(entry=r.entry, signature=r.signature)
+            for r in decode_segment(self.objects[self.segment_keys[index]]).records
+        ]
 
     def rewrite_segment(
         self, index: int, records: list[archive_pb2.SealedRecord], *, record_count: int | None = None

@@ -46,5 +46,6 @@ def unframe(magic: bytes, data: bytes) -> Unframed:
 # and its records at once. The writer closes a segment before it would pass the limit and refuses a
 # record whose entry alone would not fit (MAX_ENTRY_BYTES).
 MAX_SEGMENT_OBJECT_BYTES = 64 * 1024 * 1024
-MAX_CHECKPOINT_OBJECT_BYTES = 16 * 1024 * 1024
+MAX_SEGMENT_RECORDS = 262_144
+MAX_CHECKPOINT_OBJECT_BYTES = 4 * 1024 * 1024
 MAX_ENTRY_BYTES = 16 * 1024 * 1024

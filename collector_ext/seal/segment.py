@@ -8,7 +8,7 @@ next signed checkpoint, and each entry carries its own signature.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
@@ -16,7 +16,7 @@ from google.protobuf.message import DecodeError
 from collector_ext.errors import MalformedObjectError
 from collector_ext.pb import archive_pb2
 from collector_ext.seal.entry import FORMAT_VERSION, SIGNATURE_SIZE, SUPPORTED_FORMAT_VERSIONS
-from collector_ext.seal.framing import SEGMENT_MAGIC, frame, unframe
+from collector_ext.seal.framing import FRAME_PREFIX_SIZE, MAX_SEGMENT_RECORDS, SEGMENT_MAGIC, frame, unframe
 from collector_ext.seal.payload import encode_varint
 
 # Bounds on what a segment object adds to its entries: per record the SealedRecord tag and length
@@ -71,29 +71,103 @@ def encode_segment(
 
 
 @dataclass(frozen=True, slots=True)
+class SealedRecord:
+    """One stored record of a segment: its entry bytes and its signature, as stored."""
+
+    entry: bytes
+    signature: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class DecodedSegment:
     format_version: int
     chain_id: bytes
     first_sequence: int
     record_count: int
     created_unix_nano: int
-    records: Sequence[archive_pb2.SealedRecord]
+    records: Sequence[SealedRecord]
     framed_size: int
     appended: int
 
 
+def _read_varint(body: memoryview, offset: int, end: int) -> tuple[int, int]:
+    value = shift = 0
+    while offset < end and shift < 64:
+        byte = body[offset]
+        offset += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, offset
+        shift += 7
+    raise MalformedObjectError("segment body does not parse: a varint runs past its end or past 64 bits")
+
+
+def _fields(body: memoryview) -> Iterator[tuple[int, memoryview | None]]:
+    """(field number, value) of each field of a message: the bytes of a length-delimited field, None
+    for the other wire types (skipped). Groups, which no format version uses, are refused."""
+    offset, end = 0, len(body)
+    while offset < end:
+        tag, offset = _read_varint(body, offset, end)
+        number, wire_type = tag >> 3, tag & 7
+        if number == 0:
+            raise MalformedObjectError("segment body does not parse: field number 0")
+        if wire_type == 2:
+            length, offset = _read_varint(body, offset, end)
+            if length > end - offset:
+                raise MalformedObjectError(f"segment body does not parse: field {number} runs past its end")
+            yield number, body[offset : offset + length]
+            offset += length
+        elif wire_type == 0:
+            _, offset = _read_varint(body, offset, end)
+            yield number, None
+        elif wire_type in (1, 5):
+            offset += 8 if wire_type == 1 else 4
+            if offset > end:
+                raise MalformedObjectError(f"segment body does not parse: field {number} runs past its end")
+            yield number, None
+        else:
+            raise MalformedObjectError(f"segment body does not parse: wire type {wire_type}")
+
+
 def decode_segment(data: bytes) -> DecodedSegment:
-    """Parse a segment object.
+    """Parse a segment object, strictly and within its limits (proto/FORMAT.md 5, 6.1).
+
+    Proto3 wire semantics as the protobuf runtime has them (fields in any order, unknown fields
+    skipped, the last value of a repeated scalar wins), except that two headers, groups and more than
+    MAX_SEGMENT_RECORDS records are refused, which no writer produces (FORMAT.md 5 allows that).
+    Records are read without a protobuf runtime, so a hostile object costs no more than its own size
+    and one small object per record.
 
     Raises:
-        MalformedObjectError: not a segment object of format version 1.
+        MalformedObjectError: not a segment object of a supported format version.
     """
     unframed = unframe(SEGMENT_MAGIC, data)
+    body = memoryview(data)[FRAME_PREFIX_SIZE : unframed.framed_size]
+    header_bytes: memoryview | None = None
+    records: list[SealedRecord] = []
+    append = records.append
+    for number, value in _fields(body):
+        if number == 1 and value is not None:
+            if header_bytes is not None:
+                # protobuf would merge the two; a writer never writes two (FORMAT.md 5)
+                raise MalformedObjectError("segment body does not parse: two headers")
+            header_bytes = value
+        elif number == 2 and value is not None:
+            if len(records) == MAX_SEGMENT_RECORDS:
+                raise MalformedObjectError(f"segment holds more than {MAX_SEGMENT_RECORDS} records (FORMAT.md 4.1)")
+            entry = signature = b""
+            for field, part in _fields(value):
+                if part is None:
+                    continue
+                if field == 1:
+                    entry = bytes(part)
+                elif field == 2:
+                    signature = bytes(part)
+            append(SealedRecord(entry, signature))
     try:
-        segment = archive_pb2.Segment.FromString(unframed.body)
+        header = archive_pb2.SegmentHeader.FromString(bytes(header_bytes or b""))
     except DecodeError as exc:
-        raise MalformedObjectError(f"segment body does not parse: {exc}") from exc
-    header = segment.header
+        raise MalformedObjectError(f"segment header does not parse: {exc}") from exc
     if header.format_version not in SUPPORTED_FORMAT_VERSIONS:
         raise MalformedObjectError(f"segment format version {header.format_version} is not supported")
     return DecodedSegment(
@@ -102,7 +176,7 @@ def decode_segment(data: bytes) -> DecodedSegment:
         first_sequence=header.first_sequence,
         record_count=header.record_count,
         created_unix_nano=header.created_unix_nano,
-        records=segment.records,
+        records=records,
         framed_size=unframed.framed_size,
         appended=unframed.appended,
     )

@@ -45,7 +45,7 @@ from collector_ext.seal.entry import (
 )
 from collector_ext.seal.keys import PublicKey
 from collector_ext.seal.layout import CheckpointKey, SegmentKey
-from collector_ext.seal.segment import DecodedSegment, decode_segment
+from collector_ext.seal.segment import DecodedSegment, SealedRecord, decode_segment
 from collector_ext.verify.checkpoints import CheckpointLedger, ListedSegment, ResumePoint, UnreadableObject
 from collector_ext.verify.entries import SpecialPayload, entry_version, header_problem, rotation_of
 from collector_ext.verify.findings import ChainSummary, Finding, FindingKind, Severity, Supersession
@@ -69,6 +69,11 @@ SignatureBatchChecker = Callable[[Sequence[tuple[PublicKey, bytes, bytes]]], lis
 
 # Misnamed segments set aside until the walk reaches their content: at most this many bytes.
 DEFERRED_BYTES_BUDGET = 64 * 1024 * 1024
+
+
+def _segment_problem(error: MalformedObjectError) -> str:
+    text = str(error)
+    return text if text.startswith("segment") else f"segment {text}"
 
 
 def check_signatures_serially(batch: Sequence[tuple[PublicKey, bytes, bytes]]) -> list[bool]:
@@ -279,7 +284,8 @@ class ChainChecker:
             self._report(
                 FindingKind.MALFORMED_OBJECT,
                 Severity.TAMPERING,
-                f"segment {exc}; its records (seq {key.first_sequence}-{key.last_sequence} by its name) are unreadable",
+                f"{_segment_problem(exc)}; its records (seq {key.first_sequence}-{key.last_sequence} by its name) "
+                "are unreadable",
                 first=key.first_sequence,
                 last=key.last_sequence,
                 object_key=key.key,
@@ -479,7 +485,7 @@ class ChainChecker:
             self._previous_hash = None
             self._previous_item = None
 
-    def _continue_clean_run(self, records: Sequence[archive_pb2.SealedRecord]) -> bool:
+    def _continue_clean_run(self, records: Sequence[SealedRecord]) -> bool:
         """Fast path for a segment already proven authentic by a checkpoint digest: True (and the
         state moved on) when every record simply continues the chain; False, with nothing changed,
         when anything needs a closer look by ``_check_records``."""

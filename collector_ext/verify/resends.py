@@ -24,8 +24,8 @@ from collections import deque
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
-from collector_ext.pb import archive_pb2
 from collector_ext.seal.entry import ENTRY_HEADER_SIZE, SEQUENCE_SLICE, EntryKind
+from collector_ext.seal.segment import SealedRecord
 from collector_ext.verify.findings import Finding, FindingKind, Severity
 
 # How many log records before a restart mark are remembered, and how many entries after it are
@@ -82,7 +82,7 @@ class ResendTracker:
         # Record lists of the newest segments, together at least ``window`` entries (when the chain
         # has that many): what a restart mark's "before" set is built from. Each with its
         # ``clean_from``, so that the records of a fast-path segment need no header parsing then.
-        self._history: deque[tuple[Sequence[archive_pb2.SealedRecord], int | None]] = deque()
+        self._history: deque[tuple[Sequence[SealedRecord], int | None]] = deque()
         self._history_entries = 0
         self._after: _AfterMark | None = None
         self._last_seen = -1  # highest sequence looked at: a stored copy is never counted twice
@@ -95,7 +95,7 @@ class ResendTracker:
     def add_segment(
         self,
         object_key: str,
-        records: Sequence[archive_pb2.SealedRecord],
+        records: Sequence[SealedRecord],
         marks: Collection[int],
         *,
         clean_from: int | None = None,
@@ -121,7 +121,7 @@ class ResendTracker:
     def _scan(
         self,
         object_key: str,
-        records: Sequence[archive_pb2.SealedRecord],
+        records: Sequence[SealedRecord],
         marks: Collection[int],
         clean_from: int | None,
     ) -> None:
@@ -189,9 +189,7 @@ class ResendTracker:
             last_seen = max(last_seen, clean_from + len(records) - 1)
         self._last_seen = last_seen
 
-    def _payloads_before(
-        self, records: Sequence[archive_pb2.SealedRecord], position: int, mark: int
-    ) -> dict[bytes, int]:
+    def _payloads_before(self, records: Sequence[SealedRecord], position: int, mark: int) -> dict[bytes, int]:
         """Payload -> newest sequence, for the last ``window`` log records sealed before ``mark``."""
         before: dict[bytes, int] = {}
         wanted = self._window

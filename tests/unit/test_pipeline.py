@@ -11,6 +11,7 @@ from collector_ext.pipeline import PipelineSettings, SealingPipeline
 from collector_ext.retry import RetryPolicy
 from collector_ext.seal.keys import Ed25519Signer
 from collector_ext.seal.layout import parse_checkpoint_key, parse_segment_key
+from collector_ext.seal.segment import decode_segment
 from tests.archive_builder import verify_objects
 from tests.fakes import InMemoryArchive
 
@@ -188,12 +189,13 @@ def test_checkpoints_after_uploads_are_coalesced(signer: Ed25519Signer) -> None:
 def test_no_segment_object_passes_the_format_limit(
     signer: Ed25519Signer, monkeypatch: pytest.MonkeyPatch, signing_workers: str
 ) -> None:
-    """A batch that would carry a segment past MAX_SEGMENT_OBJECT_BYTES continues in new segments,
+    """A batch that would carry a segment past MAX_SEGMENT_OBJECT_BYTES or MAX_SEGMENT_RECORDS continues in new segments,
     so a verifier never meets a legitimate object it must refuse (FORMAT.md 4.1)."""
     import collector_ext.pipeline as pipeline_module
 
     limit = 4096
     monkeypatch.setattr(pipeline_module, "MAX_SEGMENT_OBJECT_BYTES", limit)
+    monkeypatch.setattr(pipeline_module, "MAX_SEGMENT_RECORDS", 12)
     store = InMemoryArchive()
 
     async def run() -> None:
@@ -209,6 +211,7 @@ def test_no_segment_object_passes_the_format_limit(
     asyncio.run(run())
     sizes = [len(store.objects[k]) for k in _segments(store)]
     assert max(sizes) <= limit
+    assert max(len(decode_segment(store.objects[k]).records) for k in _segments(store)) <= 12
     assert len(sizes) >= 6
     report = verify_objects(store.objects, [signer.public_key])
     assert report.findings == ()

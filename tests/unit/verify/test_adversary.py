@@ -81,7 +81,13 @@ def _with_header(data: bytes, *, created_unix_nano: int) -> bytes:
         record_count=old.record_count,
         created_unix_nano=created_unix_nano,
     )
-    return frame(SEGMENT_MAGIC, archive_pb2.Segment(header=header, records=old.records).SerializeToString())
+    return frame(
+        SEGMENT_MAGIC,
+        archive_pb2.Segment(
+            header=header,
+            records=[archive_pb2.SealedRecord(entry=r.entry, signature=r.signature) for r in old.records],
+        ).SerializeToString(),
+    )
 
 
 def _with_unknown_field(data: bytes) -> bytes:
