@@ -67,7 +67,12 @@ from collector_ext.seal.chain import (
 )
 from collector_ext.seal.checkpoint import Checkpoint, SegmentRef, sign_checkpoint
 from collector_ext.seal.entry import ENTRY_HEADER_SIZE, SIGNATURE_SIZE, ZERO_HASH, EntryKind, entry_hash
-from collector_ext.seal.framing import MAX_ENTRY_BYTES, MAX_SEGMENT_OBJECT_BYTES, MAX_SEGMENT_RECORDS
+from collector_ext.seal.framing import (
+    MAX_ENTRY_BYTES,
+    MAX_SEGMENT_OBJECT_BYTES,
+    MAX_SEGMENT_RECORDS,
+    MAX_SEGMENTS_PER_CHECKPOINT,
+)
 from collector_ext.seal.keys import Signer
 from collector_ext.seal.layout import checkpoint_key, segment_key
 from collector_ext.seal.segment import (
@@ -162,10 +167,6 @@ def _resolve(future: asyncio.Future[None] | None, error: BaseException | None = 
     else:
         future.set_exception(error)
         future.exception()  # retrieved: a segment nobody waits for must not log "never retrieved"
-
-
-# At most about 200 bytes each in a checkpoint: 2 MB, within MAX_CHECKPOINT_OBJECT_BYTES (4 MiB).
-MAX_SEGMENTS_PER_CHECKPOINT = 10_000
 
 
 async def _all_of(futures: list[asyncio.Future[None]]) -> None:

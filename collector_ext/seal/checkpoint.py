@@ -22,8 +22,9 @@ from collector_ext.seal.entry import (
     FORMAT_VERSION,
     SUPPORTED_FORMAT_VERSIONS,
 )
-from collector_ext.seal.framing import CHECKPOINT_MAGIC, frame, unframe
+from collector_ext.seal.framing import CHECKPOINT_MAGIC, MAX_SEGMENTS_PER_CHECKPOINT, frame, unframe
 from collector_ext.seal.keys import PublicKey, Signer
+from collector_ext.seal.wire import wire_fields
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +116,19 @@ def decode_checkpoint(data: bytes) -> DecodedCheckpoint:
     unframed = unframe(CHECKPOINT_MAGIC, data)
     try:
         signed = archive_pb2.SignedCheckpoint.FromString(unframed.body)
+    except DecodeError as exc:
+        raise MalformedObjectError(f"checkpoint does not parse: {exc}") from exc
+    # Count the segment digests before the protobuf runtime parses them all (a hostile body of
+    # millions of empty digests would cost hundreds of MB): FORMAT.md 4.1.
+    digests = 0
+    for number, _value in wire_fields(memoryview(signed.body)):
+        if number == 9:
+            digests += 1
+            if digests > MAX_SEGMENTS_PER_CHECKPOINT:
+                raise MalformedObjectError(
+                    f"checkpoint lists more than {MAX_SEGMENTS_PER_CHECKPOINT} segments (FORMAT.md 4.1)"
+                )
+    try:
         body = archive_pb2.CheckpointBody.FromString(signed.body)
     except DecodeError as exc:
         raise MalformedObjectError(f"checkpoint does not parse: {exc}") from exc

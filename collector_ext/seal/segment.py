@@ -8,7 +8,7 @@ next signed checkpoint, and each entry carries its own signature.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
@@ -18,6 +18,7 @@ from collector_ext.pb import archive_pb2
 from collector_ext.seal.entry import FORMAT_VERSION, SIGNATURE_SIZE, SUPPORTED_FORMAT_VERSIONS
 from collector_ext.seal.framing import FRAME_PREFIX_SIZE, MAX_SEGMENT_RECORDS, SEGMENT_MAGIC, frame, unframe
 from collector_ext.seal.payload import encode_varint
+from collector_ext.seal.wire import wire_fields
 
 # Bounds on what a segment object adds to its entries: per record the SealedRecord tag and length
 # (at most 6 bytes), the entry's tag and length (6) and the signature field (66); per object the
@@ -90,45 +91,6 @@ class DecodedSegment:
     appended: int
 
 
-def _read_varint(body: memoryview, offset: int, end: int) -> tuple[int, int]:
-    value = shift = 0
-    while offset < end and shift < 64:
-        byte = body[offset]
-        offset += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, offset
-        shift += 7
-    raise MalformedObjectError("segment body does not parse: a varint runs past its end or past 64 bits")
-
-
-def _fields(body: memoryview) -> Iterator[tuple[int, memoryview | None]]:
-    """(field number, value) of each field of a message: the bytes of a length-delimited field, None
-    for the other wire types (skipped). Groups, which no format version uses, are refused."""
-    offset, end = 0, len(body)
-    while offset < end:
-        tag, offset = _read_varint(body, offset, end)
-        number, wire_type = tag >> 3, tag & 7
-        if number == 0:
-            raise MalformedObjectError("segment body does not parse: field number 0")
-        if wire_type == 2:
-            length, offset = _read_varint(body, offset, end)
-            if length > end - offset:
-                raise MalformedObjectError(f"segment body does not parse: field {number} runs past its end")
-            yield number, body[offset : offset + length]
-            offset += length
-        elif wire_type == 0:
-            _, offset = _read_varint(body, offset, end)
-            yield number, None
-        elif wire_type in (1, 5):
-            offset += 8 if wire_type == 1 else 4
-            if offset > end:
-                raise MalformedObjectError(f"segment body does not parse: field {number} runs past its end")
-            yield number, None
-        else:
-            raise MalformedObjectError(f"segment body does not parse: wire type {wire_type}")
-
-
 def decode_segment(data: bytes) -> DecodedSegment:
     """Parse a segment object, strictly and within its limits (proto/FORMAT.md 5, 6.1).
 
@@ -146,7 +108,7 @@ def decode_segment(data: bytes) -> DecodedSegment:
     header_bytes: memoryview | None = None
     records: list[SealedRecord] = []
     append = records.append
-    for number, value in _fields(body):
+    for number, value in wire_fields(body):
         if number == 1 and value is not None:
             if header_bytes is not None:
                 # protobuf would merge the two; a writer never writes two (FORMAT.md 5)
@@ -156,7 +118,7 @@ def decode_segment(data: bytes) -> DecodedSegment:
             if len(records) == MAX_SEGMENT_RECORDS:
                 raise MalformedObjectError(f"segment holds more than {MAX_SEGMENT_RECORDS} records (FORMAT.md 4.1)")
             entry = signature = b""
-            for field, part in _fields(value):
+            for field, part in wire_fields(value):
                 if part is None:
                     continue
                 if field == 1:

@@ -144,7 +144,8 @@ class CheckpointLedger:
         try:
             decoded = decode_checkpoint(data)
         except MalformedObjectError as exc:
-            self._report(FindingKind.MALFORMED_OBJECT, Severity.TAMPERING, f"checkpoint {exc}", None, None, key.key)
+            text = str(exc) if str(exc).startswith("checkpoint") else f"checkpoint {exc}"
+            self._report(FindingKind.MALFORMED_OBJECT, Severity.TAMPERING, text, None, None, key.key)
             return None
         checkpoint = decoded.checkpoint
         pinned = self._keys.pinned(checkpoint.key_id)

@@ -1,0 +1,51 @@
+"""Walking protobuf wire format by hand, for objects a verifier must read within bounds.
+
+The protobuf runtime parses a whole message before anything can be looked at, so a hostile object
+of many tiny fields costs many times its size. These helpers yield one field at a time and let the
+caller stop at a limit. Pure: bytes in, values out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from collector_ext.errors import MalformedObjectError
+
+
+def read_varint(body: memoryview, offset: int, end: int) -> tuple[int, int]:
+    value = shift = 0
+    while offset < end and shift < 64:
+        byte = body[offset]
+        offset += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, offset
+        shift += 7
+    raise MalformedObjectError("body does not parse: a varint runs past its end or past 64 bits")
+
+
+def wire_fields(body: memoryview) -> Iterator[tuple[int, memoryview | None]]:
+    """(field number, value) of each field of a message: the bytes of a length-delimited field, None
+    for the other wire types (skipped). Groups, which no format version uses, are refused."""
+    offset, end = 0, len(body)
+    while offset < end:
+        tag, offset = read_varint(body, offset, end)
+        number, wire_type = tag >> 3, tag & 7
+        if number == 0:
+            raise MalformedObjectError("body does not parse: field number 0")
+        if wire_type == 2:
+            length, offset = read_varint(body, offset, end)
+            if length > end - offset:
+                raise MalformedObjectError(f"body does not parse: field {number} runs past its end")
+            yield number, body[offset : offset + length]
+            offset += length
+        elif wire_type == 0:
+            _, offset = read_varint(body, offset, end)
+            yield number, None
+        elif wire_type in (1, 5):
+            offset += 8 if wire_type == 1 else 4
+            if offset > end:
+                raise MalformedObjectError(f"body does not parse: field {number} runs past its end")
+            yield number, None
+        else:
+            raise MalformedObjectError(f"body does not parse: wire type {wire_type}")
