@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from google.protobuf.message import DecodeError
 
@@ -18,7 +19,7 @@ from collector_ext.pb import archive_pb2
 from collector_ext.seal.entry import FORMAT_VERSION, SIGNATURE_SIZE, SUPPORTED_FORMAT_VERSIONS
 from collector_ext.seal.framing import FRAME_PREFIX_SIZE, MAX_SEGMENT_RECORDS, SEGMENT_MAGIC, frame, unframe
 from collector_ext.seal.payload import encode_varint
-from collector_ext.seal.wire import wire_fields
+from collector_ext.seal.wire import read_varint
 
 # Bounds on what a segment object adds to its entries: per record the SealedRecord tag and length
 # (at most 6 bytes), the entry's tag and length (6) and the signature field (66); per object the
@@ -71,12 +72,14 @@ def encode_segment(
     return frame(SEGMENT_MAGIC, b"".join(parts))
 
 
-@dataclass(frozen=True, slots=True)
-class SealedRecord:
+class SealedRecord(Protocol):
     """One stored record of a segment: its entry bytes and its signature, as stored."""
 
-    entry: bytes
-    signature: bytes
+    @property
+    def entry(self) -> bytes: ...
+
+    @property
+    def signature(self) -> bytes: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,47 +94,70 @@ class DecodedSegment:
     appended: int
 
 
+def _check_top_level(data: bytes, offset: int, end: int) -> None:
+    """Walk the body's top-level fields before the protobuf runtime parses it: at most one header, no
+    group, at most MAX_SEGMENT_RECORDS records. A tight loop over the tags and lengths only (record
+    bodies are skipped), so it costs a small part of the parse it protects.
+
+    Raises:
+        MalformedObjectError: the body breaks one of these rules or its framing of fields.
+    """
+    records = headers = 0
+    view = memoryview(data)
+    while offset < end:
+        tag = data[offset]
+        offset += 1
+        if tag & 0x80:  # a field number of 16 or more: a tag of several bytes
+            tag, offset = read_varint(view, offset - 1, end)
+        number, wire_type = tag >> 3, tag & 7
+        if number == 0 or wire_type not in (0, 1, 2, 5):
+            raise MalformedObjectError(f"segment body does not parse: field {number} of wire type {wire_type}")
+        if tag == 0x12:
+            records += 1
+            if records > MAX_SEGMENT_RECORDS:
+                raise MalformedObjectError(f"segment holds more than {MAX_SEGMENT_RECORDS} records (FORMAT.md 4.1)")
+        elif tag == 0x0A:
+            headers += 1
+            if headers > 1:
+                # protobuf would merge the two; a writer never writes two (FORMAT.md 5)
+                raise MalformedObjectError("segment body does not parse: two headers")
+        if wire_type == 2:
+            if offset >= end:
+                raise MalformedObjectError("segment body does not parse: a field runs past its end")
+            length = data[offset]
+            offset += 1
+            if length & 0x80:
+                length, offset = read_varint(view, offset - 1, end)
+            offset += length
+        elif wire_type == 0:
+            _, offset = read_varint(view, offset, end)
+        else:
+            offset += 8 if wire_type == 1 else 4
+        if offset > end:
+            raise MalformedObjectError("segment body does not parse: a field runs past its end")
+
+
 def decode_segment(data: bytes) -> DecodedSegment:
     """Parse a segment object, strictly and within its limits (proto/FORMAT.md 5, 6.1).
 
-    Proto3 wire semantics as the protobuf runtime has them (fields in any order, unknown fields
-    skipped, the last value of a repeated scalar wins), except that two headers, groups and more than
-    MAX_SEGMENT_RECORDS records are refused, which no writer produces (FORMAT.md 5 allows that).
-    Records are read without a protobuf runtime, so a hostile object costs no more than its own size
-    and one small object per record.
+    Proto3 wire semantics (fields in any order, unknown fields skipped, the last value of a repeated
+    scalar wins), except that two headers, groups and more than MAX_SEGMENT_RECORDS records are
+    refused, which no writer produces (FORMAT.md 5 allows that). The top level is walked first, so
+    a hostile object of millions of tiny records is refused before the protobuf runtime parses it.
 
     Raises:
         MalformedObjectError: not a segment object of a supported format version.
     """
     unframed = unframe(SEGMENT_MAGIC, data)
-    body = memoryview(data)[FRAME_PREFIX_SIZE : unframed.framed_size]
-    header_bytes: memoryview | None = None
-    records: list[SealedRecord] = []
-    append = records.append
-    for number, value in wire_fields(body):
-        if number == 1 and value is not None:
-            if header_bytes is not None:
-                # protobuf would merge the two; a writer never writes two (FORMAT.md 5)
-                raise MalformedObjectError("segment body does not parse: two headers")
-            header_bytes = value
-        elif number == 2 and value is not None:
-            if len(records) == MAX_SEGMENT_RECORDS:
-                raise MalformedObjectError(f"segment holds more than {MAX_SEGMENT_RECORDS} records (FORMAT.md 4.1)")
-            entry = signature = b""
-            for field, part in wire_fields(value):
-                if part is None:
-                    continue
-                if field == 1:
-                    entry = bytes(part)
-                elif field == 2:
-                    signature = bytes(part)
-            append(SealedRecord(entry, signature))
+    _check_top_level(data, FRAME_PREFIX_SIZE, unframed.framed_size)
     try:
-        header = archive_pb2.SegmentHeader.FromString(bytes(header_bytes or b""))
+        segment = archive_pb2.Segment.FromString(unframed.body)
     except DecodeError as exc:
-        raise MalformedObjectError(f"segment header does not parse: {exc}") from exc
+        raise MalformedObjectError(f"segment body does not parse: {exc}") from exc
+    header = segment.header
     if header.format_version not in SUPPORTED_FORMAT_VERSIONS:
         raise MalformedObjectError(f"segment format version {header.format_version} is not supported")
+    records = segment.records
     return DecodedSegment(
         format_version=header.format_version,
         chain_id=header.chain_id,
