@@ -321,20 +321,11 @@ def _read_state(path: Path, archive: str) -> Any:
 
 def _write_state(path: Path, data: bytes) -> None:
     """Atomically: a temporary file beside it, fsynced, renamed over it, the directory fsynced."""
+    from collector_ext.files import write_atomically
     from collector_ext.verify.state import StateFileError
 
-    temporary = path.with_name(f".{path.name}.tmp")
     try:
-        with open(temporary, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-        directory = os.open(path.parent if str(path.parent) else ".", os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        write_atomically(path, data)
     except OSError as exc:
         raise StateFileError(str(path), f"cannot be written: {exc.strerror}") from exc
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from collector_ext.errors import CollectorExtError, ConfigurationError, MalformedObjectError
+from collector_ext.files import write_atomically
 from collector_ext.seal.chain import ChainHead
 from collector_ext.seal.entry import KEY_ID_SLICE, decode_entry_header, entry_hash
 from collector_ext.seal.segment import decode_segment
@@ -149,25 +150,10 @@ def write_loki_cursor(directory: Path, chain_id: bytes, sequence: int) -> None:
         raise SpoolError(f"cannot write {path}: {exc.strerror}") from exc
 
 
-def _fsync_directory(directory: Path) -> None:
-    handle = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(handle)
-    finally:
-        os.close(handle)
-
-
 def _write_atomically(path: Path, data: bytes) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
     try:
-        with open(temporary, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-        _fsync_directory(path.parent)
+        write_atomically(path, data)
     except OSError as exc:
-        temporary.unlink(missing_ok=True)
         if exc.errno in _NO_SPACE:
             raise SpoolFullError(f"no space left to write {path}") from exc
         raise SpoolError(f"cannot write {path}: {exc.strerror}") from exc
