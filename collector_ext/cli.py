@@ -424,6 +424,220 @@ def parse_duration(text: str) -> float:
 
 
 @main.command()
+@click.option("--archive", "archive_url", help="s3://bucket/prefix or a local copy (directory).")
+@click.option("--public-key", "public_keys", multiple=True, type=click.Path(path_type=Path), help="Pinned key (PEM).")
+@click.option("--keyring", type=click.Path(path_type=Path), help="Keyring file (instead of --public-key).")
+@click.option("--since", help="Start of the period (inclusive): a date (2026-01-01, UTC) or an ISO 8601 time.")
+@click.option("--until", help="End of the period (exclusive): a date or an ISO 8601 time with Z or an offset.")
+@click.option("--late", default="15m", show_default=True, help="How long after its event a record may be sealed.")
+@click.option("--where", "wheres", multiple=True, help="KEY=VALUE a record must have (repeat: all must hold).")
+@click.option("--service", help="Only records of this service.name.")
+@click.option(
+    "--format", "report_format", type=click.Choice(["csv", "jsonl", "html"]), default="csv", show_default=True
+)
+@click.option("--out", type=click.Path(path_type=Path), help="The report file; its manifest is written beside it.")
+@click.option("--body-length", default=500, show_default=True, type=click.IntRange(0, 1_000_000))
+@click.option("--state", "state_path", type=click.Path(path_type=Path), help="As verify --state.")
+@click.option("--archive-id", help="As verify --archive-id.")
+@click.option("--endpoint-url", help="S3-compatible endpoint (else AWS_ENDPOINT_URL / AWS default).")
+@click.option("--region", help="S3 region (else AWS_REGION / AWS default).")
+@click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when a terminal).")
+@click.option(
+    "--check",
+    "check_manifest",
+    type=click.Path(path_type=Path),
+    help="Reproduce the report a manifest pins and compare (with the keys and S3 settings).",
+)
+def report(
+    archive_url: str | None,
+    public_keys: tuple[Path, ...],
+    keyring: Path | None,
+    since: str | None,
+    until: str | None,
+    late: str,
+    wheres: tuple[str, ...],
+    service: str | None,
+    report_format: str,
+    out: Path | None,
+    body_length: int,
+    state_path: Path | None,
+    archive_id: str | None,
+    endpoint_url: str | None,
+    region: str | None,
+    progress: bool | None,
+    check_manifest: Path | None,
+) -> None:
+    """Verified records of a period, with the bounds that prove it complete, as CSV, JSONL or HTML.
+    Exit 0 verified (and complete), 1 tampering or loss, 2 could not run."""
+    from collector_ext.config import archive_id_for
+    from collector_ext.report.period import Filter, Period, parse_time
+    from collector_ext.report.run import ReportOptions
+    from collector_ext.verify.run import VerifyOptions
+
+    try:
+        if bool(public_keys) == bool(keyring):
+            raise ConfigurationError("--public-key", "give one or more --public-key files, or one --keyring file")
+        keys = _pinned_keys(public_keys, keyring)
+        if check_manifest is not None:
+            sys.exit(_check_report(check_manifest, keys, endpoint_url, region, progress))
+        if archive_url is None or since is None or until is None or out is None:
+            missing = [
+                o for o, v in (("--archive", archive_url), ("--since", since), ("--until", until), ("--out", out))
+            ]
+            raise ConfigurationError(
+                ", ".join(o for o, v in zip(missing, (archive_url, since, until, out), strict=True) if v is None),
+                "required (or --check MANIFEST)",
+            )
+        try:
+            late_seconds = parse_duration(late) if late not in ("0", "0s") else 0.0
+        except ValueError as exc:
+            raise ConfigurationError("--late", str(exc)) from exc
+        filters = tuple(Filter.parse(w) for w in wheres)
+        if service is not None:
+            filters += (Filter("service.name", service),)
+        period = Period(parse_time(since, "--since"), parse_time(until, "--until"), int(late_seconds * 1e9), filters)
+        if archive_id is None and archive_url.startswith("s3://"):
+            archive_id = archive_id_for(archive_url)
+        options = ReportOptions(period=period, format=report_format, body_limit=body_length)  # type: ignore[arg-type]
+        result = asyncio.run(
+            _report(
+                archive_url,
+                keys,
+                options,
+                out,
+                VerifyOptions(archive_id=archive_id),
+                endpoint_url,
+                region,
+                progress,
+                state_path,
+            )
+        )
+    except CollectorExtError as exc:
+        _fail(exc)
+    except MemoryError:
+        click.echo("collector-ext: error: out of memory while reporting; no report", err=True)
+        sys.exit(EXIT_CANNOT_RUN)
+    from collector_ext.verify.render import escape_controls
+
+    for warning in result.warnings:
+        click.echo(f"collector-ext: warning: {escape_controls(warning)}", err=True)
+    report_ = result.report
+    complete = all(c.complete for c in report_.chains)
+    verdict = "VERIFIED" if report_.verified else "NOT VERIFIED (tampering or loss found)"
+    click.echo(
+        f"{verdict}; {result.manifest['report']['rows']} rows in {out}; "
+        f"{'complete' if complete else 'NOT proven complete (see the bounds)'} for {len(report_.chains)} chains; "
+        f"manifest {out.name}.manifest.json"
+        if out is not None
+        else ""
+    )
+    sys.exit(EXIT_VERIFIED if report_.verified else EXIT_FINDINGS)
+
+
+async def _report(
+    archive_url: str,
+    keys: Any,
+    options: Any,
+    out: Path,
+    verify_options: Any,
+    endpoint_url: str | None,
+    region: str | None,
+    progress: bool | None,
+    state_path: Path | None,
+) -> Any:
+    from tqdm import tqdm
+
+    from collector_ext.report.run import build_report
+    from collector_ext.service import open_archive
+    from collector_ext.verify.state import dump_state
+
+    store = open_archive(archive_url, for_writing=False, endpoint_url=endpoint_url, region=region)
+    state = _read_state(state_path, store.description) if state_path is not None else None
+    await store.open()
+    bar = tqdm(
+        total=0, unit="obj", desc="reporting", file=sys.stderr, disable=(not progress) if progress is not None else None
+    )
+
+    def on_progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    try:
+        result = await build_report(
+            store, keys, options, out, verify_options=verify_options, state=state, progress=on_progress
+        )
+    finally:
+        bar.close()
+        await store.close()
+    if state_path is not None:
+        _write_state(state_path, dump_state(result.state))
+    return result
+
+
+def _check_report(
+    manifest_path: Path, keys: Any, endpoint_url: str | None, region: str | None, progress: bool | None
+) -> int:
+    """report --check: the report file is the one pinned, and the archive still gives its rows."""
+    import hashlib
+    import json
+    import tempfile
+
+    from collector_ext.report.period import Filter, Period, parse_time
+    from collector_ext.report.run import ReportOptions, compare_manifests
+    from collector_ext.verify.run import VerifyOptions
+
+    try:
+        pinned = json.loads(manifest_path.read_text(encoding="utf-8"))
+        parameters = pinned["parameters"]
+        report_file = manifest_path.with_name(pinned["report"]["file"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigurationError("--check", f"{manifest_path} is not a readable report manifest ({exc})") from exc
+    problems = []
+    try:
+        if hashlib.sha256(report_file.read_bytes()).hexdigest() != pinned["report"]["sha256"]:
+            problems.append(f"{report_file.name} is not the report the manifest pins (its SHA-256 differs)")
+    except OSError as exc:
+        problems.append(f"{report_file.name} cannot be read: {exc.strerror}")
+    filters = tuple(Filter.parse(text) for text in parameters["filters"])
+    period = Period(
+        parse_time(parameters["since"], "--check since"),
+        parse_time(parameters["until"], "--check until"),
+        int(parameters["late_seconds"] * 1e9),
+        filters,
+    )
+    options = ReportOptions(period=period, format=parameters["format"], body_limit=parameters["body_limit"])
+    archive = parameters["archive"]
+    with tempfile.TemporaryDirectory() as directory:
+        again = asyncio.run(
+            _report(
+                archive,
+                keys,
+                options,
+                Path(directory) / report_file.name,
+                VerifyOptions(),
+                endpoint_url,
+                region,
+                progress,
+                None,
+            )
+        )
+    problems += compare_manifests(pinned, again.manifest)
+    from collector_ext.verify.render import escape_controls
+
+    for problem in problems:
+        click.echo(f"DIFFERS: {escape_controls(problem)}")
+    if problems:
+        click.echo(f"report check: {manifest_path.name} does NOT match the archive")
+        return EXIT_FINDINGS
+    click.echo(
+        f"report check: {report_file.name} is the report pinned by {manifest_path.name}, and the archive gives the "
+        f"same {pinned['report']['rows']} rows and bounds, verified"
+    )
+    return EXIT_VERIFIED
+
+
+@main.command()
 @click.option("--keep", type=click.Path(path_type=Path), help="Keep the demo's keys and a copy of the archive here.")
 def demo(keep: Path | None) -> None:
     """Run everything on embedded defaults: S3 with Object Lock, the sidecar, an AI workflow, verify."""

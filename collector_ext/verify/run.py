@@ -173,11 +173,16 @@ async def check_archive_with_state(
     options: VerifyOptions | None = None,
     progress: ProgressCallback | None = None,
     record_observer: RecordObserver | None = None,
+    *,
+    read_everything: bool = False,
 ) -> ArchiveCheck:
-    """As ``check_archive``, resuming each chain ``state`` remembers; also returns the next state."""
+    """As ``check_archive``, resuming each chain ``state`` remembers; also returns the next state.
+
+    ``read_everything`` (for a period report, which needs old records too) reads every chain from its
+    genesis, and still holds the archive against the state (remembered checkpoints, vanished chains)."""
     options = options or VerifyOptions()
     keyring = Keyring.of(trusted_keys)
-    incremental = state is not None and bool(state.chains)
+    incremental = state is not None and bool(state.chains) and not read_everything
     listing = await (_list_from_state(store, state) if state is not None and incremental else _list_all(store))
     if not listing.chains and not incremental:
         raise EmptyArchiveError(f"no collector-ext objects under {store.description}: check the archive location")
@@ -220,7 +225,8 @@ async def check_archive_with_state(
             )
             start = state.start_of(chain_id_hex) if state is not None else None
             if start is not None and state is not None:
-                checker.resume(start)
+                if incremental:
+                    checker.resume(start)
                 findings += await _check_remembered_checkpoint(store, chain_id_hex, chain, state)
             await _check_chain(store, checker, chain, options, advance)
             summaries.append(checker.finish())
