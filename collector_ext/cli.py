@@ -366,7 +366,7 @@ async def _verify(
             state,
             options,
             on_progress,
-            record_observer=cross_check.add_archived if cross_check is not None else None,
+            record_observer=cross_check.add_segment if cross_check is not None else None,
         )
     finally:
         bar.close()

@@ -97,6 +97,7 @@ def build_archive(
     payloads: Callable[[int], bytes] = log_payload,
     format_version: int = FORMAT_VERSION,
     key_for: Callable[[int], Ed25519Signer] | None = None,
+    seal_time: Callable[[int], int] | None = None,
 ) -> BuiltArchive:
     """A chain of ``segments`` segments; segment 0 starts with the genesis entry. One checkpoint after
     each of the first ``checkpointed_segments`` segments (all by default; none without
@@ -108,6 +109,7 @@ def build_archive(
     the signer of the entry after their last one.
     """
     signer_at = key_for or (lambda _sequence: signer)
+    sealed_at = seal_time or (lambda index: BASE_TIME + index)  # by segment index
     head = ChainHead.new(chain_id)
     built = BuiltArchive(objects={}, chain_id=chain_id)
     previous_checkpoint = b""
@@ -133,7 +135,7 @@ def build_archive(
                 runs.append((kind, [data]))
         for kind, run in runs:
             batch = chain_entries(
-                head, kind, run, signer_at(head.next_sequence).key_id, BASE_TIME + index, format_version
+                head, kind, run, signer_at(head.next_sequence).key_id, sealed_at(index), format_version
             )
             head = batch.head
             entries += batch.entries

@@ -43,12 +43,20 @@ COLUMNS = (
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
+_STAMPS: dict[int, str] = {}
+
+
 def iso(unix_nano: int | None) -> str:
     """UTC ISO 8601 with nanoseconds, e.g. 2026-01-31T12:00:00.123456789Z."""
     if unix_nano is None:
         return ""
     seconds, nanos = divmod(unix_nano, 1_000_000_000)
-    stamp = dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    stamp = _STAMPS.get(seconds)
+    if stamp is None:
+        # Rows come in seal order: consecutive ones share their second, so a small cache does.
+        if len(_STAMPS) > 4096:
+            _STAMPS.clear()
+        stamp = _STAMPS[seconds] = dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
     return f"{stamp}.{nanos:09d}Z"
 
 

@@ -31,6 +31,13 @@ class ReportRow:
     sealed_unix_nano: int
     status: str = "verified"  # verified | tampered | unverified (a finding of loss or tampering covers it)
 
+    def values(self) -> list[object]:
+        """The fields in order (``dataclasses.astuple`` deep-copies: too slow per row)."""
+        return [getattr(self, name) for name in ROW_FIELDS]
+
+
+ROW_FIELDS = tuple(ReportRow.__slots__)
+
 
 @dataclass(frozen=True, slots=True)
 class SealPoint:

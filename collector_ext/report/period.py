@@ -93,6 +93,12 @@ class Period:
     def selects(self, record: RecordFields) -> bool:
         return all(f.matches(record) for f in self.filters)
 
+    def may_hold(self, sealed_unix_nano: int) -> bool:
+        """Whether an entry sealed then may be a record of the period: sealed at most ``late`` after
+        its event, and at most ``late`` before it (a writer clock behind the application's). Entries
+        sealed further away are not parsed: a report reads the time of only the records near it."""
+        return self.since_unix_nano - self.late_nanos <= sealed_unix_nano < self.seal_end
+
     @property
     def seal_end(self) -> int:
         """Records of the period are sealed before this (the late allowance)."""
@@ -101,32 +107,38 @@ class Period:
 
 @dataclass
 class _ChainSeal:
-    before: SealPoint | None = None
-    after: SealPoint | None = None
+    # (sequence, sealed time) of the last entry sealed before since and the first at or after the
+    # seal end; -1 when none. Plain ints: this runs for every entry of the archive.
+    before_sequence: int = -1
+    before_sealed: int = 0
+    after_sequence: int = -1
+    after_sealed: int = 0
     rows: int = 0
     sealed_outside: int = 0
 
 
 @dataclass
 class BoundsTracker:
-    """Fed every entry of every chain (sequence and sealing time): where each chain's period starts
-    and ends in seal order."""
+    """Fed every entry of every chain (chain id bytes, sequence and sealing time): where each chain's
+    period starts and ends in seal order."""
 
     period: Period
-    chains: dict[str, _ChainSeal] = field(default_factory=dict)
+    chains: dict[bytes, _ChainSeal] = field(default_factory=dict)
 
-    def see(self, chain_id: str, sequence: int, sealed_unix_nano: int) -> None:
+    def see(self, chain_id: bytes, sequence: int, sealed_unix_nano: int) -> None:
         chain = self.chains.get(chain_id)
         if chain is None:
             chain = self.chains[chain_id] = _ChainSeal()
         if sealed_unix_nano < self.period.since_unix_nano:
-            if chain.before is None or sequence > chain.before.sequence:
-                chain.before = SealPoint(sequence, sealed_unix_nano)
-        elif sealed_unix_nano >= self.period.seal_end and (chain.after is None or sequence < chain.after.sequence):
-            chain.after = SealPoint(sequence, sealed_unix_nano)
+            if sequence > chain.before_sequence:
+                chain.before_sequence, chain.before_sealed = sequence, sealed_unix_nano
+        elif sealed_unix_nano >= self.period.seal_end and (chain.after_sequence < 0 or sequence < chain.after_sequence):
+            chain.after_sequence, chain.after_sealed = sequence, sealed_unix_nano
 
-    def row(self, chain_id: str, sealed_unix_nano: int) -> None:
-        chain = self.chains.setdefault(chain_id, _ChainSeal())
+    def row(self, chain_id: bytes, sealed_unix_nano: int) -> None:
+        chain = self.chains.get(chain_id)
+        if chain is None:
+            chain = self.chains[chain_id] = _ChainSeal()
         chain.rows += 1
         if not self.period.since_unix_nano <= sealed_unix_nano < self.period.seal_end:
             chain.sealed_outside += 1
@@ -141,14 +153,14 @@ class BoundsTracker:
         newest_checkpoint: tuple[int, str, int] | None,
     ) -> ChainBounds:
         """The chain's bounds and whether they prove it complete for the period."""
-        chain = self.chains.get(chain_id, _ChainSeal())
+        chain = self.chains.get(bytes.fromhex(chain_id), _ChainSeal())
+        before = SealPoint(chain.before_sequence, chain.before_sealed) if chain.before_sequence >= 0 else None
+        after = SealPoint(chain.after_sequence, chain.after_sealed) if chain.after_sequence >= 0 else None
         if not verified:
             complete, reason = False, "the chain has findings of tampering or loss: its records are not all proven"
-        elif chain.after is not None:
-            complete, reason = (
-                True,
-                (f"every entry up to seq {chain.after.sequence}, the first sealed at or after until + late, was read"),
-            )
+        elif after is not None:
+            complete = True
+            reason = f"every entry up to seq {after.sequence}, the first sealed at or after until + late, was read"
         elif final:
             complete, reason = True, "the chain ended with a final checkpoint (clean shutdown) and was read to its end"
         elif superseded_by:
@@ -164,13 +176,13 @@ class BoundsTracker:
                     "the period may still be sealed (report again later, or with a larger --late if the writer stopped)"
                 ),
             )
-        if chain.before is None and complete:
+        if before is None and complete:
             reason += "; it began after since (its genesis is the lower bound)"
         number, sha256, time = newest_checkpoint if newest_checkpoint is not None else (None, "", None)
         return ChainBounds(
             chain_id=chain_id,
-            before=chain.before,
-            after=chain.after,
+            before=before,
+            after=after,
             rows=chain.rows,
             complete=complete,
             reason=reason,

@@ -40,6 +40,24 @@ def log_record_bytes(entry: bytes) -> bytes | None:
     that does not parse."""
     if len(entry) < ENTRY_HEADER_SIZE or entry[2] != EntryKind.LOG_RECORD:
         return None
+    # The writer's canonical payload is length-delimited fields 1-5 in order: walk them by hand (this
+    # runs for every record near the period), and let the protobuf runtime judge anything else.
+    offset, end = ENTRY_HEADER_SIZE, len(entry)
+    while offset < end:
+        tag = entry[offset]
+        if tag & 7 != 2 or tag & 0x80 or offset + 1 >= end:
+            break
+        length, shift, offset = 0, 0, offset + 1
+        while offset < end:
+            byte = entry[offset]
+            offset += 1
+            length |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                break
+            shift += 7
+        if tag == 0x2A:
+            return entry[offset : offset + length] if offset + length <= end else None
+        offset += length
     try:
         return archive_pb2.LogPayload.FromString(entry[ENTRY_HEADER_SIZE:]).log_record
     except DecodeError:

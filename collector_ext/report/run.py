@@ -15,7 +15,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -28,8 +28,9 @@ from collector_ext.report.model import PeriodReport, ReportRow
 from collector_ext.report.period import BoundsTracker, Period
 from collector_ext.report.rows import event_time, int_attribute, log_record_bytes, read_fields
 from collector_ext.report.summaries import SummaryBuilder
-from collector_ext.seal.entry import ENTRY_HEADER_SIZE
+from collector_ext.seal.entry import ENTRY_HEADER_SIZE, entry_hash
 from collector_ext.seal.keys import PublicKey
+from collector_ext.seal.segment import SealedRecord
 from collector_ext.verify.findings import Severity, VerificationReport
 from collector_ext.verify.keys import Keyring
 from collector_ext.verify.run import ProgressCallback, VerifyOptions, check_archive_with_state
@@ -67,18 +68,39 @@ class _Collector:
     filter_keys_seen: set[str] = field(default_factory=set)
     rows: int = 0
 
-    def observe(self, entry: bytes, entry_hash: bytes, signature: bytes, object_key: str) -> None:
+    def observe_segment(self, records: Sequence[SealedRecord], object_key: str) -> None:
+        """A segment's records. Sealing times do not decrease in a chain: a segment sealed wholly
+        before or after the period's reach is bounded by one entry, not read record by record."""
+        if not records:
+            return
+        first, last = records[0].entry, records[-1].entry
+        period = self.options.period
+        if len(first) >= ENTRY_HEADER_SIZE and len(last) >= ENTRY_HEADER_SIZE and first[4:20] == last[4:20]:
+            first_sealed = int.from_bytes(first[68:76], "big")
+            last_sealed = int.from_bytes(last[68:76], "big")
+            wholly_before = last_sealed < period.since_unix_nano - period.late_nanos
+            wholly_after = first_sealed >= period.seal_end
+            if first_sealed <= last_sealed and (wholly_before or wholly_after):
+                edge, edge_sealed = (last, last_sealed) if wholly_before else (first, first_sealed)
+                self.tracker.see(edge[4:20], int.from_bytes(edge[20:28], "big"), edge_sealed)
+                return
+        for record in records:
+            self.observe(record.entry)
+
+    def observe(self, entry: bytes) -> None:
         if len(entry) < ENTRY_HEADER_SIZE:
             return
-        chain_id = entry[4:20].hex()
+        chain_id = entry[4:20]
         sequence = int.from_bytes(entry[20:28], "big")
         sealed = int.from_bytes(entry[68:76], "big")
         self.tracker.see(chain_id, sequence, sealed)
+        period = self.options.period
+        if not period.may_hold(sealed):
+            return  # sealed too far from the period for any record of it (FORMAT-independent, README)
         record = log_record_bytes(entry)
         if record is None:
             return
         moment = event_time(record)
-        period = self.options.period
         if moment is None or not period.contains(moment):
             return
         fields = read_fields(entry, moment)
@@ -105,14 +127,14 @@ class _Collector:
             output_tokens=int_attribute(attributes, "gen_ai.usage.output_tokens"),
             body=body,
             trace_id=fields.trace_id,
-            chain_id=chain_id,
+            chain_id=chain_id.hex(),
             sequence=sequence,
-            entry_hash=entry_hash.hex(),
+            entry_hash=entry_hash(entry).hex(),
             sealed_unix_nano=sealed,
         )
         self.tracker.row(chain_id, sealed)
         self.summary.add(row, fields)
-        self.rows_file.write(json.dumps(asdict(row), ensure_ascii=False) + "\n")
+        self.rows_file.write(json.dumps(row.values(), ensure_ascii=False) + "\n")
         self.rows += 1
 
 
@@ -145,19 +167,15 @@ class _Status:
         return self._whole.get(chain_id, "verified")
 
 
-def _read_rows(path: Path, status: _Status) -> Iterator[ReportRow]:
+def _read_rows(path: Path, status: _Status, digest: Any) -> Iterator[ReportRow]:
+    """The rows from the temporary file, each with its status, fed into ``digest`` as canonical JSON
+    lines (the manifest pins the rows by it)."""
     with open(path, encoding="utf-8") as handle:
         for line in handle:
-            row = ReportRow(**json.loads(line))
-            yield ReportRow(**{**asdict(row), "status": status.of(row.chain_id, row.sequence)})
-
-
-def rows_digest(rows: Iterator[ReportRow]) -> Iterator[tuple[ReportRow, Any]]:
-    """Pass rows on with a running SHA-256 over their canonical JSON (the manifest pins it)."""
-    digest = hashlib.sha256()
-    for row in rows:
-        digest.update(json.dumps(asdict(row), sort_keys=True, ensure_ascii=True).encode() + b"\n")
-        yield row, digest
+            values = json.loads(line)
+            values[-1] = status.of(values[11], values[12])  # chain id, sequence
+            digest.update(json.dumps(values, ensure_ascii=True).encode() + b"\n")
+            yield ReportRow(*values)
 
 
 async def build_report(
@@ -191,7 +209,7 @@ async def build_report(
                 state,
                 verify_options,
                 progress,
-                record_observer=collector.observe,
+                record_observer=collector.observe_segment,
                 read_everything=True,
             )
         verification = checked.report
@@ -251,13 +269,11 @@ def _period_report(
 
 def _write(out: Path, report: PeriodReport, rows_path: Path, status: _Status, options: ReportOptions) -> dict[str, Any]:
     """The report (atomically) and its manifest; returns the manifest."""
-    digests: list[Any] = []
+    rows_digest = hashlib.sha256()
     counted = [0]
 
     def rows() -> Iterator[ReportRow]:
-        for row, digest in rows_digest(_read_rows(rows_path, status)):
-            if not digests:
-                digests.append(digest)
+        for row in _read_rows(rows_path, status, rows_digest):
             counted[0] += 1
             yield row
 
@@ -287,7 +303,7 @@ def _write(out: Path, report: PeriodReport, rows_path: Path, status: _Status, op
     except OSError as exc:
         temporary.unlink(missing_ok=True)
         raise ConfigurationError("--out", f"cannot write {out}: {exc.strerror}") from exc
-    rows_sha256 = digests[0].hexdigest() if digests else hashlib.sha256().hexdigest()
+    rows_sha256 = rows_digest.hexdigest()
     manifest = manifest_document(report, out.name, file_digest.hexdigest(), size, counted[0], rows_sha256, options)
     manifest_path = manifest_path_for(out)
     try:

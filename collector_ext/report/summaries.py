@@ -17,6 +17,7 @@ from collector_ext.report.model import ModelUsage, ReportRow, Summary, UseSpan
 from collector_ext.report.rows import RecordFields
 
 MAX_KEYS = 10_000
+DAY_NS = 86_400 * 1_000_000_000
 MAX_USES = 10_000
 OTHER = "(other)"
 _REFERENCE_KEYS = ("gen_ai.data_source.id", "db.namespace", "reference.database")
@@ -73,14 +74,22 @@ class SummaryBuilder:
     models: dict[str, list[int]] = field(default_factory=dict)
     uses: dict[str, _Use] = field(default_factory=dict)
     uses_truncated: bool = False
+    days: dict[int, str] = field(default_factory=dict)
+
+    def _day(self, number: int) -> str:
+        name = self.days.get(number)
+        if name is None:
+            name = dt.datetime.fromtimestamp(number * 86_400, dt.UTC).strftime("%Y-%m-%d")
+            if len(self.days) < MAX_KEYS:
+                self.days[number] = name
+        return name
 
     def add(self, row: ReportRow, fields: RecordFields) -> None:
         self.rows += 1
         _count(self.by_event_name, row.event_name or "(none)")
         _count(self.by_user, row.user or "(none)")
         _count(self.by_service, row.service or "(none)")
-        day = dt.datetime.fromtimestamp(row.time_unix_nano / 1e9, dt.UTC).strftime("%Y-%m-%d")
-        _count(self.by_day, day)
+        _count(self.by_day, self._day(row.time_unix_nano // DAY_NS))
         self.failed_logins += is_failed_login(row, fields)
         self.access_denied += is_access_denied(row)
         self.permission_changes += is_permission_change(row)

@@ -41,7 +41,6 @@ from collector_ext.seal.entry import (
     SEQUENCE_SLICE,
     ZERO_HASH,
     EntryKind,
-    entry_hash,
 )
 from collector_ext.seal.keys import PublicKey
 from collector_ext.seal.layout import CheckpointKey, SegmentKey
@@ -60,8 +59,9 @@ UNCOVERED_TAIL_MESSAGE = (
     "writes a checkpoint within the checkpoint interval; after a crash, until the writer restarts)"
 )
 
-# Told about every stored record (entry, entry hash, signature, object key), e.g. to cross-check Loki.
-RecordObserver = Callable[[bytes, bytes, bytes, str], None]
+# Told about every stored segment's records, as stored, and its object key, e.g. to cross-check Loki
+# or to build a report; it computes entry hashes itself where it needs them.
+RecordObserver = Callable[[Sequence[SealedRecord], str], None]
 
 # (public key, signature, message) triples in, one bool per triple out. verify.run passes a
 # parallel implementation; the default checks them one after another.
@@ -375,8 +375,7 @@ class ChainChecker:
             listed is not None and (self.keys.current is None or listed.key_id == self.keys.key_at(self._expected))
         )
         if self._observer is not None:
-            for record in segment.records:
-                self._observer(record.entry, entry_hash(record.entry), record.signature, key.key)
+            self._observer(segment.records, key.key)
         verify_signatures = self._check_all or not authentic
         first = self._expected
         self._segment_marks.clear()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from collector_ext.deliver.loki.client import QueriedEntry
@@ -29,6 +30,8 @@ from collector_ext.deliver.loki.mapping import (
     SEAL_SEQUENCE,
     EntryMapper,
 )
+from collector_ext.seal.entry import entry_hash
+from collector_ext.seal.segment import SealedRecord
 from collector_ext.verify.findings import Finding, FindingKind, Severity
 
 # Labels Loki itself may add to what was pushed (reference: loki-push-contract.md section 6.2).
@@ -63,8 +66,13 @@ class LokiCrossCheck:
         self.loki_entries = 0
         self.unsealed_entries = 0
 
-    def add_archived(self, entry: bytes, entry_hash: bytes, signature: bytes, object_key: str) -> None:
-        mapped = self._mapper.map_entry(entry, entry_hash, signature)
+    def add_segment(self, records: Sequence[SealedRecord], object_key: str) -> None:
+        """Every record of an archived segment (the verifier's record observer)."""
+        for record in records:
+            self.add_archived(record.entry, record.signature, object_key)
+
+    def add_archived(self, entry: bytes, signature: bytes, object_key: str) -> None:
+        mapped = self._mapper.map_entry(entry, entry_hash(entry), signature)
         if mapped is None:
             return
         chain, sequence = mapped.chain_id, mapped.sequence

@@ -240,7 +240,7 @@ def _cross_check(harness: Harness, loki: LokiReceiver) -> tuple[VerificationRepo
     async def scenario() -> tuple[VerificationReport, list[Any]]:
         check = LokiCrossCheck(harness.mapper, NOW - 3600 * 10**9, time.time_ns() + 10**9)
         report = await check_archive(
-            harness.store, {harness.signer.key_id: harness.signer.public_key}, record_observer=check.add_archived
+            harness.store, {harness.signer.key_id: harness.signer.public_key}, record_observer=check.add_segment
         )
         client = LokiClient(LokiConnection(url=loki.url, tenant="team-a"))
         await client.open()

@@ -185,8 +185,8 @@ def test_period_and_filter_errors_name_the_option() -> None:
 def test_bounds_follow_seal_order() -> None:
     tracker = BoundsTracker(Period(100, 200, 50))
     for sequence, sealed in enumerate([10, 90, 99, 100, 150, 249, 250, 260]):
-        tracker.see("c", sequence, sealed)
-    bounds = tracker.bounds("c", final=False, superseded_by=[], verified=True, newest_checkpoint=None)
+        tracker.see(b"\x0c" * 16, sequence, sealed)
+    bounds = tracker.bounds("0c" * 16, final=False, superseded_by=[], verified=True, newest_checkpoint=None)
     assert bounds.before is not None and bounds.after is not None
     assert (bounds.before.sequence, bounds.after.sequence) == (2, 6)
     assert bounds.complete
