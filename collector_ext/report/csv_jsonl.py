@@ -21,6 +21,7 @@ from typing import Any
 
 from collector_ext.report.model import PeriodReport, ReportRow
 from collector_ext.verify.findings import Severity
+from collector_ext.verify.render import finding_as_json
 
 COLUMNS = (
     "time",
@@ -108,18 +109,7 @@ def header_document(report: PeriodReport) -> dict[str, Any]:
             }
             for chain in report.chains
         ],
-        "findings": [
-            {
-                "kind": f.kind.value,
-                "severity": f.severity.value,
-                "chain_id": f.chain_id or None,
-                "first_sequence": f.first_sequence,
-                "last_sequence": f.last_sequence,
-                "object_key": f.object_key or None,
-                "message": f.message,
-            }
-            for f in problems
-        ],
+        "findings": [finding_as_json(f) for f in problems],
         "summary": {
             **{k: v for k, v in asdict(report.summary).items() if k not in ("model_usage", "uses")},
             "model_usage": {m: asdict(u) for m, u in report.summary.model_usage.items()},

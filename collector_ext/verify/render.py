@@ -153,18 +153,20 @@ def report_as_json(report: VerificationReport, archive: str) -> dict[str, Any]:
             }
             for c in report.chains
         ],
-        "findings": [
-            {
-                "kind": f.kind.value,
-                "severity": f.severity.value,
-                "chain_id": f.chain_id or None,
-                "first_sequence": f.first_sequence,
-                "last_sequence": f.last_sequence if f.last_sequence is not None else f.first_sequence,
-                "object_key": f.object_key or None,
-                "message": f.message,
-            }
-            for f in report.findings
-        ],
+        "findings": [finding_as_json(f) for f in report.findings],
+    }
+
+
+def finding_as_json(finding: Finding) -> dict[str, Any]:
+    """One finding as the JSON report (and the period report) gives it."""
+    return {
+        "kind": finding.kind.value,
+        "severity": finding.severity.value,
+        "chain_id": finding.chain_id or None,
+        "first_sequence": finding.first_sequence,
+        "last_sequence": finding.last_sequence if finding.last_sequence is not None else finding.first_sequence,
+        "object_key": finding.object_key or None,
+        "message": finding.message,
     }
 
 
