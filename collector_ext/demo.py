@@ -2,7 +2,9 @@
 
 1. starts an embedded SeaweedFS (S3 with Object Lock) on loopback and creates a locked bucket;
 2. creates a signing key and starts the sidecar, archiving to that bucket;
-3. runs a small AI workflow that emits audit events through the OpenTelemetry SDK's OTLP exporter;
+3. runs a small AI workflow that emits audit events through the OpenTelemetry SDK's OTLP exporter,
+   some with the SDK's log API and some with structlog (through collector_ext.instrument), and says
+   whether PostgreSQL 15 is here for the pgaudit source (it does not start a database);
 4. stops the sidecar (final checkpoint), verifies the bucket with the public key and prints the verdict;
 5. tries to delete an archived object version and shows that Object Lock refuses it;
 6. overwrites a segment with one byte changed (a new object version) and shows that verify names it;
@@ -16,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,6 +36,9 @@ from collector_ext.verify.run import check_archive
 
 BUCKET = "collector-ext-demo"
 PREFIX = "ai-workflow"
+# Debian's postgresql-15 installs its server commands here, off PATH.
+POSTGRES_15_BIN = Path("/usr/lib/postgresql/15/bin")
+_PGAUDIT_SECTION = 'README "Sources: PostgreSQL pgaudit"'
 
 
 def _step(text: str) -> None:
@@ -39,15 +46,21 @@ def _step(text: str) -> None:
 
 
 def run_ai_workflow(endpoint: str) -> int:
-    """A toy AI workflow that writes audit events through the OpenTelemetry SDK; returns how many."""
+    """A toy AI workflow that writes audit events through the OpenTelemetry SDK, directly and from
+    structlog; returns how many."""
     try:
+        import structlog
         from opentelemetry._logs import SeverityNumber
         from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
         from opentelemetry.sdk._logs import LoggerProvider
         from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
         from opentelemetry.sdk.resources import Resource
     except ImportError as exc:
-        raise ConfigurationError("demo", "needs the OpenTelemetry SDK: pip install 'collector-ext[demo]'") from exc
+        raise ConfigurationError(
+            "demo", "needs the OpenTelemetry SDK and structlog: pip install 'collector-ext[demo]'"
+        ) from exc
+
+    from collector_ext.instrument import OpenTelemetryProcessor
 
     provider = LoggerProvider(
         resource=Resource.create(
@@ -116,11 +129,68 @@ def run_ai_workflow(endpoint: str) -> int:
             body=f"pipeline step {step} finished",
             attributes={"workflow.run_id": "run-0042", "step": step},
         )
+    # Workflow code that logs with structlog: the same provider carries its events to the sidecar, and
+    # structlog still renders them (here as the demo's indented output).
+    log = structlog.wrap_logger(
+        structlog.PrintLogger(sys.stdout),
+        wrapper_class=structlog.make_filtering_bound_logger(0),
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            OpenTelemetryProcessor(provider, scope_name="ai_workflow.structlog"),
+            structlog.processors.KeyValueRenderer(key_order=["event", "level"], drop_missing=True),
+            _indent_structlog_line,
+        ],
+    )
+    log.info(
+        "ai_task_started",
+        input={"prompt": "Draft a reply to ticket 4711", "documents": ["ticket-4711.eml"], "max_tokens": 256},
+        user_id="alice",
+        session_id="sess-7f3a",
+    )
+    log.warning("ai_task_output_flagged", reason="contains an e-mail address", user_id="alice", session_id="sess-7f3a")
+    structlog_events = 2
     flushed = provider.force_flush(timeout_millis=30_000)
     provider.shutdown()
     if not flushed:
         raise CollectorExtError("the OpenTelemetry SDK could not deliver the demo's events to the sidecar")
-    return len(events) + 1 + 20
+    return len(events) + 1 + 20 + structlog_events
+
+
+def _indent_structlog_line(_logger: Any, _method: str, line: Any) -> str:
+    return f"    structlog: {line}"
+
+
+def pgaudit_note(debian_bin: Path = POSTGRES_15_BIN) -> str:
+    """One line on the PostgreSQL pgaudit source: how to add it, or where it is described.
+
+    Looks for PostgreSQL 15's ``postgres`` and ``initdb`` on PATH and in Debian's directory; runs
+    ``postgres --version`` only, never a server.
+    """
+    on_path = [shutil.which("postgres"), shutil.which("initdb")]
+    candidates = [on_path] if all(on_path) else []
+    candidates.append([str(debian_bin / "postgres"), str(debian_bin / "initdb")])
+    for postgres, initdb in candidates:
+        usable = all(c and os.access(c, os.X_OK) for c in (postgres, initdb))
+        if usable and _postgres_major(str(postgres)) == "15":
+            return (
+                'PostgreSQL 15 is installed: the pgaudit pipeline is described in README "Sources: PostgreSQL pgaudit".'
+            )
+    return (
+        "PostgreSQL 15 is not installed: to seal database actions too, install the Debian packages "
+        f"postgresql-15 and postgresql-15-pgaudit and follow {_PGAUDIT_SECTION}."
+    )
+
+
+def _postgres_major(postgres: str) -> str | None:
+    try:
+        result = subprocess.run([postgres, "--version"], capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    # "postgres (PostgreSQL) 15.14 (Debian 15.14-0+deb12u1)"
+    words = result.stdout.split()
+    version = words[2] if len(words) > 2 else ""
+    return version.split(".")[0] or None
 
 
 def _try_delete_locked_version(s3: Any, key: str) -> str:
@@ -180,10 +250,11 @@ def run_demo(keep: Path | None = None) -> bool:
             with running_in_thread(config) as sidecar:
                 endpoint = f"127.0.0.1:{sidecar.port}"
                 click.echo(f"    OTLP/gRPC on {endpoint}, chain {sidecar.pipeline.chain_id.hex()}")
-                _step("running the AI workflow (OpenTelemetry SDK -> OTLP/gRPC -> sidecar)")
+                _step("running the AI workflow (OpenTelemetry SDK and structlog -> OTLP/gRPC -> sidecar)")
                 started = time.monotonic()
                 sent = run_ai_workflow(endpoint)
                 click.echo(f"    {sent} audit events sealed and archived in {time.monotonic() - started:.2f}s")
+                click.echo("    " + pgaudit_note())
             _step("sidecar stopped (final checkpoint written)")
 
             _step(f"verifying {archive_url} with the pinned public key")
