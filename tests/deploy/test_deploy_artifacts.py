@@ -1396,3 +1396,68 @@ def test_auditor_trust_policy_admits_only_the_audit_service_account() -> None:
 def test_auditor_policy_only_reads() -> None:
     actions = _allowed_actions(_policy("auditor-policy.json"))
     assert actions and all(a.startswith(("s3:Get", "s3:List")) for a in actions), actions
+
+
+# --- Fluent Bit container logs (deploy/fluent-bit/values.yaml). The chart cannot be rendered and
+# Fluent Bit cannot run offline: this parses the classic-syntax sections and checks them against
+# the output's documented keys (reference: audit-sources.md section 5) and the shipped collector.
+
+FLUENT_BIT_VALUES = DEPLOY / "fluent-bit" / "values.yaml"
+# The opentelemetry output keys the reference lists, plus the generic output keys used here.
+FLUENT_BIT_OTLP_OUTPUT_KEYS = {
+    "name", "match", "host", "port", "logs_uri", "logs_body_key", "logs_body_key_attributes", "compress",
+    "batch_size", "log_response_payload", "tls", "tls.verify", "tls.ca_file", "tls.vhost", "retry_limit",
+    "storage.total_limit_size", "header", "grpc", "http2",
+}  # fmt: skip
+
+
+def _fluent_bit_sections(text: str) -> list[tuple[str, dict[str, str]]]:
+    """[SECTION] blocks as (kind, {key: value}); keys lower-cased, a repeated key's values joined by "|"."""
+    sections: list[tuple[str, dict[str, str]]] = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            sections.append((line[1:-1].upper(), {}))
+            continue
+        key, _, value = line.partition(" ")
+        assert sections, f"key outside a section: {line!r}"
+        body = sections[-1][1]
+        body[key.lower()] = f"{body[key.lower()]}|{value.strip()}" if key.lower() in body else value.strip()
+    return sections
+
+
+def test_fluent_bit_values_tail_kubernetes_and_send_otlp_http_to_the_collector() -> None:
+    values = yaml.safe_load(FLUENT_BIT_VALUES.read_text(encoding="utf-8"))
+    assert values["kind"] == "DaemonSet"
+    sections = [
+        s for part in ("service", "inputs", "filters", "outputs") for s in _fluent_bit_sections(values["config"][part])
+    ]
+    (tail,) = [body for kind, body in sections if kind == "INPUT"]
+    assert tail["name"] == "tail" and tail["path"] == "/var/log/containers/*.log"
+    assert tail["multiline.parser"] == "docker, cri" and tail["tag"] == "kube.*"
+    (kubernetes,) = [body for kind, body in sections if kind == "FILTER" and body["name"] == "kubernetes"]
+    assert kubernetes["merge_log"] == "Off"  # the body stays the line as written
+    (output,) = [body for kind, body in sections if kind == "OUTPUT"]
+    assert set(output) <= FLUENT_BIT_OTLP_OUTPUT_KEYS, set(output) - FLUENT_BIT_OTLP_OUTPUT_KEYS
+    assert output["name"] == "opentelemetry" and output["match"] == "kube.*"
+    service = _one("Service")
+    assert output["host"] == f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc.cluster.local"
+    assert int(output["port"]) in {p["port"] for p in service["spec"]["ports"]}
+    collector = yaml.safe_load(OTEL_CONFIG.read_text(encoding="utf-8"))
+    assert collector["receivers"]["otlp"]["protocols"]["http"]["endpoint"].endswith(f":{output['port']}")
+    assert output["logs_uri"] == "/v1/logs"
+    assert output["logs_body_key"] == "$log" and output["logs_body_key_attributes"] == "true"
+    assert output["compress"] == "gzip"  # the sidecar answers 415 to zstd, which Fluent Bit drops
+    assert output["retry_limit"] == "no_limits"
+    assert int(output["batch_size"]) <= SidecarConfig.model_fields["max_pending_records"].metadata[0].ge
+    assert output.get("grpc", "off").lower() == "off"
+    (modify,) = [body for kind, body in sections if kind == "FILTER" and body["name"] == "modify"]
+    renamed = dict(rename.split() for rename in modify["rename"].split("|"))
+    assert {
+        renamed["kubernetes.namespace_name"],
+        renamed["kubernetes.pod_name"],
+        renamed["kubernetes.container_name"],
+        renamed["kubernetes.host"],
+    } == {"k8s.namespace.name", "k8s.pod.name", "k8s.container.name", "k8s.node.name"}
