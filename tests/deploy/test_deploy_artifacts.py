@@ -42,7 +42,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from collector_ext import config as sidecar_config_module
 from collector_ext.config import ArchiveConfig, LokiConfig, SidecarConfig, load_config
-from collector_ext.deliver.loki.mapping import DEFAULT_LABEL_ATTRIBUTES
+from collector_ext.deliver.loki.mapping import DEFAULT_LABEL_ATTRIBUTES, sanitise_name
 from collector_ext.errors import KeyFileError
 from collector_ext.metrics import LOKI_METRIC_NAMES, METRIC_NAMES, Metrics
 from collector_ext.seal.keys import generate_key_pair, load_public_key_pem
@@ -646,7 +646,7 @@ def test_collector_config_pipelines_reference_defined_components(which: str) -> 
 
 
 @pytest.mark.parametrize("which", ["otel-config.yaml", "configmap collector.yaml", "helm values config"])
-def test_only_the_logs_pipeline_goes_to_the_sidecar(which: str) -> None:
+def test_only_logs_pipelines_go_to_the_sidecar(which: str) -> None:
     config = _collector_configs()[which]
     pipelines = config["service"]["pipelines"]
     sidecar_port = _port(sidecar_config_module.DEFAULT_LISTEN)
@@ -655,7 +655,13 @@ def test_only_the_logs_pipeline_goes_to_the_sidecar(which: str) -> None:
         for name, exporter in config["exporters"].items()
         if exporter and "endpoint" in exporter and _port(exporter["endpoint"]) == sidecar_port
     }
-    assert pipelines["logs"]["exporters"] == sorted(sidecar_exporters) and len(sidecar_exporters) == 1
+    # Logs pipelines ("logs" for OTLP, "logs/<source>" for file sources such as logs/pgaudit) all end
+    # at the sidecar and nowhere else.
+    logs_pipelines = {name for name in pipelines if name == "logs" or name.startswith("logs/")}
+    assert "logs" in logs_pipelines
+    for logs_pipeline in logs_pipelines:
+        assert pipelines[logs_pipeline]["exporters"] == sorted(sidecar_exporters), logs_pipeline
+    assert len(sidecar_exporters) == 1
     (name,) = sidecar_exporters
     exporter = config["exporters"][name]
     assert name.split("/")[0] in ("otlp", "otlp_grpc")
@@ -664,7 +670,7 @@ def test_only_the_logs_pipeline_goes_to_the_sidecar(which: str) -> None:
     assert exporter["retry_on_failure"]["enabled"] is True
     assert exporter["retry_on_failure"]["max_elapsed_time"] == 0
     assert exporter["sending_queue"]["enabled"] is True
-    for other in set(pipelines) - {"logs"}:
+    for other in set(pipelines) - logs_pipelines:
         assert not set(pipelines[other]["exporters"]) & sidecar_exporters, f"{other} must not go to the sidecar"
     assert _port(config["extensions"]["health_check"]["endpoint"]) == 13133
     protocols = config["receivers"]["otlp"]["protocols"]
@@ -1248,6 +1254,12 @@ def test_running_sidecar_pushes_sealed_entries_the_dashboard_selects(live_sideca
 # No LogQL parser is available offline; these checks are structural (selector, filters, brackets).
 
 AUDIT_SELECTOR = '{service_name="ai-workflow"}'
+# PostgreSQL's log through the collector's filelog/pgaudit receiver (resource service.name postgresql).
+PGAUDIT_SELECTOR = '{service_name="postgresql"}'
+# Container logs from the Fluent Bit DaemonSet: no resource attributes, so the default service name;
+# the namespace is structured metadata (deploy/README.md, "Container logs (Fluent Bit)").
+CONTAINER_SELECTOR = '{service_name="unknown_service"}'
+LOKI_SELECTORS = (AUDIT_SELECTOR, PGAUDIT_SELECTOR, CONTAINER_SELECTOR)
 
 
 def _balanced(expr: str) -> bool:
@@ -1268,7 +1280,7 @@ def _balanced(expr: str) -> bool:
 
 
 def test_loki_rules_alert_on_audit_events() -> None:
-    rules = {r["alert"]: r["expr"] for r in _alert_rules(DEPLOY / "loki" / "rules.yaml")}
+    rules = {r["alert"]: r["expr"] for r in _alert_groups(DEPLOY / "loki" / "rules.yaml")["ai-workflow-audit"]}
     for name, expr in rules.items():
         assert AUDIT_SELECTOR in expr, name
         assert _balanced(expr), name
@@ -1283,7 +1295,7 @@ def test_dashboard_has_an_audit_events_panel_on_loki() -> None:
     loki = _dashboard_targets("loki")
     assert loki
     for expr in loki:
-        assert AUDIT_SELECTOR in expr and _balanced(expr)
+        assert any(selector in expr for selector in LOKI_SELECTORS) and _balanced(expr), expr
     assert any(p["type"] == "logs" and p["datasource"]["type"] == "loki" for p in _dashboard()["panels"])
     assert any("access.denied" in e and "permission.change" in e for e in loki)
 
@@ -1303,6 +1315,78 @@ def test_dashboard_has_a_logs_panel_querying_the_seal_fields() -> None:
     # Structured metadata (the shipped seal_in_line: false): no `| json` stage before the filter.
     assert "| json" not in expr
     assert yaml.safe_load(_configmap_data()["sidecar.yaml"])["loki"]["seal_in_line"] is False
+
+
+def _pgaudit_attribute_names() -> set[str]:
+    """Every log attribute the collector's filelog/pgaudit operators can produce, as Loki names it."""
+    config = yaml.safe_load(OTEL_CONFIG.read_text(encoding="utf-8"))
+    names: set[str] = set()
+    for operator in config["receivers"]["filelog/pgaudit"]["operators"]:
+        names.update(operator.get("header", "").split(",") if operator["type"] == "csv_parser" else [])
+        target = operator.get("to") or (operator.get("field") if operator["type"] == "add" else None)
+        match = re.fullmatch(r'attributes\["([^"]+)"\]', target or "")
+        if match:
+            names.add(match.group(1))
+    return {sanitise_name(name) for name in names if name}
+
+
+def _structured_metadata_filters(expr: str) -> set[str]:
+    """The names filtered on or grouped by after the stream selector, minus label_format's own."""
+    pipeline = expr.split("}", 1)[1] if "}" in expr else expr
+    created = set(re.findall(r"label_format\s+(\w+)=|,\s*(\w+)=`", pipeline))
+    created_names = {name for pair in created for name in pair if name}
+    filtered = set(re.findall(r"\|\s*(\w+)\s*(?:=~|!~|!=|=)", pipeline))
+    filtered |= set(re.findall(r"\bor\s+(\w+)\s*(?:=~|!~|!=|=)", pipeline))
+    grouped = {label.strip() for group in re.findall(r"by \(([^)]*)\)", expr) for label in group.split(",")}
+    return (filtered | grouped) - created_names - {""}
+
+
+def _stream_labels(expr: str) -> set[str]:
+    return {
+        name
+        for selector in re.findall(r"\{([^}]*)\}", expr)
+        for name in re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", selector)
+    }
+
+
+def test_pgaudit_rules_and_panels_use_names_the_pgaudit_pipeline_produces() -> None:
+    """The database alert and panels filter on structured metadata that filelog/pgaudit actually
+    creates (sanitised as the sidecar's Loki mapping does), and select streams by labels the
+    sidecar makes from resource attributes (Loki's default list)."""
+    produced = _pgaudit_attribute_names()
+    assert {"pgaudit_class", "user_name", "db_namespace", "db_query_text", "error_type"} <= produced
+    label_names = {sanitise_name(name) for name in DEFAULT_LABEL_ATTRIBUTES}
+    pgaudit_exprs = [e for e in _dashboard_targets("loki") if PGAUDIT_SELECTOR in e]
+    rules = _alert_groups(DEPLOY / "loki" / "rules.yaml")["postgresql-audit"]
+    pgaudit_exprs += [r["expr"] for r in rules]
+    assert len(pgaudit_exprs) >= 4
+    for expr in pgaudit_exprs:
+        assert _balanced(expr), expr
+        assert _structured_metadata_filters(expr) <= produced, (expr, _structured_metadata_filters(expr) - produced)
+    for expr in _dashboard_targets("loki"):
+        assert _stream_labels(expr) <= label_names, expr
+    (rule,) = rules
+    assert PGAUDIT_SELECTOR in rule["expr"] and '| pgaudit_class=~"ROLE|DDL"' in rule["expr"]
+    assert "count_over_time(" in rule["expr"] and "label_format" in rule["expr"]
+    # The change window: the hour pattern (anchored, as Loki's matchers are) names the window's hours,
+    # 08 to 17, which `!~` leaves out; the weekday pattern names the weekend, which `=~` alerts on.
+    hours = re.search(r'change_hour!~"([^"]+)"', rule["expr"])
+    days = re.search(r'change_weekday=~"([^"]+)"', rule["expr"])
+    assert hours and days
+    assert [h for h in range(24) if re.fullmatch(hours.group(1), f"{h:02d}")] == list(range(8, 18))
+    assert [d for d in ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun") if re.fullmatch(days.group(1), d)] == [
+        "Sat",
+        "Sun",
+    ]
+
+
+def test_dashboard_has_database_and_container_panels() -> None:
+    loki = _dashboard_targets("loki")
+    assert any("by (pgaudit_class)" in e and PGAUDIT_SELECTOR in e for e in loki)
+    assert any("by (user_name)" in e and PGAUDIT_SELECTOR in e for e in loki)
+    assert any(
+        "by (k8s_namespace_name)" in e and CONTAINER_SELECTOR in e and '| k8s_namespace_name!=""' in e for e in loki
+    )
 
 
 # ---------------------------------------------------------------------------------------------
