@@ -1256,9 +1256,9 @@ def test_running_sidecar_pushes_sealed_entries_the_dashboard_selects(live_sideca
 AUDIT_SELECTOR = '{service_name="ai-workflow"}'
 # PostgreSQL's log through the collector's filelog/pgaudit receiver (resource service.name postgresql).
 PGAUDIT_SELECTOR = '{service_name="postgresql"}'
-# Container logs from the Fluent Bit DaemonSet: no resource attributes, so the default service name;
-# the namespace is structured metadata (deploy/README.md, "Container logs (Fluent Bit)").
-CONTAINER_SELECTOR = '{service_name="unknown_service"}'
+# Container logs from the Fluent Bit DaemonSet: the collector's groupbyattrs/k8s processor makes the
+# namespace a resource attribute, so a Loki label (deploy/README.md, "Container logs (Fluent Bit)").
+CONTAINER_SELECTOR = '{k8s_namespace_name=~".+"}'
 LOKI_SELECTORS = (AUDIT_SELECTOR, PGAUDIT_SELECTOR, CONTAINER_SELECTOR)
 
 
@@ -1384,9 +1384,7 @@ def test_dashboard_has_database_and_container_panels() -> None:
     loki = _dashboard_targets("loki")
     assert any("by (pgaudit_class)" in e and PGAUDIT_SELECTOR in e for e in loki)
     assert any("by (user_name)" in e and PGAUDIT_SELECTOR in e for e in loki)
-    assert any(
-        "by (k8s_namespace_name)" in e and CONTAINER_SELECTOR in e and '| k8s_namespace_name!=""' in e for e in loki
-    )
+    assert any("by (k8s_namespace_name)" in e and CONTAINER_SELECTOR in e for e in loki)
 
 
 # ---------------------------------------------------------------------------------------------
