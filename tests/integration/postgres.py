@@ -39,7 +39,7 @@ START_TIMEOUT_SECONDS = 30
 STOP_TIMEOUT_SECONDS = 20
 SQL_TIMEOUT_SECONDS = 30
 
-# Lines appended to postgresql.conf; docs/sources/pgaudit.md shows the same settings.
+# Lines appended to postgresql.conf; README "Sources: PostgreSQL pgaudit" shows the same settings.
 SERVER_SETTINGS = {
     "shared_preload_libraries": "'pgaudit'",
     "listen_addresses": "'127.0.0.1'",

@@ -13,7 +13,7 @@ directory archive, the archive is verified, and the archived attributes are chec
 
 What this does not show: that the collector's own stanza code behaves like the interpreter. Go's
 encoding/csv, RE2 and strptime are approximated by their Python counterparts (the differences that
-matter for pgaudit lines are handled below and named in docs/sources/pgaudit.md).
+matter for pgaudit lines are handled below and named in README "Sources: PostgreSQL pgaudit").
 """
 
 from __future__ import annotations
