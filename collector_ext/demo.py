@@ -16,6 +16,7 @@ It is a demonstration, not a deployment: see README "Deploy on Kubernetes" for t
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import subprocess
@@ -182,6 +183,45 @@ def pgaudit_note(debian_bin: Path = POSTGRES_15_BIN) -> str:
     )
 
 
+def run_pgaudit_sample(endpoint: str) -> str:
+    """With PostgreSQL 15 and pgaudit installed: a throwaway cluster (collector_ext.embedded_postgres),
+    one audited INSERT, and its jsonlog line sealed through the sidecar as the collector's
+    filelog/pgaudit pipeline sends it, the raw line as the body (the pipeline also parses it into
+    ``db.*`` and ``pgaudit.*`` attributes: README "Sources: PostgreSQL pgaudit"). Without them: how to
+    add the source. Returns the line to print; never fails the demo."""
+    from collector_ext.embedded_postgres import APP_DATABASE, EmbeddedPostgres, EmbeddedPostgresError
+
+    try:
+        server = EmbeddedPostgres()
+    except EmbeddedPostgresError:
+        return pgaudit_note()
+    try:
+        with server:
+            server.superuser_sql(
+                "CREATE TABLE model_registry (name text, owner text);"
+                "INSERT INTO model_registry VALUES ('fraud-detector', 'carol');",
+                database=APP_DATABASE,
+            )
+            lines = server.wait_for_log(
+                lambda parsed: any("AUDIT: " in p.get("message", "") and ",INSERT," in p["message"] for p in parsed)
+            )
+    except EmbeddedPostgresError as exc:
+        return f"PostgreSQL 15 could not be started for a pgaudit sample ({str(exc).splitlines()[0]})"
+    line = next(text for text in lines if "AUDIT: " in text and ",INSERT," in text)
+    from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
+    from opentelemetry.sdk._logs import LoggerProvider
+    from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
+    from opentelemetry.sdk.resources import Resource
+
+    provider = LoggerProvider(resource=Resource.create({"service.name": "postgresql"}))
+    provider.add_log_record_processor(SimpleLogRecordProcessor(OTLPLogExporter(endpoint=endpoint, insecure=True)))
+    provider.get_logger("filelog/pgaudit").emit(
+        body=line, attributes={"db.system.name": "postgresql", "log.file.name": "postgresql.json"}
+    )
+    provider.shutdown()
+    return f"pgaudit (PostgreSQL 15, sealed as its jsonlog line): {json.loads(line)['message']}"
+
+
 def _postgres_major(postgres: str) -> str | None:
     try:
         result = subprocess.run([postgres, "--version"], capture_output=True, text=True, timeout=10, check=False)
@@ -254,7 +294,7 @@ def run_demo(keep: Path | None = None) -> bool:
                 started = time.monotonic()
                 sent = run_ai_workflow(endpoint)
                 click.echo(f"    {sent} audit events sealed and archived in {time.monotonic() - started:.2f}s")
-                click.echo("    " + pgaudit_note())
+                click.echo("    " + run_pgaudit_sample(endpoint))
             _step("sidecar stopped (final checkpoint written)")
 
             _step(f"verifying {archive_url} with the pinned public key")

@@ -7,7 +7,7 @@ operator types, fields and expression forms that otel-config.yaml's `filelog/pga
 read from otel-config.yaml; the interpreter refuses any operator type or setting it does not know,
 so a change to the pipeline that it cannot follow fails here instead of being ignored.
 
-A real PostgreSQL 15 with pgaudit (tests/integration/postgres.py) runs the statements; its jsonlog
+A real PostgreSQL 15 with pgaudit (collector_ext/embedded_postgres.py) runs the statements; its jsonlog
 lines go through the operators, the results go as OTLP log records through a real sidecar into a
 directory archive, the archive is verified, and the archived attributes are checked.
 
@@ -935,6 +935,6 @@ def test_the_interpreter_refuses_what_it_does_not_know() -> None:
 
 
 def test_missing_postgresql_fails_and_names_the_packages(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(postgres, "BIN_DIR", tmp_path / "no-postgresql")
+    monkeypatch.setattr(postgres.embedded_postgres, "BIN_DIR", tmp_path / "no-postgresql")
     with pytest.raises(pytest.fail.Exception, match="apt-get install -y postgresql-15 postgresql-15-pgaudit"):
         PostgresServer()

@@ -155,3 +155,23 @@ def test_demo_pgaudit_note_names_the_readme_section_when_postgres_15_is_there(mo
     note = demo.pgaudit_note(bin_dir)
     assert note.startswith("PostgreSQL 15 is installed")
     assert 'README "Sources: PostgreSQL pgaudit"' in note
+
+
+def test_demo_pgaudit_sample_seals_a_real_audit_line(
+    run_sidecar: Callable[..., Any], key_pair: KeyPairFiles, tmp_path: Path
+) -> None:
+    """With PostgreSQL 15 and pgaudit installed (the test command installs them), the demo starts a
+    throwaway cluster, audits one INSERT and seals its jsonlog line; the archive verifies."""
+    from collector_ext.embedded_postgres import BIN_DIR
+
+    assert (BIN_DIR / "postgres").is_file(), "install postgresql-15 and postgresql-15-pgaudit (apt-get)"
+    archive = tmp_path / "archive"
+    with run_sidecar(str(archive)) as sidecar:
+        line = demo.run_pgaudit_sample(f"127.0.0.1:{sidecar.port}")
+    assert line.startswith("pgaudit (PostgreSQL 15, sealed as its jsonlog line): AUDIT: SESSION,"), line
+    assert ",WRITE,INSERT,TABLE,public.model_registry," in line
+    report = verify_archive_at(str(archive), [key_pair.public_key])
+    assert report.clean, report.findings
+    (record,) = [LogRecord.FromString(payload.log_record) for _, payload in archived_records(archive)]
+    assert "AUDIT: SESSION" in record.body.string_value
+    assert {kv.key: as_python(kv.value) for kv in record.attributes}["db.system.name"] == "postgresql"
