@@ -291,9 +291,14 @@ def test_network_policy_admits_only_otlp_and_scrape_and_egress_dns_s3_loki() -> 
         policy["podSelector"]["matchLabels"].items()
         <= _one("Deployment")["spec"]["template"]["metadata"]["labels"].items()
     )
-    otlp_rule, scrape_rule = policy["ingress"]
-    assert otlp_rule["from"] == [{"podSelector": {}}], "OTLP from this namespace only"
+    otlp_rule, fluent_bit_rule, scrape_rule = policy["ingress"]
+    assert otlp_rule["from"] == [{"podSelector": {}}], "OTLP from this namespace"
     assert _policy_ports([otlp_rule]) == {(4317, "TCP"), (4318, "TCP")}
+    # ... and OTLP/HTTP from the Fluent Bit DaemonSet's pods in its own namespace (deploy/fluent-bit).
+    (peer,) = fluent_bit_rule["from"]
+    assert peer["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "logging"}
+    assert peer["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "fluent-bit"}
+    assert _policy_ports([fluent_bit_rule]) == {(4318, "TCP")}
     metrics_port = _port(yaml.safe_load(_configmap_data()["sidecar.yaml"])["metrics_listen"])
     assert _policy_ports([scrape_rule]) == {(metrics_port, "TCP"), (8888, "TCP")}
     assert (_port(sidecar_config_module.DEFAULT_LISTEN), "TCP") not in _policy_ports(policy["ingress"])
