@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 from collector_ext.config import ArchiveConfig, SidecarConfig
+from collector_ext.pb import archive_pb2
+from collector_ext.seal.entry import EntryKind, decode_entry_header, entry_payload
 from collector_ext.seal.keys import PublicKey, generate_key_pair, load_public_key_pem
+from collector_ext.seal.segment import decode_segment
 from collector_ext.service import Sidecar, open_archive, running_in_thread
 from collector_ext.verify.findings import VerificationReport
 from collector_ext.verify.run import VerifyOptions, check_archive
@@ -170,3 +175,33 @@ def loki() -> Iterator[Any]:
         yield receiver
     finally:
         receiver.stop()
+
+
+@dataclass(frozen=True)
+class ArchivedLogRecord:
+    sequence: int
+    entry: bytes
+    signature: bytes
+    payload: archive_pb2.LogPayload
+
+
+def archived_log_records(archive: Path) -> list[ArchivedLogRecord]:
+    """Every log record of a directory archive's segments, in sequence order (genesis and marks left out)."""
+    found = []
+    for path in archive.rglob("*.cxseg"):
+        for record in decode_segment(path.read_bytes()).records:
+            header = decode_entry_header(record.entry)
+            if header.kind == EntryKind.LOG_RECORD:
+                payload = archive_pb2.LogPayload.FromString(entry_payload(record.entry))
+                found.append(ArchivedLogRecord(header.sequence, record.entry, record.signature, payload))
+    return sorted(found, key=lambda r: r.sequence)
+
+
+def any_value_to_python(value: AnyValue) -> Any:
+    """An OTLP AnyValue as Python: maps as dicts, arrays as lists, scalars as they are, empty as None."""
+    kind = value.WhichOneof("value")
+    if kind == "kvlist_value":
+        return {kv.key: any_value_to_python(kv.value) for kv in value.kvlist_value.values}
+    if kind == "array_value":
+        return [any_value_to_python(v) for v in value.array_value.values]
+    return None if kind is None else getattr(value, kind)

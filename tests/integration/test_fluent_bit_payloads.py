@@ -32,10 +32,9 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 from collector_ext.deliver.loki.mapping import SEAL_FIELDS, EntryMapper, LokiEntry
 from collector_ext.pb import archive_pb2
-from collector_ext.seal.entry import EntryKind, decode_entry_header, entry_hash, entry_payload
-from collector_ext.seal.segment import decode_segment
+from collector_ext.seal.entry import entry_hash
 from collector_ext.service import Sidecar
-from tests.integration.conftest import KeyPairFiles, verify_archive_at
+from tests.integration.conftest import KeyPairFiles, archived_log_records, verify_archive_at
 
 # The headers Fluent Bit's opentelemetry output sends on the OTLP/HTTP path (reference: protobuf body,
 # `Content-Type: application/x-protobuf`; `compress gzip` adds Content-Encoding).
@@ -196,14 +195,7 @@ def post_as_fluent_bit(port: int, body: bytes, *, headers: dict[str, str] | None
 
 def _archived(archive: Path) -> list[tuple[bytes, bytes, archive_pb2.LogPayload]]:
     """(entry, signature, payload) of every archived log record, in chain order."""
-    found = []
-    for path in archive.rglob("*.cxseg"):
-        for record in decode_segment(path.read_bytes()).records:
-            header = decode_entry_header(record.entry)
-            if header.kind == EntryKind.LOG_RECORD:
-                payload = archive_pb2.LogPayload.FromString(entry_payload(record.entry))
-                found.append((header.sequence, record.entry, record.signature, payload))
-    return [(entry, signature, payload) for _, entry, signature, payload in sorted(found, key=lambda f: f[0])]
+    return [(r.entry, r.signature, r.payload) for r in archived_log_records(archive)]
 
 
 def _send_and_stop(run_sidecar: Callable[..., Any], archive: Path, body: bytes, headers: dict[str, str]) -> None:

@@ -38,11 +38,8 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyVa
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
-from collector_ext.pb import archive_pb2
-from collector_ext.seal.entry import EntryKind, decode_entry_header, entry_payload
-from collector_ext.seal.segment import decode_segment
 from tests.integration import postgres
-from tests.integration.conftest import KeyPairFiles, verify_archive_at
+from tests.integration.conftest import KeyPairFiles, any_value_to_python, archived_log_records, verify_archive_at
 from tests.integration.postgres import TEST_DATABASE, TEST_ROLE, PostgresServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -591,13 +588,7 @@ def to_any_value(value: Any) -> AnyValue:
     raise TypeError(type(value))
 
 
-def from_any_value(value: AnyValue) -> Any:
-    kind = value.WhichOneof("value")
-    if kind == "kvlist_value":
-        return {kv.key: from_any_value(kv.value) for kv in value.kvlist_value.values}
-    if kind == "array_value":
-        return [from_any_value(v) for v in value.array_value.values]
-    return getattr(value, kind) if kind else None
+from_any_value = any_value_to_python
 
 
 def to_log_record(entry: Entry) -> LogRecord:
@@ -648,23 +639,13 @@ class Archived:
 
 
 def archived_records(archive: Path) -> list[Archived]:
-    found = []
-    for path in archive.rglob("*.cxseg"):
-        for record in decode_segment(path.read_bytes()).records:
-            header = decode_entry_header(record.entry)
-            if header.kind == EntryKind.LOG_RECORD:
-                payload = archive_pb2.LogPayload.FromString(entry_payload(record.entry))
-                resource = Resource.FromString(payload.resource)
-                found.append(
-                    (
-                        header.sequence,
-                        Archived(
-                            {kv.key: from_any_value(kv.value) for kv in resource.attributes},
-                            LogRecord.FromString(payload.log_record),
-                        ),
-                    )
-                )
-    return [archived for _, archived in sorted(found, key=lambda item: item[0])]
+    return [
+        Archived(
+            {kv.key: from_any_value(kv.value) for kv in Resource.FromString(r.payload.resource).attributes},
+            LogRecord.FromString(r.payload.log_record),
+        )
+        for r in archived_log_records(archive)
+    ]
 
 
 def seal_and_read_back(

@@ -9,7 +9,6 @@ from typing import Any
 
 import structlog
 from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, SeverityNumber
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource as OtlpResource
 from opentelemetry.sdk._logs import LoggerProvider
@@ -20,30 +19,15 @@ from collector_ext import demo
 from collector_ext.instrument import OpenTelemetryProcessor
 from collector_ext.pb import archive_pb2
 from collector_ext.report.rows import read_fields
-from collector_ext.seal.entry import EntryKind, decode_entry_header, entry_payload
-from collector_ext.seal.segment import decode_segment
-from tests.integration.conftest import KeyPairFiles, verify_archive_at
+from tests.integration.conftest import KeyPairFiles, any_value_to_python, archived_log_records, verify_archive_at
 
 
 def archived_records(archive: Path) -> list[tuple[bytes, archive_pb2.LogPayload]]:
     """(entry bytes, payload) of every archived log record, in sequence order."""
-    found = []
-    for path in archive.rglob("*.cxseg"):
-        for record in decode_segment(path.read_bytes()).records:
-            header = decode_entry_header(record.entry)
-            if header.kind == EntryKind.LOG_RECORD:
-                payload = archive_pb2.LogPayload.FromString(entry_payload(record.entry))
-                found.append((header.sequence, record.entry, payload))
-    return [(entry, payload) for _, entry, payload in sorted(found, key=lambda item: item[0])]
+    return [(r.entry, r.payload) for r in archived_log_records(archive)]
 
 
-def as_python(value: AnyValue) -> Any:
-    kind = value.WhichOneof("value")
-    if kind == "kvlist_value":
-        return {kv.key: as_python(kv.value) for kv in value.kvlist_value.values}
-    if kind == "array_value":
-        return [as_python(v) for v in value.array_value.values]
-    return None if kind is None else getattr(value, kind)
+as_python = any_value_to_python
 
 
 def test_structlog_events_are_sealed_archived_and_verified(
