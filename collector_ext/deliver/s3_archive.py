@@ -163,15 +163,8 @@ class S3Archive:
             raise ArchiveUnavailableError(f"PUT {self._full_key(key)} to {self.description}: {exc}") from exc
 
     async def list_keys(self, under: str = "", start_after: str = "") -> AsyncIterator[str]:
-        prefix = f"{self._location.prefix}/" if self._location.prefix else ""
-        paginator = self._client.get_paginator("list_objects_v2")
-        arguments: dict[str, Any] = {"Bucket": self._location.bucket, "Prefix": prefix + under}
-        if start_after:
-            arguments["StartAfter"] = prefix + start_after
-        with self._listing_errors():
-            async for page in paginator.paginate(**arguments):
-                for item in page.get("Contents", []):
-                    yield item["Key"][len(prefix) :]
+        async for listed in self.list_objects(under, start_after):
+            yield listed.key
 
     async def list_children(self, under: str = "") -> list[str]:
         prefix = f"{self._location.prefix}/" if self._location.prefix else ""

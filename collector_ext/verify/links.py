@@ -371,9 +371,7 @@ class ChainChecker:
         # that signs them: a fast path under another pinned key would let that key pass off records
         # it did not sign (after a key rotation, the new key's checkpoint covers entries the old key
         # signed: those are checked one by one).
-        authentic = recorded and (
-            listed is not None and (self.keys.current is None or listed.key_id == self.keys.key_at(self._expected))
-        )
+        authentic = recorded and listed is not None and listed.key_id == self._signing_key_for(segment)
         if self._observer is not None:
             self._observer(segment.records, key.key)
         verify_signatures = self._check_all or not authentic
@@ -445,6 +443,16 @@ class ChainChecker:
                 last=ref.last_sequence,
                 object_key=ref.object_key,
             )
+
+    def _signing_key_for(self, segment: DecodedSegment) -> bytes | None:
+        """The key that must sign the segment's first record: the chain's key there, or, before
+        anything bound the chain (its genesis segment), the key its first record names (which the
+        genesis then binds)."""
+        bound = self.keys.key_at(self._expected)
+        if bound is not None or not segment.records:
+            return bound
+        first = segment.records[0].entry
+        return first[KEY_ID_SLICE] if len(first) >= ENTRY_HEADER_SIZE else None
 
     def _check_segment_digest(
         self, key: SegmentKey, listed: ListedSegment | None, data: bytes, segment: DecodedSegment

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 from collections.abc import Sequence
 
 import pytest
@@ -359,6 +360,30 @@ def test_other_pinned_key_extending_a_chain_with_a_checkpoint_is_wrong_key(
         ("wrong-key", "tampering", 39, None, forged.checkpoint_keys[3]),
         ("wrong-key", "tampering", 39, None, forged.segment_keys[3]),
     ]
+
+
+def test_a_checkpoint_of_another_pinned_key_does_not_spare_the_genesis_segment_its_signatures(
+    signer: Ed25519Signer, other_signer: Ed25519Signer
+) -> None:
+    # The chain is bound to other_signer. The other pinned key rewrites the last record of the only
+    # segment (no later link breaks) and re-signs checkpoint 0 over the new bytes and head. The digest
+    # then matches, but it vouches only under the chain's own key: every record signature is checked.
+    archive = build_archive(other_signer, segments=1)
+    records = archive.segment_records(0)
+    entry = bytearray(records[-1].entry)
+    entry[-1] ^= 0x01
+    records[-1] = archive_pb2.SealedRecord(entry=bytes(entry), signature=records[-1].signature)
+    archive.rewrite_segment(0, records)
+    data = archive.objects[archive.segment_keys[0]]
+    decoded = decode_checkpoint(archive.objects[archive.checkpoint_keys[0]]).checkpoint
+    ref = dataclasses.replace(decoded.segments[0], sha256=hashlib.sha256(data).digest(), size=len(data))
+    _resign_checkpoint(archive, 0, signer, segments=(ref,), head_sha256=entry_hash(bytes(entry)), key_id=signer.key_id)
+    report = verify_objects(archive.objects, [signer.public_key, other_signer.public_key])
+    assert findings(report) == [
+        ("modified-record", "tampering", 9, None, archive.segment_keys[0]),
+        ("wrong-key", "tampering", 9, None, archive.checkpoint_keys[0]),
+    ]
+    assert report.signatures_checked == 1 + 10
 
 
 def test_other_pinned_key_signing_a_checkpoint_is_wrong_key(signer: Ed25519Signer, other_signer: Ed25519Signer) -> None:
