@@ -18,6 +18,7 @@ from a verifier's output; tests/golden/test_conformance.py runs collector_ext's 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import filecmp
 import hashlib
 import json
@@ -34,7 +35,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from collector_ext.pb import archive_pb2
 from collector_ext.seal.chain import genesis_payload, key_rotation_payload
-from collector_ext.seal.entry import EntryKind
+from collector_ext.seal.checkpoint import decode_checkpoint, sign_checkpoint
+from collector_ext.seal.entry import EntryKind, entry_hash
 from collector_ext.seal.framing import SEGMENT_MAGIC, frame
 from collector_ext.seal.keys import Ed25519Signer
 from collector_ext.seal.layout import segment_key
@@ -228,6 +230,33 @@ def wrong_key() -> Case:
             finding("wrong-key", "tampering", 7, 7, built.segment_keys[2]),
             finding("wrong-key", "tampering", 8, 8, built.segment_keys[2]),
             finding("wrong-key", "tampering", 8, 8, built.checkpoint_keys[2]),
+        ],
+        keys=[KEY_A, KEY_B],
+    )
+
+
+def other_key_vouches_for_genesis_segment() -> Case:
+    built = chain(segments=1)
+    records = built.segment_records(0)
+    entry = bytearray(records[-1].entry)
+    entry[-1] ^= 0x01
+    records[-1] = archive_pb2.SealedRecord(entry=bytes(entry), signature=records[-1].signature)
+    built.rewrite_segment(0, records)
+    data = built.objects[built.segment_keys[0]]
+    old = decode_checkpoint(built.objects[built.checkpoint_keys[0]]).checkpoint
+    ref = dataclasses.replace(old.segments[0], sha256=hashlib.sha256(data).digest(), size=len(data))
+    forged = dataclasses.replace(old, segments=(ref,), head_sha256=entry_hash(bytes(entry)), key_id=KEY_B.key_id)
+    built.objects[built.checkpoint_keys[0]], _ = sign_checkpoint(forged, KEY_B)
+    return Case(
+        "other-key-vouches-for-genesis-segment",
+        "The chain's only segment has its last record changed, and KEY_B (also pinned) re-signs checkpoint 0 "
+        "over the new bytes and head. The digest matches, but before the genesis binds the chain it vouches "
+        "only under the key the segment's first record names (KEY_A), so every record signature is checked "
+        "(13.3 step 3) and the checkpoint is KEY_B's where the chain is KEY_A's (13.3 step 8.9a).",
+        built.objects,
+        [
+            finding("modified-record", "tampering", 2, 2, built.segment_keys[0]),
+            finding("wrong-key", "tampering", 2, 2, built.checkpoint_keys[0]),
         ],
         keys=[KEY_A, KEY_B],
     )
@@ -472,6 +501,7 @@ CASES: list[Callable[[], Case]] = [
     appended_bytes,
     forged_checkpoint,
     wrong_key,
+    other_key_vouches_for_genesis_segment,
     unknown_key,
     key_rotation,
     retired_key_writes,
