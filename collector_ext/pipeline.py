@@ -76,7 +76,6 @@ from collector_ext.seal.framing import (
 from collector_ext.seal.keys import Signer
 from collector_ext.seal.layout import checkpoint_key, segment_key
 from collector_ext.seal.segment import (
-    OBJECT_OVERHEAD_BYTES,
     RECORD_OVERHEAD_BYTES,
     decode_segment,
     encode_segment,
@@ -125,7 +124,6 @@ class _OpenSegment:
     spooled: asyncio.Future[None] | None = None
     archived: asyncio.Future[None] | None = None
     opened_at: float = field(default_factory=time.monotonic)
-    object_bound: int = OBJECT_OVERHEAD_BYTES  # at least the size of the segment object
     # A retired key that signs this segment's entries (the restart mark and key rotation entry that
     # continue a chain under a new key); None: the signing pool's key.
     signer: Signer | None = None
@@ -559,10 +557,9 @@ class SealingPipeline:
         self._head = batch.head
         if size is None:
             size = sum(map(len, batch.entries))
-        open_bound = self._open.object_bound if self._open is not None else 0
-        open_records = len(self._open.entries) if self._open is not None else 0
+        open_size, open_records = self._open_fill()
         if (
-            open_bound + segment_object_bound(size, len(payloads)) <= MAX_SEGMENT_OBJECT_BYTES
+            segment_object_bound(open_size + size, open_records + len(payloads)) <= MAX_SEGMENT_OBJECT_BYTES
             and open_records + len(payloads) <= MAX_SEGMENT_RECORDS
         ):
             durable = self._append(loop, batch.first_sequence, batch.entries, batch.hashes, size, signer)
@@ -588,8 +585,9 @@ class SealingPipeline:
         durables: list[asyncio.Future[None]] = []
         start = 0
         while start < len(entries):
-            bound = self._open.object_bound if self._open is not None else OBJECT_OVERHEAD_BYTES
-            room = MAX_SEGMENT_RECORDS - (len(self._open.entries) if self._open is not None else 0)
+            open_size, open_records = self._open_fill()
+            bound = segment_object_bound(open_size, open_records)
+            room = MAX_SEGMENT_RECORDS - open_records
             end, size = start, 0
             while end < len(entries) and end - start < room:
                 cost = len(entries[end]) + RECORD_OVERHEAD_BYTES
@@ -610,6 +608,10 @@ class SealingPipeline:
         if len(durables) == 1:
             return durables[0]
         return asyncio.ensure_future(_all_of(durables))
+
+    def _open_fill(self) -> tuple[int, int]:
+        """Entry bytes and records in the open segment (0, 0 when none is open)."""
+        return (self._open.size, len(self._open.entries)) if self._open is not None else (0, 0)
 
     def _close_open_segment(self) -> None:
         """Hand the open segment to the flush loop now; the next entries open a new one."""
@@ -646,7 +648,6 @@ class SealingPipeline:
         segment.entries += entries
         segment.hashes += hashes
         segment.size += size
-        segment.object_bound += size + RECORD_OVERHEAD_BYTES * len(entries)
         if (
             len(segment.entries) >= self._settings.segment_max_records
             or segment.size >= self._settings.segment_max_bytes
