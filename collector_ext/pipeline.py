@@ -367,7 +367,7 @@ class SealingPipeline:
                 )
         chain_key = retired.public_key if retired is not None else self._signer.public_key
         checkpoint = await self._read_archive(
-            "the newest checkpoint", lambda: newest_checkpoint(self._store, head.chain_id, chain_key)
+            "the newest checkpoint", lambda: newest_checkpoint(self._store, head.chain_id, [chain_key])
         )
         if checkpoint is not None:
             covered = checkpoint.checkpoint

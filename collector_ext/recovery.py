@@ -57,9 +57,11 @@ async def _first_key(store: ArchiveStore, under: str, start_after: str = "") -> 
     return None
 
 
-async def newest_checkpoint(store: ArchiveStore, chain_id: bytes, key: PublicKey) -> DecodedCheckpoint | None:
-    """The chain's checkpoint with the highest number, if one exists and is signed by ``key`` (one of
-    ``key``'s siblings in ``find_predecessor``).
+async def newest_checkpoint(
+    store: ArchiveStore, chain_id: bytes, keys: Sequence[PublicKey]
+) -> DecodedCheckpoint | None:
+    """The chain's checkpoint with the highest number, if one exists and is signed by one of ``keys``
+    (the writer's key and the keys it retired: a chain may have rotated).
 
     Raises:
         ArchiveUnavailableError: the archive cannot be listed or read now.
@@ -84,8 +86,11 @@ async def newest_checkpoint(store: ArchiveStore, chain_id: bytes, key: PublicKey
     found = await exists_from(low)
     assert found is not None
     checkpoint = decode_checkpoint(await store.get(found))
-    if not checkpoint.is_signed_by(key) or checkpoint.checkpoint.chain_id != chain_id:
-        raise MalformedObjectError(f"{found} is not a checkpoint of chain {chain_id.hex()} signed by this key")
+    key = next((k for k in keys if k.key_id == checkpoint.checkpoint.key_id), None)
+    if key is None or not checkpoint.is_signed_by(key) or checkpoint.checkpoint.chain_id != chain_id:
+        raise MalformedObjectError(
+            f"{found} is not a checkpoint of chain {chain_id.hex()} signed by this writer's keys"
+        )
     return checkpoint
 
 
@@ -132,7 +137,7 @@ async def find_predecessor(store: ArchiveStore, writer_id: str, keys: Sequence[P
     if best is None:
         return None
     chain_id = best[1]
-    checkpoint = await _newest_checkpoint_by_any(store, chain_id, keys)
+    checkpoint = await newest_checkpoint(store, chain_id, keys)
     covered = checkpoint.checkpoint.last_sequence if checkpoint is not None else -1
     last, head = await _last_archived_entry(store, chain_id, checkpoint, keys)
     log.info(
@@ -154,19 +159,6 @@ async def find_predecessor(store: ArchiveStore, writer_id: str, keys: Sequence[P
         checkpoint_sha256=checkpoint.sha256 if checkpoint is not None else b"",
         checkpoint_number=checkpoint.checkpoint.checkpoint_number if checkpoint is not None else 0,
     )
-
-
-async def _newest_checkpoint_by_any(
-    store: ArchiveStore, chain_id: bytes, keys: Sequence[PublicKey]
-) -> DecodedCheckpoint | None:
-    """``newest_checkpoint`` signed by whichever of ``keys`` signed it (a chain may have rotated)."""
-    for index, key in enumerate(keys):
-        try:
-            return await newest_checkpoint(store, chain_id, key)
-        except MalformedObjectError:
-            if index == len(keys) - 1:
-                raise
-    return None
 
 
 async def _last_archived_entry(
