@@ -225,9 +225,14 @@ async def check_archive_with_state(
             )
             start = state.start_of(chain_id_hex) if state is not None else None
             if start is not None and state is not None:
+                findings += await _check_remembered_checkpoint(store, chain_id_hex, chain, state)
                 if incremental:
                     checker.resume(start)
-                findings += await _check_remembered_checkpoint(store, chain_id_hex, chain, state)
+                    # Read and compared just now: the walk starts after it.
+                    number = start.point.checkpoint_number
+                    for _ in (c for c in chain.checkpoints if c[0].checkpoint_number <= number):
+                        advance()
+                    chain.checkpoints = [c for c in chain.checkpoints if c[0].checkpoint_number > number]
             await _check_chain(store, checker, chain, options, advance)
             summaries.append(checker.finish())
             resume_points[chain_id_hex] = checker.resume_point()
