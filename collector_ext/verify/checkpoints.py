@@ -13,7 +13,7 @@ that point is checked by ``verify.links``, which knows the chain's keys.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from collector_ext.errors import MalformedObjectError
@@ -283,8 +283,10 @@ class CheckpointLedger:
             self.newest_final = checkpoint.final
 
     # -- what the segment walk asks -----------------------------------------------------------
-    def claim_at(self, sequence: int) -> HeadClaim | None:
-        return self._claims.get(sequence)
+    @property
+    def claims(self) -> Mapping[int, HeadClaim]:
+        """Head claims ahead of the walk, by sequence number (read-only; the walk takes them)."""
+        return self._claims
 
     def take_claim(self, sequence: int) -> HeadClaim | None:
         """The claim for ``sequence``, forgotten once the walk has checked it."""

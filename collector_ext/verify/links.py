@@ -502,7 +502,7 @@ class ChainChecker:
         if previous is None or not records or key_id is None or not self.format_version:
             return False
         chain_id = self.chain_id
-        claims = self.ledger
+        claim_at = self.ledger.claims.get  # per record: a plain dict look-up
         plain_header = self.format_version.to_bytes(2, "big") + bytes([EntryKind.LOG_RECORD, 0])
         base = hashlib.sha256(ENTRY_HASH_PREFIX)
         pinned = self._keyring.pinned(key_id)
@@ -530,7 +530,7 @@ class ChainChecker:
             digest = base.copy()
             digest.update(entry)
             previous = digest.digest()
-            claim = claims.claim_at(expected)
+            claim = claim_at(expected)
             if claim is not None:
                 if claim.head != previous:
                     return False
