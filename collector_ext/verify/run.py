@@ -143,10 +143,12 @@ async def _list_from_state(store: ArchiveStore, state: VerifierState) -> _Listin
                 parsed = parse_segment_key(listed.key)
                 if parsed is None or parsed.last_sequence > point["last_sequence"]:
                     listing.add(listed)
-            async for listed in store.list_objects(chain_under):
-                # Anything else under the chain (not a segment or checkpoint) is reported as usual.
-                if not listed.key.startswith((checkpoints_under, segments_under)):
-                    listing.add(listed)
+            for child in await store.list_children(chain_under):
+                # Other directories under the chain are listed and reported as usual; a full listing of
+                # the chain would cost its whole history (loose files there are a full verify's to find).
+                if child not in ("checkpoints", "segments"):
+                    async for listed in store.list_objects(f"{chain_under}{child}/"):
+                        listing.add(listed)
     return listing
 
 
