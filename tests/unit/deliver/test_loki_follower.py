@@ -136,7 +136,8 @@ async def test_a_gap_is_listed_again_soon_by_the_running_follower(tmp_path: Path
     sink = RecordingSink()
     stop = asyncio.Event()
     running = asyncio.create_task(follower.run(sink, stop))
-    await asyncio.sleep(spool_follower.POLL_INTERVAL / 2)
+    # Sooner than the poll interval: the gap is listed again on its own, shorter timer.
+    await _until(lambda: sink.sequences() == [1, 2], timeout=spool_follower.POLL_INTERVAL / 2)
     stop.set()
     follower.wake.set()
     await running
