@@ -68,7 +68,7 @@ RecordObserver = Callable[[Sequence[SealedRecord], str], None]
 SignatureBatchChecker = Callable[[Sequence[tuple[PublicKey, bytes, bytes]]], list[bool]]
 
 # Misnamed segments set aside until the walk reaches their content: at most this many bytes.
-DEFERRED_BYTES_BUDGET = 64 * 1024 * 1024
+DEFERRED_BYTES_BUDGET = 32 * 1024 * 1024
 
 
 def _segment_problem(error: MalformedObjectError) -> str:
@@ -146,7 +146,9 @@ class ChainChecker:
         self._resends = ResendTracker(chain_id_hex, self.findings.append, report_all=report_resends)
         # Set-aside segments as a heap by first sequence (then arrival), so taking the lowest is
         # O(log n) however many wait.
-        self._deferred: list[tuple[int, int, SegmentKey, DecodedSegment, bytes, ListedSegment | None, bool]] = []
+        # Only the object's bytes are kept (decoded again when walked): a parsed segment costs several
+        # times its size, and the budget bounds what waits.
+        self._deferred: list[tuple[int, int, SegmentKey, bytes, ListedSegment | None, bool]] = []
         self._deferred_bytes = 0
         self._unreadable: tuple[int, str] | None = None  # first sequence (by key) and key of an unreadable object
         self._unpinned: dict[bytes, list[int]] = {}  # unpinned key id -> [finding index, records, checkpoints]
@@ -330,9 +332,8 @@ class ChainChecker:
             # Its content starts after a gap: set it aside (within a budget) in case the missing
             # records come in a misnamed object later in key order, and walk it where its content
             # belongs (FORMAT.md 13.3 step 0). A real gap is reported when the budget or the chain ends.
-            heapq.heappush(
-                self._deferred, (segment.first_sequence, self.segments, key, segment, data, listed, misnamed)
-            )
+            heapq.heappush(self._deferred, (segment.first_sequence, self.segments, key, data, listed, misnamed))
+            del segment
             self._deferred_bytes += len(data)
             return
         self._walk_deferred(before=segment.first_sequence)
@@ -352,9 +353,9 @@ class ChainChecker:
         while self._deferred:
             if self._deferred[0][0] >= (before if before is not None else self._expected + 1):
                 return
-            _, _, key, segment, data, listed, misnamed = heapq.heappop(self._deferred)
+            _, _, key, data, listed, misnamed = heapq.heappop(self._deferred)
             self._deferred_bytes -= len(data)
-            self._walk_segment(key, segment, data, listed, misnamed_reported=misnamed)
+            self._walk_segment(key, decode_segment(data), data, listed, misnamed_reported=misnamed)
 
     def _walk_segment(
         self,
