@@ -568,6 +568,29 @@ def mutate(objects: Objects, chooser: Chooser, *, most: int = 3) -> list[str]:
 HOSTILE_ENTRIES = ("fifo", "dangling-link", "file-link", "directory-link", "sparse-file")
 
 
+def write_case_to_directory(root: Path, case: Case, outside: Path) -> None:
+    """Write a case's objects and hostile entries under ``root``; what the filesystem refuses (a key no
+    file can have) is left out of the case, so the judge sees what was really written."""
+    written: Objects = {}
+    for key, data in case.objects.items():
+        path = root / key
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        except OSError:
+            continue
+        written[key] = data
+    case.objects = written
+    placed: dict[str, str] = {}
+    for key, kind in case.hostile.items():
+        try:
+            place_hostile_entry(root, key, kind, outside)
+        except OSError:
+            continue
+        placed[key] = kind
+    case.hostile = placed
+
+
 def place_hostile_entry(root: Path, key: str, kind: str, outside: Path) -> None:
     path = root / key
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -643,24 +666,7 @@ def verify_with_cli(case: Case, public_pem: bytes, as_json: bool) -> Outcome:
         root, outside = Path(temporary) / "archive", Path(temporary) / "outside"
         root.mkdir()
         outside.mkdir()
-        written: Objects = {}
-        for key, data in case.objects.items():
-            path = root / key
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(data)
-            except OSError:
-                continue
-            written[key] = data
-        case.objects = written
-        placed: dict[str, str] = {}
-        for key, kind in case.hostile.items():
-            try:
-                place_hostile_entry(root, key, kind, outside)
-            except OSError:
-                continue
-            placed[key] = kind
-        case.hostile = placed
+        write_case_to_directory(root, case, outside)
         key_file = Path(temporary) / "key.pub"
         key_file.write_bytes(public_pem)
         arguments = ["verify", "--archive", str(root), "--public-key", str(key_file), "--no-progress"]

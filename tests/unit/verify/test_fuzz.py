@@ -39,6 +39,7 @@ from tests.fuzz_verify import (
     place_hostile_entry,
     text_is_safe,
     verify_in_process,
+    write_case_to_directory,
 )
 
 CASE_SECONDS = 5.0
@@ -89,27 +90,6 @@ def _verify_directory(root: Path, base: Base) -> Outcome:
     return Outcome(0 if report.clean else 1, time.perf_counter() - started, report)
 
 
-def _write(root: Path, case: Case, outside: Path) -> None:
-    written = {}
-    for key, data in case.objects.items():
-        path = root / key
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
-        except OSError:
-            continue
-        written[key] = data
-    case.objects = written
-    placed = {}
-    for key, kind in case.hostile.items():
-        try:
-            place_hostile_entry(root, key, kind, outside)
-        except OSError:
-            continue
-        placed[key] = kind
-    case.hostile = placed
-
-
 @settings(deadline=None, max_examples=40, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_mutated_directory_archives_with_hostile_entries(data: st.DataObject) -> None:
@@ -118,7 +98,7 @@ def test_mutated_directory_archives_with_hostile_entries(data: st.DataObject) ->
         root, outside = Path(temporary) / "archive", Path(temporary) / "outside"
         root.mkdir()
         outside.mkdir()
-        _write(root, case, outside)
+        write_case_to_directory(root, case, outside)
         outcome = _verify_directory(root, case.base)
     _judge(case, outcome)
 
