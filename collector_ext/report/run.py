@@ -138,33 +138,51 @@ class _Collector:
         self.rows += 1
 
 
+def _disjoint(ranges: list[tuple[int, int]]) -> tuple[list[int], list[int]]:
+    """Overlapping [first, last] ranges merged into disjoint ones: their firsts and lasts, sorted."""
+    firsts: list[int] = []
+    lasts: list[int] = []
+    for first, last in sorted(ranges):
+        if lasts and first <= lasts[-1] + 1:
+            lasts[-1] = max(lasts[-1], last)
+        else:
+            firsts.append(first)
+            lasts.append(last)
+    return firsts, lasts
+
+
 class _Status:
-    """A row's status from the findings: tampered or unverified where a finding of tampering or loss
-    covers its sequence number, or its chain as a whole."""
+    """A row's status from the findings: tampered where a finding of tampering covers its sequence
+    number, else unverified where one of loss does or one without a sequence range names its chain."""
 
     def __init__(self, verification: VerificationReport) -> None:
-        self._ranges: dict[str, list[tuple[int, int, str]]] = {}
-        self._whole: dict[str, str] = {}
+        spans: dict[tuple[str, str], list[tuple[int, int]]] = {}
+        self._whole: set[str] = set()
         for finding in verification.findings:
             if finding.severity not in (Severity.TAMPERING, Severity.LOSS) or not finding.chain_id:
                 continue
-            status = "tampered" if finding.severity is Severity.TAMPERING else "unverified"
             if finding.first_sequence is None:
-                self._whole.setdefault(finding.chain_id, "unverified")
+                self._whole.add(finding.chain_id)
                 continue
+            status = "tampered" if finding.severity is Severity.TAMPERING else "unverified"
             last = finding.last_sequence if finding.last_sequence is not None else finding.first_sequence
-            self._ranges.setdefault(finding.chain_id, []).append((finding.first_sequence, last, status))
-        for ranges in self._ranges.values():
-            ranges.sort()
+            spans.setdefault((finding.chain_id, status), []).append((finding.first_sequence, last))
+        self._spans = {key: _disjoint(ranges) for key, ranges in spans.items()}
+
+    def _covers(self, chain_id: str, status: str, sequence: int) -> bool:
+        spans = self._spans.get((chain_id, status))
+        if spans is None:
+            return False
+        firsts, lasts = spans
+        index = bisect.bisect_right(firsts, sequence) - 1
+        return index >= 0 and sequence <= lasts[index]
 
     def of(self, chain_id: str, sequence: int) -> str:
-        ranges = self._ranges.get(chain_id)
-        if ranges:
-            index = bisect.bisect_right(ranges, (sequence, 2**64, "~"))
-            for first, last, status in reversed(ranges[max(0, index - 64) : index]):
-                if first <= sequence <= last:
-                    return status
-        return self._whole.get(chain_id, "verified")
+        if self._covers(chain_id, "tampered", sequence):
+            return "tampered"
+        if self._covers(chain_id, "unverified", sequence) or chain_id in self._whole:
+            return "unverified"
+        return "verified"
 
 
 def _read_rows(path: Path, status: _Status, digest: Any) -> Iterator[ReportRow]:

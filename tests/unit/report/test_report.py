@@ -197,3 +197,19 @@ def test_bounds_follow_seal_order() -> None:
 )
 def test_formula_cells_are_neutralised(cell: str, safe: str) -> None:
     assert neutralise(cell) == safe
+
+
+def test_row_status_follows_every_finding_however_many_overlap() -> None:
+    from collector_ext.report.run import _Status
+    from collector_ext.verify.findings import Finding, FindingKind, Severity, VerificationReport
+
+    chain = "0c" * 16
+    wide = Finding(FindingKind.DELETED_RECORDS, Severity.LOSS, "lost", chain, 0, 1000)
+    narrow = [Finding(FindingKind.MODIFIED_RECORD, Severity.TAMPERING, "changed", chain, s) for s in range(10, 210, 2)]
+    whole = Finding(FindingKind.FORGED_CHECKPOINT, Severity.TAMPERING, "forged", "0d" * 16)
+    status = _Status(VerificationReport((wide, *narrow, whole), (), 0, 0, 0))
+    assert status.of(chain, 10) == "tampered"  # tampering wins over the loss that also covers it
+    assert status.of(chain, 11) == "unverified"  # only the wide loss covers it, under 100 narrower ranges
+    assert status.of(chain, 999) == "unverified"
+    assert status.of(chain, 1001) == "verified"
+    assert status.of("0d" * 16, 5) == "unverified"  # a finding without a range names the whole chain
