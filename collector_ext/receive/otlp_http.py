@@ -23,15 +23,10 @@ module reads no files. It logs nothing about requests, so record contents never 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import json
 import math
-import re
 import ssl
 import time
 import zlib
-from typing import Any
 
 from aiohttp import web
 from google.protobuf import duration_pb2, json_format
@@ -47,6 +42,7 @@ from collector_ext.errors import DeliveryError, InvalidRequestError, RequestTooL
 from collector_ext.metrics import Metrics
 from collector_ext.metrics_server import split_host_port
 from collector_ext.receive.otlp_grpc import RecordSink
+from collector_ext.receive.otlp_json import parse_json_request
 from collector_ext.seal.payload import log_payloads
 
 LOGS_PATH = "/v1/logs"
@@ -58,9 +54,6 @@ _GZIP_ENCODINGS = frozenset({"gzip", "x-gzip"})
 _DECODE_IN_THREAD_BYTES = 1 << 20
 # Error messages quote parser output, which can quote the request: keep what goes back bounded.
 _MAX_ERROR_MESSAGE_CHARS = 1024
-_HEX_DIGITS = re.compile(r"[0-9a-fA-F]*")
-# OTLP/JSON writes these bytes fields as hex; protobuf's JSON mapping expects base64.
-_HEX_ID_FIELDS = (("traceId", 16), ("trace_id", 16), ("spanId", 8), ("span_id", 8))
 _EMPTY_RESPONSES = {
     PROTOBUF: ExportLogsServiceResponse().SerializeToString(),
     JSON: json_format.MessageToJson(ExportLogsServiceResponse(), indent=None).encode(),
@@ -137,41 +130,6 @@ def _content_coding(request: web.Request) -> str | None:
     )
 
 
-def _hex_id_as_base64(value: str, size: int, field: str) -> str:
-    if not value:
-        return value
-    if len(value) != 2 * size or not _HEX_DIGITS.fullmatch(value):
-        raise InvalidRequestError(
-            f"{field} must be {2 * size} hex digits (OTLP/JSON encodes ids as hex), got {len(value)} characters"
-        )
-    return base64.b64encode(binascii.unhexlify(value)).decode("ascii")
-
-
-def _dicts_under(parent: object, *keys: str) -> list[dict[str, Any]]:
-    if not isinstance(parent, dict):
-        return []
-    found: list[dict[str, Any]] = []
-    for key in keys:
-        value = parent.get(key)
-        if isinstance(value, list):
-            found.extend(item for item in value if isinstance(item, dict))
-    return found
-
-
-def _hex_ids_to_base64(document: dict[str, Any]) -> None:
-    """Rewrite the log records' hex trace/span ids in place into protobuf JSON's base64.
-
-    Anything that is not shaped like OTLP is left alone for json_format to report.
-    """
-    for resource_logs in _dicts_under(document, "resourceLogs", "resource_logs"):
-        for scope_logs in _dicts_under(resource_logs, "scopeLogs", "scope_logs"):
-            for record in _dicts_under(scope_logs, "logRecords", "log_records"):
-                for field, size in _HEX_ID_FIELDS:
-                    value = record.get(field)
-                    if isinstance(value, str):
-                        record[field] = _hex_id_as_base64(value, size, field)
-
-
 def _parse_request(body: bytes, media_type: str) -> ExportLogsServiceRequest:
     """Decode an ExportLogsServiceRequest in either encoding.
 
@@ -183,14 +141,7 @@ def _parse_request(body: bytes, media_type: str) -> ExportLogsServiceRequest:
     try:
         if media_type == PROTOBUF:
             return ExportLogsServiceRequest.FromString(body)
-        document = json.loads(body.decode("utf-8"))
-        if not isinstance(document, dict):
-            raise InvalidRequestError(
-                f"request is not a valid ExportLogsServiceRequest (the JSON body is a {type(document).__name__}, "
-                "not an object); nothing was sealed"
-            )
-        _hex_ids_to_base64(document)
-        return json_format.ParseDict(document, ExportLogsServiceRequest(), ignore_unknown_fields=True)
+        return parse_json_request(body)
     except (DecodeError, json_format.ParseError, RecursionError, ValueError, TypeError) as exc:
         # ValueError covers json.JSONDecodeError and UnicodeDecodeError.
         raise InvalidRequestError(
