@@ -8,6 +8,12 @@ Layout of a spool directory::
     loki.cursor              "<chain hex> <sequence>": the Loki sender has delivered up to there
     clean-shutdown           present from a clean shutdown until the next start
 
+The spool is private to the sidecar's user: directories 0700 and files 0600, set explicitly so the
+umask does not matter, and a spool opened with wider modes is tightened (and the change logged). No
+symbolic link is followed inside it: the spool directory, ``segments`` and the named files above must
+not be links (a configuration error naming ``spool.directory``), and every file is opened with
+O_NOFOLLOW, so a link planted in the spool cannot make the sidecar write or read outside it.
+
 A segment file is written to a temporary name, fsynced, renamed into place and the directory is
 fsynced, so a file is complete or absent: a crash leaves at most a temporary file, removed at the
 next start. Files are written one at a time in sequence order, so the spool always holds a
@@ -23,13 +29,21 @@ from __future__ import annotations
 import errno
 import fcntl
 import itertools
+import logging
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from collector_ext.errors import CollectorExtError, ConfigurationError, MalformedObjectError
-from collector_ext.files import write_atomically
+from collector_ext.files import (
+    PRIVATE_DIRECTORY_MODE,
+    PRIVATE_FILE_MODE,
+    read_regular_file,
+    tighten_mode,
+    write_atomically,
+)
 from collector_ext.seal.chain import ChainHead
 from collector_ext.seal.entry import KEY_ID_SLICE, decode_entry_header, entry_hash
 from collector_ext.seal.segment import decode_segment
@@ -40,6 +54,10 @@ LOKI_CURSOR = "loki.cursor"
 CLEAN_SHUTDOWN = "clean-shutdown"
 _NAME = re.compile(r"^(?P<chain>[0-9a-f]{32})-(?P<first>\d{20})-(?P<last>\d{20})-(?P<created>\d{19})\.cxseg$")
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+# How many tightened paths one log line names (the count covers them all).
+_TIGHTENED_EXAMPLES = 5
+
+log = logging.getLogger(__name__)
 
 
 class SpoolError(CollectorExtError):
@@ -105,9 +123,12 @@ def list_segment_files(directory: Path) -> list[SpooledSegment]:
     with os.scandir(directory / SEGMENTS) as entries:
         for item in entries:
             try:
-                size = item.stat().st_size
+                status = item.stat(follow_symlinks=False)
             except FileNotFoundError:
                 continue  # trimmed while we looked (the Loki sender lists while the sidecar trims)
+            if not stat.S_ISREG(status.st_mode):
+                continue  # a link or anything else planted here is never read (Spool.open refuses it)
+            size = status.st_size
             segment = parse_segment_file(Path(item.path), size)
             if segment is not None:
                 found.append(segment)
@@ -121,11 +142,11 @@ def read_loki_cursor(directory: Path, chain_id: bytes) -> int:
     """The last sequence of ``chain_id`` the Loki sender delivered, or -1 (also for a cursor a crash
     left torn: Loki then gets some segments again, and keeps one copy of each entry)."""
     try:
-        text = (directory / LOKI_CURSOR).read_bytes().decode("ascii", errors="replace")
+        text = read_regular_file(directory / LOKI_CURSOR).decode("ascii", errors="replace")
     except FileNotFoundError:
         return -1
     except OSError as exc:
-        raise SpoolError(f"cannot read {directory / LOKI_CURSOR}: {exc.strerror}") from exc
+        raise SpoolError(f"cannot read {directory / LOKI_CURSOR}: {_reason(exc)}") from exc
     chain_hex, _, sequence = text.strip().partition(" ")
     if chain_hex != chain_id.hex() or not sequence.isdigit():
         return -1
@@ -138,8 +159,11 @@ def write_loki_cursor(directory: Path, chain_id: bytes, sequence: int) -> None:
     data = f"{chain_id.hex()} {sequence}".encode().ljust(CURSOR_SIZE - 1) + b"\n"
     path = directory / LOKI_CURSOR
     try:
-        handle = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        # O_NOFOLLOW: a link named loki.cursor (dangling or not) is refused, never written through.
+        handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, PRIVATE_FILE_MODE)
         try:
+            if stat.S_IMODE(os.fstat(handle).st_mode) != PRIVATE_FILE_MODE:
+                os.fchmod(handle, PRIVATE_FILE_MODE)  # created under a umask that changed the mode
             os.pwrite(handle, data, 0)
             os.fsync(handle)
         finally:
@@ -147,7 +171,46 @@ def write_loki_cursor(directory: Path, chain_id: bytes, sequence: int) -> None:
     except OSError as exc:
         if exc.errno in _NO_SPACE:
             raise SpoolFullError(f"no space left to write {path}") from exc
-        raise SpoolError(f"cannot write {path}: {exc.strerror}") from exc
+        raise SpoolError(f"cannot write {path}: {_reason(exc)}") from exc
+
+
+def _reason(exc: OSError) -> str:
+    if exc.errno == errno.ELOOP:
+        return "it is a symbolic link, which the spool never follows; remove the link"
+    return exc.strerror or str(exc)
+
+
+def _refuse_link(path: Path) -> bool:
+    """True when ``path`` exists (as anything); ConfigurationError when it is a symbolic link."""
+    try:
+        status = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    if stat.S_ISLNK(status.st_mode):
+        raise ConfigurationError(
+            "spool.directory",
+            f"{path} is a symbolic link; the spool follows no links: remove it, or point "
+            f"spool.directory at the real directory",
+        )
+    return True
+
+
+def _prepare_directory(directory: Path, tightened: list[tuple[Path, int]]) -> None:
+    """Create ``directory`` (mode 0700) or tighten an existing one to 0700; never through a link.
+
+    Raises:
+        ConfigurationError: a link, not a directory, or it cannot be created.
+    """
+    try:
+        if not _refuse_link(directory):
+            directory.parent.mkdir(parents=True, exist_ok=True)
+            directory.mkdir(PRIVATE_DIRECTORY_MODE, exist_ok=True)
+        before = tighten_mode(directory, PRIVATE_DIRECTORY_MODE, directory=True)
+    except OSError as exc:
+        problem = "it is not a directory" if exc.errno == errno.ENOTDIR else _reason(exc)
+        raise ConfigurationError("spool.directory", f"cannot use {directory}: {problem}") from exc
+    if before is not None:
+        tightened.append((directory, before))
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
@@ -156,7 +219,7 @@ def _write_atomically(path: Path, data: bytes) -> None:
     except OSError as exc:
         if exc.errno in _NO_SPACE:
             raise SpoolFullError(f"no space left to write {path}") from exc
-        raise SpoolError(f"cannot write {path}: {exc.strerror}") from exc
+        raise SpoolError(f"cannot write {path}: {_reason(exc)}") from exc
 
 
 class Spool:
@@ -175,11 +238,17 @@ class Spool:
             ConfigurationError: the directory cannot be created or is in use by another process.
             SpoolError: the files are not a contiguous run of one chain, or the newest is damaged.
         """
+        tightened: list[tuple[Path, int]] = []
+        _prepare_directory(self.directory, tightened)
+        _prepare_directory(self.directory / SEGMENTS, tightened)
+        for name in (LOCK, LOKI_CURSOR, CLEAN_SHUTDOWN):
+            _refuse_link(self.directory / name)
         try:
-            (self.directory / SEGMENTS).mkdir(parents=True, exist_ok=True)
-            self._lock = os.open(self.directory / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+            self._lock = os.open(
+                self.directory / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, PRIVATE_FILE_MODE
+            )
         except OSError as exc:
-            raise ConfigurationError("spool.directory", f"cannot use {self.directory}: {exc.strerror}") from exc
+            raise ConfigurationError("spool.directory", f"cannot use {self.directory}: {_reason(exc)}") from exc
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
@@ -190,15 +259,16 @@ class Spool:
             ) from exc
         for leftover in (self.directory / SEGMENTS).glob(".*.tmp"):
             leftover.unlink()
-        if not (self.directory / LOKI_CURSOR).exists():
+        if not os.path.lexists(self.directory / LOKI_CURSOR):
             # Take the cursor's disk space now, while there is some (see write_loki_cursor).
             write_loki_cursor(self.directory, bytes(16), 0)
+        self._tighten_files(tightened)
         segments = list_segment_files(self.directory)
         self._check_contiguous(segments)
         self._segments = segments
         self.used_bytes = sum(s.size for s in segments)
         clean_marker = self.directory / CLEAN_SHUTDOWN
-        previous_run_clean = clean_marker.exists()
+        previous_run_clean = os.path.lexists(clean_marker)
         clean_marker.unlink(missing_ok=True)
         if not segments:
             return SpoolContents([], None, None, previous_run_clean, -1)
@@ -211,6 +281,33 @@ class Spool:
             previous_run_clean=previous_run_clean,
             loki_cursor=read_loki_cursor(self.directory, newest.chain_id),
         )
+
+    def _tighten_files(self, tightened: list[tuple[Path, int]]) -> None:
+        """Make every file of the spool 0600, refuse links among the segment files, and log once what
+        had wider modes (a spool written by an older version, or copied in by hand)."""
+        files = [self.directory / name for name in (LOCK, LOKI_CURSOR, CLEAN_SHUTDOWN)]
+        with os.scandir(self.directory / SEGMENTS) as entries:
+            files.extend(Path(item.path) for item in entries)
+        for path in files:
+            try:
+                if not _refuse_link(path):
+                    continue
+                before = tighten_mode(path, PRIVATE_FILE_MODE, directory=False)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise ConfigurationError("spool.directory", f"cannot use {path}: {_reason(exc)}") from exc
+            if before is not None:
+                tightened.append((path, before))
+        if tightened:
+            log.warning(
+                "spool permissions tightened to 0700 (directories) and 0600 (files)",
+                extra={
+                    "spool": str(self.directory),
+                    "tightened": len(tightened),
+                    "examples": [f"{path} was {before:04o}" for path, before in tightened[:_TIGHTENED_EXAMPLES]],
+                },
+            )
 
     @staticmethod
     def _check_contiguous(segments: list[SpooledSegment]) -> None:
@@ -229,10 +326,10 @@ class Spool:
     @staticmethod
     def _read_head(segment: SpooledSegment) -> tuple[ChainHead, bytes]:
         try:
-            data = segment.path.read_bytes()
+            data = read_regular_file(segment.path)
             decoded = decode_segment(data)
         except OSError as exc:
-            raise SpoolError(f"cannot read {segment.path}: {exc.strerror}") from exc
+            raise SpoolError(f"cannot read {segment.path}: {_reason(exc)}") from exc
         except MalformedObjectError as exc:
             raise SpoolError(f"{segment.path} is damaged: {exc}") from exc
         if decoded.record_count != segment.record_count or len(decoded.records) != segment.record_count:
@@ -271,9 +368,9 @@ class Spool:
 
     def read(self, segment: SpooledSegment) -> bytes:
         try:
-            return segment.path.read_bytes()
+            return read_regular_file(segment.path)
         except OSError as exc:
-            raise SpoolError(f"cannot read {segment.path}: {exc.strerror}") from exc
+            raise SpoolError(f"cannot read {segment.path}: {_reason(exc)}") from exc
 
     def trim(self, through_sequence: int) -> int:
         """Remove segment files wholly at or before ``through_sequence``, except the newest one (it

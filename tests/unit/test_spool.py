@@ -188,10 +188,10 @@ def test_listing_survives_a_file_trimmed_while_it_looks(
             self._entry = entry
             self.path = entry.path
 
-        def stat(self) -> os.stat_result:
+        def stat(self, *, follow_symlinks: bool = True) -> os.stat_result:
             if self.path == str(vanishing):
                 raise FileNotFoundError(self.path)
-            return self._entry.stat()
+            return self._entry.stat(follow_symlinks=follow_symlinks)
 
     class Listing:
         def __init__(self, path: Path) -> None:

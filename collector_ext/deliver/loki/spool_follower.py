@@ -13,6 +13,10 @@ counted (``collector_ext_loki_spool_records_missing_total``) and passed, so deli
 The cursor (``loki.cursor``) moves only to a sequence the sender reported delivered, that is, every
 record up to it was pushed or refused by Loki.
 
+No link is followed: the listing skips anything but regular files, segments are read with
+O_NOFOLLOW, and the cursor is written with O_NOFOLLOW (a link named ``loki.cursor`` is refused, so it
+cannot make this process create or overwrite a file outside the spool).
+
 Not here: pushing (``LokiSender``), trimming (the sidecar, up to this cursor), the child process.
 """
 
@@ -29,6 +33,7 @@ from typing import Protocol
 
 from collector_ext.deliver.loki.sender import LokiStats
 from collector_ext.errors import MalformedObjectError
+from collector_ext.files import read_regular_file
 from collector_ext.seal.segment import decode_segment
 from collector_ext.spool import (
     SpooledSegment,
@@ -167,7 +172,7 @@ class SpoolFollower:
                 await asyncio.sleep(0.05)
                 await self.write_cursor()
             try:
-                data = await asyncio.to_thread(spooled.path.read_bytes)
+                data = await asyncio.to_thread(read_regular_file, spooled.path)
             except FileNotFoundError:
                 return  # removed since the listing: the next listings show a gap, handled above
             segment = decode_segment(data)

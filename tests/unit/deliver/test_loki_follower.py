@@ -217,15 +217,15 @@ async def test_a_file_that_vanishes_between_listing_and_read_is_not_passed(
     segments = _spool(tmp_path, signer, [1, 1, 1])
     follower = SpoolFollower(tmp_path)
     sink = RecordingSink()
-    real_read_bytes = Path.read_bytes
+    real_read = spool_follower.read_regular_file
 
     def vanished_once(path: Path) -> bytes:
         if path == segments[1].path and not getattr(vanished_once, "done", False):
             vanished_once.done = True  # type: ignore[attr-defined]
             raise FileNotFoundError(path)
-        return real_read_bytes(path)
+        return real_read(path)
 
-    monkeypatch.setattr(Path, "read_bytes", vanished_once)
+    monkeypatch.setattr(spool_follower, "read_regular_file", vanished_once)
     await follower.follow_once(sink, asyncio.Event())
     assert sink.sequences() == [0]
     await follower.follow_once(sink, asyncio.Event())
