@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x63ollector_ext/pb/archive.proto\x12\x18\x63ollector_ext.archive.v1\"0\n\x0cSealedRecord\x12\r\n\x05\x65ntry\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"x\n\nLogPayload\x12\x10\n\x08resource\x18\x01 \x01(\x0c\x12\x1b\n\x13resource_schema_url\x18\x02 \x01(\t\x12\r\n\x05scope\x18\x03 \x01(\x0c\x12\x18\n\x10scope_schema_url\x18\x04 \x01(\t\x12\x12\n\nlog_record\x18\x05 \x01(\x0c\"\xb8\x02\n\x0eGenesisPayload\x12\x12\n\npublic_key\x18\x01 \x01(\x0c\x12\x0e\n\x06writer\x18\x02 \x01(\t\x12\x1b\n\x13supersedes_chain_id\x18\x03 \x01(\x0c\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x11\n\twriter_id\x18\x05 \x01(\t\x12 \n\x18superseded_last_sequence\x18\x06 \x01(\x04\x12 \n\x18superseded_covered_until\x18\x07 \x01(\x04\x12\x12\n\narchive_id\x18\x08 \x01(\t\x12\x1e\n\x16superseded_head_sha256\x18\t \x01(\x0c\x12$\n\x1csuperseded_checkpoint_sha256\x18\n \x01(\x0c\x12$\n\x1csuperseded_checkpoint_number\x18\x0b \x01(\x04\"W\n\x12KeyRotationPayload\x12\x16\n\x0enew_public_key\x18\x01 \x01(\x0c\x12\x19\n\x11new_key_signature\x18\x02 \x01(\x0c\x12\x0e\n\x06reason\x18\x03 \x01(\t\"_\n\x0eRestartPayload\x12\x0e\n\x06writer\x18\x01 \x01(\t\x12\x11\n\twriter_id\x18\x02 \x01(\t\x12\x1a\n\x12previous_run_clean\x18\x03 \x01(\x08\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\x82\x01\n\rSegmentHeader\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\x10\n\x08\x63hain_id\x18\x02 \x01(\x0c\x12\x16\n\x0e\x66irst_sequence\x18\x03 \x01(\x04\x12\x14\n\x0crecord_count\x18\x04 \x01(\r\x12\x19\n\x11\x63reated_unix_nano\x18\x05 \x01(\x03\"{\n\x07Segment\x12\x37\n\x06header\x18\x01 \x01(\x0b\x32\'.collector_ext.archive.v1.SegmentHeader\x12\x37\n\x07records\x18\x02 \x03(\x0b\x32&.collector_ext.archive.v1.SealedRecord\"p\n\rSegmentDigest\x12\x12\n\nobject_key\x18\x01 \x01(\t\x12\x16\n\x0e\x66irst_sequence\x18\x02 \x01(\x04\x12\x15\n\rlast_sequence\x18\x03 \x01(\x04\x12\x0e\n\x06sha256\x18\x04 \x01(\x0c\x12\x0c\n\x04size\x18\x05 \x01(\x04\"\x97\x02\n\x0e\x43heckpointBody\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\x10\n\x08\x63hain_id\x18\x02 \x01(\x0c\x12\x19\n\x11\x63heckpoint_number\x18\x03 \x01(\x04\x12\"\n\x1aprevious_checkpoint_sha256\x18\x04 \x01(\x0c\x12\x15\n\rlast_sequence\x18\x05 \x01(\x04\x12\x13\n\x0bhead_sha256\x18\x06 \x01(\x0c\x12\x16\n\x0etime_unix_nano\x18\x07 \x01(\x03\x12\x0e\n\x06key_id\x18\x08 \x01(\x0c\x12\x39\n\x08segments\x18\t \x03(\x0b\x32\'.collector_ext.archive.v1.SegmentDigest\x12\r\n\x05\x66inal\x18\n \x01(\x08\"3\n\x10SignedCheckpoint\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x63ollector_ext/pb/archive.proto\x12\x18\x63ollector_ext.archive.v1\"0\n\x0cSealedRecord\x12\r\n\x05\x65ntry\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\xaa\x01\n\nLogPayload\x12\x10\n\x08resource\x18\x01 \x01(\x0c\x12\x1b\n\x13resource_schema_url\x18\x02 \x01(\t\x12\r\n\x05scope\x18\x03 \x01(\x0c\x12\x18\n\x10scope_schema_url\x18\x04 \x01(\t\x12\x12\n\nlog_record\x18\x05 \x01(\x0c\x12\x30\n\x06sender\x18\x06 \x01(\x0b\x32 .collector_ext.archive.v1.Sender\"c\n\x06Sender\x12\x0c\n\x04peer\x18\x01 \x01(\t\x12\x12\n\ntoken_name\x18\x02 \x01(\t\x12\x1b\n\x13\x63\x65rtificate_subject\x18\x03 \x01(\t\x12\x1a\n\x12\x63\x65rtificate_sha256\x18\x04 \x01(\x0c\"\xb8\x02\n\x0eGenesisPayload\x12\x12\n\npublic_key\x18\x01 \x01(\x0c\x12\x0e\n\x06writer\x18\x02 \x01(\t\x12\x1b\n\x13supersedes_chain_id\x18\x03 \x01(\x0c\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x11\n\twriter_id\x18\x05 \x01(\t\x12 \n\x18superseded_last_sequence\x18\x06 \x01(\x04\x12 \n\x18superseded_covered_until\x18\x07 \x01(\x04\x12\x12\n\narchive_id\x18\x08 \x01(\t\x12\x1e\n\x16superseded_head_sha256\x18\t \x01(\x0c\x12$\n\x1csuperseded_checkpoint_sha256\x18\n \x01(\x0c\x12$\n\x1csuperseded_checkpoint_number\x18\x0b \x01(\x04\"W\n\x12KeyRotationPayload\x12\x16\n\x0enew_public_key\x18\x01 \x01(\x0c\x12\x19\n\x11new_key_signature\x18\x02 \x01(\x0c\x12\x0e\n\x06reason\x18\x03 \x01(\t\"R\n\rRunKeyPayload\x12\x16\n\x0erun_public_key\x18\x01 \x01(\x0c\x12\x19\n\x11run_key_signature\x18\x02 \x01(\x0c\x12\x0e\n\x06reason\x18\x03 \x01(\t\"_\n\x0eRestartPayload\x12\x0e\n\x06writer\x18\x01 \x01(\t\x12\x11\n\twriter_id\x18\x02 \x01(\t\x12\x1a\n\x12previous_run_clean\x18\x03 \x01(\x08\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\x82\x01\n\rSegmentHeader\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\x10\n\x08\x63hain_id\x18\x02 \x01(\x0c\x12\x16\n\x0e\x66irst_sequence\x18\x03 \x01(\x04\x12\x14\n\x0crecord_count\x18\x04 \x01(\r\x12\x19\n\x11\x63reated_unix_nano\x18\x05 \x01(\x03\"{\n\x07Segment\x12\x37\n\x06header\x18\x01 \x01(\x0b\x32\'.collector_ext.archive.v1.SegmentHeader\x12\x37\n\x07records\x18\x02 \x03(\x0b\x32&.collector_ext.archive.v1.SealedRecord\"p\n\rSegmentDigest\x12\x12\n\nobject_key\x18\x01 \x01(\t\x12\x16\n\x0e\x66irst_sequence\x18\x02 \x01(\x04\x12\x15\n\rlast_sequence\x18\x03 \x01(\x04\x12\x0e\n\x06sha256\x18\x04 \x01(\x0c\x12\x0c\n\x04size\x18\x05 \x01(\x04\"\x97\x02\n\x0e\x43heckpointBody\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\x10\n\x08\x63hain_id\x18\x02 \x01(\x0c\x12\x19\n\x11\x63heckpoint_number\x18\x03 \x01(\x04\x12\"\n\x1aprevious_checkpoint_sha256\x18\x04 \x01(\x0c\x12\x15\n\rlast_sequence\x18\x05 \x01(\x04\x12\x13\n\x0bhead_sha256\x18\x06 \x01(\x0c\x12\x16\n\x0etime_unix_nano\x18\x07 \x01(\x03\x12\x0e\n\x06key_id\x18\x08 \x01(\x0c\x12\x39\n\x08segments\x18\t \x03(\x0b\x32\'.collector_ext.archive.v1.SegmentDigest\x12\r\n\x05\x66inal\x18\n \x01(\x08\"3\n\x10SignedCheckpoint\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,22 +33,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SEALEDRECORD']._serialized_start=60
   _globals['_SEALEDRECORD']._serialized_end=108
-  _globals['_LOGPAYLOAD']._serialized_start=110
-  _globals['_LOGPAYLOAD']._serialized_end=230
-  _globals['_GENESISPAYLOAD']._serialized_start=233
-  _globals['_GENESISPAYLOAD']._serialized_end=545
-  _globals['_KEYROTATIONPAYLOAD']._serialized_start=547
-  _globals['_KEYROTATIONPAYLOAD']._serialized_end=634
-  _globals['_RESTARTPAYLOAD']._serialized_start=636
-  _globals['_RESTARTPAYLOAD']._serialized_end=731
-  _globals['_SEGMENTHEADER']._serialized_start=734
-  _globals['_SEGMENTHEADER']._serialized_end=864
-  _globals['_SEGMENT']._serialized_start=866
-  _globals['_SEGMENT']._serialized_end=989
-  _globals['_SEGMENTDIGEST']._serialized_start=991
-  _globals['_SEGMENTDIGEST']._serialized_end=1103
-  _globals['_CHECKPOINTBODY']._serialized_start=1106
-  _globals['_CHECKPOINTBODY']._serialized_end=1385
-  _globals['_SIGNEDCHECKPOINT']._serialized_start=1387
-  _globals['_SIGNEDCHECKPOINT']._serialized_end=1438
+  _globals['_LOGPAYLOAD']._serialized_start=111
+  _globals['_LOGPAYLOAD']._serialized_end=281
+  _globals['_SENDER']._serialized_start=283
+  _globals['_SENDER']._serialized_end=382
+  _globals['_GENESISPAYLOAD']._serialized_start=385
+  _globals['_GENESISPAYLOAD']._serialized_end=697
+  _globals['_KEYROTATIONPAYLOAD']._serialized_start=699
+  _globals['_KEYROTATIONPAYLOAD']._serialized_end=786
+  _globals['_RUNKEYPAYLOAD']._serialized_start=788
+  _globals['_RUNKEYPAYLOAD']._serialized_end=870
+  _globals['_RESTARTPAYLOAD']._serialized_start=872
+  _globals['_RESTARTPAYLOAD']._serialized_end=967
+  _globals['_SEGMENTHEADER']._serialized_start=970
+  _globals['_SEGMENTHEADER']._serialized_end=1100
+  _globals['_SEGMENT']._serialized_start=1102
+  _globals['_SEGMENT']._serialized_end=1225
+  _globals['_SEGMENTDIGEST']._serialized_start=1227
+  _globals['_SEGMENTDIGEST']._serialized_end=1339
+  _globals['_CHECKPOINTBODY']._serialized_start=1342
+  _globals['_CHECKPOINTBODY']._serialized_end=1621
+  _globals['_SIGNEDCHECKPOINT']._serialized_start=1623
+  _globals['_SIGNEDCHECKPOINT']._serialized_end=1674
 # @@protoc_insertion_point(module_scope)

@@ -65,11 +65,18 @@ class LogPayload(_message.Message):
     SCOPE_FIELD_NUMBER: _builtins.int
     SCOPE_SCHEMA_URL_FIELD_NUMBER: _builtins.int
     LOG_RECORD_FIELD_NUMBER: _builtins.int
+    SENDER_FIELD_NUMBER: _builtins.int
     resource: _builtins.bytes
     resource_schema_url: _builtins.str
     scope: _builtins.bytes
     scope_schema_url: _builtins.str
     log_record: _builtins.bytes
+    @_builtins.property
+    def sender(self) -> Global___Sender:
+        """Version 2: who submitted the request the record came in (FORMAT.md 7.3a). Absent when the
+        writer did not know: a payload without it is valid.
+        """
+
     def __init__(
         self,
         *,
@@ -78,14 +85,49 @@ class LogPayload(_message.Message):
         scope: _builtins.bytes = ...,
         scope_schema_url: _builtins.str = ...,
         log_record: _builtins.bytes = ...,
+        sender: Global___Sender | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["sender", b"sender"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["log_record", b"log_record", "resource", b"resource", "resource_schema_url", b"resource_schema_url", "scope", b"scope", "scope_schema_url", b"scope_schema_url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["log_record", b"log_record", "resource", b"resource", "resource_schema_url", b"resource_schema_url", "scope", b"scope", "scope_schema_url", b"scope_schema_url", "sender", b"sender"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___LogPayload: _TypeAlias = LogPayload  # noqa: Y015
+
+@_typing.final
+class Sender(_message.Message):
+    """Version 2. The authenticated submitter of a request, as the receiver established it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PEER_FIELD_NUMBER: _builtins.int
+    TOKEN_NAME_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_SUBJECT_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_SHA256_FIELD_NUMBER: _builtins.int
+    peer: _builtins.str
+    """The client's address as the receiver saw it: "127.0.0.1:53422" or "[::1]:53422"."""
+    token_name: _builtins.str
+    """The configured name of the bearer token the request carried (never the token)."""
+    certificate_subject: _builtins.str
+    """RFC 4514 subject of the client certificate the TLS layer verified."""
+    certificate_sha256: _builtins.bytes
+    """SHA-256 of that certificate's DER encoding (32 bytes)."""
+    def __init__(
+        self,
+        *,
+        peer: _builtins.str = ...,
+        token_name: _builtins.str = ...,
+        certificate_subject: _builtins.str = ...,
+        certificate_sha256: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate_sha256", b"certificate_sha256", "certificate_subject", b"certificate_subject", "peer", b"peer", "token_name", b"token_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Sender: _TypeAlias = Sender  # noqa: Y015
 
 @_typing.final
 class GenesisPayload(_message.Message):
@@ -187,6 +229,41 @@ class KeyRotationPayload(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___KeyRotationPayload: _TypeAlias = KeyRotationPayload  # noqa: Y015
+
+@_typing.final
+class RunKeyPayload(_message.Message):
+    """Payload of an entry of kind 5 (RUN_KEY), version 2: the chain's key (the entry's signer, e.g. a key
+    held in a PKCS#11 token) certifies a per-run record key. The log records after this entry, up to the
+    next restart mark, run key or key rotation entry, may be signed by run_public_key; every other
+    entry and every checkpoint stays signed by the chain's key.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    RUN_KEY_SIGNATURE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    run_public_key: _builtins.bytes
+    """Raw 32-byte Ed25519 public key of the run key."""
+    run_key_signature: _builtins.bytes
+    """The run key's Ed25519 signature over RUN_KEY_PREFIX || chain id || sequence of this entry
+    (u64 big-endian) || key id of the certifying key: proof that the writer holds the run key.
+    """
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        run_public_key: _builtins.bytes = ...,
+        run_key_signature: _builtins.bytes = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "run_key_signature", b"run_key_signature", "run_public_key", b"run_public_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunKeyPayload: _TypeAlias = RunKeyPayload  # noqa: Y015
 
 @_typing.final
 class RestartPayload(_message.Message):

@@ -6,7 +6,8 @@ fields included. The LogPayload message of proto/collector_ext/pb/archive.proto 
 here, field by field in ascending order, because one resource/scope prefix is shared by all records
 under it and only the record part changes. Fields 1-4 are left out when empty (as proto3 does);
 field 5, the log record, is always written, even when the record encodes to zero bytes, so every
-payload ends with its record.
+payload carries its record. With a ``Sender`` (who submitted the request, proto/FORMAT.md 7.3a),
+field 6 follows the record in every payload of the request.
 
 This module does not seal or sign; see ``chain``.
 """
@@ -14,6 +15,8 @@ This module does not seal or sign; see ``chain``.
 from __future__ import annotations
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+
+from collector_ext.seal.sender import Sender
 
 
 def _varint(value: int) -> bytes:
@@ -45,8 +48,13 @@ def _length_delimited(field_number: int, data: bytes) -> bytes:
 _LOG_RECORD_TAG = encode_varint(5 << 3 | 2)
 
 
-def log_payloads(request: ExportLogsServiceRequest) -> list[bytes]:
-    """One LogPayload encoding per log record of the request, in request order."""
+def log_payloads(request: ExportLogsServiceRequest, sender: Sender | None = None) -> list[bytes]:
+    """One LogPayload encoding per log record of the request, in request order.
+
+    Args:
+        sender: who submitted the request; its encoding becomes field 6 of every payload.
+    """
+    suffix = _length_delimited(6, sender.encode()) if sender is not None else b""
     payloads: list[bytes] = []
     append = payloads.append
     for resource_logs in request.resource_logs:
@@ -62,7 +70,7 @@ def log_payloads(request: ExportLogsServiceRequest) -> list[bytes]:
             )
             for record in scope_logs.log_records:
                 encoded = record.SerializeToString()
-                append(prefix + encode_varint(len(encoded)) + encoded)
+                append(prefix + encode_varint(len(encoded)) + encoded + suffix)
     return payloads
 
 
