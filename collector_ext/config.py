@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Mapping
+import unicodedata
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from collector_ext.deliver.loki.mapping import DEFAULT_LABEL_ATTRIBUTES
 from collector_ext.errors import ConfigurationError
@@ -32,6 +34,22 @@ DEFAULT_HTTP_LISTEN = "127.0.0.1:14318"
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
+@dataclass(frozen=True, slots=True)
+class SettingOrigin:
+    """Where one value of a setting came from: ``source`` is "config file" (``detail``: its path),
+    "environment" (``detail``: the variable's name) or "command line"."""
+
+    source: Literal["config file", "environment", "command line"]
+    detail: str = ""
+
+    def describe(self) -> str:
+        if self.source == "environment":
+            return f"environment variable {self.detail}"
+        if self.source == "config file":
+            return f"the config file {self.detail}"
+        return "the command line"
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -41,6 +59,34 @@ def archive_id_for(url: str) -> str:
     if url.startswith("s3://"):
         return "s3://" + url[len("s3://") :].strip("/")
     return url.rstrip("/") or url
+
+
+def archive_url_problem(url: str) -> str | None:
+    """What makes ``url`` unsafe as an archive location, or None.
+
+    The prefix of an S3 URL, or a directory path, becomes part of every object key or file name: a
+    ``..`` or ``.`` segment, an empty segment (``a//b``), a backslash or a control character would
+    make a key another tool resolves or displays differently from the one the sidecar wrote (``aws s3
+    sync`` into a directory, a verifier given the same URL). One trailing slash is allowed.
+    """
+    if any(unicodedata.category(char) == "Cc" for char in url):
+        return "contains a control character; write the URL without it"
+    if "\\" in url:
+        return "contains a backslash; separate the prefix's parts with /"
+    is_s3 = url.startswith("s3://")
+    rest = url[len("s3://") :].partition("/")[2] if is_s3 else url.removeprefix("/")
+    rest = rest.removesuffix("/")
+    if not rest:
+        return None
+    what = "prefix" if is_s3 else "path"
+    for part in rest.split("/"):
+        if part == "":
+            return f"the {what} has an empty part (//); write it without"
+        if part == "..":
+            return f"the {what} must not contain '..'; name the location directly"
+        if part == "." and is_s3:
+            return "the prefix must not contain '.' parts; name the location directly"
+    return None
 
 
 class ArchiveConfig(_Section):
@@ -66,6 +112,9 @@ class ArchiveConfig(_Section):
             raise ValueError("must be s3://bucket[/prefix] or a directory path")
         if value.startswith("s3://") and not value[len("s3://") :].split("/", 1)[0]:
             raise ValueError("an s3:// URL needs a bucket name, e.g. s3://audit-bucket/prod")
+        problem = archive_url_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
         return value
 
 
@@ -180,6 +229,13 @@ class SidecarConfig(_Section):
         description="on SIGTERM, after the requests: time to archive what is spooled (the rest stays in the spool)",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Where each setting's value came from; load_config fills it (empty for a config built in code).
+    _origins: dict[str, tuple[SettingOrigin, ...]] = PrivateAttr(default_factory=dict)
+
+    def origins(self, setting: str) -> tuple[SettingOrigin, ...]:
+        """Every source that gave ``setting`` (dotted, e.g. ``archive.retention_mode``) a value, lowest
+        precedence first; empty when it has its default."""
+        return self._origins.get(setting, ())
 
     @field_validator("listen", "http_listen", "metrics_listen")
     @classmethod
@@ -248,6 +304,7 @@ def load_config(
         ConfigurationError: unreadable file, bad YAML, or an invalid setting (named in the error).
     """
     data: dict[str, Any] = {}
+    environ = os.environ if environ is None else environ
     if path is not None:
         try:
             loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -258,10 +315,11 @@ def load_config(
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigurationError("--config", f"{path} must hold a mapping of settings")
         data = loaded or {}
-    data = _merge(data, _environment_overrides(os.environ if environ is None else environ))
+    origins = _setting_origins(data, path, environ, overrides or {})
+    data = _merge(data, _environment_overrides(environ))
     data = _merge(data, overrides or {})
     try:
-        return SidecarConfig.model_validate(data)
+        config = SidecarConfig.model_validate(data)
     except ValidationError as exc:
         error = exc.errors()[0]
         setting = ".".join(str(part) for part in error["loc"]) or "config"
@@ -272,3 +330,31 @@ def load_config(
             problem = "is not a known setting"
         more = f" (and {len(exc.errors()) - 1} more problems)" if len(exc.errors()) > 1 else ""
         raise ConfigurationError(setting, f"{problem}{more}") from exc
+    config._origins = origins
+    return config
+
+
+def _leaf_settings(values: Mapping[str, Any], prefix: str = "") -> Iterator[str]:
+    for key, value in values.items():
+        if value is None:
+            continue
+        if isinstance(value, Mapping):
+            yield from _leaf_settings(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}"
+
+
+def _setting_origins(
+    file_data: Mapping[str, Any], path: Path | None, environ: Mapping[str, str], flags: Mapping[str, Any]
+) -> dict[str, tuple[SettingOrigin, ...]]:
+    """Every source that gave each setting (dotted name) a value, lowest precedence first."""
+    origins: dict[str, list[SettingOrigin]] = {}
+    for setting in _leaf_settings(file_data):
+        origins.setdefault(setting, []).append(SettingOrigin("config file", str(path)))
+    for name in sorted(environ):
+        if name.startswith(ENV_PREFIX) and len(name) > len(ENV_PREFIX):
+            setting = ".".join(part.lower() for part in name[len(ENV_PREFIX) :].split("__"))
+            origins.setdefault(setting, []).append(SettingOrigin("environment", name))
+    for setting in _leaf_settings(flags):
+        origins.setdefault(setting, []).append(SettingOrigin("command line"))
+    return {setting: tuple(found) for setting, found in origins.items()}
