@@ -39,6 +39,7 @@ COLUMNS = (
     "sequence",
     "entry_hash",
     "sealed_time",
+    "sender",
     "status",
 )
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -82,6 +83,7 @@ def row_cells(row: ReportRow) -> list[str]:
         str(row.sequence),
         row.entry_hash,
         iso(row.sealed_unix_nano),
+        row.sender,
         row.status,
     ]
 

@@ -74,6 +74,7 @@ td.num, th.num {{ text-align: right; font-variant-numeric: tabular-nums; }}
 table.rows {{ font-size: 12px; width: 100%; }}
 table.rows td {{ padding: 3px 5px; overflow-wrap: anywhere; }}
 table.rows td.body {{ min-width: 150px; max-width: 480px; overflow-wrap: anywhere; }}
+table.rows td.sender {{ max-width: 260px; overflow-wrap: anywhere; }}
 table.rows td.time, table.rows td.id {{ white-space: nowrap; overflow-wrap: normal; }}
 table.rows td.ev {{ min-width: 8em; }}
 table.rows td.trace code {{ display: inline-block; width: 16.5ch; font-size: 11px; overflow-wrap: anywhere; }}
@@ -574,7 +575,8 @@ def _charts(report: PeriodReport) -> str:
 _ROW_HEAD = (
     "<thead><tr><th>Time (UTC)</th><th>Service</th><th>Event name</th><th>Severity</th><th>User</th>"
     "<th>Model</th><th>Operation</th><th class=num>Input tokens</th><th class=num>Output tokens</th>"
-    "<th>Body</th><th>Trace id</th><th>Chain</th><th class=num>Seq</th><th>Entry hash</th><th>Status</th>"
+    "<th>Body</th><th>Trace id</th><th>Chain</th><th class=num>Seq</th><th>Entry hash</th><th>Sender</th>"
+    "<th>Status</th>"
     "</tr></thead>"
 )
 
@@ -593,7 +595,7 @@ def _row(row: ReportRow) -> str:
         f'<td class=num>{_tokens(row.output_tokens)}</td><td class="body">{_text(row.body)}</td>'
         f'<td class="trace"><code>{_text(row.trace_id)}</code></td><td class="id">{_short(row.chain_id, 8)}</td>'
         f'<td class=num>{_int(row.sequence)}</td><td class="id">{_short(row.entry_hash, 8)}</td>'
-        f'<td class="st-{status}">{status}</td></tr>'
+        f'<td class="sender">{_text(row.sender)}</td><td class="st-{status}">{status}</td></tr>'
     )
 
 

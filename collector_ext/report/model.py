@@ -29,6 +29,7 @@ class ReportRow:
     sequence: int
     entry_hash: str  # hex SHA-256 entry hash (FORMAT.md 9)
     sealed_unix_nano: int
+    sender: str = ""  # the sealed sender: "token:NAME cert:SUBJECT from PEER", "" when not sealed
     status: str = "verified"  # verified | tampered | unverified (a finding of loss or tampering covers it)
 
     def values(self) -> list[object]:

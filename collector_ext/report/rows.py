@@ -17,6 +17,7 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 from collector_ext.pb import archive_pb2
 from collector_ext.seal.entry import ENTRY_HEADER_SIZE, EntryKind
+from collector_ext.seal.sender import describe_sender_message
 
 _TIME_TAG = 0x09  # LogRecord.time_unix_nano: field 1, fixed64
 _OBSERVED_TAG = 0x59  # LogRecord.observed_time_unix_nano: field 11, fixed64
@@ -33,6 +34,7 @@ class RecordFields:
     body: str
     trace_id: str
     attributes: dict[str, str]  # log attributes, then scope and resource ones not shadowed, as text
+    sender: str = ""  # who submitted the record (FORMAT.md 7.3a), "" when the seal does not say
 
 
 def log_record_bytes(entry: bytes) -> bytes | None:
@@ -132,6 +134,7 @@ def read_fields(entry: bytes, time_unix_nano: int) -> RecordFields | None:
         body=any_value_text(record.body) if record.HasField("body") else "",
         trace_id=record.trace_id.hex(),
         attributes=attributes,
+        sender=describe_sender_message(payload.sender) if payload.HasField("sender") else "",
     )
 
 

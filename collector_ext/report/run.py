@@ -131,6 +131,7 @@ class _Collector:
             sequence=sequence,
             entry_hash=entry_hash(entry).hex(),
             sealed_unix_nano=sealed,
+            sender=fields.sender,
         )
         self.tracker.row(chain_id, sealed)
         self.summary.add(row, fields)

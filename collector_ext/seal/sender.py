@@ -13,6 +13,7 @@ Pure: bytes and dataclasses in, bytes and dataclasses out. Authentication itself
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from collector_ext.errors import MalformedObjectError
 from collector_ext.seal.wire import wire_fields
@@ -80,14 +81,35 @@ class Sender:
         ``token:NAME cert:SUBJECT from PEER``, with the parts that are set; ``from PEER`` alone for
         a request that carried neither a token nor a certificate.
         """
-        parts = []
-        if self.token_name is not None:
-            parts.append(f"token:{self.token_name}")
-        if self.certificate_subject is not None:
-            parts.append(f"cert:{self.certificate_subject}")
-        if self.peer:
-            parts.append(f"from {self.peer}")
-        return " ".join(parts)
+        return _describe(self.peer, self.token_name, self.certificate_subject)
+
+
+def _describe(peer: str, token_name: str | None, subject: str | None) -> str:
+    parts = []
+    if token_name:
+        parts.append(f"token:{token_name}")
+    if subject:
+        parts.append(f"cert:{subject}")
+    if peer:
+        parts.append(f"from {peer}")
+    return " ".join(parts)
+
+
+class SenderFields(Protocol):
+    """The parsed ``Sender`` message (``archive_pb2.Sender``), as readers of the archive hold it."""
+
+    @property
+    def peer(self) -> str: ...
+    @property
+    def token_name(self) -> str: ...
+    @property
+    def certificate_subject(self) -> str: ...
+
+
+def describe_sender_message(message: SenderFields) -> str:
+    """``Sender.describe()`` of a parsed message, without its bounds checks: archived bytes are
+    shown as they were sealed."""
+    return _describe(message.peer, message.token_name, message.certificate_subject)
 
 
 def decode_sender(data: bytes | memoryview) -> Sender:

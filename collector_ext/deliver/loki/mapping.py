@@ -12,6 +12,8 @@ see the same streams whichever way their logs reach Loki:
   other resource attributes, scope attributes and name/version, nested maps flattened as
   ``parent_child``; then the seal: ``audit_chain_id``, ``audit_seq``, ``audit_hash``,
   ``audit_signature``, ``audit_key_id``. Seal fields are never labels (they are unique per record).
+  A record sealed with its sender (proto/FORMAT.md 7.3a) adds ``audit_sender``, e.g.
+  ``token:collector-prod cert:CN=collector from 10.0.0.7:53422``; it is kept like the seal fields.
 
 Limits (documented in README, "Loki"): structured metadata beyond Loki's 128 entries / 64 KiB per
 entry drops non-seal fields (resource, then scope, then log attributes, last first) and adds
@@ -40,6 +42,7 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 from collector_ext.pb import archive_pb2
 from collector_ext.seal.entry import ENTRY_HEADER_SIZE, EntryKind
+from collector_ext.seal.sender import describe_sender_message
 
 # Loki 3.x's default index-label list for OTLP resource attributes.
 DEFAULT_LABEL_ATTRIBUTES: tuple[str, ...] = (
@@ -73,6 +76,7 @@ SEAL_HASH = "audit_hash"
 SEAL_SIGNATURE = "audit_signature"
 SEAL_KEY_ID = "audit_key_id"
 SEAL_FIELDS = (SEAL_CHAIN_ID, SEAL_SEQUENCE, SEAL_HASH, SEAL_SIGNATURE, SEAL_KEY_ID)
+SENDER = "audit_sender"
 LINE_TRUNCATED = "audit_line_truncated"
 METADATA_TRUNCATED = "audit_metadata_truncated"
 
@@ -268,9 +272,10 @@ class EntryMapper:
             log_metadata.append(("trace_id", record.trace_id.hex()))
         if record.span_id:
             log_metadata.append(("span_id", record.span_id.hex()))
+        sender = describe_sender_message(payload.sender) if payload.HasField("sender") else None
         if self.settings.seal_in_line:
-            return self._seal_in_line(shared, timestamp, line, log_metadata, seal)
-        extra: list[tuple[str, str]] = []
+            return self._seal_in_line(shared, timestamp, line, log_metadata, seal, sender)
+        extra: list[tuple[str, str]] = [(SENDER, sender)] if sender else []
         if len(line.encode()) > self.settings.max_line_bytes:
             original = len(line.encode())
             line = line.encode()[: self.settings.max_line_bytes].decode(errors="ignore")
@@ -320,6 +325,7 @@ class EntryMapper:
         line: str,
         log_metadata: Sequence[tuple[str, str]],
         seal: Seal,
+        sender: str | None,
     ) -> LokiEntry:
         document: dict[str, Any] = {"line": line}
         if log_metadata:
@@ -330,6 +336,8 @@ class EntryMapper:
             document["resource"] = dict(shared.resource_metadata)
         document.update(seal.pairs())
         document[SEAL_SEQUENCE] = seal.sequence
+        if sender:
+            document[SENDER] = sender
         text = json.dumps(document, ensure_ascii=False, separators=(",", ":"))
         if len(text.encode()) > self.settings.max_line_bytes:
             document["line"] = line.encode()[: self.settings.max_line_bytes // 2].decode(errors="ignore")
