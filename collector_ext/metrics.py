@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -177,6 +177,19 @@ class Metrics:
                 self.export_requests.labels(transport, outcome)
             self.records_received.labels(transport)
             self.export_duration.labels(transport)
+        self.insecure_setting = Gauge(
+            "collector_ext_insecure_setting",
+            "1 for a setting that leaves the evidence or the sidecar exposed (retention NONE, a listener on a "
+            "non-loopback address without TLS or client authentication); the start-up log says why.",
+            ["setting"],
+            registry=self.registry,
+        )
+
+    def report_insecure_settings(self, watched: Iterable[str], insecure: Iterable[str]) -> None:
+        """Set the insecure-setting gauge: 1 for each of ``insecure``, 0 for the rest of ``watched``."""
+        flagged = set(insecure)
+        for setting in sorted(set(watched) | flagged):
+            self.insecure_setting.labels(setting).set(1 if setting in flagged else 0)
 
     def watch(self, pipeline: SealingPipeline) -> None:
         self.registry.register(_PipelineCollector(pipeline))
@@ -216,6 +229,7 @@ METRIC_NAMES = (
     "collector_ext_spool_bytes",
     "collector_ext_spool_max_bytes",
     "collector_ext_spool_failing_seconds",
+    "collector_ext_insecure_setting",
 )
 # Present when loki is configured.
 LOKI_METRIC_NAMES = (

@@ -35,7 +35,9 @@ from collector_ext.pipeline import PipelineSettings, SealingPipeline
 from collector_ext.receive.otlp_grpc import OtlpGrpcReceiver
 from collector_ext.receive.otlp_http import OtlpHttpReceiver
 from collector_ext.seal.keys import Ed25519Signer, load_private_key_pem
+from collector_ext.security_settings import WATCHED_SETTINGS, insecure_settings, security_summary
 from collector_ext.spool import Spool, SpoolError
+from collector_ext.startup_checks import check_configuration_files
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +109,8 @@ class Sidecar:
 
     def __init__(self, config: SidecarConfig) -> None:
         self.config = config
+        # Before any key is read: key files' owners and modes, certificates' validity and pairing.
+        check_configuration_files(config)
         self.signer = read_signing_key(config.signing_key)
         retired = [read_signing_key(path, "previous_signing_keys") for path in config.previous_signing_keys]
         self.store = open_archive(
@@ -151,6 +155,7 @@ class Sidecar:
             loki_cursor=spool.loki_cursor if self.loki is not None and spool is not None else None,
         )
         self.metrics = Metrics()
+        self._report_security_settings()
         self.metrics.watch(self.pipeline)
         if self.loki is not None:
             self.metrics.watch_loki(self.loki)
@@ -178,6 +183,18 @@ class Sidecar:
         self._health_task: asyncio.Task[None] | None = None
         self._stopped = False
         self.port = 0
+
+    def _report_security_settings(self) -> None:
+        """One INFO line with the effective security settings, a WARNING per unsafe one, and the
+        collector_ext_insecure_setting gauge."""
+        config = self.config
+        source = f"file {config.signing_key}" if config.signing_key is not None else "signing_token"
+        summary = security_summary(config, key_id=self.signer.key_id.hex(), signing_key_source=source)
+        log.info("effective security settings", extra=summary)
+        unsafe = insecure_settings(config)
+        for item in unsafe:
+            log.warning(f"INSECURE SETTING {item.setting}: {item.reason}", extra={"setting": item.setting})
+        self.metrics.report_insecure_settings(WATCHED_SETTINGS, [item.setting for item in unsafe])
 
     async def start(self) -> int:
         """Open the archive, start the chain, the Loki sender and the receivers; returns the gRPC
