@@ -17,6 +17,7 @@ measurements of this code base's protobuf runtime, refreshed with the command in
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 from collector_ext.errors import DeliveryError, RequestTooLargeError
@@ -53,6 +54,23 @@ class AdmissionSettings:
 
 
 @dataclass(frozen=True)
+class ReceiverLimits:
+    """The limits each receiver applies to its own connections (the composition root fills them in
+    from the ``limits:`` settings; the defaults are those settings' defaults)."""
+
+    max_connections: int = 256
+    idle_timeout: float = 30.0
+    body_timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.max_connections < 1 or self.idle_timeout <= 0 or self.body_timeout <= 0:
+            raise ValueError("max_connections and the timeouts must be positive")
+
+
+DEFAULT_ADMISSION = AdmissionSettings(max_inflight_bytes=128 * 1024 * 1024, max_requests=64)
+
+
+@dataclass(frozen=True)
 class AdmissionSnapshot:
     inflight_bytes: int
     requests: int
@@ -60,13 +78,14 @@ class AdmissionSnapshot:
 
 
 class AdmissionControl:
-    """The shared budget. Not thread-safe: both receivers run on the sidecar's one event loop."""
+    """The shared budget. Thread-safe: large bodies are inflated and decoded in worker threads."""
 
     def __init__(self, settings: AdmissionSettings) -> None:
         self.settings = settings
         self._in_use = 0
         self._requests = 0
         self._refused = 0
+        self._lock = threading.Lock()
 
     def snapshot(self) -> AdmissionSnapshot:
         return AdmissionSnapshot(self._in_use, self._requests, self._refused)
@@ -77,15 +96,20 @@ class AdmissionControl:
         Raises:
             AdmissionRefusedError: ``max_requests`` requests are already in flight.
         """
-        if self._requests >= self.settings.max_requests:
-            self._refused += 1
-            raise AdmissionRefusedError(
-                f"{self._requests} requests are in flight, the most limits.max_concurrent_requests allows"
-            )
-        self._requests += 1
+        with self._lock:
+            if self._requests >= self.settings.max_requests:
+                self._refused += 1
+                raise AdmissionRefusedError(
+                    f"{self._requests} requests are in flight, the most limits.max_concurrent_requests allows"
+                )
+            self._requests += 1
         return Reservation(self)
 
     def _take(self, nbytes: int, held: int, what: str) -> None:
+        with self._lock:
+            self._take_locked(nbytes, held, what)
+
+    def _take_locked(self, nbytes: int, held: int, what: str) -> None:
         capacity = self.settings.max_inflight_bytes
         if held + nbytes > capacity:
             self._refused += 1
@@ -102,11 +126,13 @@ class AdmissionControl:
         self._in_use += nbytes
 
     def _give_back(self, nbytes: int) -> None:
-        self._in_use -= nbytes
+        with self._lock:
+            self._in_use -= nbytes
 
     def _end(self, held: int) -> None:
-        self._in_use -= held
-        self._requests -= 1
+        with self._lock:
+            self._in_use -= held
+            self._requests -= 1
 
 
 class Reservation:

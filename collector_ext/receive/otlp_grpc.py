@@ -9,11 +9,23 @@ never used: it would make the collector drop records.
 
 The request is deserialised here, not by grpc, so a decode failure gets a useful message and never
 reaches the chain. This module knows nothing of sealing beyond ``RecordSink``.
+
+Memory: Export is served as a client-streaming method (the wire form of a unary call is the same), so
+the handler runs *before* the message is read: it authenticates the caller, takes a request slot and
+a reservation of the memory budget shared with the HTTP receiver (``admission``), and only then reads
+the message, within ``body_timeout``. grpc core is told not to inflate compressed messages
+(``grpc.per_message_decompression`` 0): gzip and deflate are inflated here in bounded steps, each
+charged to the budget before it exists, so a compression bomb costs what the budget allows and no
+more. grpc core then holds at most the compressed bytes of a message being received
+(``grpc.max_receive_message_length``), connections are capped (``max_connections``) and must finish
+their HTTP/2 handshake and stay busy within ``idle_timeout``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import AsyncIterator
 from typing import Protocol
 
 import grpc
@@ -27,13 +39,104 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
     ExportLogsServiceResponse,
 )
 
-from collector_ext.errors import DeliveryError, InvalidRequestError
+from collector_ext.errors import DeliveryError, InvalidRequestError, RequestTooLargeError
 from collector_ext.metrics import Metrics
+from collector_ext.receive.admission import (
+    DEFAULT_ADMISSION,
+    AdmissionControl,
+    ReceiverLimits,
+    Reservation,
+    decode_cost,
+)
+from collector_ext.receive.auth import (
+    AuthenticationError,
+    Authenticator,
+    ClientNotAllowedError,
+    certificate_from_grpc,
+    grpc_peer,
+)
+from collector_ext.receive.inflate import BoundedInflater
 from collector_ext.seal.payload import log_payloads
+from collector_ext.seal.sender import Sender
 
 EXPORT_METHOD = "/opentelemetry.proto.collector.logs.v1.LogsService/Export"
 LOGS_SERVICE = "opentelemetry.proto.collector.logs.v1.LogsService"
 _EMPTY_RESPONSE = ExportLogsServiceResponse().SerializeToString()
+# Above this size a message is inflated and decoded in a worker thread, off the event loop the HTTP
+# receiver and the pipeline share.
+_DECODE_IN_THREAD_BYTES = 1 << 20
+# What a sealed payload costs beyond its bytes while it waits for its acknowledgement (the bytes
+# object and its slot in the list).
+PAYLOAD_OVERHEAD_BYTES = 64
+_INFLATE_STEP = 1 << 16
+
+
+def message_coding(message: bytes) -> str | None:
+    """ "gzip" or "deflate" when the message is compressed in that format, None when it is plain.
+
+    grpc core hands compressed messages over as they arrived; the compressed flag itself is not
+    visible here, so the format is recognised by its header. A gzip header (1f 8b) can never begin
+    an ExportLogsServiceRequest (0x1f would be field 3 with the undefined wire type 7). A zlib header
+    could (an unknown varint field); ``decode_message`` falls back to the plain bytes when such a
+    message is not one whole zlib stream.
+    """
+    if message[:2] == b"\x1f\x8b":
+        return "gzip"
+    # RFC 1950: method 8, window at most 32 KiB, no preset dictionary, header check a multiple of 31.
+    zlib_header = (
+        len(message) >= 2
+        and message[0] & 0x0F == 8
+        and message[0] >> 4 <= 7
+        and not message[1] & 0x20
+        and (message[0] << 8 | message[1]) % 31 == 0
+    )
+    return "deflate" if zlib_header else None
+
+
+def _inflate(message: bytes, coding: str, limit: int, reservation: Reservation) -> bytes:
+    inflater = BoundedInflater(limit, coding, reservation)
+    view = memoryview(message)
+    pieces = [inflater.feed(bytes(view[i : i + _INFLATE_STEP])) for i in range(0, len(view), _INFLATE_STEP)]
+    inflater.finish()
+    size = sum(len(piece) for piece in pieces)
+    reservation.charge(size, "the inflated request")  # the joined copy, while the pieces still exist
+    body = b"".join(pieces)
+    pieces.clear()
+    reservation.refund(size)
+    return body
+
+
+def decode_message(message: bytes, limit: int, reservation: Reservation, sender: Sender | None) -> list[bytes]:
+    """The sealed payloads of one Export message, inflated if compressed, charged to ``reservation``.
+
+    Raises:
+        InvalidRequestError: not a valid request (or a broken gzip stream).
+        RequestTooLargeError: over ``limit`` once inflated, or beyond the whole memory budget.
+        AdmissionRefusedError: the memory budget has no room now.
+    """
+    body = message
+    coding = message_coding(message)
+    if coding == "gzip":
+        body = _inflate(message, coding, limit, reservation)
+    elif coding == "deflate":
+        held = reservation.held
+        try:
+            body = _inflate(message, coding, limit, reservation)
+        except InvalidRequestError:  # not zlib after all: a plain message that looked like it
+            reservation.shrink_to(held)
+    reservation.charge(decode_cost(len(body), json=False), "decoding the request")
+    try:
+        request = ExportLogsServiceRequest.FromString(body)
+        del body
+        payloads = log_payloads(request, sender)
+    except (DecodeError, RecursionError, ValueError) as exc:
+        raise InvalidRequestError(
+            f"request is not a valid ExportLogsServiceRequest ({type(exc).__name__}: {exc}); nothing was sealed"
+        ) from exc
+    del request
+    # From here on the request holds only its payloads.
+    reservation.shrink_to(sum(len(p) for p in payloads) + PAYLOAD_OVERHEAD_BYTES * len(payloads))
+    return payloads
 
 
 class RecordSink(Protocol):
@@ -56,25 +159,107 @@ def _unavailable_details(message: str, retry_after: float) -> bytes:
 
 
 class LogsExportHandler:
-    """The Export method, taking raw request bytes."""
+    """The Export method: authenticate, admit, read one message, decode, seal."""
 
-    def __init__(self, sink: RecordSink, metrics: Metrics, *, retry_after: float = 1.0) -> None:
+    def __init__(
+        self,
+        sink: RecordSink,
+        metrics: Metrics,
+        *,
+        max_message_bytes: int = 64 * 1024 * 1024,
+        admission: AdmissionControl | None = None,
+        limits: ReceiverLimits | None = None,
+        authenticator: Authenticator | None = None,
+        retry_after: float = 1.0,
+    ) -> None:
         self._sink = sink
         self._metrics = metrics
+        self._max_message_bytes = max_message_bytes
+        self._admission = admission or AdmissionControl(DEFAULT_ADMISSION)
+        self._limits = limits or ReceiverLimits()
+        self._authenticator = authenticator
         self._retry_after = retry_after
 
-    async def export(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    async def _abort_unavailable(self, context: grpc.aio.ServicerContext, message: str) -> None:
+        message_text = f"{message}; retry later"
+        context.set_trailing_metadata(
+            (("grpc-status-details-bin", _unavailable_details(message_text, self._retry_after)),)
+        )
+        await context.abort(grpc.StatusCode.UNAVAILABLE, message_text)
+
+    def _authenticate(self, context: grpc.aio.ServicerContext) -> Sender | None:
+        if self._authenticator is None:
+            return None
+        authorization: str | None = None
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization":
+                authorization = value if isinstance(value, str) else None
+                break
+        return self._authenticator.authenticate(
+            authorization=authorization,
+            certificate=certificate_from_grpc(context.auth_context()),
+            peer=grpc_peer(context.peer()),
+        )
+
+    async def _read_message(self, context: grpc.aio.ServicerContext) -> bytes:
+        try:
+            message = await asyncio.wait_for(context.read(), self._limits.body_timeout)
+        except TimeoutError:
+            self._metrics.observe_export("grpc", "timeout", 0, 0.0)
+            await context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"the request message did not arrive within limits.body_timeout_seconds={self._limits.body_timeout:g}",
+            )
+        if not isinstance(message, bytes):  # grpc.aio.EOF: the client closed without a message
+            return b""
+        return message
+
+    async def export(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> bytes:
+        """One Export call; ``requests`` is unused (the message is read through ``context``)."""
         started = time.monotonic()
         try:
-            # The parsed message is dropped here: a request waiting for its acknowledgement keeps
-            # only its sealed entries (the pipeline empties ``payloads`` once it has sealed them).
-            payloads = log_payloads(ExportLogsServiceRequest.FromString(request))
-        except (DecodeError, RecursionError, ValueError) as exc:
-            self._metrics.observe_export("grpc", "invalid", 0, time.monotonic() - started)
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"request is not a valid ExportLogsServiceRequest ({type(exc).__name__}: {exc}); nothing was sealed",
+            sender = self._authenticate(context)
+        except AuthenticationError as exc:
+            self._metrics.observe_export("grpc", "unauthenticated", 0, time.monotonic() - started)
+            code = (
+                grpc.StatusCode.PERMISSION_DENIED
+                if isinstance(exc, ClientNotAllowedError)
+                else grpc.StatusCode.UNAUTHENTICATED
             )
+            await context.abort(code, str(exc))
+        try:
+            reservation = self._admission.admit()
+        except DeliveryError as exc:
+            self._metrics.observe_export("grpc", "unavailable", 0, time.monotonic() - started)
+            await self._abort_unavailable(context, exc.diagnostics())
+        with reservation:
+            return await self._export_admitted(context, reservation, sender, started)
+
+    async def _export_admitted(
+        self, context: grpc.aio.ServicerContext, reservation: Reservation, sender: Sender | None, started: float
+    ) -> bytes:
+        message = await self._read_message(context)
+        try:
+            # grpc core already holds these bytes (at most max_receive_message_length): charged now.
+            reservation.charge(len(message), "the request message")
+            # Deflate inflates at most about 1032 to 1.
+            largest = len(message) * (1032 if message_coding(message) else 1)
+            if largest >= _DECODE_IN_THREAD_BYTES:
+                payloads = await asyncio.to_thread(
+                    decode_message, message, self._max_message_bytes, reservation, sender
+                )
+            else:
+                payloads = decode_message(message, self._max_message_bytes, reservation, sender)
+        except RequestTooLargeError as exc:
+            self._metrics.observe_export("grpc", "too_large", 0, time.monotonic() - started)
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, exc.diagnostics())
+        except InvalidRequestError as exc:
+            self._metrics.observe_export("grpc", "invalid", 0, time.monotonic() - started)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.diagnostics())
+        except DeliveryError as exc:
+            self._metrics.observe_export("grpc", "unavailable", 0, time.monotonic() - started)
+            await self._abort_unavailable(context, exc.diagnostics())
+        del message
         count = len(payloads)
         if not count:
             self._metrics.observe_export("grpc", "empty", 0, time.monotonic() - started)
@@ -86,11 +271,7 @@ class LogsExportHandler:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.diagnostics())
         except DeliveryError as exc:
             self._metrics.observe_export("grpc", "unavailable", count, time.monotonic() - started)
-            message_text = f"{exc.diagnostics()}; retry later"
-            context.set_trailing_metadata(
-                (("grpc-status-details-bin", _unavailable_details(message_text, self._retry_after)),)
-            )
-            await context.abort(grpc.StatusCode.UNAVAILABLE, message_text)
+            await self._abort_unavailable(context, exc.diagnostics())
         self._metrics.observe_export("grpc", "ok", count, time.monotonic() - started)
         return _EMPTY_RESPONSE
 
@@ -106,9 +287,20 @@ class OtlpGrpcReceiver:
         max_message_bytes: int,
         metrics: Metrics | None = None,
         server_credentials: grpc.ServerCredentials | None = None,
+        admission: AdmissionControl | None = None,
+        limits: ReceiverLimits | None = None,
+        authenticator: Authenticator | None = None,
     ) -> None:
         self.metrics = metrics or Metrics()
-        self.handler = LogsExportHandler(sink, self.metrics)
+        self._limits = limits or ReceiverLimits()
+        self.handler = LogsExportHandler(
+            sink,
+            self.metrics,
+            max_message_bytes=max_message_bytes,
+            admission=admission,
+            limits=self._limits,
+            authenticator=authenticator,
+        )
         self._sink = sink
         self._listen = listen
         self._max_message_bytes = max_message_bytes
@@ -119,14 +311,23 @@ class OtlpGrpcReceiver:
 
     def _build_server(self) -> grpc.aio.Server:
         # Built inside the running event loop: grpc.aio binds a server to the loop it is created in.
+        idle_ms = int(self._limits.idle_timeout * 1000)
         server = grpc.aio.server(
             options=[
+                # On the wire: a compressed message is inflated by the handler, under the budget.
                 ("grpc.max_receive_message_length", self._max_message_bytes),
+                ("grpc.per_message_decompression", 0),
                 ("grpc.max_send_message_length", 4 * 1024 * 1024),
                 ("grpc.so_reuseport", 0),
+                # Connections beyond the cap are closed as soon as they are accepted; a connection
+                # must complete its TLS and HTTP/2 handshake, and not sit idle, within idle_timeout.
+                ("grpc.max_allowed_incoming_connections", self._limits.max_connections),
+                ("grpc.server_handshake_timeout_ms", idle_ms),
+                ("grpc.max_connection_idle_ms", max(idle_ms, 1000)),
+                ("grpc.max_concurrent_streams", 32),
             ],
         )
-        export = grpc.unary_unary_rpc_method_handler(
+        export = grpc.stream_unary_rpc_method_handler(
             self.handler.export, request_deserializer=None, response_serializer=None
         )
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(LOGS_SERVICE, {"Export": export}),))
