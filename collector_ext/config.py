@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from collector_ext.deliver.loki.mapping import DEFAULT_LABEL_ATTRIBUTES
 from collector_ext.errors import ConfigurationError
@@ -137,6 +137,20 @@ class SpoolConfig(_Section):
     )
 
 
+class SigningTokenConfig(_Section):
+    """The signing key in a PKCS#11 token instead of a key file (proto/FORMAT.md 7.7)."""
+
+    module: Path = Field(description="the token's PKCS#11 library, e.g. /usr/lib/softhsm/libsofthsm2.so")
+    token_label: str = Field(min_length=1, max_length=32, description="CKA_LABEL of the token (its slot's label)")
+    key_label: str = Field(min_length=1, max_length=256, description="CKA_LABEL of the Ed25519 key pair")
+    pin_file: Path = Field(description="file holding the user PIN (mode 0600 or 0400); never pass the PIN itself")
+    mode: Literal["run_key", "per_record"] = Field(
+        default="run_key",
+        description="run_key: the token certifies a fresh in-memory key per run, which signs the records; "
+        "per_record: the token signs every record (as fast as the token signs)",
+    )
+
+
 class TlsConfig(_Section):
     cert_file: Path
     key_file: Path
@@ -186,7 +200,8 @@ class SidecarConfig(_Section):
         default=DEFAULT_METRICS_LISTEN, description="HOST:PORT for GET /metrics (Prometheus); null disables"
     )
     max_message_bytes: int = Field(default=DEFAULT_MAX_MESSAGE_BYTES, ge=64 * 1024, le=1024 * 1024 * 1024)
-    signing_key: Path
+    signing_key: Path | None = Field(default=None, description="PEM private key file; or set signing_token")
+    signing_token: SigningTokenConfig | None = None
     # Keys this sidecar signed with before signing_key: a chain in the spool signed by one of them is
     # continued after a key rotation entry that it signs (proto/FORMAT.md 7.6), and the chain a lost
     # spool supersedes is found among theirs too.
@@ -236,6 +251,16 @@ class SidecarConfig(_Section):
         """Every source that gave ``setting`` (dotted, e.g. ``archive.retention_mode``) a value, lowest
         precedence first; empty when it has its default."""
         return self._origins.get(setting, ())
+
+    @model_validator(mode="after")
+    def _one_signing_key(self) -> SidecarConfig:
+        if (self.signing_key is None) == (self.signing_token is None):
+            raise ValueError(
+                "set exactly one of signing_key (a key file) and signing_token (a PKCS#11 token)"
+                if self.signing_key is None
+                else "signing_key and signing_token are both set; keep one"
+            )
+        return self
 
     @field_validator("listen", "http_listen", "metrics_listen")
     @classmethod

@@ -45,6 +45,8 @@ from concurrent.futures import BrokenExecutor
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from collector_ext import __version__
 from collector_ext.deliver.archive import ArchiveStore
 from collector_ext.errors import (
@@ -63,17 +65,25 @@ from collector_ext.seal.chain import (
     genesis_payload,
     key_rotation_payload,
     restart_payload,
+    run_key_payload,
     sign_entry_hashes,
 )
 from collector_ext.seal.checkpoint import Checkpoint, SegmentRef, sign_checkpoint
-from collector_ext.seal.entry import ENTRY_HEADER_SIZE, SIGNATURE_SIZE, ZERO_HASH, EntryKind, entry_hash
+from collector_ext.seal.entry import (
+    ENTRY_HEADER_SIZE,
+    KEY_ID_SLICE,
+    SIGNATURE_SIZE,
+    ZERO_HASH,
+    EntryKind,
+    entry_hash,
+)
 from collector_ext.seal.framing import (
     MAX_ENTRY_BYTES,
     MAX_SEGMENT_OBJECT_BYTES,
     MAX_SEGMENT_RECORDS,
     MAX_SEGMENTS_PER_CHECKPOINT,
 )
-from collector_ext.seal.keys import Signer
+from collector_ext.seal.keys import Ed25519Signer, Signer
 from collector_ext.seal.layout import checkpoint_key, segment_key
 from collector_ext.seal.segment import (
     RECORD_OVERHEAD_BYTES,
@@ -191,11 +201,20 @@ class SealingPipeline:
         on_archived: Callable[[list[bytes], list[bytes]], None] | None = None,
         on_spooled: Callable[[SpooledSegment], None] | None = None,
         loki_cursor: Callable[[bytes], int] | None = None,
+        run_key: bool = False,
     ) -> None:
+        """``run_key``: ``signer`` (e.g. a key in a PKCS#11 token) signs the chain's own entries and its
+        checkpoints and certifies a fresh in-memory key at the start of each run, which signs the log
+        records (FORMAT.md 7.7); otherwise ``signer`` signs everything."""
         settings = settings or PipelineSettings()
         if spool is None and settings.ack == "spool":
             settings = dataclasses.replace(settings, ack="archive")
+        # The chain's key: genesis, restart marks, key rotations, run key entries and checkpoints.
         self._signer = signer
+        # The run key (run_key mode): made here, never stored, gone when the process ends.
+        self._run_signer = Ed25519Signer(Ed25519PrivateKey.generate()) if run_key else None
+        # What signs log records.
+        self._record_signer: Signer = self._run_signer or signer
         self._store = store
         self._settings = settings
         self._spool = spool
@@ -211,7 +230,9 @@ class SealingPipeline:
         self._on_spooled = on_spooled
         self._loki_cursor = loki_cursor
         self._head = ChainHead.new(uuid.uuid4().bytes)
-        self._signing = SigningPool(signer, workers=settings.signing_workers, count=settings.signing_worker_count)
+        self._signing = SigningPool(
+            self._record_signer, workers=settings.signing_workers, count=settings.signing_worker_count
+        )
         self._open: _OpenSegment | None = None
         self._full_segments: collections.deque[_OpenSegment] = collections.deque()
         self._segment_ready = asyncio.Event()
@@ -345,6 +366,7 @@ class SealingPipeline:
                 "chain_id": self.chain_id.hex(),
                 "next_sequence": self.next_sequence,
                 "key_id": self._signer.key_id.hex(),
+                "record_key_id": self._record_signer.key_id.hex(),
                 "ack": self._settings.ack,
                 "reason": self.start_reason,
             },
@@ -355,8 +377,9 @@ class SealingPipeline:
         assert self._spool is not None
         head = contents.head
         retired: Signer | None = None
-        if contents.key_id != self._signer.key_id:
-            retired = self._retired.get(contents.key_id or b"")
+        chain_key_id = await self._chain_key_id(contents)
+        if chain_key_id != self._signer.key_id:
+            retired = self._retired.get(chain_key_id or b"")
             if retired is None:
                 raise ConfigurationError(
                     "signing_key",
@@ -407,7 +430,8 @@ class SealingPipeline:
             reason=self.start_reason,
         )
         if retired is None:
-            return self._seal(EntryKind.RESTART, [payload])
+            durable = self._seal(EntryKind.RESTART, [payload])
+            return self._certify_run_key() or durable
         # The chain is bound to the retired key: that key signs the restart mark and the rotation that
         # hands the chain to the new key; everything after is signed by the new key.
         self._seal(EntryKind.RESTART, [payload], signer=retired)
@@ -421,7 +445,33 @@ class SealingPipeline:
         )
         self._rotation = (sequence, retired)
         self.start_reason += f"; key rotated from {retired.key_id.hex()} to {self._signer.key_id.hex()}"
-        return self._seal(EntryKind.KEY_ROTATION, [rotation], signer=retired)
+        durable = self._seal(EntryKind.KEY_ROTATION, [rotation], signer=retired)
+        return self._certify_run_key() or durable
+
+    async def _chain_key_id(self, contents: SpoolContents) -> bytes | None:
+        """The key id the spool's chain is bound to. Its newest entry names it, unless that entry is a
+        log record signed by an earlier run's run key (FORMAT.md 7.7): then the chain's key is the one
+        that signed its newest checkpoint, or, while the spool still starts at the genesis (nothing was
+        checkpointed, so nothing was trimmed), the genesis's key."""
+        assert contents.head is not None
+        ours = {self._signer.key_id, *self._retired}
+        if contents.key_id in ours or self._run_signer is None:
+            return contents.key_id
+        chain_id = contents.head.chain_id
+        keys = [self._signer.public_key, *(r.public_key for r in self._retired.values())]
+        checkpoint = await self._read_archive(
+            "the newest checkpoint", lambda: newest_checkpoint(self._store, chain_id, keys)
+        )
+        if checkpoint is not None:
+            return checkpoint.checkpoint.key_id
+        first = contents.segments[0] if contents.segments else None
+        if first is not None and first.first_sequence == 0 and self._spool is not None:
+            try:
+                data = await asyncio.to_thread(first.path.read_bytes)
+            except OSError as exc:
+                raise SpoolError(f"cannot read {first.path}: {exc.strerror}") from exc
+            return decode_segment(data).records[0].entry[KEY_ID_SLICE]
+        return contents.key_id
 
     async def _new_chain(self) -> asyncio.Future[None]:
         predecessor = await self._read_archive(
@@ -459,7 +509,24 @@ class SealingPipeline:
                 superseded_checkpoint_sha256=predecessor.checkpoint_sha256,
                 superseded_checkpoint_number=predecessor.checkpoint_number,
             )
-        return self._seal(EntryKind.GENESIS, [payload])
+        durable = self._seal(EntryKind.GENESIS, [payload])
+        return self._certify_run_key() or durable
+
+    def _certify_run_key(self) -> asyncio.Future[None] | None:
+        """In run_key mode: seal the entry by which the chain's key certifies this run's record key
+        (FORMAT.md 7.7), right after the genesis or restart mark; None otherwise."""
+        if self._run_signer is None:
+            return None
+        sequence = self._head.next_sequence
+        payload = run_key_payload(
+            chain_id=self._head.chain_id,
+            sequence=sequence,
+            certifier=self._signer,
+            run_key=self._run_signer,
+            reason=f"run key {self._run_signer.key_id.hex()} signs this run's records",
+        )
+        self.start_reason += f"; run key {self._run_signer.key_id.hex()} certified at seq {sequence}"
+        return self._seal(EntryKind.RUN_KEY, [payload], signer=self._signer)
 
     async def _read_archive(self, what: str, read: Callable[[], Awaitable[T]]) -> T:
         """Run a start-up read of the archive, retrying for as long as the archive is unavailable
@@ -553,7 +620,11 @@ class SealingPipeline:
         signing pool; its entries get a segment of their own. A batch that would carry the open
         segment past MAX_SEGMENT_OBJECT_BYTES continues in new segments."""
         loop = asyncio.get_running_loop()
-        batch = chain_entries(self._head, kind, payloads, (signer or self._signer).key_id, self._clock())
+        if signer is None and kind != EntryKind.LOG_RECORD and self._run_signer is not None:
+            signer = self._signer  # in run_key mode the pool holds the run key, which signs records only
+        if self._open is not None and self._open.signer is not signer:
+            self._close_open_segment()  # entries signed inline by another key get a segment of their own
+        batch = chain_entries(self._head, kind, payloads, (signer or self._record_signer).key_id, self._clock())
         self._head = batch.head
         if size is None:
             size = sum(map(len, batch.entries))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import ssl
 import threading
@@ -34,9 +35,10 @@ from collector_ext.metrics_server import MetricsServer
 from collector_ext.pipeline import PipelineSettings, SealingPipeline
 from collector_ext.receive.otlp_grpc import OtlpGrpcReceiver
 from collector_ext.receive.otlp_http import OtlpHttpReceiver
-from collector_ext.seal.keys import Ed25519Signer, load_private_key_pem
+from collector_ext.seal.keys import Ed25519Signer, Signer, load_private_key_pem
 from collector_ext.security_settings import WATCHED_SETTINGS, insecure_settings, security_summary
 from collector_ext.spool import Spool, SpoolError
+from collector_ext.token_signer import TokenSettings, TokenSigner
 from collector_ext.startup_checks import check_configuration_files
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,43 @@ def read_signing_key(path: Path, setting: str = "signing_key") -> Ed25519Signer:
     except OSError as exc:
         raise KeyFileError(setting, f"cannot read {path}: {exc.strerror}") from exc
     return load_private_key_pem(data, f"{setting} ({path})")
+
+
+def read_token_pin(path: Path) -> str:
+    """The token's user PIN from ``signing_token.pin_file``: the file's first line. Refused when
+    group or others may read it or another user owns it (as ssh refuses such a private key)."""
+    setting = "signing_token.pin_file"
+    try:
+        with open(path, "rb") as handle:
+            status = os.fstat(handle.fileno())
+            data = handle.read(4096)
+    except OSError as exc:
+        raise ConfigurationError(setting, f"cannot read {path}: {exc.strerror}") from exc
+    if status.st_mode & 0o077:
+        raise ConfigurationError(
+            setting, f"{path} may be read by group or others (mode {status.st_mode & 0o777:o}): chmod 600 {path}"
+        )
+    if status.st_uid != os.getuid():
+        raise ConfigurationError(setting, f"{path} is owned by another user (uid {status.st_uid}); chown it")
+    pin = data.decode("utf-8", errors="replace").splitlines()[0].strip() if data.strip() else ""
+    if not pin:
+        raise ConfigurationError(setting, f"{path} is empty; write the token's user PIN on its first line")
+    return pin
+
+
+def read_signer(config: SidecarConfig) -> Signer:
+    """The signing key: a key file (``signing_key``) or a key in a PKCS#11 token (``signing_token``)."""
+    token = config.signing_token
+    if token is None:
+        assert config.signing_key is not None  # the config allows exactly one of them
+        return read_signing_key(config.signing_key)
+    settings = TokenSettings(
+        module=str(token.module),
+        token_label=token.token_label,
+        key_label=token.key_label,
+        pin=read_token_pin(token.pin_file),
+    )
+    return TokenSigner(settings)
 
 
 def open_archive(
@@ -111,7 +150,7 @@ class Sidecar:
         self.config = config
         # Before any key is read: key files' owners and modes, certificates' validity and pairing.
         check_configuration_files(config)
-        self.signer = read_signing_key(config.signing_key)
+        self.signer = read_signer(config)
         retired = [read_signing_key(path, "previous_signing_keys") for path in config.previous_signing_keys]
         self.store = open_archive(
             config.archive.url,
@@ -149,6 +188,7 @@ class Sidecar:
             writer_id=config.writer_id,
             archive_id=config.archive.archive_id,
             retired_signers=retired,
+            run_key=config.signing_token is not None and config.signing_token.mode == "run_key",
             # With a spool the Loki sender reads it itself; without one it is handed archived segments.
             on_archived=self.loki.offer if self.loki is not None and spool is None else None,
             on_spooled=self.loki.notify if self.loki is not None and spool is not None else None,
@@ -261,6 +301,8 @@ class Sidecar:
             await asyncio.gather(self.receiver.stop(grace), self.http_receiver.stop(grace))
         drain = self.config.drain_timeout_seconds
         await self.pipeline.close(drain_timeout=drain)
+        if isinstance(self.signer, TokenSigner):
+            self.signer.close()
         await self.store.close()
         if self.loki is not None:
             await self.loki.close(drain_timeout=drain)

@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives import serialization
 
 from collector_ext import signing_worker
 from collector_ext.seal.keys import Ed25519Signer, Signer
+from collector_ext.token_signer import TokenSigner
 
 SigningWorkers = Literal["processes", "threads"]
 
@@ -53,11 +54,20 @@ class SigningPool:
     def __init__(self, signer: Signer, *, workers: SigningWorkers = "processes", count: int = 0) -> None:
         self._count = count or available_cpus()
         self._signer = signer
-        self._use_processes = workers == "processes" and isinstance(signer, Ed25519Signer)
+        self._use_processes = workers == "processes" and isinstance(signer, Ed25519Signer | TokenSigner)
         self._executor = self._new_executor()
 
     def _new_executor(self) -> Executor:
         signer = self._signer
+        if self._use_processes and isinstance(signer, TokenSigner):
+            # Each worker opens its own session on the token; the key never leaves it.
+            self._in_process = False
+            return ProcessPoolExecutor(
+                max_workers=self._count,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=signing_worker.initialise_token,
+                initargs=(signer.settings, os.getpid()),
+            )
         if self._use_processes and isinstance(signer, Ed25519Signer):
             raw = signer.private_key.private_bytes(
                 serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()

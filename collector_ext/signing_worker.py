@@ -14,8 +14,9 @@ from collections.abc import Callable
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from collector_ext.seal.entry import HASH_SIZE, RECORD_SIGNATURE_PREFIX
+from collector_ext.token_signer import TokenSession, TokenSettings
 
-_private_key: Ed25519PrivateKey | None = None
+_sign: Callable[[bytes], bytes] | None = None
 
 
 def exit_with_parent(parent_pid: int, interval: float = 0.5) -> None:
@@ -32,9 +33,17 @@ def exit_with_parent(parent_pid: int, interval: float = 0.5) -> None:
 
 
 def initialise(raw_private_key: bytes, parent_pid: int) -> None:
-    global _private_key
+    global _sign
     exit_with_parent(parent_pid)
-    _private_key = Ed25519PrivateKey.from_private_bytes(raw_private_key)
+    _sign = Ed25519PrivateKey.from_private_bytes(raw_private_key).sign
+
+
+def initialise_token(settings: TokenSettings, parent_pid: int) -> None:
+    """A worker that signs through its own logged-in session on a PKCS#11 token (the key stays in
+    the token; the PIN came through the initializer pipe and is kept only by the session)."""
+    global _sign
+    exit_with_parent(parent_pid)
+    _sign = TokenSession(settings).sign
 
 
 def sign_hashes(sign: Callable[[bytes], bytes], hashes: bytes) -> bytes:
@@ -47,5 +56,5 @@ def sign_hashes(sign: Callable[[bytes], bytes], hashes: bytes) -> bytes:
 
 def sign_concatenated(hashes: bytes) -> bytes:
     """``sign_hashes`` with this worker's key (see ``initialise``)."""
-    assert _private_key is not None, "worker not initialised"
-    return sign_hashes(_private_key.sign, hashes)
+    assert _sign is not None, "worker not initialised"
+    return sign_hashes(_sign, hashes)

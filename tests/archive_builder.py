@@ -98,6 +98,7 @@ def build_archive(
     format_version: int = FORMAT_VERSION,
     key_for: Callable[[int], Ed25519Signer] | None = None,
     seal_time: Callable[[int], int] | None = None,
+    checkpoint_key_for: Callable[[int], Ed25519Signer] | None = None,
 ) -> BuiltArchive:
     """A chain of ``segments`` segments; segment 0 starts with the genesis entry. One checkpoint after
     each of the first ``checkpointed_segments`` segments (all by default; none without
@@ -106,9 +107,10 @@ def build_archive(
     ``genesis`` replaces the genesis payload; ``special`` puts an entry of another kind (a restart
     mark) at a sequence number; every other entry is a log record with ``payloads(sequence)``.
     ``key_for(sequence)`` picks the signer per entry (default ``signer``); checkpoints are signed by
-    the signer of the entry after their last one.
+    the signer of the entry after their last one, or ``checkpoint_key_for(last_sequence)``.
     """
     signer_at = key_for or (lambda _sequence: signer)
+    checkpoint_signer = checkpoint_key_for or (lambda last: signer_at(last + 1))
     sealed_at = seal_time or (lambda index: BASE_TIME + index)  # by segment index
     head = ChainHead.new(chain_id)
     built = BuiltArchive(objects={}, chain_id=chain_id)
@@ -160,7 +162,7 @@ def build_archive(
                 last_sequence=last,
                 head_sha256=head.head_hash,
                 time_unix_nano=BASE_TIME + index,
-                key_id=signer_at(last + 1).key_id,
+                key_id=checkpoint_signer(last).key_id,
                 format_version=format_version,
                 segments=(
                     SegmentRef(
@@ -172,7 +174,7 @@ def build_archive(
                     ),
                 ),
             )
-            checkpoint_data, previous_checkpoint = sign_checkpoint(checkpoint, signer_at(last + 1))
+            checkpoint_data, previous_checkpoint = sign_checkpoint(checkpoint, checkpoint_signer(last))
             ckey = checkpoint_key(prefix, chain_id, index, last)
             built.objects[ckey] = checkpoint_data
             built.checkpoint_keys.append(ckey)

@@ -22,6 +22,7 @@ from collector_ext.seal.entry import (
     ZERO_HASH,
     EntryKind,
     key_rotation_message,
+    run_key_message,
 )
 from collector_ext.seal.keys import PublicKey, Signer
 
@@ -132,6 +133,16 @@ def key_rotation_payload(*, chain_id: bytes, sequence: int, retired: Signer, suc
     message = key_rotation_message(chain_id, sequence, retired.key_id)
     return archive_pb2.KeyRotationPayload(
         new_public_key=successor.public_key.raw, new_key_signature=successor.sign(message), reason=reason
+    ).SerializeToString(deterministic=True)
+
+
+def run_key_payload(*, chain_id: bytes, sequence: int, certifier: Signer, run_key: Signer, reason: str) -> bytes:
+    """The payload of a run key entry at ``sequence`` (version 2): ``certifier`` (the chain's key,
+    which signs the entry) vouches that ``run_key`` signs the log records of this run; ``run_key``
+    proves it holds its key by signing the run key message."""
+    message = run_key_message(chain_id, sequence, certifier.key_id)
+    return archive_pb2.RunKeyPayload(
+        run_public_key=run_key.public_key.raw, run_key_signature=run_key.sign(message), reason=reason
     ).SerializeToString(deterministic=True)
 
 

@@ -37,6 +37,8 @@ CHECKPOINT_HASH_PREFIX = b"collector-ext/v1/checkpoint\x00"
 KEY_ID_PREFIX = b"collector-ext/v1/key-id\x00"
 # Version 2: what the new key signs in a key rotation entry (proof of possession).
 KEY_ROTATION_PREFIX = b"collector-ext/v2/key-rotation\x00"
+# Version 2: what a per-run record key signs when the chain's key certifies it (proof of possession).
+RUN_KEY_PREFIX = b"collector-ext/v2/run-key\x00"
 
 # version u16 | kind u8 | reserved u8 | chain id 16 | sequence u64 | previous hash 32 | key id 8 |
 # sealed time u64 (ns since the Unix epoch)
@@ -56,6 +58,7 @@ class EntryKind(IntEnum):
     GENESIS = 2
     RESTART = 3
     KEY_ROTATION = 4  # version 2
+    RUN_KEY = 5  # version 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,3 +124,8 @@ def record_signature_message(hash_of_entry: bytes) -> bytes:
 def key_rotation_message(chain_id: bytes, sequence: int, retired_key_id: bytes) -> bytes:
     """What the new key signs in a key rotation entry at ``sequence`` (version 2)."""
     return KEY_ROTATION_PREFIX + chain_id + sequence.to_bytes(8, "big") + retired_key_id
+
+
+def run_key_message(chain_id: bytes, sequence: int, certifier_key_id: bytes) -> bytes:
+    """What the run key signs in a run key entry at ``sequence`` (version 2)."""
+    return RUN_KEY_PREFIX + chain_id + sequence.to_bytes(8, "big") + certifier_key_id

@@ -22,13 +22,16 @@ from collector_ext.seal.entry import (
     EntryKind,
     entry_payload,
     key_rotation_message,
+    run_key_message,
 )
 from collector_ext.seal.keys import PublicKey, key_id_for
 
 # The kinds each format version may hold (FORMAT.md 7.2).
 KINDS_BY_VERSION = {
     1: frozenset({EntryKind.LOG_RECORD, EntryKind.GENESIS, EntryKind.RESTART}),
-    2: frozenset({EntryKind.LOG_RECORD, EntryKind.GENESIS, EntryKind.RESTART, EntryKind.KEY_ROTATION}),
+    2: frozenset(
+        {EntryKind.LOG_RECORD, EntryKind.GENESIS, EntryKind.RESTART, EntryKind.KEY_ROTATION, EntryKind.RUN_KEY}
+    ),
 }
 _V2_GENESIS_FIELDS = (
     "archive_id",
@@ -37,7 +40,9 @@ _V2_GENESIS_FIELDS = (
     "superseded_checkpoint_number",
 )
 
-SpecialPayload = archive_pb2.GenesisPayload | archive_pb2.RestartPayload | archive_pb2.KeyRotationPayload
+SpecialPayload = (
+    archive_pb2.GenesisPayload | archive_pb2.RestartPayload | archive_pb2.KeyRotationPayload | archive_pb2.RunKeyPayload
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +89,14 @@ def header_problem(entry: bytes, sequence: int, chain_version: int) -> tuple[str
         if len(rotation.new_public_key) != 32 or len(rotation.new_key_signature) != 64:
             return "key rotation names no 32-byte public key or no 64-byte signature of it", None
         return "", rotation
+    if kind == EntryKind.RUN_KEY:
+        try:
+            run_key = archive_pb2.RunKeyPayload.FromString(payload)
+        except DecodeError:
+            return "run key payload does not parse", None
+        if len(run_key.run_public_key) != 32 or len(run_key.run_key_signature) != 64:
+            return "run key entry names no 32-byte public key or no 64-byte signature of it", None
+        return "", run_key
     return "", None
 
 
@@ -126,6 +139,30 @@ def rotation_of(
     ):
         return None, "the new key's signature in the key rotation does not verify"
     return Rotation(new_key.key_id, payload.reason), ""
+
+
+@dataclass(frozen=True, slots=True)
+class RunKey:
+    """A sound run key certification at ``sequence``: ``key`` may sign the log records after it, up to
+    the next restart mark, run key or key rotation entry (FORMAT.md 10.3)."""
+
+    key: PublicKey
+    sequence: int
+    certifier_key_id: bytes
+    reason: str
+
+
+def run_key_of(
+    payload: archive_pb2.RunKeyPayload, chain_id: bytes, sequence: int, certifier_key_id: bytes
+) -> tuple[RunKey | None, str]:
+    """The run key if it proved possession by signing the run key message, else why not."""
+    try:
+        key = PublicKey.from_raw(payload.run_public_key)
+    except ValueError:
+        return None, "run key entry names an invalid Ed25519 public key"
+    if not key.is_valid_signature(payload.run_key_signature, run_key_message(chain_id, sequence, certifier_key_id)):
+        return None, "the run key's signature in the run key entry does not verify"
+    return RunKey(key, sequence, certifier_key_id, payload.reason), ""
 
 
 def is_entry(entry: bytes) -> bool:

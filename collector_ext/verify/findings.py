@@ -48,6 +48,13 @@ class FindingKind(StrEnum):
     WRONG_KEY = "wrong-key"
     KEY_OUTSIDE_VALIDITY = "key-outside-validity"
     KEY_ROTATION = "key-rotation"
+    # Run keys (FORMAT.md 7.7 and 10.3): a certified per-run record key; one used where its
+    # certification does not reach; a certification not signed by a pinned key; a checkpoint
+    # signed by a run key.
+    RUN_KEY = "run-key"
+    RUN_KEY_OUTSIDE_RUN = "run-key-outside-run"
+    UNCERTIFIED_RUN_KEY = "uncertified-run-key"
+    RUN_KEY_CHECKPOINT = "run-key-checkpoint"
     # Archive binding (FORMAT.md 13.6a): a chain whose genesis names another archive.
     FOREIGN_CHAIN = "foreign-chain"
     # A successor's signed claims about the chain it superseded do not hold (FORMAT.md 13.6).

@@ -46,7 +46,14 @@ from collector_ext.seal.keys import PublicKey
 from collector_ext.seal.layout import CheckpointKey, SegmentKey
 from collector_ext.seal.segment import DecodedSegment, SealedRecord, decode_segment
 from collector_ext.verify.checkpoints import CheckpointLedger, ListedSegment, ResumePoint, UnreadableObject
-from collector_ext.verify.entries import SpecialPayload, entry_version, header_problem, rotation_of
+from collector_ext.verify.entries import (
+    RunKey,
+    SpecialPayload,
+    entry_version,
+    header_problem,
+    rotation_of,
+    run_key_of,
+)
 from collector_ext.verify.findings import ChainSummary, Finding, FindingKind, Severity, Supersession
 from collector_ext.verify.keys import ChainKeys, Keyring
 from collector_ext.verify.resends import ResendTracker
@@ -155,6 +162,11 @@ class ChainChecker:
         self._newest_segment_key = ""
         self._resumed: ResumePoint | None = None
         self._last_accepted = -1  # the newest entry accepted into the chain
+        # Run keys (FORMAT.md 10.3): every one certified in this chain by key id, and the one whose run
+        # the walk is in (None after a restart mark, key rotation or another certification ends it).
+        self._run_keys: dict[bytes, RunKey] = {}
+        self._active_run: RunKey | None = None
+        self._verifying = False  # whether the segment being walked has its record signatures checked
 
     @property
     def signatures_checked(self) -> int:
@@ -502,11 +514,15 @@ class ChainChecker:
         key_id = self.keys.key_at(expected)
         if previous is None or not records or key_id is None or not self.format_version:
             return False
+        certifier = key_id
+        run = self._active_run
+        if run is not None and expected > run.sequence:
+            key_id = run.key.key_id  # the run's records are signed by its run key (FORMAT.md 10.3)
         chain_id = self.chain_id
         claim_at = self.ledger.claims.get  # per record: a plain dict look-up
         plain_header = self.format_version.to_bytes(2, "big") + bytes([EntryKind.LOG_RECORD, 0])
         base = hashlib.sha256(ENTRY_HASH_PREFIX)
-        pinned = self._keyring.pinned(key_id)
+        pinned = self._keyring.pinned(certifier)
         if pinned is None:
             return False
         window = None
@@ -565,6 +581,7 @@ class ChainChecker:
         self._check_items(key, items, verify_signatures=verify_signatures)
 
     def _check_items(self, key: SegmentKey, items: list[_Item], *, verify_signatures: bool) -> None:
+        self._verifying = verify_signatures
         running_max = -1
         reordered = False
         for item in items:
@@ -597,7 +614,10 @@ class ChainChecker:
         batch: list[tuple[PublicKey, bytes, bytes]] = []
         targets: list[_Item] = []
         for item in items:
-            public_key = self._keyring.get(item.entry[KEY_ID_SLICE])
+            key_id = item.entry[KEY_ID_SLICE]
+            public_key = self._keyring.get(key_id)
+            if public_key is None and key_id in self._run_keys:
+                public_key = self._run_keys[key_id].key
             if public_key is not None and len(item.entry) >= ENTRY_HEADER_SIZE:
                 batch.append((public_key, item.signature, RECORD_SIGNATURE_PREFIX + item.hash))
                 targets.append(item)
@@ -638,9 +658,41 @@ class ChainChecker:
             )
             return
         pinned = self._keyring.pinned(key_id)
+        run = self._run_keys.get(key_id) if pinned is None else None
+        if run is not None:
+            problem = self._run_key_problem(run, sequence, entry[2])
+            if problem:
+                # 13.3 step 8.3b
+                if sequence > self._expected:
+                    self._report_gap(key, sequence, first_in_segment)
+                self._report(
+                    FindingKind.RUN_KEY_OUTSIDE_RUN,
+                    Severity.TAMPERING,
+                    f"record signed with run key id {key_id.hex()} (certified at seq {run.sequence}) {problem}: "
+                    "whoever held that run key wrote it",
+                    first=sequence,
+                    object_key=key.key,
+                )
+                if sequence >= self._expected:
+                    self._skip_to(sequence)
+                return
+            pinned = self._keyring.pinned(run.certifier_key_id)
+            if self._verifying and item.signature_ok is None:
+                self._signature_ok(item)  # certified within this segment, after its batch was checked
         if pinned is None:
-            # 13.3 step 8.3
-            self._report_unknown_key(key_id, sequence, key.key, "record")
+            if len(entry) > 2 and entry[2] == EntryKind.RUN_KEY:
+                # 13.3 step 8.3c
+                self._report(
+                    FindingKind.UNCERTIFIED_RUN_KEY,
+                    Severity.TAMPERING,
+                    f"run key entry signed with key id {key_id.hex()}, which is not pinned: the run key it names "
+                    "is not certified, and the records it signs are not verified",
+                    first=sequence,
+                    object_key=key.key,
+                )
+            else:
+                # 13.3 step 8.3
+                self._report_unknown_key(key_id, sequence, key.key, "record")
             if sequence >= self._expected:
                 self._skip_to(sequence)
             return
@@ -668,7 +720,7 @@ class ChainChecker:
             self._skip_to(sequence)
             return
         bound = self.keys.key_at(sequence)
-        if bound is not None and key_id != bound:
+        if bound is not None and key_id != bound and run is None:
             # 13.3 step 8.5a (FORMAT.md 10 rule 5): a pinned key, but not this chain's.
             if sequence > self._expected:
                 self._report_gap(key, sequence, first_in_segment)
@@ -717,9 +769,47 @@ class ChainChecker:
         if claim is not None:
             self._check_checkpoint_keys(sequence, claim.signers)
 
+    def _run_key_problem(self, run: RunKey, sequence: int, kind: int) -> str:
+        """Why a run key may not sign entry ``sequence`` of ``kind`` (FORMAT.md 10.3), or ''."""
+        if kind != EntryKind.LOG_RECORD:
+            return f"on an entry of kind {kind}: a run key signs log records only"
+        if sequence <= run.sequence:
+            return "before its certification"
+        if self._active_run is not run:
+            return "after its run ended (a restart mark, key rotation or another run key came between)"
+        return ""
+
     def _note_special(self, key: SegmentKey, sequence: int, key_id: bytes, payload: SpecialPayload) -> None:
-        """13.3 step 8.10: a genesis, restart mark or key rotation accepted into the chain."""
-        if isinstance(payload, archive_pb2.RestartPayload):
+        """13.3 step 8.10: a genesis, restart mark, key rotation or run key accepted into the chain."""
+        if not isinstance(payload, archive_pb2.GenesisPayload):
+            self._active_run = None  # every entry but a log record ends a run (FORMAT.md 10.3)
+        if isinstance(payload, archive_pb2.RunKeyPayload):
+            run, problem = run_key_of(payload, self.chain_id, sequence, key_id)
+            if run is None:
+                self._report(
+                    FindingKind.MALFORMED_OBJECT, Severity.TAMPERING, problem, first=sequence, object_key=key.key
+                )
+                return
+            self._run_keys.setdefault(run.key.key_id, run)
+            if self._run_keys[run.key.key_id] is not run:
+                earlier = self._run_keys[run.key.key_id].sequence
+                problem = (
+                    f"run key {run.key.key_id.hex()} was certified before, at seq {earlier}: a run key serves one run"
+                )
+                self._report(
+                    FindingKind.MALFORMED_OBJECT, Severity.TAMPERING, problem, first=sequence, object_key=key.key
+                )
+                return
+            self._active_run = run
+            self._report(
+                FindingKind.RUN_KEY,
+                Severity.INFO,
+                f"run key id {run.key.key_id.hex()} certified by key id {key_id.hex()}: it signs the log records from "
+                f"seq {sequence + 1} to the next restart mark; reason: {run.reason or '(none given)'}",
+                first=sequence,
+                object_key=key.key,
+            )
+        elif isinstance(payload, archive_pb2.RestartPayload):
             self._restart_marks += 1
             self._segment_marks.append(sequence)
             self._check_writer(key, key_id, sequence, payload.writer_id)
@@ -925,6 +1015,7 @@ class ChainChecker:
         for sequence, claim in self.ledger.drop_claims_below(2**64):
             self._check_checkpoint_keys(sequence, claim.signers)
         self._resends.finish()
+        self._report_run_key_checkpoints()
         last = self._expected - 1
         covered = self.ledger.covered_until
         unreadable = self._unreadable
@@ -981,6 +1072,23 @@ class ChainChecker:
             newest_segment_key=self._newest_segment_key,
             resumed_from=self.ledger.resumed_from,
         )
+
+    def _report_run_key_checkpoints(self) -> None:
+        """13.2 step 5b: checkpoints signed with a run key of this chain. They were counted as signed by
+        an unpinned key when read (before the walk met the certification); a run key vouches for no
+        checkpoint, so each such key's finding becomes ``run-key-checkpoint``."""
+        for key_id, (index, records, checkpoints) in self._unpinned.items():
+            run = self._run_keys.get(key_id)
+            if run is None or not checkpoints:
+                continue
+            finding = self.findings[index]
+            self.findings[index] = dataclasses.replace(
+                finding,
+                kind=FindingKind.RUN_KEY_CHECKPOINT,
+                message=f"{checkpoints} checkpoint(s) and {records} record(s) read before its certification are "
+                f"signed with run key id {key_id.hex()} (certified at seq {run.sequence}): only the chain's key signs "
+                "checkpoints, so whoever held the run key wrote them; nothing they say was trusted",
+            )
 
     def resume_point(self) -> ResumePoint | None:
         """Where a later run may resume: the newest valid checkpoint this run walked past (or the one

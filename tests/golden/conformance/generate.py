@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from collector_ext.pb import archive_pb2
-from collector_ext.seal.chain import genesis_payload, key_rotation_payload
+from collector_ext.seal.chain import genesis_payload, key_rotation_payload, run_key_payload
 from collector_ext.seal.checkpoint import decode_checkpoint, sign_checkpoint
 from collector_ext.seal.entry import EntryKind, entry_hash
 from collector_ext.seal.framing import SEGMENT_MAGIC, frame
@@ -49,6 +49,9 @@ KEY_B = Ed25519Signer(Ed25519PrivateKey.from_private_bytes(bytes(range(0x01, 0x2
 # A second pair for the rotation case (the verifier's behaviour there depends on the key ids).
 KEY_C = Ed25519Signer(Ed25519PrivateKey.from_private_bytes(bytes(32)))
 KEY_D = Ed25519Signer(Ed25519PrivateKey.from_private_bytes(bytes([1]) * 32))
+# Per-run record keys certified by KEY_A (the token's key) in the run key cases (FORMAT.md 7.7).
+RUN_1 = Ed25519Signer(Ed25519PrivateKey.from_private_bytes(bytes(range(0x40, 0x60))))
+RUN_2 = Ed25519Signer(Ed25519PrivateKey.from_private_bytes(bytes(range(0x60, 0x80))))
 CHAIN = bytes(range(0xC0, 0xD0))
 SUCCESSOR = bytes(range(0xD0, 0xE0))
 ARCHIVE_ID = "s3://audit-archive/logs"
@@ -323,6 +326,105 @@ def retired_key_writes() -> Case:
     )
 
 
+def _run_key_chain(
+    *,
+    certifier_at_9: Ed25519Signer = KEY_A,
+    second_run_signer: Ed25519Signer = RUN_2,
+    checkpoint_key_for: Callable[[int], Ed25519Signer] | None = None,
+) -> BuiltArchive:
+    """Seq 0-11 in three segments of four, checkpointed after each by KEY_A (the chain's key): genesis
+    (KEY_A), run key RUN_1 certified at seq 1 (KEY_A), records 2-7 (RUN_1), restart mark at 8 (KEY_A),
+    run key RUN_2 certified at 9, records 10-11 (``second_run_signer``)."""
+
+    def certify(sequence: int, certifier: Ed25519Signer, run_key: Ed25519Signer) -> tuple[EntryKind, bytes]:
+        payload = run_key_payload(
+            chain_id=CHAIN, sequence=sequence, certifier=certifier, run_key=run_key, reason="run started"
+        )
+        return EntryKind.RUN_KEY, payload
+
+    def key_for(sequence: int) -> Ed25519Signer:
+        if sequence in (0, 1, 8):
+            return KEY_A
+        if sequence == 9:
+            return certifier_at_9
+        return RUN_1 if sequence < 8 else second_run_signer
+
+    return chain(
+        segments=3,
+        per_segment=4,
+        special={1: certify(1, KEY_A, RUN_1), 8: restart_mark(), 9: certify(9, certifier_at_9, RUN_2)},
+        key_for=key_for,
+        checkpoint_key_for=checkpoint_key_for or (lambda _last: KEY_A),
+    )
+
+
+def _run_key_notes(built: BuiltArchive) -> list[dict[str, Any]]:
+    return [
+        finding("run-key", "info", 1, 1, built.segment_keys[0]),
+        finding("restart", "info", 8, 8, built.segment_keys[2]),
+    ]
+
+
+def run_key() -> Case:
+    built = _run_key_chain()
+    return Case(
+        "run-key",
+        "A sound run key chain: KEY_A (pinned; a token's key) signs the genesis, the restart mark and every "
+        "checkpoint, and certifies RUN_1 at seq 1 and RUN_2 at seq 9, which sign the log records of their runs "
+        "(FORMAT.md 7.7, 10.3). Only KEY_A is pinned.",
+        built.objects,
+        [*_run_key_notes(built), finding("run-key", "info", 9, 9, built.segment_keys[2])],
+    )
+
+
+def run_key_outside_run() -> Case:
+    built = _run_key_chain(second_run_signer=RUN_1)
+    return Case(
+        "run-key-outside-run",
+        "Seq 10-11, in the second run, are signed by RUN_1, the first run's key (stolen after its run ended): "
+        "run-key-outside-run on each (FORMAT.md 10.3, 13.3 step 8.3b).",
+        built.objects,
+        [
+            *_run_key_notes(built),
+            finding("run-key", "info", 9, 9, built.segment_keys[2]),
+            finding("run-key-outside-run", "tampering", 10, 10, built.segment_keys[2]),
+            finding("run-key-outside-run", "tampering", 11, 11, built.segment_keys[2]),
+        ],
+    )
+
+
+def uncertified_run_key() -> Case:
+    built = _run_key_chain(certifier_at_9=KEY_B)
+    return Case(
+        "uncertified-run-key",
+        "The run key entry at seq 9 is signed by KEY_B, which is not pinned: uncertified-run-key there, and the "
+        "records RUN_2 signs (seq 10-11) are unknown-key (FORMAT.md 10.3, 13.3 step 8.3c).",
+        built.objects,
+        [
+            *_run_key_notes(built),
+            finding("uncertified-run-key", "tampering", 9, 9, built.segment_keys[2]),
+            finding("unknown-key", "tampering", 10, 11, built.segment_keys[2]),
+        ],
+    )
+
+
+def run_key_checkpoint() -> Case:
+    built = _run_key_chain(checkpoint_key_for=lambda last: RUN_1 if last == 7 else KEY_A)
+    return Case(
+        "run-key-checkpoint",
+        "Checkpoint 1 (seq 4-7) is signed by RUN_1, the run key, instead of KEY_A: run-key-checkpoint (at the "
+        "checkpoint's last sequence, as unknown-key would be); it is not a valid checkpoint, so checkpoint 2 finds "
+        "its predecessor missing, and segment 1 is checked record by record (FORMAT.md 10.3, 13.2 steps 5b and 6).",
+        built.objects,
+        [
+            *_run_key_notes(built),
+            finding("run-key", "info", 9, 9, built.segment_keys[2]),
+            finding("run-key-checkpoint", "tampering", 7, 7, built.checkpoint_keys[1]),
+            finding("missing-checkpoint", "tampering", None, None, built.checkpoint_keys[2]),
+        ],
+    )
+
+
 def foreign_chain() -> Case:
     built = chain(genesis=genesis(archive_id="s3://another-archive/logs"))
     return Case(
@@ -505,6 +607,10 @@ CASES: list[Callable[[], Case]] = [
     unknown_key,
     key_rotation,
     retired_key_writes,
+    run_key,
+    run_key_outside_run,
+    uncertified_run_key,
+    run_key_checkpoint,
     foreign_chain,
     successor_cut,
     successor_missing,

@@ -295,6 +295,12 @@ def test_every_finding_kind_has_a_test() -> None:
         K.WRONG_KEY,
         K.KEY_OUTSIDE_VALIDITY,
         K.KEY_ROTATION,
+        # Run keys (issue 10): tests/golden/conformance (run-key*, uncertified-run-key) and
+        # tests/unit/seal/test_token_run_key.py
+        K.RUN_KEY,
+        K.RUN_KEY_OUTSIDE_RUN,
+        K.UNCERTIFIED_RUN_KEY,
+        K.RUN_KEY_CHECKPOINT,
         K.FOREIGN_CHAIN,
         K.SUPERSEDED_CHAIN_CUT,
         K.ROLLBACK,
