@@ -387,6 +387,10 @@ class Spool:
         return read_loki_cursor(self.directory, chain_id)
 
     def mark_clean_shutdown(self) -> None:
+        """Record a clean shutdown. Nothing is written unless ``open`` succeeded: a spool refused at
+        start (a link, another process's lock) must not be written to on the way out either."""
+        if self._lock is None:
+            return
         _write_atomically(self.directory / CLEAN_SHUTDOWN, b"")
 
     def close(self) -> None:
