@@ -18,15 +18,26 @@ Partial success is never used: it would make the collector drop records. Only PO
 (other paths 404, other methods 405); there are no traces or metrics endpoints and no health endpoint
 (health is served over gRPC). TLS is whatever ``ssl_context`` the composition root passes in; this
 module reads no files. It logs nothing about requests, so record contents never reach the logs.
+
+Hostile clients (limits, see ``admission``): the caller is authenticated from its headers and TLS
+certificate before the body is read (401 with ``WWW-Authenticate: Bearer``, or 403); then the request
+takes a slot and charges the memory budget it shares with the gRPC receiver as the body streams in,
+as gzip/deflate inflate, and before it is decoded; beyond the budget it gets 503 with Retry-After. A
+connection must send its request headers within ``idle_timeout`` (the keep-alive timeout, which also
+closes idle connections) and its whole body within ``body_timeout`` (408, connection closed), so
+slowloris, stalled and never-ending chunked bodies are cut. Connections beyond ``max_connections``
+are closed as soon as they are accepted. aiohttp's own error logging (a malformed request quotes the
+bytes it choked on, e.g. a body longer than its Content-Length) goes through ``_ScrubbedServerLog``:
+the exception's type only, never its text, at most once per ``_LOG_EVERY_SECONDS`` per kind.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import ssl
 import time
-import zlib
 
 from aiohttp import web
 from google.protobuf import duration_pb2, json_format
@@ -41,9 +52,27 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
 from collector_ext.errors import DeliveryError, InvalidRequestError, RequestTooLargeError
 from collector_ext.metrics import Metrics
 from collector_ext.metrics_server import split_host_port
-from collector_ext.receive.otlp_grpc import RecordSink
+from collector_ext.receive.admission import (
+    DEFAULT_ADMISSION,
+    AdmissionControl,
+    ReceiverLimits,
+    Reservation,
+    decode_cost,
+)
+from collector_ext.receive.auth import (
+    AuthenticationError,
+    Authenticator,
+    ClientNotAllowedError,
+    certificate_from_ssl_object,
+    format_peer,
+)
+from collector_ext.receive.inflate import BoundedInflater
+from collector_ext.receive.otlp_grpc import PAYLOAD_OVERHEAD_BYTES, RecordSink
 from collector_ext.receive.otlp_json import parse_json_request
 from collector_ext.seal.payload import log_payloads
+from collector_ext.seal.sender import Sender
+
+log = logging.getLogger(__name__)
 
 LOGS_PATH = "/v1/logs"
 PROTOBUF = "application/x-protobuf"
@@ -62,51 +91,6 @@ _EMPTY_RESPONSES = {
 
 class _UnsupportedMediaError(InvalidRequestError):
     """A content type or content encoding the receiver does not speak (415)."""
-
-
-_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
-
-
-class _BoundedInflater:
-    """Inflates gzip (one or more members) or deflate (zlib format, as HTTP defines it) chunk by
-    chunk, failing as soon as the output passes ``limit``."""
-
-    def __init__(self, limit: int, coding: str = "gzip") -> None:
-        self._limit = limit
-        self._produced = 0
-        self._coding = coding
-        self._wbits = _WBITS[coding]
-        self._inflater = zlib.decompressobj(wbits=self._wbits)
-
-    def _too_large(self) -> RequestTooLargeError:
-        return RequestTooLargeError(
-            f"request body inflates to more than max_message_bytes={self._limit} bytes; nothing was sealed"
-        )
-
-    def feed(self, data: bytes) -> bytes:
-        pieces: list[bytes] = []
-        while data:
-            if self._inflater.eof:  # a further gzip member follows the previous one
-                if self._coding != "gzip":
-                    raise InvalidRequestError("data after the end of the deflate stream; nothing was sealed")
-                self._inflater = zlib.decompressobj(wbits=self._wbits)
-            try:
-                # One byte more than the room left: getting it proves the limit is exceeded.
-                piece = self._inflater.decompress(data, self._limit - self._produced + 1)
-            except zlib.error as exc:
-                raise InvalidRequestError(
-                    f"request body is not valid {self._coding} ({exc}); nothing was sealed"
-                ) from exc
-            self._produced += len(piece)
-            if self._produced > self._limit:
-                raise self._too_large()
-            pieces.append(piece)
-            data = self._inflater.unused_data if self._inflater.eof else self._inflater.unconsumed_tail
-        return b"".join(pieces)
-
-    def finish(self) -> None:
-        if not self._inflater.eof:
-            raise InvalidRequestError(f"request body is truncated {self._coding}; nothing was sealed")
 
 
 def _media_type(request: web.Request) -> str | None:
@@ -149,10 +133,10 @@ def _parse_request(body: bytes, media_type: str) -> ExportLogsServiceRequest:
         ) from exc
 
 
-def _decode_payloads(body: bytes, media_type: str) -> list[bytes]:
+def _decode_payloads(body: bytes, media_type: str, sender: Sender | None = None) -> list[bytes]:
     message = _parse_request(body, media_type)
     try:
-        return log_payloads(message)
+        return log_payloads(message, sender)
     except (RecursionError, ValueError) as exc:
         raise InvalidRequestError(
             f"request is not a valid ExportLogsServiceRequest ({type(exc).__name__}: {exc}); nothing was sealed"
@@ -179,6 +163,53 @@ def _status_response(
     return response
 
 
+_LOG_EVERY_SECONDS = 60.0
+
+
+class _ScrubbedServerLog(logging.Filter):
+    """Rewrites aiohttp's server log records so no request bytes reach the logs, and rate-limits them.
+
+    aiohttp logs a request it cannot parse with the exception, whose text quotes the offending bytes
+    (a body longer than its Content-Length is parsed as a next request, and logged). What is kept:
+    a fixed message, the exception's type, and how many like it were dropped since the last line.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last: dict[str, float] = {}
+        self._dropped: dict[str, int] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        kind = record.exc_info[1].__class__.__name__ if record.exc_info and record.exc_info[1] else "none"
+        now = time.monotonic()
+        if now - self._last.get(kind, -_LOG_EVERY_SECONDS) < _LOG_EVERY_SECONDS:
+            self._dropped[kind] = self._dropped.get(kind, 0) + 1
+            return False
+        self._last[kind] = now
+        record.msg = "OTLP/HTTP connection ended by an error (request bytes not logged)"
+        record.args = ()
+        record.exc_info = None
+        record.exc_text = None
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.error_type = kind
+        record.similar_dropped = self._dropped.pop(kind, 0)
+        return True
+
+
+_SERVER_LOG = logging.getLogger(f"{__name__}.server")
+_SERVER_LOG.addFilter(_ScrubbedServerLog())
+
+
+class _RefuseConnection(asyncio.Protocol):
+    """Stands in for a request handler when the connection cap is reached: closes at once."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if isinstance(transport, asyncio.Transport):
+            transport.abort()
+        else:
+            transport.close()
+
+
 class OtlpHttpReceiver:
     """An aiohttp server serving OTLP/HTTP POST /v1/logs; see the module docstring."""
 
@@ -191,6 +222,9 @@ class OtlpHttpReceiver:
         metrics: Metrics,
         ssl_context: ssl.SSLContext | None = None,
         retry_after: float = 1.0,
+        admission: AdmissionControl | None = None,
+        limits: ReceiverLimits | None = None,
+        authenticator: Authenticator | None = None,
     ) -> None:
         self._sink = sink
         self._listen = listen
@@ -198,7 +232,13 @@ class OtlpHttpReceiver:
         self._metrics = metrics
         self._ssl_context = ssl_context
         self._retry_after = retry_after
+        self._admission = admission or AdmissionControl(DEFAULT_ADMISSION)
+        self._limits = limits or ReceiverLimits()
+        self._authenticator = authenticator
         self._runner: web.AppRunner | None = None
+        self._listener: asyncio.Server | None = None
+        self.connections_refused = 0
+        self._last_refusal_log = -_LOG_EVERY_SECONDS
         self.port = 0
 
     async def start(self) -> int:
@@ -206,79 +246,192 @@ class OtlpHttpReceiver:
         app = web.Application()
         app.router.add_post(LOGS_PATH, self._export)
         # auto_decompress=False: aiohttp would inflate gzip bodies without our bound.
-        runner = web.AppRunner(app, access_log=None, auto_decompress=False)
+        # keepalive_timeout: aiohttp closes a connection that has no complete request within it,
+        # from the connection's start or the previous response (idle, or headers sent slowly).
+        runner = web.AppRunner(
+            app,
+            access_log=None,
+            auto_decompress=False,
+            keepalive_timeout=self._limits.idle_timeout,
+            lingering_time=min(2.0, self._limits.body_timeout),
+            logger=_SERVER_LOG,
+        )
         await runner.setup()
         host, port = split_host_port(self._listen)
-        site = web.TCPSite(runner, host, port, ssl_context=self._ssl_context)
+        handlers = runner.server
+        assert handlers is not None
+        cap = self._limits.max_connections
+
+        def protocol() -> asyncio.BaseProtocol:
+            if len(handlers.connections) >= cap:
+                self._refused_connection()
+                return _RefuseConnection()
+            return handlers()
+
         try:
-            await site.start()
+            self._listener = await asyncio.get_running_loop().create_server(
+                protocol, host or None, port, ssl=self._ssl_context, backlog=128, reuse_address=True
+            )
         except BaseException:
             await runner.cleanup()
             raise
         self._runner = runner
-        self.port = site.port
+        self.port = int(self._listener.sockets[0].getsockname()[1])
         return self.port
+
+    def _refused_connection(self) -> None:
+        self.connections_refused += 1
+        now = time.monotonic()
+        if now - self._last_refusal_log >= _LOG_EVERY_SECONDS:
+            self._last_refusal_log = now
+            log.warning(
+                "OTLP/HTTP connections refused: limits.max_connections reached",
+                extra={"max_connections": self._limits.max_connections, "refused_total": self.connections_refused},
+            )
 
     async def stop(self, grace: float) -> None:
         """Stop accepting connections; requests in flight get ``grace`` seconds to finish."""
         runner, self._runner = self._runner, None
         if runner is None:
             return
-        for site in list(runner.sites):
-            await site.stop()
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
         server = runner.server
         if server is not None:
             server.pre_shutdown()
             await server.shutdown(grace)
         await runner.cleanup()
 
-    async def _read_body(self, request: web.Request, coding: str | None) -> bytes:
-        """The body, inflated if gzip; never holds more than the limit of either form.
+    def _authenticate(self, request: web.Request) -> Sender | None:
+        if self._authenticator is None:
+            return None
+        transport = request.transport
+        ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+        peername = transport.get_extra_info("peername") if transport is not None else None
+        return self._authenticator.authenticate(
+            authorization=request.headers.get("Authorization"),
+            certificate=certificate_from_ssl_object(ssl_object),
+            peer=format_peer(peername),
+        )
+
+    async def _read_body(self, request: web.Request, coding: str | None, reservation: Reservation) -> bytes:
+        """The body, inflated if compressed; never holds more than the limit of either form, and
+        charges the budget for every byte before holding it.
 
         Raises:
             RequestTooLargeError: over ``max_message_bytes`` on the wire or once inflated.
             InvalidRequestError: broken gzip.
+            AdmissionRefusedError: the memory budget has no room now.
         """
         limit = self._max_message_bytes
         too_large = f"request body exceeds max_message_bytes={limit} bytes; nothing was sealed"
         if request.content_length is not None and request.content_length > limit:
             raise RequestTooLargeError(too_large)
-        inflater = _BoundedInflater(limit, coding) if coding else None
+        inflater = BoundedInflater(limit, coding, reservation) if coding else None
         received = 0
         parts: list[bytes] = []
         async for chunk in request.content.iter_any():
             received += len(chunk)
             if received > limit:
                 raise RequestTooLargeError(too_large)
-            parts.append(chunk if inflater is None else inflater.feed(chunk))
+            reservation.charge(len(chunk), "the request body")
+            if inflater is None:
+                parts.append(chunk)
+            else:
+                parts.append(inflater.feed(chunk))
+                reservation.refund(len(chunk))  # the compressed chunk is dropped once inflated
         if inflater is not None and received:
             inflater.finish()
-        return b"".join(parts)
+        size = sum(len(part) for part in parts)
+        reservation.charge(size, "the request body")  # the joined copy, while the parts still exist
+        body = b"".join(parts)
+        parts.clear()
+        reservation.refund(size)
+        return body
 
-    async def _export(self, request: web.Request) -> web.Response:
+    async def _export(self, request: web.Request) -> web.StreamResponse:
         started = time.monotonic()
         media_type = _media_type(request)
         reply_type = media_type or JSON
+        try:
+            sender = self._authenticate(request)
+        except AuthenticationError as exc:
+            self._metrics.observe_export("http", "unauthenticated", 0, time.monotonic() - started)
+            if isinstance(exc, ClientNotAllowedError):
+                return _status_response(403, code_pb2.PERMISSION_DENIED, str(exc), reply_type)
+            response = _status_response(401, code_pb2.UNAUTHENTICATED, str(exc), reply_type)
+            response.headers["WWW-Authenticate"] = "Bearer"
+            return response
+        try:
+            reservation = self._admission.admit()
+        except DeliveryError as exc:
+            self._metrics.observe_export("http", "unavailable", 0, time.monotonic() - started)
+            return self._unavailable(exc, reply_type)
+        with reservation:
+            return await self._export_admitted(request, media_type, reply_type, reservation, sender, started)
+
+    def _unavailable(self, exc: DeliveryError, reply_type: str) -> web.Response:
+        return _status_response(
+            503, code_pb2.UNAVAILABLE, f"{exc.diagnostics()}; retry later", reply_type, retry_after=self._retry_after
+        )
+
+    async def _export_admitted(
+        self,
+        request: web.Request,
+        media_type: str | None,
+        reply_type: str,
+        reservation: Reservation,
+        sender: Sender | None,
+        started: float,
+    ) -> web.StreamResponse:
         try:
             if media_type is None:
                 raise _UnsupportedMediaError(
                     f"unsupported Content-Type {request.headers.get('Content-Type', '(none)')!r}; "
                     f"use {PROTOBUF} or {JSON}"
                 )
-            body = await self._read_body(request, _content_coding(request))
+            coding = _content_coding(request)
+            try:
+                async with asyncio.timeout(self._limits.body_timeout):
+                    body = await self._read_body(request, coding, reservation)
+            except TimeoutError:
+                self._metrics.observe_export("http", "timeout", 0, time.monotonic() - started)
+                response = _status_response(
+                    408,
+                    code_pb2.DEADLINE_EXCEEDED,
+                    f"the request body did not arrive within limits.body_timeout_seconds={self._limits.body_timeout:g}",
+                    reply_type,
+                )
+                response.force_close()
+                return response
+            reservation.charge(decode_cost(len(body), json=media_type == JSON), "decoding the request")
             if len(body) >= _DECODE_IN_THREAD_BYTES:
-                payloads = await asyncio.to_thread(_decode_payloads, body, media_type)
+                payloads = await asyncio.to_thread(_decode_payloads, body, media_type, sender)
             else:
-                payloads = _decode_payloads(body, media_type)
+                payloads = _decode_payloads(body, media_type, sender)
+            del body
+            reservation.shrink_to(sum(len(p) for p in payloads) + PAYLOAD_OVERHEAD_BYTES * len(payloads))
         except RequestTooLargeError as exc:
             self._metrics.observe_export("http", "too_large", 0, time.monotonic() - started)
-            return _status_response(413, code_pb2.RESOURCE_EXHAUSTED, exc.diagnostics(), reply_type)
+            response = _status_response(413, code_pb2.RESOURCE_EXHAUSTED, exc.diagnostics(), reply_type)
+            response.force_close()  # the rest of the body is not read
+            return response
         except _UnsupportedMediaError as exc:
             self._metrics.observe_export("http", "invalid", 0, time.monotonic() - started)
             return _status_response(415, code_pb2.INVALID_ARGUMENT, exc.diagnostics(), reply_type)
         except InvalidRequestError as exc:
             self._metrics.observe_export("http", "invalid", 0, time.monotonic() - started)
             return _status_response(400, code_pb2.INVALID_ARGUMENT, exc.diagnostics(), reply_type)
+        except DeliveryError as exc:  # the memory budget, while reading or before decoding
+            self._metrics.observe_export("http", "unavailable", 0, time.monotonic() - started)
+            response = self._unavailable(exc, reply_type)
+            response.force_close()
+            return response
+        except (ConnectionError, asyncio.IncompleteReadError) as exc:
+            # The client went away mid-body: nobody to answer, nothing worth an ERROR traceback.
+            self._metrics.observe_export("http", "disconnected", 0, time.monotonic() - started)
+            raise web.HTTPBadRequest(text="connection lost") from exc
         count = len(payloads)
         if payloads:
             try:
@@ -288,13 +441,7 @@ class OtlpHttpReceiver:
                 return _status_response(400, code_pb2.INVALID_ARGUMENT, exc.diagnostics(), reply_type)
             except DeliveryError as exc:
                 self._metrics.observe_export("http", "unavailable", count, time.monotonic() - started)
-                return _status_response(
-                    503,
-                    code_pb2.UNAVAILABLE,
-                    f"{exc.diagnostics()}; retry later",
-                    reply_type,
-                    retry_after=self._retry_after,
-                )
+                return self._unavailable(exc, reply_type)
         outcome = "ok" if count else "empty"
         self._metrics.observe_export("http", outcome, count, time.monotonic() - started)
         response = web.Response(status=200, body=_EMPTY_RESPONSES[reply_type])
