@@ -29,9 +29,10 @@ ENV_PREFIX = "COLLECTOR_EXT_"
 DEFAULT_LISTEN = "127.0.0.1:14317"
 DEFAULT_METRICS_LISTEN = "127.0.0.1:19464"
 DEFAULT_HTTP_LISTEN = "127.0.0.1:14318"
-# The collector's own batches can exceed grpc's 4 MiB default; 64 MiB leaves room for the largest
-# sending_queue batches we document while bounding memory per request.
-DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# The collector's own batches can exceed grpc's 4 MiB default; 16 MiB leaves room for the largest
+# batches we document (4096 records) while one request of that size, decoded, fits the default
+# limits.max_inflight_bytes.
+DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +158,37 @@ class TlsConfig(_Section):
     client_ca_file: Path | None = Field(default=None, description="require client certificates signed by this CA")
 
 
+class LimitsConfig(_Section):
+    """What hostile or broken clients may hold of the sidecar (both receivers together).
+
+    The defaults keep the sidecar's resident memory under 300 MiB however hard it is pushed."""
+
+    max_inflight_bytes: int = Field(
+        default=128 * 1024 * 1024,
+        ge=8 * 1024 * 1024,
+        le=16 * 1024 * 1024 * 1024,
+        description="memory budget of all requests in flight: bytes received, inflated and being decoded; "
+        "beyond it requests get UNAVAILABLE / 503 and are retried",
+    )
+    max_concurrent_requests: int = Field(default=64, ge=1, le=10_000, description="requests in flight, both receivers")
+    max_connections: int = Field(
+        default=256,
+        ge=8,
+        le=100_000,
+        description="connections per receiver; lowered at start to stay below the open-file limit",
+    )
+    idle_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="an OTLP/HTTP connection without a complete request head (idle, or headers sent slowly), "
+        "or a gRPC connection without a finished handshake or without calls, is closed after this",
+    )
+    body_timeout_seconds: float = Field(
+        default=30.0, gt=0, le=3600, description="a request's whole body (gRPC: its message) must arrive within this"
+    )
+
+
 class LokiConfig(_Section):
     url: str = Field(description="Loki base URL, e.g. http://loki:3100")
     tenant: str | None = Field(default=None, description="X-Scope-OrgID")
@@ -209,6 +241,7 @@ class SidecarConfig(_Section):
     archive: ArchiveConfig
     segment: SegmentConfig = SegmentConfig()
     tls: TlsConfig | None = None
+    limits: LimitsConfig = LimitsConfig()
     loki: LokiConfig | None = None
     spool: SpoolConfig | None = None
     ack: Literal["spool", "archive"] = Field(

@@ -33,6 +33,8 @@ from collector_ext.errors import ConfigurationError, KeyFileError
 from collector_ext.metrics import Metrics
 from collector_ext.metrics_server import MetricsServer
 from collector_ext.pipeline import PipelineSettings, SealingPipeline
+from collector_ext.receive.admission import AdmissionControl, AdmissionSettings, ReceiverLimits
+from collector_ext.receive.descriptors import connection_cap, raise_open_file_limit
 from collector_ext.receive.otlp_grpc import OtlpGrpcReceiver
 from collector_ext.receive.otlp_http import OtlpHttpReceiver
 from collector_ext.seal.keys import Ed25519Signer, Signer, load_private_key_pem
@@ -143,6 +145,27 @@ def _server_ssl_context(config: SidecarConfig) -> ssl.SSLContext | None:
     return context
 
 
+def _admission(config: SidecarConfig) -> tuple[AdmissionControl, ReceiverLimits]:
+    """The memory budget both receivers share, and each receiver's connection limits and timeouts.
+
+    The open-file limit is raised here (soft to hard) and the connection cap kept below it."""
+    limits = config.limits
+    open_files = raise_open_file_limit()
+    cap = connection_cap(limits.max_connections, open_files)
+    if cap < limits.max_connections:
+        log.warning(
+            "limits.max_connections lowered to stay below the open-file limit",
+            extra={"max_connections": cap, "configured": limits.max_connections, "open_file_limit": open_files},
+        )
+    admission = AdmissionControl(
+        AdmissionSettings(max_inflight_bytes=limits.max_inflight_bytes, max_requests=limits.max_concurrent_requests)
+    )
+    receiver_limits = ReceiverLimits(
+        max_connections=cap, idle_timeout=limits.idle_timeout_seconds, body_timeout=limits.body_timeout_seconds
+    )
+    return admission, receiver_limits
+
+
 class Sidecar:
     """The running service: receiver, pipeline and archive, built from one config."""
 
@@ -199,11 +222,14 @@ class Sidecar:
         self.metrics.watch(self.pipeline)
         if self.loki is not None:
             self.metrics.watch_loki(self.loki)
+        self.admission, self.receiver_limits = _admission(config)
         self.receiver = OtlpGrpcReceiver(
             self.pipeline,
             listen=config.listen,
             max_message_bytes=config.max_message_bytes,
             metrics=self.metrics,
+            admission=self.admission,
+            limits=self.receiver_limits,
             server_credentials=_server_credentials(config),
         )
         self.http_receiver = (
@@ -212,6 +238,8 @@ class Sidecar:
                 listen=config.http_listen,
                 max_message_bytes=config.max_message_bytes,
                 metrics=self.metrics,
+                admission=self.admission,
+                limits=self.receiver_limits,
                 ssl_context=_server_ssl_context(config),
             )
             if config.http_listen

@@ -30,8 +30,18 @@ def test_yaml_then_environment_then_flags(tmp_path: Path) -> None:
 def test_defaults() -> None:
     config = load_config(None, environ={}, overrides={"signing_key": "k", "archive": {"url": "./a"}})
     assert config.listen == DEFAULT_LISTEN
-    assert config.max_message_bytes == 64 * 1024 * 1024
+    assert config.max_message_bytes == 16 * 1024 * 1024
     assert config.checkpoint_interval_seconds == 60
+    assert config.limits.max_inflight_bytes == 128 * 1024 * 1024
+    assert config.limits.max_concurrent_requests == 64
+
+
+def test_limits_from_the_environment_and_bounds() -> None:
+    base = {"signing_key": "k", "archive": {"url": "./a"}}
+    config = load_config(None, environ={"COLLECTOR_EXT_LIMITS__BODY_TIMEOUT_SECONDS": "5"}, overrides=base)
+    assert config.limits.body_timeout_seconds == 5
+    with pytest.raises(ConfigurationError, match=r"limits\.max_inflight_bytes"):
+        load_config(None, environ={"COLLECTOR_EXT_LIMITS__MAX_INFLIGHT_BYTES": "1024"}, overrides=base)
 
 
 @pytest.mark.parametrize(
