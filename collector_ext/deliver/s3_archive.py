@@ -114,7 +114,10 @@ class S3Archive:
     async def _check_bucket(self) -> None:
         bucket = self._location.bucket
         try:
-            await self._client.head_bucket(Bucket=bucket)
+            # A listing under the prefix rather than HeadBucket: both need s3:ListBucket, but only a
+            # listing carries the s3:prefix that deploy/iam/policy.json's condition requires.
+            prefix = f"{self._location.prefix}/" if self._location.prefix else ""
+            await self._client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
             if self._for_writing and self._retention_mode != "NONE":
                 lock = await self._client.get_object_lock_configuration(Bucket=bucket)
                 enabled = lock.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled")

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from collector_ext.errors import ConfigurationError
 from tests.integration.conftest import KeyPairFiles
 
 CLI = [sys.executable, "-m", "collector_ext.cli", "serve", "--config"]
@@ -224,3 +225,23 @@ def test_retention_none_from_the_environment_is_loud_and_the_settings_are_logged
     assert {mode for path, mode in modes.items() if path.is_dir()} == {0o700}
     assert {mode for path, mode in modes.items() if not path.is_dir()} == {0o600}
     assert len(modes) >= 5  # spool, segments, lock, loki.cursor, a genesis segment or clean-shutdown
+
+
+def test_the_start_up_bucket_check_names_a_missing_bucket_and_passes_an_existing_one(
+    seaweedfs: Any, run_sidecar: Any
+) -> None:
+    """The start-up check is now a listing under the archive prefix (which the IAM policy's s3:prefix
+    condition admits) instead of HeadBucket (which it would refuse); it must still tell a missing
+    bucket (naming archive.url) from one that is there. That the policy admits the listing cannot be
+    checked offline: tests/deploy checks that the condition names the prefix the sidecar lists."""
+    with (
+        pytest.raises(ConfigurationError) as caught,
+        run_sidecar("s3://no-such-audit-bucket/prod", archive_endpoint_url=seaweedfs.endpoint_url),
+    ):
+        pass
+    assert caught.value.setting == "archive.url"
+    assert "does not exist" in caught.value.problem
+
+    bucket = seaweedfs.create_bucket("prefix-listed-at-start")
+    with run_sidecar(f"s3://{bucket}/prod", archive_endpoint_url=seaweedfs.endpoint_url) as sidecar:
+        assert sidecar.port > 0
