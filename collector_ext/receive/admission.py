@@ -10,6 +10,13 @@ retries. A request that could not fit even into an empty budget is refused for g
 ``RequestTooLargeError`` (RESOURCE_EXHAUSTED / 413) naming the setting to raise, because retrying it
 would never succeed.
 
+Bodies still arriving are the cheap way to hold memory: a client sends most of a body and stops. So
+what a request holds of a body still arriving, beyond a small allowance (``ARRIVING_ALLOWANCE``), comes
+out of at most half the budget; the other half stays for bodies that have arrived whole and are being
+inflated or decoded, so a slow or stalled client cannot starve the others. Compressed bodies are
+inflated only once they have arrived whole, so a stalled compression bomb holds only its compressed
+bytes.
+
 This module is arithmetic only: no sockets, no clocks, no asyncio. The receivers (otlp_grpc,
 otlp_http) are the adapters that call it. It does not measure memory; the parse factors below are
 measurements of this code base's protobuf runtime, refreshed with the command in their comment.
@@ -21,6 +28,7 @@ import threading
 from dataclasses import dataclass
 
 from collector_ext.errors import DeliveryError, RequestTooLargeError
+from collector_ext.receive.validate import DEFAULT_REQUEST_LIMITS, RequestLimits
 
 # What decoding costs beyond the decoded body, per byte of it. Measured with the upb protobuf runtime
 # and CPython's json (RSS growth while parsing, over the body's size): a protobuf batch of typical
@@ -30,6 +38,9 @@ from collector_ext.errors import DeliveryError, RequestTooLargeError
 # ("Memory and connection limits") for the shapes that cost more.
 PROTOBUF_DECODE_FACTOR = 5
 JSON_DECODE_FACTOR = 16
+# What a body still arriving may hold outside the arriving half of the budget (a typical request's
+# body arrives whole within it).
+ARRIVING_ALLOWANCE = 1024 * 1024
 
 
 class AdmissionRefusedError(DeliveryError):
@@ -61,6 +72,7 @@ class ReceiverLimits:
     max_connections: int = 256
     idle_timeout: float = 30.0
     body_timeout: float = 30.0
+    request: RequestLimits = DEFAULT_REQUEST_LIMITS  # what one request may hold (checked after decoding)
 
     def __post_init__(self) -> None:
         if self.max_connections < 1 or self.idle_timeout <= 0 or self.body_timeout <= 0:
@@ -75,6 +87,7 @@ class AdmissionSnapshot:
     inflight_bytes: int
     requests: int
     refused: int
+    arriving_bytes: int
 
 
 class AdmissionControl:
@@ -85,10 +98,11 @@ class AdmissionControl:
         self._in_use = 0
         self._requests = 0
         self._refused = 0
+        self._arriving = 0
         self._lock = threading.Lock()
 
     def snapshot(self) -> AdmissionSnapshot:
-        return AdmissionSnapshot(self._in_use, self._requests, self._refused)
+        return AdmissionSnapshot(self._in_use, self._requests, self._refused, self._arriving)
 
     def admit(self) -> Reservation:
         """A reservation for one new request, holding nothing yet.
@@ -105,12 +119,25 @@ class AdmissionControl:
             self._requests += 1
         return Reservation(self)
 
-    def _take(self, nbytes: int, held: int, what: str) -> None:
+    def _take(self, nbytes: int, held: int, what: str, arriving: int = 0, arriving_held: int = 0) -> None:
         with self._lock:
-            self._take_locked(nbytes, held, what)
+            self._take_locked(nbytes, held, what, arriving, arriving_held)
+            self._arriving += arriving
 
-    def _take_locked(self, nbytes: int, held: int, what: str) -> None:
+    def _take_locked(self, nbytes: int, held: int, what: str, arriving: int, arriving_held: int) -> None:
         capacity = self.settings.max_inflight_bytes
+        if arriving and arriving_held + arriving > capacity // 2:
+            self._refused += 1
+            raise RequestTooLargeError(
+                f"{what} is larger than a body may be while it arrives: half of "
+                f"limits.max_inflight_bytes={capacity} (plus {ARRIVING_ALLOWANCE}); send smaller batches; "
+                "nothing was sealed"
+            )
+        if arriving and self._arriving + arriving > capacity // 2:
+            self._refused += 1
+            raise AdmissionRefusedError(
+                f"bodies still arriving hold half the receivers' memory budget (limits.max_inflight_bytes={capacity})"
+            )
         if held + nbytes > capacity:
             self._refused += 1
             raise RequestTooLargeError(
@@ -125,13 +152,15 @@ class AdmissionControl:
             )
         self._in_use += nbytes
 
-    def _give_back(self, nbytes: int) -> None:
+    def _give_back(self, nbytes: int, arriving: int = 0) -> None:
         with self._lock:
             self._in_use -= nbytes
+            self._arriving -= arriving
 
-    def _end(self, held: int) -> None:
+    def _end(self, held: int, arriving: int) -> None:
         with self._lock:
             self._in_use -= held
+            self._arriving -= arriving
             self._requests -= 1
 
 
@@ -141,6 +170,7 @@ class Reservation:
     def __init__(self, control: AdmissionControl) -> None:
         self._control = control
         self._held = 0
+        self._received = 0  # bytes of a body still arriving
         self._closed = False
 
     @property
@@ -161,6 +191,32 @@ class Reservation:
         self._control._take(nbytes, self._held, what)
         self._held += nbytes
 
+    def _arriving_part(self, received: int) -> int:
+        return max(0, received - ARRIVING_ALLOWANCE)
+
+    def charge_arriving(self, nbytes: int, what: str = "the request body") -> None:
+        """Hold ``nbytes`` more of a body that is still arriving (see the module docstring).
+
+        Raises:
+            AdmissionRefusedError: the budget, or its half for arriving bodies, has no room now.
+            RequestTooLargeError: the body alone would exceed that half.
+        """
+        if self._closed:
+            raise RuntimeError("reservation already closed")
+        if nbytes <= 0:
+            return
+        before = self._arriving_part(self._received)
+        extra = self._arriving_part(self._received + nbytes) - before
+        self._control._take(nbytes, self._held, what, extra, before)
+        self._held += nbytes
+        self._received += nbytes
+
+    def body_arrived(self) -> None:
+        """The body is complete: what it holds no longer counts against the arriving half."""
+        if not self._closed and self._received:
+            self._control._give_back(0, self._arriving_part(self._received))
+            self._received = 0
+
     def refund(self, nbytes: int) -> None:
         """Give back ``nbytes`` of what is held (at most all of it)."""
         self.shrink_to(self._held - nbytes)
@@ -174,8 +230,9 @@ class Reservation:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            self._control._end(self._held)
+            self._control._end(self._held, self._arriving_part(self._received))
             self._held = 0
+            self._received = 0
 
     def __enter__(self) -> Reservation:
         return self

@@ -70,3 +70,29 @@ class BoundedInflater:
     def finish(self) -> None:
         if not self._inflater.eof:
             raise InvalidRequestError(f"request body is truncated {self._coding}; nothing was sealed")
+
+
+_FEED_BYTES = 1 << 16
+
+
+def inflate_whole(data: bytes, coding: str, limit: int, reservation: Reservation | None = None) -> bytes:
+    """Inflate a complete compressed body, charging ``reservation`` for the output as it grows (and
+    for the joined copy while the pieces still exist).
+
+    Raises:
+        InvalidRequestError: not valid, or truncated, in ``coding``.
+        RequestTooLargeError: more than ``limit`` bytes once inflated, or beyond the whole budget.
+        AdmissionRefusedError: the budget has no room now.
+    """
+    inflater = BoundedInflater(limit, coding, reservation)
+    view = memoryview(data)
+    pieces = [inflater.feed(bytes(view[i : i + _FEED_BYTES])) for i in range(0, len(view), _FEED_BYTES)]
+    inflater.finish()
+    size = sum(len(piece) for piece in pieces)
+    if reservation is not None:
+        reservation.charge(size, "the inflated request")
+    body = b"".join(pieces)
+    pieces.clear()
+    if reservation is not None:
+        reservation.refund(size)
+    return body

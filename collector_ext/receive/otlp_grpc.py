@@ -34,10 +34,7 @@ from google.protobuf.any_pb2 import Any as AnyMessage
 from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
-    ExportLogsServiceRequest,
-    ExportLogsServiceResponse,
-)
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
 
 from collector_ext.errors import DeliveryError, InvalidRequestError, RequestTooLargeError
 from collector_ext.metrics import Metrics
@@ -55,7 +52,9 @@ from collector_ext.receive.auth import (
     certificate_from_grpc,
     grpc_peer,
 )
-from collector_ext.receive.inflate import BoundedInflater
+from collector_ext.receive.inflate import inflate_whole
+from collector_ext.receive.otlp_protobuf import parse_protobuf_request
+from collector_ext.receive.validate import DEFAULT_REQUEST_LIMITS, RequestLimits, check_request
 from collector_ext.seal.payload import log_payloads
 from collector_ext.seal.sender import Sender
 
@@ -68,7 +67,6 @@ _DECODE_IN_THREAD_BYTES = 1 << 20
 # What a sealed payload costs beyond its bytes while it waits for its acknowledgement (the bytes
 # object and its slot in the list).
 PAYLOAD_OVERHEAD_BYTES = 64
-_INFLATE_STEP = 1 << 16
 
 
 def message_coding(message: bytes) -> str | None:
@@ -93,20 +91,13 @@ def message_coding(message: bytes) -> str | None:
     return "deflate" if zlib_header else None
 
 
-def _inflate(message: bytes, coding: str, limit: int, reservation: Reservation) -> bytes:
-    inflater = BoundedInflater(limit, coding, reservation)
-    view = memoryview(message)
-    pieces = [inflater.feed(bytes(view[i : i + _INFLATE_STEP])) for i in range(0, len(view), _INFLATE_STEP)]
-    inflater.finish()
-    size = sum(len(piece) for piece in pieces)
-    reservation.charge(size, "the inflated request")  # the joined copy, while the pieces still exist
-    body = b"".join(pieces)
-    pieces.clear()
-    reservation.refund(size)
-    return body
-
-
-def decode_message(message: bytes, limit: int, reservation: Reservation, sender: Sender | None) -> list[bytes]:
+def decode_message(
+    message: bytes,
+    limit: int,
+    reservation: Reservation,
+    sender: Sender | None,
+    request_limits: RequestLimits = DEFAULT_REQUEST_LIMITS,
+) -> list[bytes]:
     """The sealed payloads of one Export message, inflated if compressed, charged to ``reservation``.
 
     Raises:
@@ -117,17 +108,18 @@ def decode_message(message: bytes, limit: int, reservation: Reservation, sender:
     body = message
     coding = message_coding(message)
     if coding == "gzip":
-        body = _inflate(message, coding, limit, reservation)
+        body = inflate_whole(message, coding, limit, reservation)
     elif coding == "deflate":
         held = reservation.held
         try:
-            body = _inflate(message, coding, limit, reservation)
+            body = inflate_whole(message, coding, limit, reservation)
         except InvalidRequestError:  # not zlib after all: a plain message that looked like it
             reservation.shrink_to(held)
     reservation.charge(decode_cost(len(body), json=False), "decoding the request")
     try:
-        request = ExportLogsServiceRequest.FromString(body)
+        request = parse_protobuf_request(body)
         del body
+        check_request(request, request_limits)
         payloads = log_payloads(request, sender)
     except (DecodeError, RecursionError, ValueError) as exc:
         raise InvalidRequestError(
@@ -246,10 +238,10 @@ class LogsExportHandler:
             largest = len(message) * (1032 if message_coding(message) else 1)
             if largest >= _DECODE_IN_THREAD_BYTES:
                 payloads = await asyncio.to_thread(
-                    decode_message, message, self._max_message_bytes, reservation, sender
+                    decode_message, message, self._max_message_bytes, reservation, sender, self._limits.request
                 )
             else:
-                payloads = decode_message(message, self._max_message_bytes, reservation, sender)
+                payloads = decode_message(message, self._max_message_bytes, reservation, sender, self._limits.request)
         except RequestTooLargeError as exc:
             self._metrics.observe_export("grpc", "too_large", 0, time.monotonic() - started)
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, exc.diagnostics())

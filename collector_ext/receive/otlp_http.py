@@ -66,9 +66,11 @@ from collector_ext.receive.auth import (
     certificate_from_ssl_object,
     format_peer,
 )
-from collector_ext.receive.inflate import BoundedInflater
+from collector_ext.receive.inflate import inflate_whole
 from collector_ext.receive.otlp_grpc import PAYLOAD_OVERHEAD_BYTES, RecordSink
 from collector_ext.receive.otlp_json import parse_json_request
+from collector_ext.receive.otlp_protobuf import parse_protobuf_request
+from collector_ext.receive.validate import DEFAULT_REQUEST_LIMITS, RequestLimits, check_request
 from collector_ext.seal.payload import log_payloads
 from collector_ext.seal.sender import Sender
 
@@ -124,7 +126,7 @@ def _parse_request(body: bytes, media_type: str) -> ExportLogsServiceRequest:
         return ExportLogsServiceRequest()
     try:
         if media_type == PROTOBUF:
-            return ExportLogsServiceRequest.FromString(body)
+            return parse_protobuf_request(body)
         return parse_json_request(body)
     except (DecodeError, json_format.ParseError, RecursionError, ValueError, TypeError) as exc:
         # ValueError covers json.JSONDecodeError and UnicodeDecodeError.
@@ -133,8 +135,14 @@ def _parse_request(body: bytes, media_type: str) -> ExportLogsServiceRequest:
         ) from exc
 
 
-def _decode_payloads(body: bytes, media_type: str, sender: Sender | None = None) -> list[bytes]:
+def _decode_payloads(
+    body: bytes,
+    media_type: str,
+    sender: Sender | None = None,
+    request_limits: RequestLimits = DEFAULT_REQUEST_LIMITS,
+) -> list[bytes]:
     message = _parse_request(body, media_type)
+    check_request(message, request_limits)
     try:
         return log_payloads(message, sender)
     except (RecursionError, ValueError) as exc:
@@ -315,39 +323,39 @@ class OtlpHttpReceiver:
             peer=format_peer(peername),
         )
 
-    async def _read_body(self, request: web.Request, coding: str | None, reservation: Reservation) -> bytes:
-        """The body, inflated if compressed; never holds more than the limit of either form, and
-        charges the budget for every byte before holding it.
+    async def _read_body(self, request: web.Request, reservation: Reservation) -> bytes:
+        """The body as it came over the wire (compressed or not), charged to the budget chunk by
+        chunk as it arrives.
 
         Raises:
-            RequestTooLargeError: over ``max_message_bytes`` on the wire or once inflated.
-            InvalidRequestError: broken gzip.
+            RequestTooLargeError: over ``max_message_bytes``, or more than may arrive at once.
             AdmissionRefusedError: the memory budget has no room now.
         """
         limit = self._max_message_bytes
         too_large = f"request body exceeds max_message_bytes={limit} bytes; nothing was sealed"
         if request.content_length is not None and request.content_length > limit:
             raise RequestTooLargeError(too_large)
-        inflater = BoundedInflater(limit, coding, reservation) if coding else None
         received = 0
         parts: list[bytes] = []
         async for chunk in request.content.iter_any():
             received += len(chunk)
             if received > limit:
                 raise RequestTooLargeError(too_large)
-            reservation.charge(len(chunk), "the request body")
-            if inflater is None:
-                parts.append(chunk)
-            else:
-                parts.append(inflater.feed(chunk))
-                reservation.refund(len(chunk))  # the compressed chunk is dropped once inflated
-        if inflater is not None and received:
-            inflater.finish()
-        size = sum(len(part) for part in parts)
-        reservation.charge(size, "the request body")  # the joined copy, while the parts still exist
+            reservation.charge_arriving(len(chunk))
+            parts.append(chunk)
+        reservation.body_arrived()
+        reservation.charge(received, "the request body")  # the joined copy, while the parts still exist
         body = b"".join(parts)
         parts.clear()
-        reservation.refund(size)
+        reservation.refund(received)
+        return body
+
+    def _inflate(self, wire: bytes, coding: str | None, reservation: Reservation) -> bytes:
+        """The body inflated (under the size limit and the budget); the compressed bytes given back."""
+        if coding is None or not wire:
+            return wire
+        body = inflate_whole(wire, coding, self._max_message_bytes, reservation)
+        reservation.refund(len(wire))
         return body
 
     async def _export(self, request: web.Request) -> web.StreamResponse:
@@ -394,7 +402,7 @@ class OtlpHttpReceiver:
             coding = _content_coding(request)
             try:
                 async with asyncio.timeout(self._limits.body_timeout):
-                    body = await self._read_body(request, coding, reservation)
+                    wire = await self._read_body(request, reservation)
             except TimeoutError:
                 self._metrics.observe_export("http", "timeout", 0, time.monotonic() - started)
                 response = _status_response(
@@ -405,11 +413,17 @@ class OtlpHttpReceiver:
                 )
                 response.force_close()
                 return response
+            # Deflate inflates at most about 1032 to 1: large ones are inflated off the event loop.
+            if coding is not None and len(wire) * 1032 >= _DECODE_IN_THREAD_BYTES:
+                body = await asyncio.to_thread(self._inflate, wire, coding, reservation)
+            else:
+                body = self._inflate(wire, coding, reservation)
+            del wire
             reservation.charge(decode_cost(len(body), json=media_type == JSON), "decoding the request")
             if len(body) >= _DECODE_IN_THREAD_BYTES:
-                payloads = await asyncio.to_thread(_decode_payloads, body, media_type, sender)
+                payloads = await asyncio.to_thread(_decode_payloads, body, media_type, sender, self._limits.request)
             else:
-                payloads = _decode_payloads(body, media_type, sender)
+                payloads = _decode_payloads(body, media_type, sender, self._limits.request)
             del body
             reservation.shrink_to(sum(len(p) for p in payloads) + PAYLOAD_OVERHEAD_BYTES * len(payloads))
         except RequestTooLargeError as exc:

@@ -121,3 +121,31 @@ def test_inflater_refuses_past_its_size_limit_and_broken_streams() -> None:
     assert BoundedInflater(10).feed(two_members) == b"ab"
     with pytest.raises(InvalidRequestError, match="after the end"):
         BoundedInflater(10, "deflate").feed(zlib.compress(b"a") + b"x")
+
+
+def test_bodies_still_arriving_hold_at_most_half_the_budget() -> None:
+    mib = 1024 * 1024
+    control = _control(max_bytes=64 * mib, max_requests=10)
+    stalled = [control.admit() for _ in range(3)]
+    stalled[0].charge_arriving(20 * mib)  # 19 MiB beyond the allowance
+    stalled[1].charge_arriving(10 * mib)  # 9 more: 28 of the 32 MiB half
+    with pytest.raises(AdmissionRefusedError, match="still arriving"):
+        stalled[2].charge_arriving(6 * mib)
+    stalled[2].charge_arriving(mib)  # within its allowance
+    complete = control.admit()
+    complete.charge_arriving(3 * mib)  # 2 beyond the allowance: 30 of 32
+    complete.body_arrived()  # back out of the arriving half, still held
+    assert control.snapshot().arriving_bytes == 28 * mib
+    complete.charge(30 * mib)  # decoding: the other half is there for it
+    assert control.snapshot().inflight_bytes == 64 * mib
+    for reservation in [*stalled, complete]:
+        reservation.close()
+    assert control.snapshot() == control.snapshot().__class__(0, 0, 1, 0)
+
+
+def test_a_body_larger_than_the_arriving_half_can_never_be_received() -> None:
+    mib = 1024 * 1024
+    control = _control(max_bytes=16 * mib)
+    with control.admit() as reservation, pytest.raises(RequestTooLargeError, match="while it arrives"):
+        for _ in range(10):
+            reservation.charge_arriving(mib)
