@@ -187,6 +187,23 @@ class LimitsConfig(_Section):
     body_timeout_seconds: float = Field(
         default=30.0, gt=0, le=3600, description="a request's whole body (gRPC: its message) must arrive within this"
     )
+    # Requests past these are refused whole (INVALID_ARGUMENT / 400 naming the limit), never trimmed.
+    max_attributes: int = Field(
+        default=1024, ge=1, le=1 << 20, description="top-level attributes of one log record, resource or scope"
+    )
+    max_attributes_per_request: int = Field(
+        default=1 << 20,
+        ge=1,
+        le=1 << 26,
+        description="key/value pairs and array elements at every depth, across one request",
+    )
+    max_value_depth: int = Field(
+        default=16,
+        ge=1,
+        le=30,
+        description="levels of nested values: a body or attribute value is level 1, "
+        "the entries of a kvlist or array one level more",
+    )
 
 
 class LokiConfig(_Section):

@@ -37,6 +37,7 @@ from collector_ext.receive.admission import AdmissionControl, AdmissionSettings,
 from collector_ext.receive.descriptors import connection_cap, raise_open_file_limit
 from collector_ext.receive.otlp_grpc import OtlpGrpcReceiver
 from collector_ext.receive.otlp_http import OtlpHttpReceiver
+from collector_ext.receive.validate import RequestLimits
 from collector_ext.seal.keys import Ed25519Signer, Signer, load_private_key_pem
 from collector_ext.security_settings import WATCHED_SETTINGS, insecure_settings, security_summary
 from collector_ext.spool import Spool, SpoolError
@@ -161,7 +162,14 @@ def _admission(config: SidecarConfig) -> tuple[AdmissionControl, ReceiverLimits]
         AdmissionSettings(max_inflight_bytes=limits.max_inflight_bytes, max_requests=limits.max_concurrent_requests)
     )
     receiver_limits = ReceiverLimits(
-        max_connections=cap, idle_timeout=limits.idle_timeout_seconds, body_timeout=limits.body_timeout_seconds
+        max_connections=cap,
+        idle_timeout=limits.idle_timeout_seconds,
+        body_timeout=limits.body_timeout_seconds,
+        request=RequestLimits(
+            max_attributes=limits.max_attributes,
+            max_attributes_per_request=limits.max_attributes_per_request,
+            max_value_depth=limits.max_value_depth,
+        ),
     )
     return admission, receiver_limits
 
