@@ -46,6 +46,7 @@ from collector_ext.deliver.loki.mapping import DEFAULT_LABEL_ATTRIBUTES, sanitis
 from collector_ext.errors import KeyFileError
 from collector_ext.metrics import LOKI_METRIC_NAMES, METRIC_NAMES, Metrics
 from collector_ext.seal.keys import generate_key_pair, load_public_key_pem
+from collector_ext.security_settings import insecure_settings
 from collector_ext.service import running_in_thread
 from tests.loki_receiver import LokiReceiver
 
@@ -243,15 +244,14 @@ def _assert_volumes(
     mounts = {m["mountPath"]: m for m in sidecar["volumeMounts"]}
     for mount in sidecar["volumeMounts"] + collector_mounts:
         assert mount["name"] in by_name, f"volume {mount['name']} is not defined"
-    # The signing key: a Secret, mounted read-only together with sidecar.yaml.
+    # sidecar.yaml, read-only; no Secret in that volume.
     config_mount = mounts["/etc/collector-ext"]
     assert config_mount["readOnly"] is True
     sources = by_name[config_mount["name"]]["projected"]["sources"]
-    secret_items = [item for s in sources if "secret" in s for item in s["secret"]["items"]]
     config_items = [item for s in sources if "configMap" in s for item in s["configMap"]["items"]]
-    assert [i["path"] for i in secret_items] == ["keys/signing.key"]
     assert [i["path"] for i in config_items] == ["sidecar.yaml"]
-    assert all(i.get("mode", 0o440) & 0o077 == 0o040 for i in secret_items), "key readable by owner/group only"
+    assert not [s for s in sources if "secret" in s], "the sidecar never mounts the Secret itself"
+    _assert_signing_key_copied(init_containers, by_name)
     # Writable places: the spool and /tmp, both volumes (the root filesystem is read-only).
     for path in ("/var/lib/collector-ext/spool", "/tmp"):
         assert not mounts[path].get("readOnly", False)
@@ -262,6 +262,35 @@ def _assert_volumes(
     assert "AWS_REGION" in env
     queue = [m for m in collector_mounts if m["mountPath"] == "/var/lib/otelcol/file_storage"]
     assert len(queue) == 1 and not queue[0].get("readOnly", False)
+
+
+def _assert_signing_key_copied(init_containers: list[dict[str, Any]], volumes: dict[str, dict[str, Any]]) -> None:
+    """The sidecar refuses a key owned by another user or readable by group or others, and a Secret
+    volume with fsGroup gives root-owned 0440 files: the key is copied by an init container, as user
+    10001 with mode 0400, into a memory volume the sidecar mounts read-only."""
+    names = [c["name"] for c in init_containers]
+    assert names.index("signing-key") < names.index("collector-ext"), "the copy is made before the sidecar starts"
+    copier = init_containers[names.index("signing-key")]
+    assert "restartPolicy" not in copier, "runs once, to completion"
+    assert copier["image"] == _sidecar_container(init_containers)["image"]
+    assert copier["securityContext"]["runAsUser"] == _sidecar_container(init_containers)["securityContext"]["runAsUser"]
+    copier_mounts = {m["name"]: m for m in copier["volumeMounts"]}
+    secret_volume = volumes[copier_mounts["signing-key-secret"]["name"]]["secret"]
+    assert secret_volume["secretName"] == "collector-ext-signing-key"
+    assert secret_volume["defaultMode"] == 0o400
+    assert [(i["key"], i["mode"]) for i in secret_volume["items"]] == [("signing.key", 0o400)]
+    assert copier_mounts["signing-key-secret"]["readOnly"] is True
+    key_volume = volumes["signing-key"]["emptyDir"]
+    assert key_volume["medium"] == "Memory", "the key never reaches the node's disk"
+    source = f"{copier_mounts['signing-key-secret']['mountPath']}/signing.key"
+    target = f"{copier_mounts['signing-key']['mountPath']}/signing.key"
+    assert copier["command"] == ["install", "-m", "0400", source, target]
+    sidecar_mounts = {m["name"]: m for m in _sidecar_container(init_containers)["volumeMounts"]}
+    assert "signing-key-secret" not in sidecar_mounts
+    assert sidecar_mounts["signing-key"]["readOnly"] is True
+    assert sidecar_mounts["signing-key"]["mountPath"] == copier_mounts["signing-key"]["mountPath"]
+    for text in (_configmap_data()["sidecar.yaml"], _helm_sidecar_yaml()):
+        assert yaml.safe_load(text)["signing_key"] == target
 
 
 def test_deployment_volumes_key_read_only_spool_and_queue_writable() -> None:
@@ -569,8 +598,9 @@ def test_helm_values_add_the_sidecar_as_a_native_sidecar() -> None:
     assert values["mode"] == "deployment"
     sidecar = _sidecar_container(values["initContainers"])
     assert sidecar["restartPolicy"] == "Always"
-    # The same container as in the plain manifests: one definition of how the sidecar runs.
+    # The same containers as in the plain manifests: one definition of how the sidecar runs.
     assert sidecar == _sidecar_container(_pod_spec()["initContainers"])
+    assert values["initContainers"] == _pod_spec()["initContainers"]
     _assert_volumes(values["initContainers"], values["extraVolumeMounts"], values["extraVolumes"])
     _assert_restricted(sidecar)
     _assert_restricted({"name": "otel-collector (chart)", **{"securityContext": values["securityContext"]}})
@@ -741,7 +771,7 @@ def test_shipped_sidecar_config_loads(which: str, tmp_path: Path) -> None:
     assert config.checkpoint_interval_seconds == 60
     assert config.max_pending_records == 200_000
     # Where the pod mounts the key and the config file.
-    assert str(config.signing_key) == "/etc/collector-ext/keys/signing.key"
+    assert str(config.signing_key) == "/run/collector-ext/keys/signing.key"
     assert SIDECAR_COMMAND[-1] == SIDECAR_CONFIG_PATH
     # One signing process per CPU of the container's limit, not of the node.
     cpu_limit = _sidecar_container(_pod_spec()["initContainers"])["resources"]["limits"]["cpu"]
@@ -827,7 +857,8 @@ def test_dockerfile_structure() -> None:
     stages = [i for i in instructions if i.startswith("FROM ")]
     assert len(stages) == 2 and stages[0].endswith(" AS builder")
     base = next(i for i in instructions if i.startswith("ARG PYTHON_IMAGE="))
-    assert re.fullmatch(r"ARG PYTHON_IMAGE=python:3\.11-slim(-\w+)?", base)
+    # Pinned by tag and digest: a digest cannot be moved to other content.
+    assert re.fullmatch(r"ARG PYTHON_IMAGE=python:3\.11\.\d+-slim-bookworm@sha256:[0-9a-f]{64}", base), base
     final = instructions[instructions.index(stages[1]) :]
     final_text = "\n".join(final)
     assert not any(i.startswith("HEALTHCHECK") for i in instructions)
@@ -1459,6 +1490,85 @@ def test_sidecar_policy_is_what_the_sidecar_needs() -> None:
         for r in _as_list(s["Resource"])
     ]
     assert object_resources == ["arn:aws:s3:::AUDIT_BUCKET/ARCHIVE_PREFIX/*"]
+
+
+def _statements(policy: dict[str, Any], effect: str, action: str) -> list[dict[str, Any]]:
+    return [s for s in policy["Statement"] if s["Effect"] == effect and action in _as_list(s["Action"])]
+
+
+def _shipped_sidecar_config() -> dict[str, Any]:
+    config: dict[str, Any] = yaml.safe_load(_configmap_data()["sidecar.yaml"])
+    return config
+
+
+def test_sidecar_policy_writes_only_locked_objects_for_the_shipped_retention() -> None:
+    policy = _policy("policy.json")
+    shipped = _shipped_sidecar_config()["archive"]
+    for action in ("s3:PutObject", "s3:PutObjectRetention"):
+        (allow,) = _statements(policy, "Allow", action)
+        condition = allow["Condition"]
+        modes = set(_as_list(condition["StringEquals"]["s3:object-lock-mode"]))
+        assert modes == {"GOVERNANCE", "COMPLIANCE"}, action
+        assert shipped["retention_mode"] in modes
+        minimum = int(condition["NumericGreaterThanEquals"]["s3:object-lock-remaining-retention-days"])
+        # S3 counts the remaining days a moment after the sidecar set retain-until = now + retention_days.
+        assert minimum == shipped["retention_days"] - 1, action
+        (deny,) = [s for s in _statements(policy, "Deny", action) if "Null" in s.get("Condition", {})]
+        assert deny["Condition"]["Null"] == {"s3:object-lock-mode": "true"}, "a write without a lock mode is denied"
+        assert deny["Resource"] == "arn:aws:s3:::AUDIT_BUCKET/*"
+
+
+def test_sidecar_policy_lists_only_under_the_archive_prefix() -> None:
+    policy = _policy("policy.json")
+    (listing,) = _statements(policy, "Allow", "s3:ListBucket")
+    assert _as_list(listing["Action"]) == ["s3:ListBucket"], "other bucket actions carry no s3:prefix"
+    assert listing["Condition"] == {"StringLike": {"s3:prefix": "ARCHIVE_PREFIX/*"}}
+    # The prefix the shipped archive.url names is what replaces ARCHIVE_PREFIX (deploy/iam/README.md).
+    url = urlsplit(_shipped_sidecar_config()["archive"]["url"])
+    assert url.scheme == "s3" and url.path.strip("/") == "prod"
+
+
+def test_sidecar_policy_denies_everything_without_tls() -> None:
+    policy = _policy("policy.json")
+    (deny,) = [s for s in policy["Statement"] if "aws:SecureTransport" in s.get("Condition", {}).get("Bool", {})]
+    assert deny["Effect"] == "Deny"
+    assert deny["Action"] == "s3:*"
+    assert deny["Condition"]["Bool"]["aws:SecureTransport"] == "false"
+    assert set(deny["Resource"]) == {"arn:aws:s3:::AUDIT_BUCKET", "arn:aws:s3:::AUDIT_BUCKET/*"}
+
+
+# Where HTTPS egress must not go: private ranges (pods, services, the VPC), shared address space,
+# loopback and link-local (the instance metadata service at 169.254.169.254).
+NON_PUBLIC_RANGES = {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16", "127.0.0.0/8"}
+
+
+@pytest.mark.parametrize("which", ["manifest", "helm"])
+def test_https_egress_reaches_public_addresses_only(which: str) -> None:
+    if which == "manifest":
+        egress = _one("NetworkPolicy")["spec"]["egress"]
+    else:
+        egress = _helm_values()["networkPolicy"]["egressRules"]
+    blocks = [peer["ipBlock"] for rule in egress for peer in rule["to"] if "ipBlock" in peer]
+    assert len(blocks) == 1, "one address-range rule: HTTPS to S3 and STS"
+    (block,) = blocks
+    assert set(block["except"]) == NON_PUBLIC_RANGES
+    (https_rule,) = [rule for rule in egress if any("ipBlock" in peer for peer in rule["to"])]
+    assert _policy_ports([https_rule]) == {(443, "TCP")}
+    # Every other egress rule names a namespace: DNS and Loki, nothing else.
+    others = [rule for rule in egress if rule is not https_rule]
+    assert {namespace for rule in others for namespace in _namespaces_of(rule)} == {"kube-system", "loki"}
+
+
+@pytest.mark.parametrize("which", ["configmap", "helm"])
+def test_the_shipped_config_reports_exactly_the_documented_insecure_settings(which: str, tmp_path: Path) -> None:
+    """deploy/README.md (step 6) names the two warnings the shipped sidecar.yaml gets."""
+    text = _configmap_data()["sidecar.yaml"] if which == "configmap" else _helm_sidecar_yaml()
+    path = tmp_path / "sidecar.yaml"
+    path.write_text(text, encoding="utf-8")
+    found = {item.setting for item in insecure_settings(load_config(path, environ={}))}
+    assert found == {"listen", "metrics_listen"}
+    readme = (DEPLOY / "README.md").read_text(encoding="utf-8")
+    assert "`listen` (0.0.0.0:14317" in readme and "`metrics_listen` (0.0.0.0:19464" in readme
 
 
 def test_trust_policy_admits_only_the_collector_service_account() -> None:
