@@ -31,6 +31,7 @@ if __package__ in (None, ""):  # run as a script: make ``tests`` and ``collector
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import argparse
+import atexit
 import base64
 import binascii
 import gzip
@@ -195,7 +196,7 @@ def _lenient_json(body: bytes) -> bytes | None:
                         if isinstance(record.get(key), str):
                             record[key] = base64.b64encode(binascii.unhexlify(record[key])).decode()
         parsed = json_format.ParseDict(document, ExportLogsServiceRequest(), ignore_unknown_fields=True)
-    except Exception:  # noqa: BLE001 - any refusal of the lenient reader ends the comparison
+    except Exception:
         return None
     return parsed.SerializeToString()
 
@@ -334,7 +335,7 @@ def run_random(runs: int, seed: int) -> tuple[Counter[str], list[str]]:
         data = _mutate(rng, rng.choice(seeds))
         try:
             outcomes[run_input(data)] += 1
-        except Exception as exc:  # noqa: BLE001 - every failure is reported with its input
+        except Exception as exc:
             outcomes["failed"] += 1
             if len(failures) < 10:
                 failures.append(f"{type(exc).__name__}: {exc} input={data.hex()}")
@@ -355,11 +356,20 @@ def run_atheris(runs: int, corpus: Path) -> tuple[Counter[str], list[str]]:
     atheris.instrument_all()
     argv = [sys.argv[0], f"-runs={runs}", "-max_len=8192", "-rss_limit_mb=2048", str(corpus)]
     atheris.Setup(argv, one)
-    try:
-        atheris.Fuzz()
-    except SystemExit:
-        pass
+    started = time.monotonic()
+    # libFuzzer ends the process when the runs are done (or on a crash, after printing the input):
+    # the figures are printed on the way out.
+    atexit.register(lambda: _report("atheris", outcomes, [], time.monotonic() - started))
+    atheris.Fuzz()
     return outcomes, []
+
+
+def _report(engine: str, outcomes: Counter[str], failures: list[str], elapsed: float) -> None:
+    cases = sum(outcomes.values())
+    print(f"engine={engine} cases={cases} seconds={elapsed:.0f} cases/s={cases / max(elapsed, 1e-9):.0f}", flush=True)
+    print("outcomes:", dict(outcomes), flush=True)
+    for failure in failures:
+        print("FAILURE", failure, flush=True)
 
 
 def main() -> int:
@@ -369,17 +379,12 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--corpus", type=Path, default=Path(".fuzz-receivers-corpus"))
     arguments = parser.parse_args()
-    started = time.monotonic()
     if arguments.engine == "atheris":
-        outcomes, failures = run_atheris(arguments.runs, arguments.corpus)
-    else:
-        outcomes, failures = run_random(arguments.runs, arguments.seed)
-    elapsed = time.monotonic() - started
-    cases = sum(outcomes.values())
-    print(f"engine={arguments.engine} cases={cases} seconds={elapsed:.0f} cases/s={cases / max(elapsed, 1e-9):.0f}")
-    print("outcomes:", dict(outcomes))
-    for failure in failures:
-        print("FAILURE", failure)
+        run_atheris(arguments.runs, arguments.corpus)  # does not return
+        return 0
+    started = time.monotonic()
+    outcomes, failures = run_random(arguments.runs, arguments.seed)
+    _report("random", outcomes, failures, time.monotonic() - started)
     return 1 if failures or outcomes.get("failed") else 0
 
 
