@@ -47,7 +47,8 @@ def test_limits_from_the_environment_and_bounds() -> None:
 @pytest.mark.parametrize(
     ("overrides", "setting", "fragment"),
     [
-        ({"archive": {"url": "./a"}}, "signing_key", "required"),
+        # A key file or a PKCS#11 token: the check spans both settings, so the message names them.
+        ({"archive": {"url": "./a"}}, "config", "set exactly one of signing_key (a key file) and signing_token"),
         ({"signing_key": "k"}, "archive", "required"),
         ({"signing_key": "k", "archive": {"url": "s3://"}}, "archive.url", "bucket"),
         ({"signing_key": "k", "archive": {"url": "a", "retention_mode": "FOREVER"}}, "archive.retention_mode", ""),
