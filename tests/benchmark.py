@@ -322,6 +322,7 @@ def main() -> None:
         pair = generate_key_pair()
         key = work / "signing.key"
         key.write_bytes(pair.private_pem)
+        key.chmod(0o600)  # serve refuses a key others may read
         env = dict(os.environ)
         if args.archive == "s3":
             from collector_ext.embedded_s3 import EmbeddedS3
