@@ -4,10 +4,11 @@ Fields passed with ``extra=`` become JSON keys. Two filters sit on the one handl
 record, the libraries' included:
 
 - ``WithholdRequestBytes`` rewrites what the HTTP and gRPC libraries (aiohttp, grpc, asyncio, h2)
-  log, at every level: their message templates are kept, but the arguments, the exception's text and
-  the traceback are dropped (aiohttp quotes the bytes it could not parse, for instance a body longer
-  than its Content-Length; asyncio and grpc print exceptions raised while handling a connection).
-  The exception's type stays, as ``error_type``.
+  log, and any record carrying one of their exceptions, at every level: the message template is
+  kept, but the arguments, the exception's text and the traceback are dropped (aiohttp quotes the
+  bytes it could not parse, for instance a body longer than its Content-Length; asyncio and grpc
+  print exceptions raised while handling a connection). The exception's type stays, as
+  ``error_type``.
 - ``RepeatLimiter`` lets at most ``per_minute`` records of one kind (logger, level, message template,
   exception type) through per minute; the first one let through after a quiet spell carries
   ``suppressed_similar``, the number held back, so a flood of identical errors costs a line a
@@ -44,15 +45,18 @@ class WithholdRequestBytes(logging.Filter):
     traceback (see the module docstring). Records of other loggers pass unchanged."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not _from_library(record.name):
+        error = record.exc_info[1] if record.exc_info else None
+        # A library's exception may be logged under another logger's name (aiohttp's server errors
+        # go to whatever logger the application hands it).
+        if not _from_library(record.name) and not (error is not None and _from_library(type(error).__module__)):
             return True
         template = record.msg if isinstance(record.msg, str) else type(record.msg).__name__
         if record.args:
             template = _PLACEHOLDER.sub(WITHHELD, template)
         record.msg = template  # with no arguments, logging prints the template as it is
         record.args = None
-        if record.exc_info and record.exc_info[1] is not None:
-            record.error_type = type(record.exc_info[1]).__name__
+        if error is not None:
+            record.error_type = type(error).__name__
         record.exc_info = None
         record.exc_text = None
         record.stack_info = None

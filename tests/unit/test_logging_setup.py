@@ -111,3 +111,16 @@ def test_the_limiter_tracks_a_bounded_number_of_kinds() -> None:
     records = [logging.LogRecord("x", logging.ERROR, "", 0, f"message {i}", None, None) for i in range(10)]
     assert all(limiter.filter(record) for record in records)  # new kinds beyond the table pass
     assert not limiter.filter(records[0])  # a tracked kind is still limited
+
+
+def test_a_library_exception_logged_under_another_name_is_withheld(captured: tuple[io.StringIO, Clock]) -> None:
+    stream, _ = captured
+    from aiohttp.http_exceptions import BadHttpMessage
+
+    try:
+        raise BadHttpMessage(f"Invalid header token: b'{SECRET}'")
+    except BadHttpMessage:
+        logging.getLogger("collector_ext.receive.otlp_http.server").error("Error handling request", exc_info=True)
+    assert SECRET not in stream.getvalue()
+    [line] = lines(stream)
+    assert line["error_type"] == "BadHttpMessage"
