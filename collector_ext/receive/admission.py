@@ -25,6 +25,7 @@ measurements of this code base's protobuf runtime, refreshed with the command in
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from collector_ext.errors import DeliveryError, RequestTooLargeError
@@ -93,8 +94,11 @@ class AdmissionSnapshot:
 class AdmissionControl:
     """The shared budget. Thread-safe: large bodies are inflated and decoded in worker threads."""
 
-    def __init__(self, settings: AdmissionSettings) -> None:
+    def __init__(self, settings: AdmissionSettings, on_request_end: Callable[[int], None] | None = None) -> None:
+        """``on_request_end(peak)`` is told the most each request held, when it ends (from the
+        thread that closes the reservation)."""
         self.settings = settings
+        self._on_request_end = on_request_end
         self._in_use = 0
         self._requests = 0
         self._refused = 0
@@ -157,11 +161,13 @@ class AdmissionControl:
             self._in_use -= nbytes
             self._arriving -= arriving
 
-    def _end(self, held: int, arriving: int) -> None:
+    def _end(self, held: int, arriving: int, peak: int) -> None:
         with self._lock:
             self._in_use -= held
             self._arriving -= arriving
             self._requests -= 1
+        if self._on_request_end is not None:
+            self._on_request_end(peak)
 
 
 class Reservation:
@@ -170,6 +176,7 @@ class Reservation:
     def __init__(self, control: AdmissionControl) -> None:
         self._control = control
         self._held = 0
+        self._peak = 0
         self._received = 0  # bytes of a body still arriving
         self._closed = False
 
@@ -190,6 +197,7 @@ class Reservation:
             return
         self._control._take(nbytes, self._held, what)
         self._held += nbytes
+        self._peak = max(self._peak, self._held)
 
     def _arriving_part(self, received: int) -> int:
         return max(0, received - ARRIVING_ALLOWANCE)
@@ -209,6 +217,7 @@ class Reservation:
         extra = self._arriving_part(self._received + nbytes) - before
         self._control._take(nbytes, self._held, what, extra, before)
         self._held += nbytes
+        self._peak = max(self._peak, self._held)
         self._received += nbytes
 
     def body_arrived(self) -> None:
@@ -230,7 +239,7 @@ class Reservation:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            self._control._end(self._held, self._arriving_part(self._received))
+            self._control._end(self._held, self._arriving_part(self._received), self._peak)
             self._held = 0
             self._received = 0
 

@@ -42,7 +42,13 @@ class BoundedInflater:
         )
 
     def feed(self, data: bytes) -> bytes:
-        pieces: list[bytes] = []
+        """The bytes ``data`` inflates to."""
+        out = bytearray()
+        self.feed_into(data, out)
+        return bytes(out)
+
+    def feed_into(self, data: bytes, out: bytearray) -> None:
+        """Append what ``data`` inflates to onto ``out`` (no second copy of the output is made)."""
         while data:
             if self._inflater.eof:  # a further gzip member follows the previous one
                 if self._coding != "gzip":
@@ -63,9 +69,9 @@ class BoundedInflater:
             self._produced += len(piece)
             if self._produced > self._limit:
                 raise self._too_large()
-            pieces.append(piece)
+            out += piece
+            del piece
             data = self._inflater.unused_data if self._inflater.eof else self._inflater.unconsumed_tail
-        return b"".join(pieces)
 
     def finish(self) -> None:
         if not self._inflater.eof:
@@ -76,8 +82,8 @@ _FEED_BYTES = 1 << 16
 
 
 def inflate_whole(data: bytes, coding: str, limit: int, reservation: Reservation | None = None) -> bytes:
-    """Inflate a complete compressed body, charging ``reservation`` for the output as it grows (and
-    for the joined copy while the pieces still exist).
+    """Inflate a complete compressed body, charging ``reservation`` for the output as it grows, and
+    for the moment the output exists twice (grown in place, then copied into immutable bytes).
 
     Raises:
         InvalidRequestError: not valid, or truncated, in ``coding``.
@@ -86,13 +92,19 @@ def inflate_whole(data: bytes, coding: str, limit: int, reservation: Reservation
     """
     inflater = BoundedInflater(limit, coding, reservation)
     view = memoryview(data)
-    pieces = [inflater.feed(bytes(view[i : i + _FEED_BYTES])) for i in range(0, len(view), _FEED_BYTES)]
-    inflater.finish()
-    size = sum(len(piece) for piece in pieces)
+    out = bytearray()
+    try:
+        for start in range(0, len(view), _FEED_BYTES):
+            inflater.feed_into(bytes(view[start : start + _FEED_BYTES]), out)
+        inflater.finish()
+    except BaseException:
+        out.clear()  # the traceback keeps this frame: free the buffer itself, not just the name
+        raise
+    size = len(out)
     if reservation is not None:
         reservation.charge(size, "the inflated request")
-    body = b"".join(pieces)
-    pieces.clear()
+    body = bytes(out)
+    del out
     if reservation is not None:
         reservation.refund(size)
     return body

@@ -231,6 +231,10 @@ class LogsExportHandler:
         self, context: grpc.aio.ServicerContext, reservation: Reservation, sender: Sender | None, started: float
     ) -> bytes:
         message = await self._read_message(context)
+        # A refusal is decided inside ``except`` but sent after it: aborting raises, and an exception
+        # raised while handling another keeps that one's traceback, whose frames hold the message
+        # and its inflated body, for as long as grpc keeps the abort.
+        refusal: tuple[grpc.StatusCode, str, str] | None = None
         try:
             # grpc core already holds these bytes (at most max_receive_message_length): charged now.
             reservation.charge(len(message), "the request message")
@@ -243,14 +247,18 @@ class LogsExportHandler:
             else:
                 payloads = decode_message(message, self._max_message_bytes, reservation, sender, self._limits.request)
         except RequestTooLargeError as exc:
-            self._metrics.observe_export("grpc", "too_large", 0, time.monotonic() - started)
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, exc.diagnostics())
+            refusal = (grpc.StatusCode.RESOURCE_EXHAUSTED, "too_large", exc.diagnostics())
         except InvalidRequestError as exc:
-            self._metrics.observe_export("grpc", "invalid", 0, time.monotonic() - started)
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.diagnostics())
+            refusal = (grpc.StatusCode.INVALID_ARGUMENT, "invalid", exc.diagnostics())
         except DeliveryError as exc:
-            self._metrics.observe_export("grpc", "unavailable", 0, time.monotonic() - started)
-            await self._abort_unavailable(context, exc.diagnostics())
+            refusal = (grpc.StatusCode.UNAVAILABLE, "unavailable", exc.diagnostics())
+        if refusal is not None:
+            del message
+            code, outcome, text = refusal
+            self._metrics.observe_export("grpc", outcome, 0, time.monotonic() - started)
+            if code is grpc.StatusCode.UNAVAILABLE:
+                await self._abort_unavailable(context, text)
+            await context.abort(code, text)
         del message
         count = len(payloads)
         if not count:

@@ -442,10 +442,15 @@ class OtlpHttpReceiver:
             response = self._unavailable(exc, reply_type)
             response.force_close()
             return response
-        except (ConnectionError, asyncio.IncompleteReadError) as exc:
-            # The client went away mid-body: nobody to answer, nothing worth an ERROR traceback.
+        except (ConnectionError, asyncio.IncompleteReadError):
+            # The client went away mid-body: nobody to answer, nothing worth an ERROR traceback. (The
+            # answer is made outside this block, so no traceback holding the body is kept with it.)
+            payloads = None
+        if payloads is None:
             self._metrics.observe_export("http", "disconnected", 0, time.monotonic() - started)
-            raise web.HTTPBadRequest(text="connection lost") from exc
+            response = web.Response(status=400, text="connection lost")
+            response.force_close()
+            return response
         count = len(payloads)
         if payloads:
             try:

@@ -14,3 +14,17 @@ from collector_ext.memory import pin_mmap_threshold
 def test_pinning_the_mmap_threshold_succeeds_on_glibc() -> None:
     assert ctypes.util.find_library("c") is not None
     assert pin_mmap_threshold()
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
+async def test_heap_trimmer_trims_once_shortly_after_a_large_request() -> None:
+    import asyncio
+
+    from collector_ext.memory import HeapTrimmer
+
+    trimmer = HeapTrimmer(threshold_bytes=1000, delay=0.05)
+    trimmer.request_ended(999)  # small: nothing scheduled
+    trimmer.request_ended(5000)
+    trimmer.request_ended(5000)  # the same burst: one trim
+    await asyncio.sleep(0.2)
+    assert trimmer.trims == 1

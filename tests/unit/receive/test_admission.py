@@ -146,6 +146,18 @@ def test_bodies_still_arriving_hold_at_most_half_the_budget() -> None:
 def test_a_body_larger_than_the_arriving_half_can_never_be_received() -> None:
     mib = 1024 * 1024
     control = _control(max_bytes=16 * mib)
-    with control.admit() as reservation, pytest.raises(RequestTooLargeError, match="while it arrives"):
-        for _ in range(10):
-            reservation.charge_arriving(mib)
+    with control.admit() as reservation:
+        for _ in range(8):
+            reservation.charge_arriving(mib)  # 1 MiB allowance + 7 of the 8 MiB half
+        with pytest.raises(RequestTooLargeError, match="while it arrives"):
+            reservation.charge_arriving(2 * mib)
+
+
+def test_each_request_reports_its_peak_when_it_ends() -> None:
+    peaks: list[int] = []
+    control = AdmissionControl(AdmissionSettings(max_inflight_bytes=1000, max_requests=2), on_request_end=peaks.append)
+    with control.admit() as reservation:
+        reservation.charge(700)
+        reservation.shrink_to(100)
+        reservation.charge(50)
+    assert peaks == [700]
