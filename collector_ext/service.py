@@ -33,7 +33,13 @@ from collector_ext.errors import ConfigurationError, KeyFileError
 from collector_ext.metrics import Metrics
 from collector_ext.metrics_server import MetricsServer
 from collector_ext.pipeline import PipelineSettings, SealingPipeline
-from collector_ext.receive.admission import AdmissionControl, AdmissionSettings, ReceiverLimits
+from collector_ext.memory import HeapTrimmer
+from collector_ext.receive.admission import (
+    PROTOBUF_DECODE_FACTOR,
+    AdmissionControl,
+    AdmissionSettings,
+    ReceiverLimits,
+)
 from collector_ext.receive.descriptors import connection_cap, raise_open_file_limit
 from collector_ext.receive.otlp_grpc import OtlpGrpcReceiver
 from collector_ext.receive.otlp_http import OtlpHttpReceiver
@@ -158,8 +164,16 @@ def _admission(config: SidecarConfig) -> tuple[AdmissionControl, ReceiverLimits]
             "limits.max_connections lowered to stay below the open-file limit",
             extra={"max_connections": cap, "configured": limits.max_connections, "open_file_limit": open_files},
         )
+    largest = limits.max_inflight_bytes // (1 + PROTOBUF_DECODE_FACTOR)
+    if config.max_message_bytes > largest:
+        log.warning(
+            "requests above max_inflight_bytes / (1 + decode factor) cannot be decoded within the memory budget "
+            "and are refused (RESOURCE_EXHAUSTED / 413): lower max_message_bytes or raise limits.max_inflight_bytes",
+            extra={"max_message_bytes": config.max_message_bytes, "largest_protobuf_request": largest},
+        )
     admission = AdmissionControl(
-        AdmissionSettings(max_inflight_bytes=limits.max_inflight_bytes, max_requests=limits.max_concurrent_requests)
+        AdmissionSettings(max_inflight_bytes=limits.max_inflight_bytes, max_requests=limits.max_concurrent_requests),
+        on_request_end=HeapTrimmer().request_ended,
     )
     receiver_limits = ReceiverLimits(
         max_connections=cap,
