@@ -9,7 +9,8 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, Instr
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
-from collector_ext.errors import InvalidRequestError
+from collector_ext.config import load_config
+from collector_ext.errors import ConfigurationError, InvalidRequestError
 from collector_ext.receive.validate import MAX_VALUE_DEPTH_CEILING, RequestLimits, check_request
 
 SECRET = "s3cr3t-content"
@@ -138,3 +139,20 @@ def test_limits_are_checked_when_built() -> None:
         RequestLimits(max_value_depth=MAX_VALUE_DEPTH_CEILING + 1)
     with pytest.raises(ValueError, match="positive"):
         RequestLimits(max_attributes=0)
+
+
+def test_the_limits_settings_default_to_the_request_limits_defaults_and_are_bounded() -> None:
+    base = {"signing_key": "k", "archive": {"url": "./a"}}
+    settings = load_config(None, environ={}, overrides=base).limits
+    assert (
+        RequestLimits(
+            max_attributes=settings.max_attributes,
+            max_attributes_per_request=settings.max_attributes_per_request,
+            max_value_depth=settings.max_value_depth,
+        )
+        == RequestLimits()
+    )
+    with pytest.raises(ConfigurationError, match=r"limits\.max_value_depth"):
+        load_config(None, environ={"COLLECTOR_EXT_LIMITS__MAX_VALUE_DEPTH": "31"}, overrides=base)
+    with pytest.raises(ConfigurationError, match=r"limits\.max_attributes"):
+        load_config(None, environ={"COLLECTOR_EXT_LIMITS__MAX_ATTRIBUTES": "0"}, overrides=base)
