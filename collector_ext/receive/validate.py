@@ -141,21 +141,29 @@ def check_request(request: ExportLogsServiceRequest, limits: RequestLimits = DEF
             scope_where = f"{where}.scope_logs[{s}]"
             _check_values(scope_logs.scope.attributes, None, f"{scope_where}.scope", limits, tally)
             # The loop below runs once per record: it stays inline and builds no position text unless
-            # something needs a closer look, which _check_values then takes.
+            # something needs a closer look, which _check_values and _check_id then take.
+            containers = _CONTAINERS
             for index, record in enumerate(scope_logs.log_records):
                 attributes = record.attributes
-                tally.count += len(attributes)
-                nested = record.body.WhichOneof("value") in _CONTAINERS or len(attributes) > max_attributes
-                if not nested:
+                count = len(attributes)
+                closer_look = (
+                    count > max_attributes
+                    or tally.count + count > tally.limit
+                    or record.body.WhichOneof("value") in containers
+                )
+                if not closer_look:
                     for pair in attributes:
-                        if pair.value.WhichOneof("value") in _CONTAINERS:
-                            nested = True
+                        if pair.value.WhichOneof("value") in containers:
+                            closer_look = True
                             break
-                if nested or tally.count > tally.limit:
-                    tally.count -= len(attributes)
+                if closer_look:
                     body = record.body if record.HasField("body") else None
                     _check_values(attributes, body, f"{scope_where}.log_records[{index}]", limits, tally)
-                if record.trace_id or record.span_id:
+                else:
+                    tally.count += count
+                trace_id = record.trace_id
+                span_id = record.span_id
+                if (trace_id and len(trace_id) != TRACE_ID_BYTES) or (span_id and len(span_id) != SPAN_ID_BYTES):
                     record_where = f"{scope_where}.log_records[{index}]"
-                    _check_id(record.trace_id, TRACE_ID_BYTES, "trace_id", record_where)
-                    _check_id(record.span_id, SPAN_ID_BYTES, "span_id", record_where)
+                    _check_id(trace_id, TRACE_ID_BYTES, "trace_id", record_where)
+                    _check_id(span_id, SPAN_ID_BYTES, "span_id", record_where)
