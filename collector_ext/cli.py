@@ -119,9 +119,28 @@ def serve(
 @main.command()
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Directory for the key pair.")
 @click.option("--force", is_flag=True, help="Overwrite an existing key pair.")
-def keygen(out_dir: Path, force: bool) -> None:
-    """Create an Ed25519 key pair: signing.key (mode 0600) and signing.pub; prints the key id."""
+@click.option("--token-module", type=click.Path(path_type=Path), help="PKCS#11 library: create the key in a token.")
+@click.option("--token-label", help="With --token-module: the token's label.")
+@click.option("--key-label", default="collector-ext", show_default=True, help="With --token-module: the key's label.")
+@click.option("--pin-file", type=click.Path(path_type=Path), help="With --token-module: file holding the user PIN.")
+@click.option("--existing", is_flag=True, help="With --token-module: write the public key of the token's existing key.")
+def keygen(
+    out_dir: Path,
+    force: bool,
+    token_module: Path | None,
+    token_label: str | None,
+    key_label: str,
+    pin_file: Path | None,
+    existing: bool,
+) -> None:
+    """Create an Ed25519 key pair: signing.key (mode 0600) and signing.pub; prints the key id. With
+    --token-module the key is made inside a PKCS#11 token (it never leaves it) and only signing.pub
+    is written."""
     from collector_ext.seal.keys import generate_key_pair
+
+    if token_module is not None:
+        _keygen_in_token(out_dir, force, token_module, token_label, key_label, pin_file, existing)
+        return
 
     private_path, public_path = out_dir / "signing.key", out_dir / "signing.pub"
     if not force and (private_path.exists() or public_path.exists()):
@@ -140,6 +159,45 @@ def keygen(out_dir: Path, force: bool) -> None:
     click.echo(f"private key: {private_path} (mode 0600; keep it secret)")
     click.echo(f"public key:  {public_path} (give it to auditors)")
     click.echo(f"key id:      {pair.key_id.hex()}")
+
+
+def _keygen_in_token(
+    out_dir: Path,
+    force: bool,
+    module: Path,
+    token_label: str | None,
+    key_label: str,
+    pin_file: Path | None,
+    existing: bool,
+) -> None:
+    from collector_ext.service import read_token_pin
+    from collector_ext.token_signer import TokenSettings, TokenSigner, generate_in_token
+
+    if token_label is None or pin_file is None:
+        _fail(ConfigurationError("--token-module", "also give --token-label and --pin-file"))
+        return
+    public_path = out_dir / "signing.pub"
+    if not force and public_path.exists():
+        _fail(KeyFileError("--out", f"{out_dir} already holds signing.pub; use --force to replace it"))
+    try:
+        settings = TokenSettings(str(module), token_label, key_label, read_token_pin(pin_file))
+        if existing:
+            signer = TokenSigner(settings)
+            public_key = signer.public_key
+            signer.close()
+        else:
+            public_key = generate_in_token(settings)
+    except CollectorExtError as exc:
+        _fail(exc)
+        return
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        public_path.write_bytes(public_key.pem())
+    except OSError as exc:
+        _fail(KeyFileError("--out", f"cannot write {public_path}: {exc.strerror}"))
+    click.echo(f"private key: in token {token_label!r}, label {key_label!r} (not extractable)")
+    click.echo(f"public key:  {public_path} (give it to auditors)")
+    click.echo(f"key id:      {public_key.key_id.hex()}")
 
 
 @main.command()

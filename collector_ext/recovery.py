@@ -23,18 +23,24 @@ from collector_ext.pb import archive_pb2
 from collector_ext.seal.checkpoint import DecodedCheckpoint, decode_checkpoint
 from collector_ext.seal.entry import (
     CHAIN_ID_SIZE,
+    ENTRY_HEADER_SIZE,
     KEY_ID_SLICE,
     EntryKind,
     decode_entry_header,
     entry_hash,
     entry_payload,
     record_signature_message,
+    run_key_message,
 )
 from collector_ext.seal.keys import PublicKey
 from collector_ext.seal.layout import parse_segment_key
 from collector_ext.seal.segment import decode_segment
 
 log = logging.getLogger(__name__)
+
+# How many of a chain's newest segments are searched for the certification of the run key that signed
+# its last record (a lost spool in run_key mode).
+RUN_KEY_SEARCH_SEGMENTS = 256
 
 DAY_NS = 86_400 * 1_000_000_000
 
@@ -161,6 +167,37 @@ async def find_predecessor(store: ArchiveStore, writer_id: str, keys: Sequence[P
     )
 
 
+async def _certified_run_key(
+    store: ArchiveStore, chain_id: bytes, key_id: bytes, segments: Sequence[tuple[int, str]], keys: Sequence[PublicKey]
+) -> PublicKey | None:
+    """The run key ``key_id`` if a run key entry signed by one of ``keys`` certifies it (FORMAT.md
+    7.7), looked for in ``segments`` (newest first, at most RUN_KEY_SEARCH_SEGMENTS of them): the last
+    records of a chain in run_key mode are signed by its run key, not by the writer's own key."""
+    for _first, object_key in segments[:RUN_KEY_SEARCH_SEGMENTS]:
+        try:
+            records = decode_segment(await store.get(object_key)).records
+        except MalformedObjectError:
+            return None
+        for record in reversed(records):
+            if len(record.entry) < ENTRY_HEADER_SIZE or record.entry[2] != EntryKind.RUN_KEY:
+                continue
+            header = decode_entry_header(record.entry)
+            certifier = next((k for k in keys if k.key_id == header.key_id), None)
+            if certifier is None or not certifier.is_valid_signature(
+                record.signature, record_signature_message(entry_hash(record.entry))
+            ):
+                continue
+            try:
+                payload = archive_pb2.RunKeyPayload.FromString(entry_payload(record.entry))
+                run_key = PublicKey.from_raw(payload.run_public_key)
+            except (DecodeError, ValueError):
+                continue
+            message = run_key_message(chain_id, header.sequence, header.key_id)
+            if run_key.key_id == key_id and run_key.is_valid_signature(payload.run_key_signature, message):
+                return run_key
+    return None
+
+
 async def _last_archived_entry(
     store: ArchiveStore, chain_id: bytes, checkpoint: DecodedCheckpoint | None, keys: Sequence[PublicKey]
 ) -> tuple[int, bytes]:
@@ -174,10 +211,13 @@ async def _last_archived_entry(
         day = time.strftime("%Y/%m/%d", time.gmtime((checkpoint.checkpoint.time_unix_nano - DAY_NS) // 1_000_000_000))
         start_after = f"{under}{day}"
     last, newest = -1, ""
+    listed: list[tuple[int, str]] = []
     async for object_key in store.list_keys(under, start_after):
         parsed = parse_segment_key(object_key)
-        if parsed is not None and parsed.last_sequence > last:
-            last, newest = parsed.last_sequence, object_key
+        if parsed is not None:
+            listed.append((parsed.first_sequence, object_key))
+            if parsed.last_sequence > last:
+                last, newest = parsed.last_sequence, object_key
     if not newest:
         return last, b""
     try:
@@ -185,6 +225,8 @@ async def _last_archived_entry(
         header = decode_entry_header(record.entry)
         digest = entry_hash(record.entry)
         key = next((k for k in keys if k.key_id == header.key_id), None)
+        if key is None:
+            key = await _certified_run_key(store, chain_id, header.key_id, sorted(listed, reverse=True), keys)
         if (
             header.sequence == last
             and key is not None

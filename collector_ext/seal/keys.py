@@ -39,6 +39,10 @@ class PublicKey:
     def from_raw(cls, raw: bytes) -> PublicKey:
         return cls(raw=raw, key_id=key_id_for(raw), _key=Ed25519PublicKey.from_public_bytes(raw))
 
+    def pem(self) -> bytes:
+        """The key as a PEM SubjectPublicKeyInfo (FORMAT.md 8.1), as `collector-ext keygen` writes it."""
+        return self._key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
     def is_valid_signature(self, signature: bytes, message: bytes) -> bool:
         """True when ``signature`` is this key's Ed25519 signature of ``message``."""
         try:
