@@ -123,6 +123,42 @@ def test_requests_are_sealed_as_sent_or_refused(
     assert check_case(path, body, None if path == "grpc" else coding) == "accepted"
 
 
+def _long_varint(value: int) -> bytes:
+    """A non-minimal varint: the value with one more continuation byte than it needs."""
+    minimal = bytearray(encode_varint(value))
+    minimal[-1] |= 0x80
+    return bytes(minimal) + b"\x00"
+
+
+@FUZZ
+@given(
+    batch=st.lists(records(), min_size=1, max_size=4),
+    unknown=st.integers(20, 2**29 - 1),
+    transport=st.sampled_from(["grpc", "http-protobuf"]),
+)
+def test_other_valid_encodings_are_accepted_as_sent(
+    batch: list[tuple[LogRecord, int, int]], unknown: int, transport: str
+) -> None:
+    """Unknown fields before the known ones and non-minimal lengths send the wire walk through its
+    slow path, which must accept them: only the values decide."""
+    unknown_field = encode_varint(unknown << 3) + encode_varint(unknown)
+    in_range = [(record, severity % 2**31, count % 2**32) for record, severity, count in batch]
+    parts = b""
+    for item in in_range:
+        record_bytes = unknown_field + _wire_record(*item)
+        parts += b"\x12" + _long_varint(len(record_bytes)) + record_bytes
+    body = _ld(1, _ld(2, parts))
+    payloads = decode(transport, body, None)
+    for payload, (record, severity, count) in zip(payloads, in_range, strict=True):
+        expected = LogRecord()
+        expected.CopyFrom(record)
+        expected.severity_number = severity  # type: ignore[assignment]
+        expected.dropped_attributes_count = count
+        expected.MergeFromString(unknown_field)
+        sealed = LogRecord.FromString(LogPayload.FromString(payload).log_record)
+        assert sealed.SerializeToString() == expected.SerializeToString()
+
+
 def _mutations() -> st.SearchStrategy[bytes]:
     seeds = [request.SerializeToString() for request in seed_requests()] + [to_otlp_json(r) for r in seed_requests()]
 
