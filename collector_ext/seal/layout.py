@@ -2,9 +2,14 @@
 
     <prefix>/<chain id hex>/segments/<YYYY>/<MM>/<DD>/<first seq 20 digits>-<last seq 20 digits>.cxseg
     <prefix>/<chain id hex>/checkpoints/<checkpoint number 12 digits>-<last seq 20 digits>.cxckpt
+    <prefix>/<chain id hex>/notes/<checkpoint number 12 digits>-<last seq 20 digits>.note
+    <prefix>/<chain id hex>/tile/<level>/<index path>[.p/<width>]
 
 Keys sort by chain, then time, then sequence; the date is the segment's UTC sealing date. Nothing in
-the keys is trusted by the verifier: it checks them against the objects' contents.
+the keys is trusted by the verifier: it checks them against the objects' contents. A checkpoint's
+signed note (FORMAT.md 16.4) sits in ``notes/`` under the same number and sequence, not among the
+checkpoints, so that a search over checkpoint keys never meets one; hash tiles follow C2SP tlog-tiles
+with the chain's directory as the log prefix (FORMAT.md 16.5).
 """
 
 from __future__ import annotations
@@ -21,6 +26,13 @@ CHECKPOINT_SUFFIX = ".cxckpt"
 _SEGMENT_RE = re.compile(
     r"(?:^|/)(?P<chain>[0-9a-f]{32})/segments/[0-9]{4}/[0-9]{2}/[0-9]{2}/(?P<first>[0-9]{20})-(?P<last>[0-9]{20})"
     r"\.cxseg\Z"
+)
+NOTE_SUFFIX = ".note"
+TILE_WIDTH = 256
+_NOTE_RE = re.compile(r"(?:^|/)(?P<chain>[0-9a-f]{32})/notes/(?P<number>[0-9]{12})-(?P<last>[0-9]{20})\.note\Z")
+_TILE_RE = re.compile(
+    r"(?:^|/)(?P<chain>[0-9a-f]{32})/tile/(?P<level>[0-9]|[1-5][0-9]|6[0-3])/"
+    r"(?P<index>(?:x[0-9]{3}/)*[0-9]{3})(?:\.p/(?P<width>[0-9]{1,3}))?\Z"
 )
 _CHECKPOINT_RE = re.compile(
     r"(?:^|/)(?P<chain>[0-9a-f]{32})/checkpoints/(?P<number>[0-9]{12})-(?P<last>[0-9]{20})\.cxckpt\Z"
@@ -41,6 +53,66 @@ def checkpoint_key(prefix: str, chain_id: bytes, checkpoint_number: int, last_se
     return _join(
         prefix, f"{chain_id.hex()}/checkpoints/{checkpoint_number:012d}-{last_sequence:020d}{CHECKPOINT_SUFFIX}"
     )
+
+
+def checkpoint_note_key(prefix: str, chain_id: bytes, checkpoint_number: int, last_sequence: int) -> str:
+    """Where the C2SP signed note of checkpoint ``checkpoint_number`` is stored (FORMAT.md 16.4)."""
+    return _join(prefix, f"{chain_id.hex()}/notes/{checkpoint_number:012d}-{last_sequence:020d}{NOTE_SUFFIX}")
+
+
+def tile_index_path(index: int) -> str:
+    """A tile index as tlog-tiles writes it: 3-digit groups, all but the last prefixed with ``x``."""
+    groups = [f"{index % 1000:03d}"]
+    index //= 1000
+    while index:
+        groups.append(f"x{index % 1000:03d}")
+        index //= 1000
+    return "/".join(reversed(groups))
+
+
+def tile_key(prefix: str, chain_id: bytes, level: int, index: int, width: int = TILE_WIDTH) -> str:
+    """The key of hash tile ``index`` at tile ``level``; ``width`` below 256 names a partial tile."""
+    if not 1 <= width <= TILE_WIDTH:
+        raise ValueError(f"a tile holds 1 to {TILE_WIDTH} hashes, not {width}")
+    partial = f".p/{width}" if width < TILE_WIDTH else ""
+    return _join(prefix, f"{chain_id.hex()}/tile/{level}/{tile_index_path(index)}{partial}")
+
+
+@dataclass(frozen=True, slots=True)
+class NoteKey:
+    key: str
+    chain_id_hex: str
+    checkpoint_number: int
+    last_sequence: int
+
+
+@dataclass(frozen=True, slots=True)
+class TileKey:
+    key: str
+    chain_id_hex: str
+    level: int
+    index: int
+    width: int
+
+
+def parse_note_key(key: str) -> NoteKey | None:
+    match = _NOTE_RE.search(key)
+    if match is None:
+        return None
+    return NoteKey(key, match["chain"], int(match["number"]), int(match["last"]))
+
+
+def parse_tile_key(key: str) -> TileKey | None:
+    match = _TILE_RE.search(key)
+    if match is None:
+        return None
+    index = int(match["index"].replace("x", "").replace("/", ""))
+    width = int(match["width"]) if match["width"] else TILE_WIDTH
+    if tile_index_path(index) != match["index"] or (
+        match["width"] and (not 1 <= width < TILE_WIDTH or str(width) != match["width"])
+    ):
+        return None  # only the one spelling tlog-tiles allows (no extra zero groups, no leading zeros)
+    return TileKey(key, match["chain"], int(match["level"]), index, width)
 
 
 @dataclass(frozen=True, slots=True)
