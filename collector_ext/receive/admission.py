@@ -72,7 +72,7 @@ class ReceiverLimits:
 
     max_connections: int = 256
     idle_timeout: float = 30.0
-    body_timeout: float = 30.0
+    body_timeout: float = 10.0
     request: RequestLimits = DEFAULT_REQUEST_LIMITS  # what one request may hold (checked after decoding)
 
     def __post_init__(self) -> None:

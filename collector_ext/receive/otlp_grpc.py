@@ -16,9 +16,10 @@ a reservation of the memory budget shared with the HTTP receiver (``admission``)
 the message, within ``body_timeout``. grpc core is told not to inflate compressed messages
 (``grpc.per_message_decompression`` 0): gzip and deflate are inflated here in bounded steps, each
 charged to the budget before it exists, so a compression bomb costs what the budget allows and no
-more. grpc core then holds at most the compressed bytes of a message being received
-(``grpc.max_receive_message_length``), connections are capped (``max_connections``) and must finish
-their HTTP/2 handshake and stay busy within ``idle_timeout``.
+more. What grpc core buffers of a message being received (up to ``max_message_bytes`` on the wire)
+is held in the budget before the read is asked for (``_reserve_for_reading``). Connections are capped
+(``max_connections``) and must finish their HTTP/2 handshake, and not sit idle, within
+``idle_timeout``.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from collector_ext.metrics import Metrics
 from collector_ext.receive.admission import (
     DEFAULT_ADMISSION,
     AdmissionControl,
+    AdmissionRefusedError,
     ReceiverLimits,
     Reservation,
     decode_cost,
@@ -64,6 +66,8 @@ _EMPTY_RESPONSE = ExportLogsServiceResponse().SerializeToString()
 # Above this size a message is inflated and decoded in a worker thread, off the event loop the HTTP
 # receiver and the pipeline share.
 _DECODE_IN_THREAD_BYTES = 1 << 20
+# How long a call waits for room in the budget before its message is read (then UNAVAILABLE).
+_READ_ROOM_WAIT_SECONDS = 2.0
 # What a sealed payload costs beyond its bytes while it waits for its acknowledgement (the bytes
 # object and its slot in the list).
 PAYLOAD_OVERHEAD_BYTES = 64
@@ -193,6 +197,31 @@ class LogsExportHandler:
             peer=grpc_peer(context.peer()),
         )
 
+    async def _reserve_for_reading(self, reservation: Reservation) -> None:
+        """Hold what grpc core may buffer for this call's message before asking for it.
+
+        Once a read is pending, grpc core lets the whole message in (HTTP/2 flow control opens to
+        the length it announces) and buffers all of it before handing it over, so the budget cannot
+        charge it as it arrives: it is held in advance, as a body still arriving (at most half the
+        budget for all of them), and given back to the message's real size once it is here. A
+        request that finds no room waits briefly for it: reads of well-behaved clients take
+        milliseconds.
+
+        Raises:
+            AdmissionRefusedError: still no room after ``_READ_ROOM_WAIT_SECONDS``.
+        """
+        capacity = self._admission.settings.max_inflight_bytes
+        expected = min(self._max_message_bytes, capacity // 2)
+        deadline = time.monotonic() + min(self._limits.body_timeout, _READ_ROOM_WAIT_SECONDS)
+        while True:
+            try:
+                reservation.charge_arriving(expected, "a gRPC message of up to max_message_bytes")
+                return
+            except AdmissionRefusedError:
+                if time.monotonic() >= deadline:
+                    raise
+            await asyncio.sleep(0.01)
+
     async def _read_message(self, context: grpc.aio.ServicerContext) -> bytes:
         try:
             message = await asyncio.wait_for(context.read(), self._limits.body_timeout)
@@ -230,14 +259,20 @@ class LogsExportHandler:
     async def _export_admitted(
         self, context: grpc.aio.ServicerContext, reservation: Reservation, sender: Sender | None, started: float
     ) -> bytes:
+        try:
+            await self._reserve_for_reading(reservation)
+        except DeliveryError as exc:
+            text = exc.diagnostics()
+            self._metrics.observe_export("grpc", "unavailable", 0, time.monotonic() - started)
+            await self._abort_unavailable(context, text)
         message = await self._read_message(context)
+        reservation.body_arrived()
         # A refusal is decided inside ``except`` but sent after it: aborting raises, and an exception
         # raised while handling another keeps that one's traceback, whose frames hold the message
         # and its inflated body, for as long as grpc keeps the abort.
         refusal: tuple[grpc.StatusCode, str, str] | None = None
         try:
-            # grpc core already holds these bytes (at most max_receive_message_length): charged now.
-            reservation.charge(len(message), "the request message")
+            reservation.shrink_to(len(message))  # what was held in advance, down to what came
             # Deflate inflates at most about 1032 to 1.
             largest = len(message) * (1032 if message_coding(message) else 1)
             if largest >= _DECODE_IN_THREAD_BYTES:
@@ -325,6 +360,9 @@ class OtlpGrpcReceiver:
                 ("grpc.server_handshake_timeout_ms", idle_ms),
                 ("grpc.max_connection_idle_ms", max(idle_ms, 1000)),
                 ("grpc.max_concurrent_streams", 32),
+                # Without bandwidth probing a call whose message is not being read yet gets only the
+                # initial 64 KiB window; a call being read gets its message's length (and is charged).
+                ("grpc.http2.bdp_probe", 0),
             ],
         )
         export = grpc.stream_unary_rpc_method_handler(

@@ -3,10 +3,10 @@
 Every attack of issue 10 is reproduced against one sidecar subprocess (so its memory can be read
 from /proc/PID/status): the peak resident memory (VmHWM, reset before each attack) must stay under
 300 MiB, and valid requests sent during the attack must still be sealed (a 503 / UNAVAILABLE with
-retry advice is retried, as the collector does). The sidecar runs with the deployment manifests'
-max_message_bytes (64 MiB), so it is the memory budget, not the message limit, that holds; and with
-short timeouts (idle 2 s, body 3 s) so the attacks end quickly. Each test prints its peak as
-``PEAK <attack> <MiB>`` (run with -s to see them).
+retry advice is retried, as the collector does). The sidecar runs with the shipped defaults (memory
+budget 128 MiB, max_message_bytes 16 MiB, 64 requests, 256 connections per receiver) except for
+short timeouts (idle 2 s, body 3 s) so the attacks end quickly, and an open-file limit of 1024. Each
+test prints its peak as ``PEAK <attack> <MiB>`` (run with -s to see them).
 """
 
 from __future__ import annotations
@@ -88,7 +88,6 @@ def sidecar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SidecarProcess
         "listen": "127.0.0.1:0",
         "http_listen": "127.0.0.1:0",
         "metrics_listen": None,
-        "max_message_bytes": 64 * MIB,
         "signing_key": str(keys.private),
         "signing_workers": "threads",
         "archive": {"url": str(base / "archive")},
@@ -202,7 +201,7 @@ class ValidTraffic:
             self._stop.set()
             thread.join(timeout=60)
         assert not self.failed, self.failed
-        assert self.sealed >= 2, "no valid request got through during the attack"
+        assert self.sealed >= 1, "no valid request got through during the attack"
 
 
 def _measure(sidecar: SidecarProcess, name: str, attack: Callable[[], None]) -> int:
@@ -307,6 +306,80 @@ def _stalled_grpc_stream(port: int, message: bytes, declared_length: int) -> soc
     return sock
 
 
+class _H2Sender:
+    """An HTTP/2 connection sending one Export call's DATA as fast as flow control lets it, up to
+    ``send`` bytes of a plain message announcing ``declared`` bytes, then nothing."""
+
+    def __init__(self, port: int, declared: int, send: int) -> None:
+        self.sock = _connect(port)
+        self.sent = 0
+        self._windows = {0: 65535, 1: 65535}
+        self._initial = 65535
+        self._changed = threading.Condition()
+        self._send_lock = threading.Lock()
+        self.closed = False
+        self._send(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _h2_frame(0x4, 0, 0, b""))
+        threading.Thread(target=self._read_frames, daemon=True).start()
+        headers = b"".join(
+            _hpack_literal(name, value)
+            for name, value in (
+                (":method", "POST"),
+                (":scheme", "http"),
+                (":path", EXPORT),
+                (":authority", "127.0.0.1"),
+                ("content-type", "application/grpc"),
+                ("te", "trailers"),
+            )
+        )
+        self._send(_h2_frame(0x1, 0x4, 1, headers))
+        data = b"\x00" + struct.pack(">I", declared) + b"\x0a" * send
+        while self.sent < len(data):
+            with self._changed:
+                if not self._changed.wait_for(lambda: self.closed or min(self._windows.values()) > 0, timeout=2):
+                    return  # the server gives no more room: stalled where it wants us
+                if self.closed:
+                    return
+                size = min(*self._windows.values(), 16384, len(data) - self.sent)
+                for stream in self._windows:
+                    self._windows[stream] -= size
+            if not self._send(_h2_frame(0x0, 0, 1, data[self.sent : self.sent + size])):
+                return
+            self.sent += size
+
+    def _send(self, data: bytes) -> bool:
+        with self._send_lock:
+            return _send_quietly(self.sock, data)
+
+    def _read_frames(self) -> None:
+        buffer = b""
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                with self._changed:
+                    self.closed = True
+                    self._changed.notify_all()
+                return
+            buffer += data
+            while len(buffer) >= 9 and len(buffer) >= 9 + int.from_bytes(buffer[:3], "big"):
+                length, kind, flags = int.from_bytes(buffer[:3], "big"), buffer[3], buffer[4]
+                stream = int.from_bytes(buffer[5:9], "big") & 0x7FFFFFFF
+                payload, buffer = buffer[9 : 9 + length], buffer[9 + length :]
+                with self._changed:
+                    if kind == 0x8 and stream in self._windows:  # WINDOW_UPDATE
+                        self._windows[stream] += int.from_bytes(payload, "big") & 0x7FFFFFFF
+                    elif kind == 0x4 and not flags & 1:  # SETTINGS (not an ACK)
+                        for offset in range(0, len(payload), 6):
+                            key, value = struct.unpack(">HI", payload[offset : offset + 6])
+                            if key == 4:  # INITIAL_WINDOW_SIZE
+                                self._windows[1] += value - self._initial
+                                self._initial = value
+                        self._send(_h2_frame(0x4, 0x1, 0, b""))
+                    self._changed.notify_all()
+
+
 def _json_with_attributes(count: int) -> bytes:
     attributes = ",".join(f'{{"key":"k{i:08d}","value":{{"intValue":"{i}"}}}}' for i in range(count))
     return ('{"resourceLogs":[{"scopeLogs":[{"logRecords":[{"attributes":[' + attributes + "]}]}]}]}").encode()
@@ -349,17 +422,18 @@ def test_stalled_and_invalid_gzip_bombs_on_both_receivers(sidecar: SidecarProces
             sock.close()
 
     _measure(sidecar, "gzip-bombs-stalled-and-invalid", attack)
-    # Those the budget had room for were inflated and refused as invalid; the others were told to retry.
-    assert set(statuses) <= {400, 503}, statuses
-    assert set(codes) <= {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAVAILABLE}, codes
-    assert 400 in statuses or grpc.StatusCode.INVALID_ARGUMENT in codes
-    # Alone, each receiver inflates a whole 63 MiB bomb within the budget and refuses it as invalid.
-    assert _http_post(sidecar.http_port, broken, headers={"Content-Encoding": "gzip"}) == 400
-    assert _grpc_export(sidecar.grpc_port, broken) is grpc.StatusCode.INVALID_ARGUMENT
+    # Those the budget had room for were inflated up to max_message_bytes and refused; the others
+    # were told to retry.
+    assert set(statuses) <= {413, 503}, statuses
+    assert set(codes) <= {grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE}, codes
+    assert 413 in statuses or grpc.StatusCode.RESOURCE_EXHAUSTED in codes
+    # Alone, each receiver inflates a bomb only as far as max_message_bytes.
+    assert _http_post(sidecar.http_port, broken, headers={"Content-Encoding": "gzip"}) == 413
+    assert _grpc_export(sidecar.grpc_port, broken) is grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 def test_a_real_grpc_client_compressing_a_bomb_is_refused_within_the_budget(sidecar: SidecarProcess) -> None:
-    payload = logs_request("z" * (70 * MIB))  # over max_message_bytes once inflated
+    payload = logs_request("z" * (70 * MIB))  # far over max_message_bytes once inflated
 
     def attack() -> None:
         assert _grpc_export(sidecar.grpc_port, payload, grpc.Compression.Gzip) is grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -384,19 +458,48 @@ def test_forty_stalled_http_bodies(sidecar: SidecarProcess) -> None:
     assert len(outcomes) == 40 and all(outcomes)
 
 
-def test_json_with_a_million_attributes_one_and_four_at_once(sidecar: SidecarProcess) -> None:
-    body = _json_with_attributes(1_000_000)
-    assert len(body) > 45 * 1000 * 1000
-    statuses: list[int] = []
+def test_forty_stalled_plain_grpc_messages(sidecar: SidecarProcess) -> None:
+    senders: list[_H2Sender] = []
+
+    def stalled_message() -> None:
+        senders.append(_H2Sender(sidecar.grpc_port, declared=60 * MIB, send=20 * MIB))
+
+    def attack() -> None:
+        _in_threads([stalled_message] * 40)
+        # Messages being read were held in the budget in advance; the others got no more than the
+        # initial flow-control window, and were refused (UNAVAILABLE) when no room came.
+        assert sum(sender.sent for sender in senders) < 200 * MIB, [sender.sent // MIB for sender in senders]
+        for sender in senders:
+            _closed_within(sender.sock, BODY_TIMEOUT + IDLE_TIMEOUT + 5)
+            sender.sock.close()
+
+    _measure(sidecar, "40-stalled-plain-grpc-messages", attack)
+
+
+@pytest.mark.parametrize(("attributes", "refused_by"), [(1_000_000, "max_message_bytes"), (300_000, "max_inflight")])
+def test_json_with_many_attributes_one_and_four_at_once(
+    sidecar: SidecarProcess, attributes: int, refused_by: str
+) -> None:
+    """48 MB (the issue's case: over max_message_bytes) and 14 MB (within it, but its decoding would
+    take more than the whole budget): both refused before they are parsed."""
+    body = _json_with_attributes(attributes)
+    replies: list[tuple[int, str]] = []
 
     def one() -> None:
-        statuses.append(_http_post(sidecar.http_port, body, "application/json"))
+        connection = http.client.HTTPConnection("127.0.0.1", sidecar.http_port, timeout=30)
+        try:
+            connection.request("POST", "/v1/logs", body=body, headers={"Content-Type": "application/json"})
+            response = connection.getresponse()
+            replies.append((response.status, response.read().decode()))
+        except OSError:
+            replies.append((0, "closed"))  # answered before the whole body was sent
+        finally:
+            connection.close()
 
-    _measure(sidecar, "json-1M-attributes", one)
-    _measure(sidecar, "json-1M-attributes-x4", lambda: _in_threads([one] * 4))
-    # Too costly to decode within the budget: refused for good, naming the setting, or told to retry.
-    assert set(statuses) <= {413, 503, 0}, statuses
-    assert 413 in statuses
+    _measure(sidecar, f"json-{len(body) // 1000000}MB-{attributes}-attributes", one)
+    assert replies[0][0] == 413 and refused_by in replies[0][1], replies
+    _measure(sidecar, f"json-{len(body) // 1000000}MB-{attributes}-attributes-x4", lambda: _in_threads([one] * 4))
+    assert {status for status, _ in replies} <= {413, 503, 0}, replies
 
 
 def test_idle_slowloris_and_endless_chunked_connections_are_cut(sidecar: SidecarProcess) -> None:
