@@ -185,7 +185,11 @@ class LimitsConfig(_Section):
         "or a gRPC connection without a finished handshake or without calls, is closed after this",
     )
     body_timeout_seconds: float = Field(
-        default=30.0, gt=0, le=3600, description="a request's whole body (gRPC: its message) must arrive within this"
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="a request's whole body (gRPC: its message) must arrive within this (the collector's own "
+        "exporter timeout is 5 s)",
     )
     # Requests past these are refused whole (INVALID_ARGUMENT / 400 naming the limit), never trimmed.
     max_attributes: int = Field(
