@@ -3,6 +3,8 @@
     <prefix>/<chain id hex>/segments/<YYYY>/<MM>/<DD>/<first seq 20 digits>-<last seq 20 digits>.cxseg
     <prefix>/<chain id hex>/checkpoints/<checkpoint number 12 digits>-<last seq 20 digits>.cxckpt
     <prefix>/<chain id hex>/notes/<checkpoint number 12 digits>-<last seq 20 digits>.note
+    <prefix>/<chain id hex>/notes/<number>-<last seq>.note.cosig.<16 hex: SHA-256(witness name)[:8]>
+    <prefix>/<chain id hex>/notes/<number>-<last seq>.note.tsr
     <prefix>/<chain id hex>/tile/<level>/<index path>[.p/<width>]
 
 Keys sort by chain, then time, then sequence; the date is the segment's UTC sealing date. Nothing in
@@ -14,6 +16,7 @@ with the chain's directory as the log prefix (FORMAT.md 16.5).
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from dataclasses import dataclass
@@ -100,6 +103,53 @@ def parse_note_key(key: str) -> NoteKey | None:
     if match is None:
         return None
     return NoteKey(key, match["chain"], int(match["number"]), int(match["last"]))
+
+
+# Beside a note, what outside parties said of it (FORMAT.md 19.1): a witness's cosignature lines and
+# a time-stamping authority's RFC 3161 reply.
+COSIGNATURE_INFIX = ".cosig."
+TIMESTAMP_SUFFIX = ".tsr"
+_WITNESS_OBJECT_RE = re.compile(
+    r"(?:^|/)(?P<chain>[0-9a-f]{32})/notes/(?P<number>[0-9]{12})-(?P<last>[0-9]{20})\.note"
+    r"(?:\.cosig\.(?P<witness>[0-9a-f]{16})|(?P<tsr>\.tsr))\Z"
+)
+
+
+def cosignature_key(note_key: str, witness_name: str) -> str:
+    """Where witness ``witness_name``'s cosignature lines on the note at ``note_key`` are stored."""
+    return f"{note_key}{COSIGNATURE_INFIX}{witness_key_tag(witness_name)}"
+
+
+def witness_key_tag(witness_name: str) -> str:
+    """The 16 hex digits that name a witness in object keys (its name may hold '/' and ':')."""
+    return hashlib.sha256(witness_name.encode()).hexdigest()[:16]
+
+
+def timestamp_key(note_key: str) -> str:
+    """Where the RFC 3161 reply over the note at ``note_key`` is stored."""
+    return note_key + TIMESTAMP_SUFFIX
+
+
+@dataclass(frozen=True, slots=True)
+class WitnessObjectKey:
+    """A cosignature (``witness_tag`` set) or time-stamp reply (``witness_tag`` None) beside a note."""
+
+    key: str
+    note_key: str
+    chain_id_hex: str
+    checkpoint_number: int
+    last_sequence: int
+    witness_tag: str | None
+
+
+def parse_witness_object_key(key: str) -> WitnessObjectKey | None:
+    match = _WITNESS_OBJECT_RE.search(key)
+    if match is None:
+        return None
+    note_key = key[: key.rindex(NOTE_SUFFIX) + len(NOTE_SUFFIX)]
+    return WitnessObjectKey(
+        key, note_key, match["chain"], int(match["number"]), int(match["last"]), match["witness"]
+    )
 
 
 def parse_tile_key(key: str) -> TileKey | None:
