@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.benchmark import MESSAGE, drive, free_port, signing_rate  # noqa: E402
+from tests.benchmark import MESSAGE, drive, free_port, signing_rate
 
 SOFTHSM_MODULES = ("/usr/lib/softhsm/libsofthsm2.so", "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so")
 TOKEN_LABEL = "bench"
