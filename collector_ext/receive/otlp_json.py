@@ -21,7 +21,7 @@ the value. What is accepted (proto3 JSON mapping as OTLP uses it):
 
 A key given twice in one object, or two members of one oneof, is refused (either would be lost).
 Messages may nest as deep as the protobuf decoder allows (100), so both encodings refuse the same
-requests. The request is then built from the checked values; no I/O.
+requests. The request is built field by field from the checked values; no I/O.
 """
 
 from __future__ import annotations
@@ -32,9 +32,10 @@ import json
 import math
 import re
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, cast
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.message import Message
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
@@ -196,15 +197,20 @@ def _scalar(value: Any, field: FieldDescriptor, where: str, hex_size: int | None
     raise _Refused(f"{where} has a type OTLP/JSON does not use")
 
 
-def _message(document: Any, descriptor: Descriptor, where: str, depth: int) -> dict[str, Any]:
-    """The constructor arguments for ``descriptor``'s message from one JSON object."""
+def _fill(message: Message, document: Any, where: str, depth: int) -> None:
+    """Set ``message``'s fields from one JSON object, checking every value (see the module docstring).
+
+    Repeated messages are dropped from the document as they are converted, so the document and the
+    message do not both hold the whole request at the end.
+    """
     if not isinstance(document, dict):
         raise _Refused(f"{where or 'the request'} is not an object")
     if depth > MAX_MESSAGE_DEPTH:
         record = ".".join(where.split(".")[:3])
         raise _Refused(f"{record} nests messages more than {MAX_MESSAGE_DEPTH} deep")
+    descriptor = cast(Descriptor, message.DESCRIPTOR)
     names = _names_of(descriptor)
-    arguments: dict[str, Any] = {}
+    seen: set[str] = set()
     oneof_member: dict[str, str] = {}
     for key, value in document.items():
         field = names.get(key)
@@ -212,8 +218,9 @@ def _message(document: Any, descriptor: Descriptor, where: str, depth: int) -> d
             continue  # unknown fields are ignored (OTLP/JSON); null is the default
         # Positions use the names the client wrote (lowerCamelCase or the .proto's), known names only.
         path = f"{where}.{key}" if where else key
-        if field.name in arguments:
+        if field.name in seen:
             raise _Refused(f"{path} is given twice (as {field.name} and {field.json_name})")
+        seen.add(field.name)
         oneof = field.containing_oneof
         if oneof is not None:
             earlier = oneof_member.setdefault(oneof.name, field.name)
@@ -223,20 +230,21 @@ def _message(document: Any, descriptor: Descriptor, where: str, depth: int) -> d
         if field.is_repeated:
             if not isinstance(value, list):
                 raise _Refused(f"{path} is not an array")
+            container = getattr(message, field.name)
             if field.message_type is not None:
-                message_type = field.message_type
-                arguments[field.name] = [
-                    _message(item, message_type, f"{path}[{index}]", depth + 1) for index, item in enumerate(value)
-                ]
+                for index, item in enumerate(value):
+                    _fill(container.add(), item, f"{path}[{index}]", depth + 1)
+                    value[index] = None
             else:
-                arguments[field.name] = [
-                    _scalar(item, field, f"{path}[{index}]", hex_size) for index, item in enumerate(value)
-                ]
+                container.extend(
+                    [_scalar(item, field, f"{path}[{index}]", hex_size) for index, item in enumerate(value)]
+                )
         elif field.message_type is not None:
-            arguments[field.name] = _message(value, field.message_type, path, depth + 1)
+            child = getattr(message, field.name)
+            child.SetInParent()  # present even when empty, as in the protobuf encoding
+            _fill(child, value, path, depth + 1)
         else:
-            arguments[field.name] = _scalar(value, field, path, hex_size)
-    return arguments
+            setattr(message, field.name, _scalar(value, field, path, hex_size))
 
 
 def parse_json_request(body: bytes) -> ExportLogsServiceRequest:
@@ -250,9 +258,11 @@ def parse_json_request(body: bytes) -> ExportLogsServiceRequest:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidRequestError(f"{_NOT_VALID}: not valid utf-8 (at byte {exc.start}); nothing was sealed") from exc
+    request = ExportLogsServiceRequest()
     try:
         document = json.loads(text, object_pairs_hook=_unique_keys, parse_float=Decimal, parse_constant=_no_constants)
-        arguments = _message(document, ExportLogsServiceRequest.DESCRIPTOR, "", 1)
+        del text
+        _fill(request, document, "", 1)
     except _Refused as exc:
         raise InvalidRequestError(f"{_NOT_VALID}: {exc}; nothing was sealed") from exc
     except json.JSONDecodeError as exc:
@@ -260,12 +270,10 @@ def parse_json_request(body: bytes) -> ExportLogsServiceRequest:
         raise InvalidRequestError(
             f"{_NOT_VALID}: not JSON (JSONDecodeError: {exc.msg} at character {exc.pos}); nothing was sealed"
         ) from exc
-    except (RecursionError, ValueError, InvalidOperation) as exc:
-        # ValueError: an integer literal of more digits than Python converts.
+    except (RecursionError, ValueError, TypeError, InvalidOperation) as exc:
+        # ValueError: an integer literal of more digits than Python converts; TypeError and
+        # ValueError would also come from a value protobuf refuses that the checks above let through.
         raise InvalidRequestError(
             f"{_NOT_VALID}: not JSON this receiver can read ({type(exc).__name__}); nothing was sealed"
         ) from exc
-    try:
-        return ExportLogsServiceRequest(**arguments)
-    except (ValueError, TypeError, RecursionError) as exc:
-        raise InvalidRequestError(f"{_NOT_VALID} ({type(exc).__name__}); nothing was sealed") from exc
+    return request
