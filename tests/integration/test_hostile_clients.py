@@ -438,6 +438,7 @@ def test_a_real_grpc_client_compressing_a_bomb_is_refused_within_the_budget(side
     def attack() -> None:
         assert _grpc_export(sidecar.grpc_port, payload, grpc.Compression.Gzip) is grpc.StatusCode.RESOURCE_EXHAUSTED
         assert _grpc_export(sidecar.grpc_port, logs_request("small"), grpc.Compression.Gzip) is grpc.StatusCode.OK
+        assert _grpc_export(sidecar.grpc_port, logs_request("small"), grpc.Compression.Deflate) is grpc.StatusCode.OK
 
     _measure(sidecar, "grpc-client-gzip-70MiB", attack)
 
