@@ -195,6 +195,20 @@ def _refuse_link(path: Path) -> bool:
     return True
 
 
+def _not_ours(directory: Path) -> str:
+    """The problem with a spool directory this process may not make private (another user owns it)."""
+    try:
+        status = os.stat(directory)
+        found = f"mode {stat.S_IMODE(status.st_mode):04o}, owned by uid {status.st_uid}"
+    except OSError:
+        found = "its owner could not be read"
+    return (
+        f"cannot make {directory} private ({found}; the sidecar runs as uid {os.geteuid()}): point "
+        f"spool.directory at a subdirectory, which the sidecar creates with mode 0700 (the root of a "
+        f"Kubernetes volume belongs to root), or give the directory to the sidecar's user"
+    )
+
+
 def _prepare_directory(directory: Path, tightened: list[tuple[Path, int]]) -> None:
     """Create ``directory`` (mode 0700) or tighten an existing one to 0700; never through a link.
 
@@ -206,6 +220,8 @@ def _prepare_directory(directory: Path, tightened: list[tuple[Path, int]]) -> No
             directory.parent.mkdir(parents=True, exist_ok=True)
             directory.mkdir(PRIVATE_DIRECTORY_MODE, exist_ok=True)
         before = tighten_mode(directory, PRIVATE_DIRECTORY_MODE, directory=True)
+    except PermissionError as exc:
+        raise ConfigurationError("spool.directory", _not_ours(directory)) from exc
     except OSError as exc:
         problem = "it is not a directory" if exc.errno == errno.ENOTDIR else _reason(exc)
         raise ConfigurationError("spool.directory", f"cannot use {directory}: {problem}") from exc

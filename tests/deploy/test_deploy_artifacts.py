@@ -772,6 +772,11 @@ def test_shipped_sidecar_config_loads(which: str, tmp_path: Path) -> None:
     assert config.max_pending_records == 200_000
     # Where the pod mounts the key and the config file.
     assert str(config.signing_key) == "/run/collector-ext/keys/signing.key"
+    # The spool: a subdirectory of its volume, which the sidecar creates 0700 (it refuses a spool it
+    # cannot make private, and a volume's root belongs to root).
+    spool_mounts = {m["mountPath"] for m in _sidecar_container(_pod_spec()["initContainers"])["volumeMounts"]}
+    assert config.spool is not None and str(config.spool.directory.parent) in spool_mounts
+    assert config.ack == "spool"
     assert SIDECAR_COMMAND[-1] == SIDECAR_CONFIG_PATH
     # One signing process per CPU of the container's limit, not of the node.
     cpu_limit = _sidecar_container(_pod_spec()["initContainers"])["resources"]["limits"]["cpu"]

@@ -174,3 +174,28 @@ def test_an_atomic_write_replaces_links_and_never_writes_through_them(tmp_path: 
     assert not (tmp_path / "state").is_symlink()
     assert (tmp_path / "state").read_bytes() == b"new"
     assert _mode(tmp_path / "state") == 0o600
+
+
+def test_a_spool_directory_another_user_owns_is_refused_with_the_way_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The root of a Kubernetes volume belongs to root (mode 2777 with fsGroup): the sidecar cannot
+    make it private, so the message says to use a subdirectory, which it creates itself."""
+    (tmp_path / "volume").mkdir(mode=0o777)
+    os.chmod(tmp_path / "volume", 0o2777)
+
+    def not_owner(path: Path, mode: int, *, directory: bool) -> int | None:
+        raise PermissionError(1, "Operation not permitted", str(path))
+
+    monkeypatch.setattr("collector_ext.spool.tighten_mode", not_owner)
+    with pytest.raises(ConfigurationError) as caught:
+        Spool(tmp_path / "volume").open()
+    assert caught.value.setting == "spool.directory"
+    assert "mode 2777, owned by uid" in caught.value.problem
+    assert "subdirectory" in caught.value.problem
+    monkeypatch.undo()
+
+    spool = Spool(tmp_path / "volume" / "spool")
+    spool.open()
+    spool.close()
+    assert _mode(tmp_path / "volume" / "spool") == 0o700
