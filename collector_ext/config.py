@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from collector_ext.deliver.loki.mapping import DEFAULT_LABEL_ATTRIBUTES
 from collector_ext.errors import ConfigurationError
+from collector_ext.receive.auth import normalize_allowed_client, valid_token_name
 
 ENV_PREFIX = "COLLECTOR_EXT_"
 DEFAULT_LISTEN = "127.0.0.1:14317"
@@ -153,9 +154,55 @@ class SigningTokenConfig(_Section):
 
 
 class TlsConfig(_Section):
+    """A listener's certificate, key and client CA; re-read when the files change (no restart)."""
+
     cert_file: Path
     key_file: Path
     client_ca_file: Path | None = Field(default=None, description="require client certificates signed by this CA")
+    allowed_clients: tuple[str, ...] = Field(
+        default=(),
+        max_length=1024,
+        description="verified clients that may submit: subject:<RFC 4514 name>, DNS:, URI: (SPIFFE id), IP:, "
+        "email:; empty: any certificate from client_ca_file",
+    )
+
+    @field_validator("allowed_clients")
+    @classmethod
+    def _allowed_clients_parse(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in value:
+            normalize_allowed_client(entry)
+        return value
+
+    @model_validator(mode="after")
+    def _allow_list_needs_client_ca(self) -> TlsConfig:
+        if self.allowed_clients and self.client_ca_file is None:
+            raise ValueError("allowed_clients needs client_ca_file: only verified certificates can be allowed")
+        return self
+
+
+class TokenConfig(_Section):
+    name: str = Field(description="what the seal records as the sender (never the token)")
+    file: Path = Field(description="file holding the token (mode 0600 or 0400); re-read when it changes")
+
+    @field_validator("name")
+    @classmethod
+    def _printable_name(cls, value: str) -> str:
+        return valid_token_name(value)
+
+
+class AuthConfig(_Section):
+    """Bearer tokens. With ``tokens``, every OTLP request must carry one of them; with
+    ``metrics_tokens``, every scrape of /metrics must. Several are allowed at once, for rotation."""
+
+    tokens: tuple[TokenConfig, ...] = Field(default=(), max_length=64)
+    metrics_tokens: tuple[TokenConfig, ...] = Field(default=(), max_length=64)
+
+    @field_validator("tokens", "metrics_tokens")
+    @classmethod
+    def _distinct(cls, value: tuple[TokenConfig, ...]) -> tuple[TokenConfig, ...]:
+        if len({token.name for token in value}) != len(value):
+            raise ValueError("each token name may be listed once")
+        return value
 
 
 class LimitsConfig(_Section):
@@ -210,6 +257,56 @@ class LimitsConfig(_Section):
     )
 
 
+class CheckpointConfig(_Section):
+    """Outside evidence for every checkpoint note: an RFC 3161 time-stamp token (proto/FORMAT.md 19.3)."""
+
+    tsa_url: str | None = Field(
+        default=None,
+        description="time-stamping authority (RFC 3161 over HTTP); each checkpoint note's token is stored beside "
+        "it, requested off the acknowledgement path",
+    )
+    tsa_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+
+    @field_validator("tsa_url")
+    @classmethod
+    def _tsa_http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL of an RFC 3161 time-stamping authority")
+        return value
+
+
+class WitnessConfig(_Section):
+    """A C2SP tlog-witness the sidecar submits each checkpoint note to (proto/FORMAT.md 19.2)."""
+
+    url: str = Field(description="the witness's submission prefix; /add-checkpoint is appended")
+    key: str = Field(description="the witness's cosigning verifier key: <name>+<hint hex>+<base64(0x04 || key)>")
+    timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+
+    @property
+    def name(self) -> str:
+        return self.key.split("+", 1)[0]
+
+    @field_validator("url")
+    @classmethod
+    def _witness_http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL, e.g. https://witness.example/tlog")
+        return value.rstrip("/")
+
+    @field_validator("key")
+    @classmethod
+    def _cosigner_key(cls, value: str) -> str:
+        from collector_ext.seal.note import COSIGNATURE_ED25519_TYPE, NoteError, parse_verifier_key
+
+        try:
+            _name, key_type, _key = parse_verifier_key(value)
+        except NoteError as exc:
+            raise ValueError(f"not a witness verifier key: {exc.problem}") from exc
+        if key_type != COSIGNATURE_ED25519_TYPE:
+            raise ValueError("a witness key has type 0x04 (Ed25519 cosignature); `collector-ext witness vkey` prints it")
+        return value.strip()
+
+
 class LokiConfig(_Section):
     url: str = Field(description="Loki base URL, e.g. http://loki:3100")
     tenant: str | None = Field(default=None, description="X-Scope-OrgID")
@@ -262,8 +359,16 @@ class SidecarConfig(_Section):
     archive: ArchiveConfig
     segment: SegmentConfig = SegmentConfig()
     tls: TlsConfig | None = None
+    auth: AuthConfig = AuthConfig()
     limits: LimitsConfig = LimitsConfig()
+    metrics_tls: TlsConfig | None = Field(
+        default=None, description="HTTPS (and client certificates) for /metrics; may name the same files as tls"
+    )
     loki: LokiConfig | None = None
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    witnesses: tuple[WitnessConfig, ...] = Field(
+        default=(), max_length=32, description="tlog-witnesses that cosign every checkpoint note, off the ack path"
+    )
     spool: SpoolConfig | None = None
     ack: Literal["spool", "archive"] = Field(
         default="spool",
@@ -315,6 +420,13 @@ class SidecarConfig(_Section):
                 else "signing_key and signing_token are both set; keep one"
             )
         return self
+
+    @field_validator("witnesses")
+    @classmethod
+    def _distinct_witnesses(cls, value: tuple[WitnessConfig, ...]) -> tuple[WitnessConfig, ...]:
+        if len({witness.name for witness in value}) != len(value):
+            raise ValueError("each witness (the name in its key) may be listed once")
+        return value
 
     @field_validator("listen", "http_listen", "metrics_listen")
     @classmethod

@@ -15,13 +15,13 @@ import os
 import signal
 import ssl
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import grpc
 
 from collector_ext import __version__
-from collector_ext.config import SidecarConfig
+from collector_ext.config import SidecarConfig, TlsConfig, TokenConfig
 from collector_ext.deliver.archive import ArchiveStore, parse_s3_url
 from collector_ext.deliver.directory_archive import DirectoryArchive
 from collector_ext.deliver.loki.client import LokiConnection
@@ -33,6 +33,7 @@ from collector_ext.errors import ConfigurationError, KeyFileError
 from collector_ext.metrics import Metrics
 from collector_ext.metrics_server import MetricsServer
 from collector_ext.pipeline import PipelineSettings, SealingPipeline
+from collector_ext.receive.auth import Authenticator, TokenFile
 from collector_ext.memory import HeapTrimmer
 from collector_ext.receive.admission import (
     PROTOBUF_DECODE_FACTOR,
@@ -47,8 +48,9 @@ from collector_ext.receive.validate import RequestLimits
 from collector_ext.seal.keys import Ed25519Signer, Signer, load_private_key_pem
 from collector_ext.security_settings import WATCHED_SETTINGS, insecure_settings, security_summary
 from collector_ext.spool import Spool, SpoolError
-from collector_ext.token_signer import TokenSettings, TokenSigner
 from collector_ext.startup_checks import check_configuration_files
+from collector_ext.tls import ReloadingTls, TlsFiles
+from collector_ext.token_signer import TokenSettings, TokenSigner
 
 log = logging.getLogger(__name__)
 
@@ -123,33 +125,32 @@ def open_archive(
     )
 
 
-def _server_credentials(config: SidecarConfig) -> grpc.ServerCredentials | None:
-    if config.tls is None:
+def _reloading_tls(tls: TlsConfig | None, setting: str) -> ReloadingTls | None:
+    """A listener's certificate, key and client CA, re-read when the files change (collector_ext.tls)."""
+    if tls is None:
         return None
-    try:
-        key = config.tls.key_file.read_bytes()
-        cert = config.tls.cert_file.read_bytes()
-        ca = config.tls.client_ca_file.read_bytes() if config.tls.client_ca_file else None
-    except OSError as exc:
-        raise ConfigurationError("tls", f"cannot read {exc.filename}: {exc.strerror}") from exc
-    return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
+    return ReloadingTls(TlsFiles(tls.cert_file, tls.key_file, tls.client_ca_file, setting))
 
 
-def _server_ssl_context(config: SidecarConfig) -> ssl.SSLContext | None:
+def _server_credentials(tls: ReloadingTls | None) -> grpc.ServerCredentials | None:
+    """The gRPC receiver's TLS: certificates fetched again on new handshakes after the files change."""
+    return tls.grpc_credentials() if tls is not None else None
+
+
+def _server_ssl_context(tls: ReloadingTls | None) -> ssl.SSLContext | None:
     """The OTLP/HTTP receiver's TLS: the same certificate, and client certificates when client_ca_file is set."""
-    if config.tls is None:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    try:
-        context.load_cert_chain(config.tls.cert_file, config.tls.key_file)
-        if config.tls.client_ca_file is not None:
-            context.load_verify_locations(cafile=config.tls.client_ca_file)
-            context.verify_mode = ssl.CERT_REQUIRED
-    except ssl.SSLError as exc:
-        raise ConfigurationError("tls", f"cannot use the certificate, key or client CA: {exc.reason}") from exc
-    except OSError as exc:
-        raise ConfigurationError("tls", f"cannot read {exc.filename}: {exc.strerror}") from exc
-    return context
+    return tls.ssl_context() if tls is not None else None
+
+
+def _authenticator(tls: TlsConfig | None, tokens: Sequence[TokenConfig], setting: str) -> Authenticator:
+    """Who may use a listener: bearer tokens (read now; a bad file stops start-up) and the allow-list.
+
+    With neither configured everyone may, and the Sender sealed with each record names the peer (and
+    the verified client certificate, if any) alone.
+    """
+    allowed = tls.allowed_clients if tls is not None else ()
+    files = [TokenFile(token.name, token.file) for token in tokens]
+    return Authenticator.from_files(files, allowed, setting=setting)
 
 
 def _admission(config: SidecarConfig) -> tuple[AdmissionControl, ReceiverLimits]:
@@ -244,6 +245,8 @@ class Sidecar:
         self.metrics.watch(self.pipeline)
         if self.loki is not None:
             self.metrics.watch_loki(self.loki)
+        self.tls = _reloading_tls(config.tls, "tls")
+        self.authenticator = _authenticator(config.tls, config.auth.tokens, "auth.tokens")
         self.admission, self.receiver_limits = _admission(config)
         self.receiver = OtlpGrpcReceiver(
             self.pipeline,
@@ -252,7 +255,8 @@ class Sidecar:
             metrics=self.metrics,
             admission=self.admission,
             limits=self.receiver_limits,
-            server_credentials=_server_credentials(config),
+            server_credentials=_server_credentials(self.tls),
+            authenticator=self.authenticator,
         )
         self.http_receiver = (
             OtlpHttpReceiver(
@@ -262,13 +266,24 @@ class Sidecar:
                 metrics=self.metrics,
                 admission=self.admission,
                 limits=self.receiver_limits,
-                ssl_context=_server_ssl_context(config),
+                ssl_context=_server_ssl_context(self.tls),
+                authenticator=self.authenticator,
             )
             if config.http_listen
             else None
         )
         self.http_port = 0
-        self.metrics_server = MetricsServer(self.metrics, config.metrics_listen) if config.metrics_listen else None
+        self.metrics_tls = _reloading_tls(config.metrics_tls, "metrics_tls")
+        self.metrics_server = (
+            MetricsServer(
+                self.metrics,
+                config.metrics_listen,
+                ssl_context=_server_ssl_context(self.metrics_tls),
+                authenticator=_authenticator(config.metrics_tls, config.auth.metrics_tokens, "auth.metrics_tokens"),
+            )
+            if config.metrics_listen
+            else None
+        )
         self.metrics_port = 0
         self._health_task: asyncio.Task[None] | None = None
         self._stopped = False
@@ -278,8 +293,7 @@ class Sidecar:
         """One INFO line with the effective security settings, a WARNING per unsafe one, and the
         collector_ext_insecure_setting gauge."""
         config = self.config
-        source = f"file {config.signing_key}" if config.signing_key is not None else "signing_token"
-        summary = security_summary(config, key_id=self.signer.key_id.hex(), signing_key_source=source)
+        summary = security_summary(config, key_id=self.signer.key_id.hex())
         log.info("effective security settings", extra=summary)
         unsafe = insecure_settings(config)
         for item in unsafe:

@@ -140,3 +140,32 @@ def decode_sender(data: bytes | memoryview) -> Sender:
         raise MalformedObjectError("sender: a string field is not UTF-8") from exc
     except ValueError as exc:
         raise MalformedObjectError(f"sender: {exc}") from exc
+
+
+_SENDER_TAG = 6 << 3 | 2
+
+
+def without_sender(payload: bytes) -> bytes:
+    """A LogPayload's bytes with its top-level ``sender`` field (6) removed, for telling a resent
+    record from a new one: a collector's resend arrives on a new connection, so only the sender's
+    peer differs (FORMAT.md 10.1). Bytes that are not a sequence of length-delimited fields are
+    returned unchanged."""
+    offset, end = 0, len(payload)
+    while offset < end:
+        start = offset
+        tag = payload[offset]
+        if tag & 0x87 != 2:  # a multi-byte tag or another wire type: no field of LogPayload
+            return payload
+        offset += 1
+        length = shift = 0
+        while offset < end:
+            byte = payload[offset]
+            offset += 1
+            length |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                break
+            shift += 7
+        offset += length
+        if tag == _SENDER_TAG:
+            return payload[:start] + payload[offset:]
+    return payload

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 from collector_ext.seal.entry import ENTRY_HEADER_SIZE, SEQUENCE_SLICE, EntryKind
 from collector_ext.seal.segment import SealedRecord
+from collector_ext.seal.sender import without_sender
 from collector_ext.verify.findings import Finding, FindingKind, Severity
 
 # How many log records before a restart mark are remembered, and how many entries after it are
@@ -157,7 +158,8 @@ class ResendTracker:
                 after = None
                 if not report_all and not any(m > sequence for m in marks):
                     break
-            payload = entry[ENTRY_HEADER_SIZE:]
+            # FORMAT.md 10.1: a resend arrives on another connection; its sender's peer may differ.
+            payload = without_sender(entry[ENTRY_HEADER_SIZE:])
             earlier = None
             if after is not None:
                 original = after.before.get(payload)
@@ -200,7 +202,7 @@ class ResendTracker:
                 # A fast-path segment: consecutive log records of this chain, all before the mark.
                 take = min(len(chunk), wanted)
                 for index in range(len(chunk) - 1, len(chunk) - 1 - take, -1):
-                    before.setdefault(chunk[index].entry[ENTRY_HEADER_SIZE:], clean_from + index)
+                    before.setdefault(without_sender(chunk[index].entry[ENTRY_HEADER_SIZE:]), clean_from + index)
                 wanted -= take
             else:
                 for record in reversed(chunk):
@@ -210,7 +212,7 @@ class ResendTracker:
                     sequence = int.from_bytes(entry[SEQUENCE_SLICE], "big")
                     if sequence >= mark:
                         continue
-                    before.setdefault(entry[ENTRY_HEADER_SIZE:], sequence)
+                    before.setdefault(without_sender(entry[ENTRY_HEADER_SIZE:]), sequence)
                     wanted -= 1
                     if not wanted:
                         return before

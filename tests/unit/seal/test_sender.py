@@ -9,8 +9,10 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeL
 
 from collector_ext.errors import MalformedObjectError
 from collector_ext.pb import archive_pb2
+from collector_ext.seal.keys import Ed25519Signer
 from collector_ext.seal.payload import log_payloads
-from collector_ext.seal.sender import Sender, decode_sender
+from collector_ext.seal.sender import Sender, decode_sender, without_sender
+from tests.archive_builder import build_archive, restart_mark, verify_objects
 
 FULL = Sender(
     peer="[::1]:53422",
@@ -86,3 +88,37 @@ def test_every_payload_of_a_request_ends_with_the_sender() -> None:
 def test_a_payload_without_a_sender_is_unchanged() -> None:
     assert log_payloads(_request(), None) == log_payloads(_request())
     assert not archive_pb2.LogPayload.FromString(log_payloads(_request())[0]).HasField("sender")
+
+
+def test_without_sender_removes_field_six_only() -> None:
+    [plain] = log_payloads(_request())[:1]
+    [with_sender] = log_payloads(_request(), FULL)[:1]
+    assert with_sender != plain
+    assert without_sender(with_sender) == plain
+    assert without_sender(plain) == plain
+    # A record whose bytes contain 0x32 is not mistaken for a sender field.
+    tricky = log_payloads(
+        ExportLogsServiceRequest(
+            resource_logs=[ResourceLogs(scope_logs=[ScopeLogs(log_records=[LogRecord(severity_text="2" * 50)])])]
+        ),
+        Sender(peer="127.0.0.1:1"),
+    )[0]
+    assert without_sender(tricky) == tricky[: -len(Sender(peer="127.0.0.1:1").encode()) - 2]
+    assert without_sender(b"\x08\x01") == b"\x08\x01"  # not LogPayload's shape: unchanged
+
+
+def test_a_resend_on_another_connection_is_recognised(signer: Ed25519Signer) -> None:
+    # Crash after seq 29; the collector resends 25-29 on a new connection (another client port).
+    def payloads(sequence: int) -> bytes:
+        original = {31 + i: 25 + i for i in range(5)}.get(sequence, sequence)
+        record = LogRecord(body=AnyValue(string_value=f"record {original}"))
+        request = ExportLogsServiceRequest(resource_logs=[ResourceLogs(scope_logs=[ScopeLogs(log_records=[record])])])
+        return log_payloads(request, Sender(peer=f"127.0.0.1:{2000 if sequence > 30 else 1000}"))[0]
+
+    archive = build_archive(signer, segments=6, special={30: restart_mark()}, payloads=payloads)
+    report = verify_objects(archive.objects, [signer.public_key])
+    assert [(f.kind.value, f.first_sequence, f.last_sequence) for f in report.findings] == [
+        ("restart", 30, None),
+        ("resent-records", 31, 35),
+    ]
+    assert report.clean
