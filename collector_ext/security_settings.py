@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from collector_ext.config import SidecarConfig
+from collector_ext.config import SidecarConfig, TlsConfig, TokenConfig
 
 # Every setting the insecure-setting gauge reports on, so each has a series (0 or 1) from the start.
 WATCHED_SETTINGS = ("archive.retention_mode", "listen", "http_listen", "metrics_listen")
@@ -62,12 +62,30 @@ def listeners(config: SidecarConfig) -> list[Listener]:
     """The listeners a configuration opens (OTLP/gRPC, OTLP/HTTP, metrics)."""
     tls = config.tls is not None
     mtls = config.tls is not None and config.tls.client_ca_file is not None
-    found = [Listener("listen", config.listen, tls, mtls, False)]
+    tokens = bool(config.auth.tokens)
+    found = [Listener("listen", config.listen, tls, mtls, tokens)]
     if config.http_listen:
-        found.append(Listener("http_listen", config.http_listen, tls, mtls, False))
+        found.append(Listener("http_listen", config.http_listen, tls, mtls, tokens))
     if config.metrics_listen:
-        found.append(Listener("metrics_listen", config.metrics_listen, False, False, False))
+        metrics_tls = config.metrics_tls
+        found.append(
+            Listener(
+                "metrics_listen",
+                config.metrics_listen,
+                metrics_tls is not None,
+                metrics_tls is not None and metrics_tls.client_ca_file is not None,
+                bool(config.auth.metrics_tokens),
+            )
+        )
     return found
+
+
+def signing_key_source(config: SidecarConfig) -> str:
+    """Where the signing key lives: a key file, or a PKCS#11 token (and how it signs)."""
+    token = config.signing_token
+    if token is not None:
+        return f"pkcs11 token {token.token_label!r}, key {token.key_label!r}, mode {token.mode}"
+    return f"file {config.signing_key}"
 
 
 def effective_ack(config: SidecarConfig) -> str:
@@ -105,9 +123,18 @@ def insecure_settings(config: SidecarConfig) -> list[InsecureSetting]:
     return found
 
 
-def security_summary(config: SidecarConfig, *, key_id: str, signing_key_source: str) -> dict[str, Any]:
+def _client_auth(tls: TlsConfig | None, tokens: tuple[TokenConfig, ...]) -> dict[str, Any]:
+    return {
+        "mtls": tls is not None and tls.client_ca_file is not None,
+        "client_ca_file": str(tls.client_ca_file) if tls is not None and tls.client_ca_file else None,
+        "allowed_clients": len(tls.allowed_clients) if tls is not None else 0,
+        "tokens": len(tokens),
+        "token_names": [token.name for token in tokens],
+    }
+
+
+def security_summary(config: SidecarConfig, *, key_id: str) -> dict[str, Any]:
     """The effective security settings as one JSON-ready mapping (names of secrets, never values)."""
-    tls = config.tls
     retention_origins = config.origins("archive.retention_mode")
     return {
         "listeners": [
@@ -121,19 +148,15 @@ def security_summary(config: SidecarConfig, *, key_id: str, signing_key_source: 
             }
             for listener in listeners(config)
         ],
-        "client_auth": {
-            "mtls": tls is not None and tls.client_ca_file is not None,
-            "client_ca_file": str(tls.client_ca_file) if tls is not None and tls.client_ca_file else None,
-            "tokens": 0,
-            "token_names": [],
-        },
+        "client_auth": _client_auth(config.tls, config.auth.tokens),
+        "metrics_client_auth": _client_auth(config.metrics_tls, config.auth.metrics_tokens),
         "archive": config.archive.archive_id,
         "retention_mode": config.archive.retention_mode,
         "retention_days": config.archive.retention_days if config.archive.retention_mode != "NONE" else None,
         "retention_mode_source": retention_origins[-1].describe() if retention_origins else "default",
         "ack": effective_ack(config),
         "spool": str(config.spool.directory) if config.spool is not None else None,
-        "signing_key_source": signing_key_source,
+        "signing_key_source": signing_key_source(config),
         "key_id": key_id,
         "previous_signing_keys": len(config.previous_signing_keys),
         "loki": _without_credentials(config.loki.url) if config.loki is not None else None,

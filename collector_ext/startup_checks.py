@@ -1,7 +1,8 @@
 """Start-up checks of the files a configuration names: private keys and certificates.
 
-A private key file (signing_key, previous_signing_keys, tls.key_file) must be owned by the user the
-sidecar runs as and be unreadable by its group and by others, as ssh requires of a private key. A
+A file holding a secret (signing_key, previous_signing_keys, tls.key_file, metrics_tls.key_file,
+auth token files, signing_token.pin_file) must be owned by the user the sidecar runs as and be
+unreadable by its group and by others, as ssh requires of a private key. A
 certificate must be valid now (not expired, not yet valid) and a server certificate must belong to its
 key. Each refusal is a ``ConfigurationError`` naming the setting and the file, with the fix.
 
@@ -28,7 +29,7 @@ from collector_ext.errors import ConfigurationError, KeyFileError
 
 # Kubernetes secret volumes with an fsGroup give files group read (0440) owned by root; the deploy
 # copies the key into a memory volume owned by the sidecar's user instead (deploy/README.md, step 3).
-_KUBERNETES_HINT = "on Kubernetes, see deploy/README.md (the signing key)"
+_KUBERNETES_HINT = "on Kubernetes: deploy/README.md, step 3, on Secret volumes"
 
 
 def key_file_problem(path: Path, mode: int, owner: int, user: int) -> str | None:
@@ -40,14 +41,15 @@ def key_file_problem(path: Path, mode: int, owner: int, user: int) -> str | None
         )
     if mode & 0o077:
         return (
-            f"{path} has mode {stat.S_IMODE(mode):04o}: a private key must be readable by its owner only; "
+            f"{path} has mode {stat.S_IMODE(mode):04o}: a key or other secret must be readable by its owner only; "
             f"chmod 600 {path} ({_KUBERNETES_HINT})"
         )
     return None
 
 
 def check_private_key_file(path: Path, setting: str, *, user: int | None = None) -> None:
-    """Refuse a private key file readable by group or others, or owned by another user.
+    """Refuse a private key (or other secret) file readable by group or others, or owned by another
+    user.
 
     Raises:
         KeyFileError: the file cannot be found or read, or its mode or owner is unsafe.
@@ -61,12 +63,18 @@ def check_private_key_file(path: Path, setting: str, *, user: int | None = None)
         raise KeyFileError(setting, problem)
 
 
-def private_key_files(config: SidecarConfig) -> list[tuple[str, Path]]:
-    """(setting, path) of every private key file the configuration names."""
+def secret_files(config: SidecarConfig) -> list[tuple[str, Path]]:
+    """(setting, path) of every file holding a secret the configuration names: private keys, bearer
+    tokens, the signing token's PIN."""
     files = [] if config.signing_key is None else [("signing_key", config.signing_key)]
     files.extend((f"previous_signing_keys[{index}]", path) for index, path in enumerate(config.previous_signing_keys))
-    if config.tls is not None:
-        files.append(("tls.key_file", config.tls.key_file))
+    for setting, tls in (("tls", config.tls), ("metrics_tls", config.metrics_tls)):
+        if tls is not None:
+            files.append((f"{setting}.key_file", tls.key_file))
+    for setting, tokens in (("auth.tokens", config.auth.tokens), ("auth.metrics_tokens", config.auth.metrics_tokens)):
+        files.extend((f"{setting}[{index}].file", token.file) for index, token in enumerate(tokens))
+    if config.signing_token is not None:
+        files.append(("signing_token.pin_file", config.signing_token.pin_file))
     return files
 
 
@@ -146,12 +154,13 @@ def check_certificates(config: SidecarConfig, now: datetime.datetime | None = No
         ConfigurationError: naming the setting and the file.
     """
     now = now or datetime.datetime.now(datetime.UTC)
-    if config.tls is not None:
-        tls = config.tls
-        chain = check_certificate_file(tls.cert_file, "tls.cert_file", now)
-        check_key_matches_certificate(chain[0], tls.key_file, "tls.key_file", tls.cert_file)
+    for setting, tls in (("tls", config.tls), ("metrics_tls", config.metrics_tls)):
+        if tls is None:
+            continue
+        chain = check_certificate_file(tls.cert_file, f"{setting}.cert_file", now)
+        check_key_matches_certificate(chain[0], tls.key_file, f"{setting}.key_file", tls.cert_file)
         if tls.client_ca_file is not None:
-            check_certificate_file(tls.client_ca_file, "tls.client_ca_file", now)
+            check_certificate_file(tls.client_ca_file, f"{setting}.client_ca_file", now)
     if config.loki is not None and config.loki.ca_file is not None:
         check_certificate_file(config.loki.ca_file, "loki.ca_file", now)
 
@@ -168,5 +177,5 @@ def check_configuration_files(config: SidecarConfig, now: datetime.datetime | No
     Raises:
         ConfigurationError: the first problem, naming the setting and the file.
     """
-    check_private_keys(private_key_files(config))
+    check_private_keys(secret_files(config))
     check_certificates(config, now)

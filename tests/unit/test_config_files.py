@@ -194,3 +194,38 @@ def test_a_file_without_a_certificate_is_refused(tmp_path: Path, server: dict[st
     with pytest.raises(ConfigurationError, match="no PEM certificate") as caught:
         check_certificates(_config(tmp_path, tls=server), NOW)
     assert caught.value.setting == "tls.cert_file"
+
+
+def test_token_files_pin_files_and_the_metrics_key_are_checked_like_keys(
+    tmp_path: Path, server: dict[str, Path]
+) -> None:
+    token = _write(tmp_path / "collector.token", b"0123456789abcdef0123456789abcdef\n", 0o644)
+    config = _config(tmp_path, auth={"metrics_tokens": [{"name": "prometheus", "file": token}]})
+    with pytest.raises(KeyFileError) as caught:
+        check_configuration_files(config, NOW)
+    assert caught.value.setting == "auth.metrics_tokens[0].file"
+    assert "0644" in caught.value.problem and "BEGIN" not in caught.value.problem
+    token.chmod(0o600)
+    check_configuration_files(config, NOW)
+
+    server["key_file"].chmod(0o640)
+    with pytest.raises(KeyFileError) as caught:
+        check_configuration_files(_config(tmp_path, metrics_tls=server), NOW)
+    assert caught.value.setting == "metrics_tls.key_file"
+    server["key_file"].chmod(0o600)
+    with pytest.raises(ConfigurationError) as caught:
+        check_configuration_files(_config(tmp_path, metrics_tls=server), NOW + 60 * DAY)
+    assert caught.value.setting == "metrics_tls.cert_file"
+
+    pin = _write(tmp_path / "pin", b"1234\n", 0o600)
+    token_config = SidecarConfig.model_validate(
+        {
+            "signing_token": {"module": "m.so", "token_label": "t", "key_label": "k", "pin_file": pin},
+            "archive": {"url": str(tmp_path / "a")},
+        }
+    )
+    check_configuration_files(token_config, NOW)
+    pin.chmod(0o604)
+    with pytest.raises(KeyFileError) as caught:
+        check_configuration_files(token_config, NOW)
+    assert caught.value.setting == "signing_token.pin_file"

@@ -46,7 +46,7 @@ def test_retention_none_from_the_environment_says_it_overrode_the_file(tmp_path:
     assert finding.setting == "archive.retention_mode"
     assert "environment variable COLLECTOR_EXT_ARCHIVE__RETENTION_MODE" in finding.reason
     assert f"overriding the config file {path}" in finding.reason
-    summary = security_summary(config, key_id="ab", signing_key_source="file k")
+    summary = security_summary(config, key_id="ab")
     assert summary["retention_mode"] == "NONE"
     assert summary["retention_mode_source"] == "environment variable COLLECTOR_EXT_ARCHIVE__RETENTION_MODE"
 
@@ -79,7 +79,7 @@ def test_the_summary_names_every_listener_and_setting_and_is_json() -> None:
         loki={"url": "https://user:secret@loki.example:3100", "password": "hunter2-password"},
         tls={"cert_file": "c", "key_file": "k", "client_ca_file": "ca"},
     )
-    summary = security_summary(config, key_id="00ff", signing_key_source="file k")
+    summary = security_summary(config, key_id="00ff")
     text = json.dumps(summary)
     assert "secret" not in text and "hunter2" not in text
     assert summary["loki"] == "https://loki.example:3100"
@@ -98,4 +98,48 @@ def test_the_summary_names_every_listener_and_setting_and_is_json() -> None:
     assert summary["spool"] == "/var/lib/collector-ext/spool"
     assert summary["key_id"] == "00ff"
     assert summary["insecure_settings"] == []
-    assert security_summary(_config(), key_id="00", signing_key_source="file k")["ack"] == "archive"  # no spool
+    assert security_summary(_config(), key_id="00")["ack"] == "archive"  # no spool
+
+
+def test_bearer_tokens_count_as_client_authentication_and_only_their_names_are_shown() -> None:
+    tls = {"cert_file": "c", "key_file": "k"}
+    tokens = [{"name": "collector-a", "file": "/run/tokens/a"}, {"name": "collector-b", "file": "/run/tokens/b"}]
+    config = _config(
+        listen="0.0.0.0:14317",
+        metrics_listen="0.0.0.0:19464",
+        tls=tls,
+        metrics_tls=tls,
+        auth={"tokens": tokens, "metrics_tokens": [{"name": "prometheus", "file": "/run/tokens/p"}]},
+    )
+    assert insecure_settings(config) == []
+    summary = security_summary(config, key_id="00")
+    assert summary["client_auth"]["tokens"] == 2
+    assert summary["client_auth"]["token_names"] == ["collector-a", "collector-b"]
+    assert summary["metrics_client_auth"]["token_names"] == ["prometheus"]
+    metrics = next(item for item in summary["listeners"] if item["setting"] == "metrics_listen")
+    assert metrics["tls"] is True and metrics["tokens"] is True
+    assert "/run/tokens" not in json.dumps(summary), "where the tokens are kept is not needed to judge the settings"
+
+    without_metrics_auth = _config(metrics_listen="0.0.0.0:19464", metrics_tls=tls)
+    [finding] = insecure_settings(without_metrics_auth)
+    assert finding.setting == "metrics_listen"
+    assert finding.reason.endswith("without client authentication")
+
+
+def test_the_signing_key_source_names_a_token_by_its_labels(tmp_path: Path) -> None:
+    config = load_config(
+        None,
+        environ={},
+        overrides={
+            "archive": {"url": "s3://b/p"},
+            "signing_token": {
+                "module": "/usr/lib/softhsm/libsofthsm2.so",
+                "token_label": "audit",
+                "key_label": "collector-ext",
+                "pin_file": str(tmp_path / "pin"),
+            },
+        },
+    )
+    source = security_summary(config, key_id="00")["signing_key_source"]
+    assert source == "pkcs11 token 'audit', key 'collector-ext', mode run_key"
+    assert security_summary(_config(), key_id="00")["signing_key_source"] == "file k"
