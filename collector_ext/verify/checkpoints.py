@@ -67,6 +67,10 @@ class ResumePoint:
     key_id: bytes
     time_unix_nano: int
     final: bool
+    # The run key whose run continues past the checkpoint (FORMAT.md 10.3), and the sequence number of
+    # its certification (by ``key_id``); empty when no run key signs the records after it.
+    run_public_key: bytes = b""
+    run_key_sequence: int = 0
 
 
 class CheckpointLedger:

@@ -166,6 +166,7 @@ class ChainChecker:
         # the walk is in (None after a restart mark, key rotation or another certification ends it).
         self._run_keys: dict[bytes, RunKey] = {}
         self._active_run: RunKey | None = None
+        self._run_ends: dict[bytes, int] = {}  # run key id -> the entry that ended its run
         self._verifying = False  # whether the segment being walked has its record signatures checked
 
     @property
@@ -215,6 +216,11 @@ class ChainChecker:
         self._previous_hash = point.head_sha256
         self._last_hash = point.head_sha256
         self._previous_item = None
+        if point.run_public_key:
+            # 13.9: the run that continues past the remembered checkpoint, as the earlier run found it.
+            run = RunKey(PublicKey.from_raw(point.run_public_key), point.run_key_sequence, point.key_id, "")
+            self._run_keys[run.key.key_id] = run
+            self._active_run = run
 
     # -- checkpoints ----------------------------------------------------------------------------
     def add_checkpoint(self, key: CheckpointKey, data: bytes | UnreadableObject) -> None:
@@ -781,8 +787,10 @@ class ChainChecker:
 
     def _note_special(self, key: SegmentKey, sequence: int, key_id: bytes, payload: SpecialPayload) -> None:
         """13.3 step 8.10: a genesis, restart mark, key rotation or run key accepted into the chain."""
-        if not isinstance(payload, archive_pb2.GenesisPayload):
-            self._active_run = None  # every entry but a log record ends a run (FORMAT.md 10.3)
+        if not isinstance(payload, archive_pb2.GenesisPayload) and self._active_run is not None:
+            # Every entry but a log record ends a run (FORMAT.md 10.3).
+            self._run_ends[self._active_run.key.key_id] = sequence
+            self._active_run = None
         if isinstance(payload, archive_pb2.RunKeyPayload):
             run, problem = run_key_of(payload, self.chain_id, sequence, key_id)
             if run is None:
@@ -1099,6 +1107,7 @@ class ChainChecker:
         checkpoint = newest.checkpoint
         if checkpoint.last_sequence >= self._expected:
             return None  # the walk never reached it (findings say why)
+        run = self._run_at(checkpoint.last_sequence + 1)
         return ResumePoint(
             checkpoint_number=checkpoint.checkpoint_number,
             checkpoint_sha256=newest.sha256,
@@ -1107,4 +1116,14 @@ class ChainChecker:
             key_id=self.keys.key_at(checkpoint.last_sequence + 1) or checkpoint.key_id,
             time_unix_nano=checkpoint.time_unix_nano,
             final=checkpoint.final,
+            run_public_key=run.key.raw if run is not None else b"",
+            run_key_sequence=run.sequence if run is not None else 0,
         )
+
+    def _run_at(self, sequence: int) -> RunKey | None:
+        """The run key whose run holds ``sequence`` (certified before it, not ended at or before it)."""
+        for key_id, run in self._run_keys.items():
+            end = self._run_ends.get(key_id)
+            if run.sequence < sequence and (end is None or sequence < end):
+                return run
+        return None

@@ -74,6 +74,8 @@ class VerifierState:
             key_id=bytes.fromhex(c["key_id"]),
             time_unix_nano=c["time_unix_nano"],
             final=c["final"],
+            run_public_key=bytes.fromhex(c.get("run_public_key", "")),
+            run_key_sequence=c.get("run_key_sequence", 0),
         )
         old = chain.supersedes
         return ChainStart(
@@ -143,6 +145,11 @@ def _chain(chain_id: str, entry: Any) -> RememberedChain:
                 raise ValueError(f"chain {chain_id} checkpoint {name}")
         if not isinstance(checkpoint["final"], bool):
             raise ValueError(f"chain {chain_id} checkpoint final")
+        if len(bytes.fromhex(checkpoint.get("run_public_key", ""))) not in (0, 32):
+            raise ValueError(f"chain {chain_id} checkpoint run_public_key")
+        run_sequence = checkpoint.get("run_key_sequence", 0)
+        if not isinstance(run_sequence, int) or run_sequence < 0:
+            raise ValueError(f"chain {chain_id} checkpoint run_key_sequence")
     supersedes = entry["supersedes"]
     if supersedes is not None:
         Supersession(**_mapping(supersedes, f"chain {chain_id} supersedes"))
@@ -239,6 +246,12 @@ def next_state(
                 "key_id": point.key_id.hex(),
                 "time_unix_nano": point.time_unix_nano,
                 "final": point.final,
+                # Version 2 run keys (FORMAT.md 13.9): absent in state files of earlier verifiers.
+                **(
+                    {"run_public_key": point.run_public_key.hex(), "run_key_sequence": point.run_key_sequence}
+                    if point.run_public_key
+                    else {}
+                ),
             }
             if point is not None
             else (old.checkpoint if old is not None else None)

@@ -27,6 +27,8 @@ from collector_ext.seal.segment import decode_segment, encode_segment
 from collector_ext.spool import Spool
 from collector_ext.token_signer import ed25519_point
 from collector_ext.verify.findings import FindingKind, Severity
+from collector_ext.verify.run import ArchiveCheck, check_archive_with_state
+from collector_ext.verify.state import VerifierState, dump_state, load_state
 from tests.archive_builder import verify_objects
 from tests.fakes import InMemoryArchive
 
@@ -198,3 +200,32 @@ def test_ec_point_of_an_ed25519_key_is_read_in_both_forms(value: bytes, expected
 def test_ec_point_of_another_size_or_form_is_refused(value: bytes) -> None:
     with pytest.raises(ValueError, match="not an Ed25519 public key"):
         ed25519_point(value)
+
+
+def test_verify_with_state_resumes_inside_a_run(signer: Ed25519Signer) -> None:
+    """--state resumes after the newest checkpoint, in the middle of a run: the state remembers the run
+    key, so the run's later records verify (FORMAT.md 13.9)."""
+    store = InMemoryArchive()
+
+    async def verify(state: VerifierState | None) -> ArchiveCheck:
+        reader = InMemoryArchive()
+        reader.objects = dict(store.objects)
+        return await check_archive_with_state(reader, {signer.key_id: signer.public_key}, state)
+
+    async def run() -> tuple[ArchiveCheck, ArchiveCheck]:
+        pipeline = _pipeline(signer, store)
+        await pipeline.start()
+        await pipeline.submit([b"before"] * 5)
+        await pipeline._write_checkpoint()
+        first = await verify(None)
+        await pipeline.submit([b"after"] * 5)
+        await pipeline.close(drain_timeout=5)
+        saved = load_state(dump_state(first.state), "state.json", first.state.archive)
+        return first, await verify(saved)
+
+    first, second = asyncio.run(run())
+    assert first.report.clean, first.report.findings
+    (remembered,) = first.state.chains.values()
+    assert remembered.checkpoint is not None and len(bytes.fromhex(remembered.checkpoint["run_public_key"])) == 32
+    assert second.report.clean, second.report.findings
+    assert second.report.records_checked == 5
