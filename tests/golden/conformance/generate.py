@@ -32,6 +32,9 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
 
 from collector_ext.pb import archive_pb2
 from collector_ext.seal.chain import genesis_payload, key_rotation_payload, run_key_payload
@@ -40,6 +43,8 @@ from collector_ext.seal.entry import EntryKind, entry_hash
 from collector_ext.seal.framing import SEGMENT_MAGIC, frame
 from collector_ext.seal.keys import Ed25519Signer
 from collector_ext.seal.layout import segment_key
+from collector_ext.seal.payload import log_payloads
+from collector_ext.seal.sender import Sender
 from tests.archive_builder import BASE_TIME, BuiltArchive, build_archive, restart_mark
 
 CASES_DIR = Path(__file__).resolve().with_name("cases")
@@ -553,6 +558,60 @@ def short_entry() -> Case:
     )
 
 
+def _payload_with_sender(body: str, port: int) -> bytes:
+    """A log record's payload as the writer seals it with a sender (FORMAT.md 7.3, 7.3a)."""
+    record = LogRecord(body=AnyValue(string_value=body))
+    request = ExportLogsServiceRequest(resource_logs=[ResourceLogs(scope_logs=[ScopeLogs(log_records=[record])])])
+    sender = Sender(peer=f"10.0.0.7:{port}", token_name="collector-prod", certificate_subject="CN=otel-collector")
+    [payload] = log_payloads(request, sender)
+    return payload
+
+
+def sender_recorded() -> Case:
+    built = chain(payloads=lambda sequence: _payload_with_sender(f"event {sequence}", 40000))
+    return Case(
+        "sender-recorded",
+        "Every log record's payload carries the version 2 sender field 6 (7.3a): a valid archive, no findings.",
+        built.objects,
+        [],
+    )
+
+
+def sender_altered() -> Case:
+    built = chain(payloads=lambda sequence: _payload_with_sender(f"event {sequence}", 40000))
+    records = built.segment_records(1)
+    records[1].entry = records[1].entry.replace(b"collector-prod", b"collector-test")
+    built.rewrite_segment(1, records)
+    return Case(
+        "sender-altered",
+        "The sealed sender's token name of the record at seq 4 rewritten (same length): the sender is covered by "
+        "the record signature like the rest of the payload (7.3a, 13.3 step 8.5).",
+        built.objects,
+        [finding("modified-record", "tampering", 4, 4, built.segment_keys[1])],
+    )
+
+
+def resent_from_another_peer() -> Case:
+    # The writer restarted at seq 4; the collector resent the records of seq 2-3 on a new connection, so their
+    # copies at seq 5-6 differ from the originals only in the sender's peer port.
+    bodies = {5: 2, 6: 3}
+
+    def payloads(sequence: int) -> bytes:
+        return _payload_with_sender(f"event {bodies.get(sequence, sequence)}", 40001 if sequence > 4 else 40000)
+
+    built = chain(special={4: restart_mark()}, payloads=payloads)
+    return Case(
+        "resent-from-another-peer",
+        "After a restart mark at seq 4, seq 5-6 repeat seq 2-3 except for the sender's peer: resent records are "
+        "compared without field 6 (10.1, 13.7), so the restart note and one resent-records note, still verified.",
+        built.objects,
+        [
+            finding("restart", "info", 4, 4, built.segment_keys[1]),
+            finding("resent-records", "info", 5, 6, built.segment_keys[1]),
+        ],
+    )
+
+
 def listed_key_absent() -> Case:
     built = chain()
     old_key = built.segment_keys[1]
@@ -620,6 +679,9 @@ CASES: list[Callable[[], Case]] = [
     uncovered_tail,
     short_entry,
     listed_key_absent,
+    sender_recorded,
+    sender_altered,
+    resent_from_another_peer,
 ]
 
 
