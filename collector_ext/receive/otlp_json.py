@@ -2,8 +2,9 @@
 
 The body is read against the OTLP message descriptors, field by field, and every value must have one
 meaning in protobuf; anything a lenient reader would turn into some other value is refused with the
-field and its position (``resource_logs[0].scope_logs[0].log_records[2].severity_number``), never
-the value. What is accepted (proto3 JSON mapping as OTLP uses it):
+field and its position in the names the client wrote
+(``resourceLogs[0].scopeLogs[0].logRecords[2].severityNumber``), never the value. What is
+accepted (proto3 JSON mapping as OTLP uses it):
 
 - field names in lowerCamelCase or as in the .proto (not both for one field); unknown names are
   ignored, as the OTLP specification requires of receivers, so they are not sealed;
