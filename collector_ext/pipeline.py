@@ -36,6 +36,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import logging
 import time
@@ -56,6 +57,7 @@ from collector_ext.errors import (
     DeliveryError,
     InvalidRequestError,
     PermanentArchiveError,
+    UnreadableObjectError,
 )
 from collector_ext.recovery import find_predecessor, newest_checkpoint
 from collector_ext.retry import RetryPolicy, backoff_delay, retry_async
@@ -84,13 +86,16 @@ from collector_ext.seal.framing import (
     MAX_SEGMENTS_PER_CHECKPOINT,
 )
 from collector_ext.seal.keys import Ed25519Signer, Signer
-from collector_ext.seal.layout import checkpoint_key, segment_key
+from collector_ext.seal.layout import checkpoint_key, checkpoint_note_key, parse_segment_key, segment_key, tile_key
+from collector_ext.seal.merkle import leaf_hash
+from collector_ext.seal.note import chain_origin, checkpoint_text, sign_note
 from collector_ext.seal.segment import (
     RECORD_OVERHEAD_BYTES,
     decode_segment,
     encode_segment,
     segment_object_bound,
 )
+from collector_ext.seal.tiles import Tile, TileBuilder, decode_tile
 from collector_ext.signing_pool import SigningPool, SigningWorkers
 from collector_ext.spool import Spool, SpoolContents, SpooledSegment, SpoolError, SpoolFullError
 
@@ -121,6 +126,18 @@ class PipelineSettings:
     signing_workers: SigningWorkers = "processes"
     signing_worker_count: int = 0  # 0: one per CPU
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    # The chain's Merkle tree (hash tiles and a signed note per checkpoint, FORMAT.md 16). Off only to
+    # measure what it costs (tests/benchmark.py); an archive written without it has no proofs.
+    merkle_tree: bool = True
+
+
+CheckpointHook = Callable[[bytes, int, int], None]
+"""Called with each new checkpoint note after it is stored: ``(note bytes, tree size, previous size)``."""
+
+
+def _segment_leaves(data: bytes) -> list[bytes]:
+    """The RFC 6962 leaf hashes of a segment object's entries, in order (FORMAT.md 16.1)."""
+    return [leaf_hash(record.entry) for record in decode_segment(data).records]
 
 
 @dataclass(eq=False)
@@ -202,6 +219,7 @@ class SealingPipeline:
         on_spooled: Callable[[SpooledSegment], None] | None = None,
         loki_cursor: Callable[[bytes], int] | None = None,
         run_key: bool = False,
+        on_checkpoint: CheckpointHook | None = None,
     ) -> None:
         """``run_key``: ``signer`` (e.g. a key in a PKCS#11 token) signs the chain's own entries and its
         checkpoints and certifies a fresh in-memory key at the start of each run, which signs the log
@@ -255,6 +273,13 @@ class SealingPipeline:
         self._checkpoint_number = 0
         self._previous_checkpoint = b""
         self._checkpoint_due = asyncio.Event()
+        # The Merkle tree up to the newest checkpoint (None until start() knows the chain), the leaf
+        # hashes of archived segments not yet in a checkpoint, the partial tiles already stored, and
+        # the subscribers told of each new checkpoint note.
+        self._tiles: TileBuilder | None = None
+        self._leaves: dict[int, list[bytes]] = {}
+        self._stored_partials: set[tuple[int, int, int]] = set()
+        self._checkpoint_hooks: list[CheckpointHook] = [on_checkpoint] if on_checkpoint is not None else []
         # Set at shutdown and checked by the background loops: on Python 3.11 a cancellation that
         # meets asyncio.wait_for just as its inner wait completes can be lost, so cancelling alone
         # does not reliably stop a loop.
@@ -334,6 +359,14 @@ class SealingPipeline:
             return "the archive is failing"
         return None
 
+    def subscribe_checkpoints(self, hook: CheckpointHook) -> None:
+        """Call ``hook(note, size, previous_size)`` after each new checkpoint note is stored.
+
+        Hooks run on the event loop, after the checkpoint is stored and off the acknowledgement path;
+        they must not block (hand the work to a task or a queue). An exception is logged, not raised.
+        """
+        self._checkpoint_hooks.append(hook)
+
     async def start(self) -> None:
         """Continue the spool's chain, or start a new one; wait until its first entry (restart mark
         or genesis) is durable, then accept requests.
@@ -407,6 +440,8 @@ class SealingPipeline:
             self._next_uncovered = covered.last_sequence + 1
             self._last_covered_head = covered.head_sha256
         self._head = head
+        if self._settings.merkle_tree:
+            self._tiles = await self._resume_tree(head.chain_id, self._next_uncovered)
         for segment in contents.segments:
             if segment.last_sequence >= self._next_uncovered:
                 self._unarchived_records += segment.record_count
@@ -448,6 +483,41 @@ class SealingPipeline:
         durable = self._seal(EntryKind.KEY_ROTATION, [rotation], signer=retired)
         return self._certify_run_key() or durable
 
+    async def _resume_tree(self, chain_id: bytes, size: int) -> TileBuilder:
+        """The chain's tree at the newest checkpoint's ``size``: from that size's partial tiles, or, when
+        they are missing (a chain begun before the tree existed), from every segment up to it."""
+        if size == 0:
+            return TileBuilder()
+        partial: dict[int, list[bytes]] = {}
+        try:
+            for tile in TileBuilder(size, _placeholder_partials(size)).partial_tiles():
+                key = tile_key("", chain_id, tile.level, tile.index, tile.width)
+                data = await self._read_archive(f"tree tile {key}", functools.partial(self._store.get, key))
+                partial[tile.level] = list(decode_tile(tile.level, tile.index, tile.width, data).hashes)
+            tiles = TileBuilder(size, partial)
+            self._stored_partials = {(t.level, t.index, t.width) for t in tiles.partial_tiles()}
+            return tiles
+        except (UnreadableObjectError, ValueError) as exc:
+            log.warning(
+                "tree tiles missing at the newest checkpoint; computing the tree from the chain's segments",
+                extra={"chain_id": chain_id.hex(), "tree_size": size, "error": str(exc)},
+            )
+        tiles = TileBuilder()
+        async for key in self._store.list_keys(f"{chain_id.hex()}/segments/"):
+            parsed = parse_segment_key(key)
+            if parsed is None or parsed.first_sequence >= size:
+                continue
+            data = await self._read_archive(f"segment {key}", functools.partial(self._store.get, key))
+            leaves = await asyncio.to_thread(_segment_leaves, data)
+            if parsed.first_sequence != tiles.size:
+                raise ConfigurationError(
+                    "archive.url",
+                    f"chain {chain_id.hex()} has no segment starting at sequence {tiles.size} in the archive: "
+                    "its Merkle tree cannot be computed (run `collector-ext verify` on the archive)",
+                )
+            tiles.extend(leaves[: size - tiles.size])
+        return tiles
+
     async def _chain_key_id(self, contents: SpoolContents) -> bytes | None:
         """The key id the spool's chain is bound to. Its newest entry names it, unless that entry is a
         log record signed by an earlier run's run key (FORMAT.md 7.7): then the chain's key is the one
@@ -474,6 +544,8 @@ class SealingPipeline:
         return contents.key_id
 
     async def _new_chain(self) -> asyncio.Future[None]:
+        if self._settings.merkle_tree:
+            self._tiles = TileBuilder()
         predecessor = await self._read_archive(
             "the chain this writer wrote last",
             lambda: find_predecessor(
@@ -885,7 +957,16 @@ class SealingPipeline:
             last_hash = entry_hash(decode_segment(data).records[-1].entry)
         digest = hashlib.sha256(data).digest()
         key = segment_key("", self.chain_id, item.first_sequence, item.last_sequence, item.created_unix_nano)
-        await self._put_with_retry(key, data, digest)
+        # The tree's leaf hashes, computed in a thread while the segment is being stored.
+        leaves = asyncio.ensure_future(asyncio.to_thread(_segment_leaves, data)) if self._tiles is not None else None
+        try:
+            await self._put_with_retry(key, data, digest)
+        except BaseException:
+            if leaves is not None:
+                leaves.cancel()
+            raise
+        if leaves is not None:
+            self._leaves[item.first_sequence] = await leaves
         records = item.last_sequence - item.first_sequence + 1
         self._archived[item.first_sequence] = (
             SegmentRef(key, item.first_sequence, item.last_sequence, digest, len(data)),
@@ -1006,10 +1087,14 @@ class SealingPipeline:
         )
         data, checkpoint_sha256 = sign_checkpoint(checkpoint, signer)
         key = checkpoint_key("", self.chain_id, checkpoint.checkpoint_number, checkpoint.last_sequence)
+        note = await self._store_tree(checkpoint, covered, signer) if self._tiles is not None else None
         await self._put_with_retry(key, data, hashlib.sha256(data).digest())
         # Only a stored checkpoint moves the state on; a cancelled write leaves it for the next one.
         for ref in covered:
             del self._archived[ref.first_sequence]
+            self._leaves.pop(ref.first_sequence, None)
+        if note is not None:
+            self._announce_checkpoint(*note)
         self._next_uncovered = next_uncovered
         self._last_covered_head = head
         self._checkpoint_number += 1
@@ -1017,3 +1102,60 @@ class SealingPipeline:
         self.stats.checkpoints_written += 1
         self.stats.last_checkpoint_unix = checkpoint.time_unix_nano / 1e9
         return remaining
+
+    async def _store_tree(
+        self, checkpoint: Checkpoint, covered: list[SegmentRef], signer: Signer
+    ) -> tuple[bytes, int, int]:
+        """Extend the tree by the covered segments' leaves and store its new tiles and the checkpoint's
+        signed note (FORMAT.md 16.4, 16.5) before the checkpoint itself, so a stored checkpoint always
+        has its tiles and note. The tree moves on only once they are stored. Returns the note, the
+        tree size and the previous checkpoint's tree size (equal for an idle checkpoint)."""
+        assert self._tiles is not None
+        size = checkpoint.last_sequence + 1
+        tiles = self._tiles
+        if tiles.size != size:
+            # A copy to extend: a cancelled write must leave the stored tree as it was.
+            tiles = TileBuilder(tiles.size, {t.level: t.hashes for t in tiles.partial_tiles()})
+            for ref in covered:
+                leaves = self._leaves[ref.first_sequence][max(0, tiles.size - ref.first_sequence) :]
+                for tile in tiles.extend(leaves):
+                    if tile.level > 0:  # level 0 is the segments' own entries, hashed (FORMAT.md 16.5)
+                        await self._put_tile(tile)
+            if tiles.size != size:
+                raise AssertionError(
+                    f"tree of {tiles.size} leaves for a checkpoint ending at {checkpoint.last_sequence}"
+                )
+        partials = tiles.partial_tiles()
+        for tile in partials:
+            if (tile.level, tile.index, tile.width) not in self._stored_partials:
+                await self._put_tile(tile)
+        origin = chain_origin(self._archive_id, self.chain_id)
+        note = sign_note(checkpoint_text(origin, size, tiles.root()), origin, signer)
+        note_key = checkpoint_note_key("", self.chain_id, checkpoint.checkpoint_number, checkpoint.last_sequence)
+        await self._put_with_retry(note_key, note, hashlib.sha256(note).digest())
+        previous = self._tiles.size
+        self._tiles = tiles
+        self._stored_partials = {(t.level, t.index, t.width) for t in partials}
+        return note, size, previous
+
+    async def _put_tile(self, tile: Tile) -> None:
+        data = tile.encode()
+        key = tile_key("", self.chain_id, tile.level, tile.index, tile.width)
+        await self._put_with_retry(key, data, hashlib.sha256(data).digest())
+
+    def _announce_checkpoint(self, note: bytes, size: int, previous_size: int) -> None:
+        for hook in self._checkpoint_hooks:
+            try:
+                hook(note, size, previous_size)
+            except Exception:
+                log.exception("a checkpoint subscriber failed", extra={"tree_size": size})
+
+
+def _placeholder_partials(size: int) -> dict[int, list[bytes]]:
+    """Partial tiles of the right widths for ``size`` (placeholder hashes): which tiles to read."""
+    partial: dict[int, list[bytes]] = {}
+    level = 0
+    while size >> (8 * level):
+        partial[level] = [ZERO_HASH] * ((size >> (8 * level)) % 256)
+        level += 1
+    return partial

@@ -306,3 +306,20 @@ def add_signatures(note_bytes: bytes, lines: Iterable[NoteSignature] | Sequence[
     if len(merged) > MAX_SIGNATURES:
         raise NoteError("note", f"more than {MAX_SIGNATURES} signatures")
     return Note(note.text, tuple(merged)).encode()
+
+
+def chain_origin(archive_id: str, chain_id: bytes) -> str:
+    """The origin line (and note key name) of a chain's checkpoints: the archive id without its URL
+    scheme, then the chain id in hex (``bucket/prefix/<chain>``; FORMAT.md 16.4).
+
+    Spaces, control characters, ``+`` and ``%`` in the archive id are percent-encoded, since a key
+    name may hold none of the first three.
+    """
+    name = archive_id.split("://", 1)[1] if "://" in archive_id else archive_id
+    name = "".join(c if c.isprintable() and not c.isspace() and c not in "+%" else _percent(c) for c in name)
+    name = name.strip("/") or "collector-ext"
+    return f"{name}/{chain_id.hex()}"
+
+
+def _percent(character: str) -> str:
+    return "".join(f"%{b:02X}" for b in character.encode("utf-8"))

@@ -63,6 +63,9 @@ class FindingKind(StrEnum):
     ROLLBACK = "rollback"
     VANISHED_CHAIN = "vanished-chain"
     STALE_CHAIN = "stale-chain"
+    # A checkpoint note signed by a pinned key whose tree is not the tree of the stored entries, or a
+    # newer note whose tree does not extend a remembered one (FORMAT.md 16.6, 13.9).
+    TREE_MISMATCH = "tree-mismatch"
     # An object the verifier could not read as an archive object (not a regular file, too large).
     UNREADABLE_OBJECT = "unreadable-object"
     # A chain written in format version 1: what it cannot prove.

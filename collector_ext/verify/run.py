@@ -29,13 +29,25 @@ from collector_ext.errors import ArchiveUnavailableError, MalformedObjectError, 
 from collector_ext.seal.checkpoint import decode_checkpoint
 from collector_ext.seal.framing import MAX_CHECKPOINT_OBJECT_BYTES, MAX_SEGMENT_OBJECT_BYTES
 from collector_ext.seal.keys import PublicKey
-from collector_ext.seal.layout import CheckpointKey, SegmentKey, checkpoint_key, parse_checkpoint_key, parse_segment_key
+from collector_ext.seal.layout import (
+    CheckpointKey,
+    NoteKey,
+    SegmentKey,
+    checkpoint_key,
+    parse_checkpoint_key,
+    parse_note_key,
+    parse_segment_key,
+    parse_tile_key,
+)
+from collector_ext.seal.note import MAX_NOTE_BYTES
+from collector_ext.seal.segment import SealedRecord
 from collector_ext.verify.checkpoints import ResumePoint, UnreadableObject
 from collector_ext.verify.findings import ChainSummary, Finding, FindingKind, Severity, VerificationReport
 from collector_ext.verify.keys import Keyring
 from collector_ext.verify.links import ChainChecker, RecordObserver
 from collector_ext.verify.state import VerifierState, next_state, rollback_finding, vanished_chains
 from collector_ext.verify.supersede import relate_archive, relate_chains
+from collector_ext.verify.tree import TreeChecker, VerifiedNote
 
 ProgressCallback = Callable[[int, int], None]  # (objects done, objects in all)
 
@@ -77,6 +89,7 @@ class _Chain:
     prefix: str  # what precedes "<chain>/" in its keys
     segments: list[tuple[SegmentKey, ListedObject]] = field(default_factory=list)
     checkpoints: list[tuple[CheckpointKey, ListedObject]] = field(default_factory=list)
+    notes: list[tuple[NoteKey, ListedObject]] = field(default_factory=list)
 
 
 @dataclass
@@ -86,7 +99,7 @@ class _Listing:
 
     @property
     def total(self) -> int:
-        return sum(len(c.segments) + len(c.checkpoints) for c in self.chains.values())
+        return sum(len(c.segments) + len(c.checkpoints) + len(c.notes) for c in self.chains.values())
 
     def add(self, listed: ListedObject) -> None:
         segment = parse_segment_key(listed.key)
@@ -97,6 +110,12 @@ class _Listing:
         if checkpoint is not None:
             self._chain(checkpoint.chain_id_hex, listed.key).checkpoints.append((checkpoint, listed))
             return
+        note = parse_note_key(listed.key)
+        if note is not None:
+            self._chain(note.chain_id_hex, listed.key).notes.append((note, listed))
+            return
+        if parse_tile_key(listed.key) is not None and not listed.problem:
+            return  # hash tiles: an index for proofs, not read by the verifier (FORMAT.md 16.5)
         message = "object does not belong to the archive layout; it was not checked"
         if listed.problem:
             message = f"entry {listed.problem}; it does not belong to the archive layout and was not read"
@@ -143,10 +162,15 @@ async def _list_from_state(store: ArchiveStore, state: VerifierState) -> _Listin
                 parsed = parse_segment_key(listed.key)
                 if parsed is None or parsed.last_sequence > point["last_sequence"]:
                     listing.add(listed)
+            # Checkpoint notes from the remembered number on, like the checkpoints (FORMAT.md 13.9 step 1).
+            notes_under = f"{chain_under}notes/"
+            async for listed in store.list_objects(notes_under, f"{notes_under}{point['number']:012d}"):
+                listing.add(listed)
             for child in await store.list_children(chain_under):
                 # Other directories under the chain are listed and reported as usual; a full listing of
                 # the chain would cost its whole history (loose files there are a full verify's to find).
-                if child not in ("checkpoints", "segments"):
+                # Hash tiles are not read by the verifier, so they are not listed either.
+                if child not in ("checkpoints", "segments", "notes", "tile"):
                     async for listed in store.list_objects(f"{chain_under}{child}/"):
                         listing.add(listed)
     return listing
@@ -201,6 +225,7 @@ async def check_archive_with_state(
 
     summaries: list[ChainSummary] = []
     resume_points: dict[str, ResumePoint | None] = {}
+    tree_heads: dict[str, VerifiedNote] = {}
     records = signatures = 0
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="verify") as pool:
 
@@ -217,12 +242,13 @@ async def check_archive_with_state(
 
         for chain_id_hex in sorted(listing.chains):
             chain = listing.chains[chain_id_hex]
+            tree = TreeChecker(chain_id_hex, keyring)
             checker = ChainChecker(
                 chain_id_hex,
                 keyring,
                 check_all_signatures=options.check_all_signatures,
                 check_signature_batch=check_batch,
-                record_observer=record_observer,
+                record_observer=_observe_tree(tree, record_observer),
                 report_resends=options.report_resends,
             )
             start = state.start_of(chain_id_hex) if state is not None else None
@@ -235,7 +261,11 @@ async def check_archive_with_state(
                     for _ in (c for c in chain.checkpoints if c[0].checkpoint_number <= number):
                         advance()
                     chain.checkpoints = [c for c in chain.checkpoints if c[0].checkpoint_number > number]
+            await _read_notes(store, tree, chain, advance)
             await _check_chain(store, checker, chain, options, advance)
+            findings += tree.finish()
+            if tree.newest is not None:
+                tree_heads[chain_id_hex] = tree.newest
             summaries.append(checker.finish())
             resume_points[chain_id_hex] = checker.resume_point()
             findings += checker.findings
@@ -351,6 +381,36 @@ class _ReadAhead:
     def cancel(self) -> None:
         for task in self._tasks.values():
             task.cancel()
+
+
+def _observe_tree(tree: TreeChecker, then: RecordObserver | None) -> RecordObserver:
+    """The walk's record observer: the tree checker first, then the caller's (a report's), if any."""
+    if then is None:
+        return lambda records, _key: tree.add_records(records)
+
+    def observe(records: Sequence[SealedRecord], key: str) -> None:
+        tree.add_records(records)
+        then(records, key)
+
+    return observe
+
+
+async def _read_notes(store: ArchiveStore, tree: TreeChecker, chain: _Chain, advance: Callable[[], None]) -> None:
+    """Authenticate the chain's checkpoint notes before the walk, which compares their roots."""
+    notes = sorted(chain.notes, key=lambda item: item[0].key)
+    reads = _ReadAhead(store, [listed for _, listed in notes], MAX_NOTE_BYTES, 16, 4 * 1024 * 1024)
+    try:
+        for index, (key, _listed) in enumerate(notes):
+            data = await reads.get(index)
+            if isinstance(data, bytes):
+                tree.add_note(key, data)
+            else:
+                tree.findings.append(
+                    Finding(data.kind, Severity.TAMPERING, data.message, tree.chain_id_hex, object_key=key.key)
+                )
+            advance()
+    finally:
+        reads.cancel()
 
 
 async def _check_chain(

@@ -307,6 +307,8 @@ def test_every_finding_kind_has_a_test() -> None:
         K.VANISHED_CHAIN,
         K.STALE_CHAIN,
         K.UNREADABLE_OBJECT,
+        # The Merkle tree (issue 11): tests/unit/verify/test_proof_tree.py
+        K.TREE_MISMATCH,
         # Loki cross-check findings: tests/integration/test_loki_sink.py
         K.LOKI_MISSING,
         K.LOKI_ALTERED,
