@@ -708,5 +708,65 @@ def demo(keep: Path | None) -> None:
     sys.exit(0 if ok else EXIT_FINDINGS)
 
 
+@main.group()
+def witness() -> None:
+    """A checkpoint witness (C2SP tlog-witness): cosigns logs' checkpoints, refuses rollbacks and forks."""
+
+
+@witness.command("serve")
+@click.option("--name", required=True, help="The witness's key name, e.g. witness.example.com/team-b.")
+@click.option(
+    "--signing-key", required=True, type=click.Path(path_type=Path), help="Ed25519 private key (PEM) from keygen."
+)
+@click.option(
+    "--state",
+    "state_path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="State file (per origin: the largest tree cosigned); on a persistent volume, backed up.",
+)
+@click.option(
+    "--log",
+    "logs",
+    multiple=True,
+    required=True,
+    help="ORIGIN_PREFIX=PUBLIC_KEY_FILE: cosign origins starting with the prefix signed by this key; repeat.",
+)
+@click.option("--listen", default="127.0.0.1:17380", show_default=True, help="HOST:PORT to serve on.")
+@click.option("--prefix", default="", help="URL path before /add-checkpoint (the submission prefix).")
+@click.option("--log-level", default="INFO", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
+def witness_serve(
+    name: str, signing_key: Path, state_path: Path, logs: tuple[str, ...], listen: str, prefix: str, log_level: str
+) -> None:
+    """Serve POST <prefix>/add-checkpoint until SIGTERM or SIGINT; the state is persisted before each answer."""
+    from collector_ext.logging_setup import configure_logging
+    from collector_ext.witness.serve import WitnessSettings, serve_witness
+
+    configure_logging(log_level)
+    settings = WitnessSettings(name, signing_key, state_path, listen, logs, prefix)
+    try:
+        asyncio.run(serve_witness(settings))
+    except CollectorExtError as exc:
+        _fail(exc)
+
+
+@witness.command("vkey")
+@click.option("--name", required=True, help="The witness's key name, as given to witness serve --name.")
+@click.option("--public-key", required=True, type=click.Path(path_type=Path), help="Its public key (PEM).")
+def witness_vkey(name: str, public_key: Path) -> None:
+    """Print the witness's verifier key, for the sidecar's witnesses: and verify --witness-key."""
+    from collector_ext.seal.keys import load_public_key_pem
+    from collector_ext.witness.vkey import witness_vkey as vkey_of
+
+    try:
+        data = public_key.read_bytes()
+    except OSError as exc:
+        _fail(KeyFileError("--public-key", f"cannot read {public_key}: {exc.strerror}"))
+    try:
+        click.echo(vkey_of(name, load_public_key_pem(data, f"--public-key {public_key}")))
+    except (CollectorExtError, ValueError) as exc:
+        _fail(ConfigurationError("--name", str(exc)) if isinstance(exc, ValueError) else exc)
+
+
 if __name__ == "__main__":
     main()

@@ -296,14 +296,12 @@ class WitnessConfig(_Section):
     @field_validator("key")
     @classmethod
     def _cosigner_key(cls, value: str) -> str:
-        from collector_ext.seal.note import COSIGNATURE_ED25519_TYPE, NoteError, parse_verifier_key
+        from collector_ext.witness.vkey import WitnessKeyError, parse_witness_vkey
 
         try:
-            _name, key_type, _key = parse_verifier_key(value)
-        except NoteError as exc:
-            raise ValueError(f"not a witness verifier key: {exc.problem}") from exc
-        if key_type != COSIGNATURE_ED25519_TYPE:
-            raise ValueError("a witness key has type 0x04 (Ed25519 cosignature); `collector-ext witness vkey` prints it")
+            parse_witness_vkey(value)
+        except WitnessKeyError as exc:
+            raise ValueError(f"not a witness verifier key: {exc}") from exc
         return value.strip()
 
 

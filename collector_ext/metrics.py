@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from collector_ext.deliver.loki.process import LokiProcess
     from collector_ext.deliver.loki.sender import LokiSender
     from collector_ext.pipeline import SealingPipeline
+    from collector_ext.witness.submitter import WitnessSubmitter
 
 OUTCOMES = ("ok", "empty", "invalid", "too_large", "unavailable")
 
@@ -133,6 +134,66 @@ class _LokiCollector(Collector):
         )
 
 
+class _WitnessCollector(Collector):
+    """Witness and TSA submissions (collector_ext.witness.submitter); zeros when none are configured,
+    so the alert rules' series always exist."""
+
+    def __init__(self, submitter: WitnessSubmitter | None) -> None:
+        self._submitter = submitter
+
+    def collect(self) -> Iterable[Metric]:
+        now = time.monotonic()
+        submitter = self._submitter
+        witnesses = submitter.witness_stats if submitter is not None else {}
+        stored = CounterMetricFamily(
+            "collector_ext_witness_cosignatures_stored",
+            "Witness cosignatures checked and stored beside checkpoint notes, by witness.",
+            labels=["witness"],
+        )
+        failures = CounterMetricFamily(
+            "collector_ext_witness_failures",
+            "Submissions to a witness that failed (unreachable, refused, or no valid cosignature), by witness.",
+            labels=["witness"],
+        )
+        size = GaugeMetricFamily(
+            "collector_ext_witness_cosigned_tree_size",
+            "Tree size of the newest checkpoint a witness cosigned (this run), by witness.",
+            labels=["witness"],
+        )
+        failing = [now - stats.failing_since for stats in witnesses.values() if stats.failing_since is not None]
+        for name, stats in sorted(witnesses.items()):
+            stored.add_metric([name], stats.stored)
+            failures.add_metric([name], stats.failures)
+            size.add_metric([name], stats.last_size)
+        yield stored
+        yield failures
+        yield size
+        yield GaugeMetricFamily(
+            "collector_ext_witness_failing_seconds",
+            "How long the longest-failing configured witness has been failing (0 when all succeed or none).",
+            value=max(failing, default=0.0),
+        )
+        yield GaugeMetricFamily(
+            "collector_ext_witnesses_failing", "Configured witnesses whose last submission failed.", value=len(failing)
+        )
+        tsa = submitter.tsa_stats if submitter is not None else None
+        yield CounterMetricFamily(
+            "collector_ext_timestamps_stored",
+            "RFC 3161 replies stored beside checkpoint notes.",
+            value=tsa.stored if tsa is not None else 0,
+        )
+        yield CounterMetricFamily(
+            "collector_ext_tsa_failures",
+            "Time-stamp requests that failed (unreachable, refused, or a reply for other bytes).",
+            value=tsa.failures if tsa is not None else 0,
+        )
+        yield GaugeMetricFamily(
+            "collector_ext_tsa_failing_seconds",
+            "How long time-stamp requests have been failing (0 when they succeed or no TSA is configured).",
+            value=now - tsa.failing_since if tsa is not None and tsa.failing_since is not None else 0.0,
+        )
+
+
 LOKI_REASONS = (
     "too_old",
     "too_new",
@@ -197,6 +258,10 @@ class Metrics:
     def watch_loki(self, sender: LokiSender | LokiProcess) -> None:
         self.registry.register(_LokiCollector(sender))
 
+    def watch_witnesses(self, submitter: WitnessSubmitter | None) -> None:
+        """Witness and TSA metrics; registered with None too, so their unlabelled series read 0."""
+        self.registry.register(_WitnessCollector(submitter))
+
     def observe_export(self, transport: str, outcome: str, records: int, seconds: float) -> None:
         self.export_requests.labels(transport, outcome).inc()
         if outcome == "ok":
@@ -230,6 +295,17 @@ METRIC_NAMES = (
     "collector_ext_spool_max_bytes",
     "collector_ext_spool_failing_seconds",
     "collector_ext_insecure_setting",
+    "collector_ext_witness_failing_seconds",
+    "collector_ext_witnesses_failing",
+    "collector_ext_timestamps_stored_total",
+    "collector_ext_tsa_failures_total",
+    "collector_ext_tsa_failing_seconds",
+)
+# Present per configured witness (label witness).
+WITNESS_METRIC_NAMES = (
+    "collector_ext_witness_cosignatures_stored_total",
+    "collector_ext_witness_failures_total",
+    "collector_ext_witness_cosigned_tree_size",
 )
 # Present when loki is configured.
 LOKI_METRIC_NAMES = (
