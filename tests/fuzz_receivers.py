@@ -31,7 +31,6 @@ if __package__ in (None, ""):  # run as a script: make ``tests`` and ``collector
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import argparse
-import atexit
 import base64
 import binascii
 import gzip
@@ -342,13 +341,19 @@ def run_random(runs: int, seed: int) -> tuple[Counter[str], list[str]]:
     return outcomes, failures
 
 
-def run_atheris(runs: int, corpus: Path) -> tuple[Counter[str], list[str]]:
+def run_atheris(runs: int, corpus: Path) -> None:
+    """Coverage-guided; libFuzzer ends the process itself (exit code 0, or its own on a failure after
+    printing the input), so the figures are printed as the run goes and once it is done."""
     import atheris
 
     outcomes: Counter[str] = Counter()
+    started = [time.monotonic()]
 
     def one(data: bytes) -> None:
         outcomes[run_input(data)] += 1
+        done = outcomes.total()
+        if done % 50_000 == 0 or done == runs:
+            _report("atheris", outcomes, [], time.monotonic() - started[0])
 
     corpus.mkdir(parents=True, exist_ok=True)
     for index, data in enumerate(_seed_inputs()):
@@ -356,12 +361,8 @@ def run_atheris(runs: int, corpus: Path) -> tuple[Counter[str], list[str]]:
     atheris.instrument_all()
     argv = [sys.argv[0], f"-runs={runs}", "-max_len=8192", "-rss_limit_mb=2048", str(corpus)]
     atheris.Setup(argv, one)
-    started = time.monotonic()
-    # libFuzzer ends the process when the runs are done (or on a crash, after printing the input):
-    # the figures are printed on the way out.
-    atexit.register(lambda: _report("atheris", outcomes, [], time.monotonic() - started))
+    started[0] = time.monotonic()  # instrumenting takes a minute or two; not counted
     atheris.Fuzz()
-    return outcomes, []
 
 
 def _report(engine: str, outcomes: Counter[str], failures: list[str], elapsed: float) -> None:
