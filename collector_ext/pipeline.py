@@ -98,6 +98,7 @@ from collector_ext.seal.segment import (
 from collector_ext.seal.tiles import Tile, TileBuilder, decode_tile
 from collector_ext.signing_pool import SigningPool, SigningWorkers
 from collector_ext.spool import Spool, SpoolContents, SpooledSegment, SpoolError, SpoolFullError
+from collector_ext.token_signer import SigningTokenError
 
 AckMode = Literal["spool", "archive"]
 T = TypeVar("T")
@@ -842,8 +843,28 @@ class SealingPipeline:
                 chunks = [b"".join(sign_entry_hashes(segment.signer, segment.hashes))]
             else:
                 chunks = [await self._signing.sign(segment.hashes)]
+        except SigningTokenError as exc:
+            chunks = [await self._sign_again_through_the_token(segment, exc)]
         size = SIGNATURE_SIZE
         return [chunk[i : i + size] for chunk in chunks for i in range(0, len(chunk), size)]
+
+    async def _sign_again_through_the_token(self, segment: _OpenSegment, error: SigningTokenError) -> bytes:
+        """The token failed to sign (removed, logged out, busy): the entries are chained already, so
+        they are signed again on fresh sessions, once a second, until the token answers or the
+        pipeline stops. Requests meanwhile wait and then get UNAVAILABLE (ack_timeout), so the
+        collector keeps their records and retries."""
+        while True:
+            log.error("the signing token failed; retrying in 1 s on new sessions", extra={"error": str(error)})
+            if self._stopping.is_set():
+                raise ArchiveUnavailableError("the signing token failed and the pipeline is stopping") from error
+            await asyncio.sleep(1.0)
+            self._signing.restart()
+            try:
+                if segment.signer is not None:
+                    return b"".join(sign_entry_hashes(segment.signer, segment.hashes))
+                return await self._signing.sign(segment.hashes)
+            except SigningTokenError as exc:
+                error = exc
 
     async def _persist_loop(self) -> None:
         """Take closed segments in sequence order: sign, encode, spool (one at a time), then hand to
@@ -1024,6 +1045,9 @@ class SealingPipeline:
                 await self._write_checkpoint()
             except PermanentArchiveError as exc:
                 log.error("checkpoint refused by the archive", extra={"error": str(exc)})
+            except SigningTokenError as exc:
+                # The checkpoint is written at the next interval, or after the next upload.
+                log.error("checkpoint not signed: the signing token failed", extra={"error": str(exc)})
 
     async def _trim_loop(self) -> None:
         """Trim once a second: a stored checkpoint or the Loki sender's cursor may have moved."""
