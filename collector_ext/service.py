@@ -30,17 +30,17 @@ from collector_ext.deliver.loki.process import LokiProcess
 from collector_ext.deliver.loki.sender import LokiSettings
 from collector_ext.deliver.s3_archive import S3Archive
 from collector_ext.errors import ConfigurationError, KeyFileError
+from collector_ext.memory import HeapTrimmer
 from collector_ext.metrics import Metrics
 from collector_ext.metrics_server import MetricsServer
 from collector_ext.pipeline import PipelineSettings, SealingPipeline
-from collector_ext.receive.auth import Authenticator, TokenFile
-from collector_ext.memory import HeapTrimmer
 from collector_ext.receive.admission import (
     PROTOBUF_DECODE_FACTOR,
     AdmissionControl,
     AdmissionSettings,
     ReceiverLimits,
 )
+from collector_ext.receive.auth import Authenticator, TokenFile
 from collector_ext.receive.descriptors import connection_cap, raise_open_file_limit
 from collector_ext.receive.otlp_grpc import OtlpGrpcReceiver
 from collector_ext.receive.otlp_http import OtlpHttpReceiver
