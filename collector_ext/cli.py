@@ -1,4 +1,4 @@
-"""The ``collector-ext`` command line: serve, keygen, verify, demo.
+"""The ``collector-ext`` command line: serve, keygen, verify, prove, verify-proof, demo.
 
 Exit codes of ``verify``: 0 everything verifies, 1 a finding shows tampering or loss, 2 it could
 not run (bad arguments, unreachable archive, unreadable key). Errors print the project's
@@ -257,6 +257,31 @@ def _keygen_in_token(
     help="Resource attributes the sidecar used as Loki labels (default: Loki's own list).",
 )
 @click.option("--since", default="24h", show_default=True, help="Loki window to cross-check: 30m, 24h, 7d.")
+@click.option(
+    "--witness-key",
+    "witness_keys",
+    multiple=True,
+    help="A pinned witness's verifier key (from `collector-ext witness vkey`); repeat for several.",
+)
+@click.option(
+    "--witnesses-required",
+    type=click.IntRange(0),
+    help="How many pinned witnesses must have cosigned the newest checkpoint (default: all --witness-key).",
+)
+@click.option(
+    "--witness-grace",
+    default="10m",
+    show_default=True,
+    help="Checkpoints younger than this need not be cosigned or time-stamped yet.",
+)
+@click.option(
+    "--tsa-cert",
+    type=click.Path(path_type=Path),
+    help="Pinned time-stamping authority: PEM file with its certificate, then its issuers up to the root.",
+)
+@click.option(
+    "--require-timestamp", is_flag=True, help="The newest checkpoint must carry a valid token (needs --tsa-cert)."
+)
 def verify(
     archive_url: str,
     public_keys: tuple[Path, ...],
@@ -280,6 +305,11 @@ def verify(
     state_path: Path | None,
     archive_id: str | None,
     stale_after: str | None,
+    witness_keys: tuple[str, ...],
+    witnesses_required: int | None,
+    witness_grace: str,
+    tsa_cert: Path | None,
+    require_timestamp: bool,
 ) -> None:
     """Verify an archive against pinned public keys. Exit 0 verified, 1 tampering or loss, 2 could not run."""
     if bool(public_keys) == bool(keyring):
@@ -325,6 +355,7 @@ def verify(
         report_resends=report_resends,
         archive_id=archive_id,
         stale_after_seconds=stale_seconds,
+        witness_policy=_witness_policy(witness_keys, witnesses_required, witness_grace, tsa_cert, require_timestamp),
     )
     try:
         keys = _pinned_keys(public_keys, keyring)
@@ -338,6 +369,45 @@ def verify(
         sys.exit(EXIT_CANNOT_RUN)
     click.echo(render_json(report, description) if as_json else render_text(report, description))
     sys.exit(EXIT_VERIFIED if report.clean else EXIT_FINDINGS)
+
+
+def _witness_policy(
+    witness_keys: tuple[str, ...],
+    required: int | None,
+    grace: str,
+    tsa_cert: Path | None,
+    require_timestamp: bool,
+) -> Any:
+    """verify's witness and TSA options as a WitnessPolicy (FORMAT.md 19.4); exits 2 naming the option."""
+    from collector_ext.verify.witnesses import WitnessPolicy
+    from collector_ext.witness.timestamp import TsaTrust
+    from collector_ext.witness.vkey import WitnessKeyError, parse_witness_vkey
+
+    pinned = {}
+    for vkey in witness_keys:
+        try:
+            name, key = parse_witness_vkey(vkey)
+        except WitnessKeyError as exc:
+            _fail(ConfigurationError("--witness-key", f"{vkey!r}: {exc}"))
+        pinned[name] = key
+    count = len(pinned) if required is None else required
+    if count > len(pinned):
+        _fail(ConfigurationError("--witnesses-required", f"{count} is more than the {len(pinned)} --witness-key given"))
+    try:
+        grace_seconds = parse_duration(grace)
+    except ValueError as exc:
+        _fail(ConfigurationError("--witness-grace", str(exc)))
+    trust = None
+    if tsa_cert is not None:
+        try:
+            trust = TsaTrust.from_pem_bundle(tsa_cert.read_bytes(), f"--tsa-cert {tsa_cert}")
+        except OSError as exc:
+            _fail(KeyFileError("--tsa-cert", f"cannot read {tsa_cert}: {exc.strerror}"))
+        except CollectorExtError as exc:
+            _fail(exc)
+    elif require_timestamp:
+        _fail(ConfigurationError("--require-timestamp", "needs --tsa-cert: the TSA whose tokens count"))
+    return WitnessPolicy(pinned, count, trust, require_timestamp, grace_seconds)
 
 
 def _pinned_keys(public_keys: tuple[Path, ...], keyring: Path | None) -> Any:
@@ -706,6 +776,135 @@ def demo(keep: Path | None) -> None:
     except CollectorExtError as exc:
         _fail(exc, EXIT_FINDINGS)
     sys.exit(0 if ok else EXIT_FINDINGS)
+
+
+@main.command()
+@click.option("--archive", "archive_url", required=True, help="s3://bucket/prefix or a local copy (directory).")
+@click.option("--chain", "chain_hex", help="The record's chain id (32 hex digits).")
+@click.option("--seq", "seq_text", help="Its sequence number N, or A-B for a run of records.")
+@click.option(
+    "--record",
+    "record_file",
+    type=click.Path(path_type=Path),
+    help="Instead of --chain/--seq: a JSON object naming the record, as a Loki entry's audit_chain_id and "
+    "audit_seq fields or a report row's chain_id and sequence.",
+)
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="The proof file to write.")
+@click.option("--endpoint-url", help="S3-compatible endpoint (else AWS_ENDPOINT_URL / AWS default).")
+@click.option("--region", help="S3 region (else AWS_REGION / AWS default).")
+def prove(
+    archive_url: str,
+    chain_hex: str | None,
+    seq_text: str | None,
+    record_file: Path | None,
+    out: Path,
+    endpoint_url: str | None,
+    region: str | None,
+) -> None:
+    """Write a self-contained proof that records are in the archive (tlog-proof; check it with verify-proof).
+
+    Reads the chain's newest checkpoint note, the hash tiles on the records' paths and the segments
+    holding them, never the whole chain. Exit 0 when written, 2 when no proof could be made.
+    """
+    from collector_ext.files import write_atomically
+    from collector_ext.prove.build import build_proof
+    from collector_ext.prove.proof_file import encode_proof
+
+    chain_id, first, last = _proof_target(chain_hex, seq_text, record_file)
+
+    async def run() -> Any:
+        from collector_ext.service import open_archive
+
+        store = open_archive(archive_url, for_writing=False, endpoint_url=endpoint_url, region=region)
+        await store.open()
+        try:
+            return await build_proof(store, chain_id, first, last)
+        finally:
+            await store.close()
+
+    try:
+        built = asyncio.run(run())
+    except CollectorExtError as exc:
+        _fail(exc)
+    try:
+        write_atomically(out, encode_proof(built.proof), mode=0o644)  # a proof is meant to be shared
+    except OSError as exc:
+        _fail(ConfigurationError("--out", f"cannot write {out}: {exc.strerror}"))
+    records = f"record {first}" if first == last else f"records {first}-{last}"
+    click.echo(
+        f"wrote {out}: {records} of chain {chain_id.hex()} in the tree of {built.tree.size} records "
+        f"({built.note_key}; {built.objects_read} objects read)"
+    )
+
+
+def _proof_target(chain_hex: str | None, seq_text: str | None, record_file: Path | None) -> tuple[bytes, int, int]:
+    """(chain id, first, last) from --chain/--seq or --record; exits 2 naming the option otherwise."""
+    import json
+
+    if record_file is not None:
+        try:
+            fields = json.loads(record_file.read_bytes())
+        except (OSError, ValueError) as exc:
+            _fail(ConfigurationError("--record", f"{record_file} is not a readable JSON object: {exc}"))
+        if not isinstance(fields, dict):
+            _fail(ConfigurationError("--record", f"{record_file} holds no JSON object"))
+        # A Loki entry may carry its seal as structured metadata or, on Loki 2.9, inside the line.
+        merged = {**(fields.get("structured_metadata") or {}), **fields} if isinstance(fields, dict) else {}
+        chain_hex = str(merged.get("audit_chain_id", merged.get("chain_id", "")))
+        seq_text = str(merged.get("audit_seq", merged.get("sequence", "")))
+    if not chain_hex or not seq_text:
+        _fail(ConfigurationError("--chain", "give --chain and --seq, or --record"))
+    assert chain_hex is not None
+    assert seq_text is not None
+    try:
+        chain_id = bytes.fromhex(chain_hex)
+        if len(chain_id) != 16:
+            raise ValueError
+    except ValueError:
+        _fail(ConfigurationError("--chain", f"{chain_hex!r} is not a chain id of 32 hex digits"))
+    first_text, _, last_text = seq_text.partition("-")
+    if not first_text.isdigit() or not (last_text or first_text).isdigit():
+        _fail(ConfigurationError("--seq", f"{seq_text!r} is not N or A-B"))
+    first, last = int(first_text), int(last_text or first_text)
+    if last < first:
+        _fail(ConfigurationError("--seq", f"{seq_text!r}: the run ends before it starts"))
+    return chain_id, first, last
+
+
+@main.command("verify-proof")
+@click.argument("proof_file", type=click.Path(path_type=Path))
+@click.option("--public-key", required=True, type=click.Path(path_type=Path), help="The writer's key (PEM).")
+@click.option("--json", "as_json", is_flag=True, help="Print the verdict and the records as JSON.")
+def verify_proof_command(proof_file: Path, public_key: Path, as_json: bool) -> None:
+    """Check a proof file offline: checkpoint note signature, inclusion path, record signature.
+
+    Exit 0 when it holds (the records are printed), 1 when a check fails (the check is named),
+    2 when the file or key cannot be read.
+    """
+    import json
+
+    from collector_ext.prove.proof_file import check_proof
+    from collector_ext.prove.render import render_proof_json, render_proof_text
+    from collector_ext.seal.keys import load_public_key_pem
+
+    try:
+        key_data = public_key.read_bytes()
+    except OSError as exc:
+        _fail(KeyFileError("--public-key", f"cannot read {public_key}: {exc.strerror}"))
+    try:
+        key = load_public_key_pem(key_data, f"--public-key {public_key}")
+    except CollectorExtError as exc:
+        _fail(exc)
+    try:
+        data = proof_file.read_bytes()
+    except OSError as exc:
+        _fail(ConfigurationError("PROOF_FILE", f"cannot read {proof_file}: {exc.strerror}"))
+    report = check_proof(data, key)
+    if as_json:
+        click.echo(json.dumps(render_proof_json(report, str(proof_file)), indent=1, sort_keys=True))
+    else:
+        click.echo(render_proof_text(report, str(proof_file)))
+    sys.exit(EXIT_VERIFIED if report.ok else EXIT_FINDINGS)
 
 
 @main.group()

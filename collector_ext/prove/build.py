@@ -1,0 +1,195 @@
+"""Building a proof file from an archive, reading only what the proof needs (FORMAT.md 16.7).
+
+For records ``first .. last`` of a chain: the newest checkpoint note (found by a binary search over
+checkpoint numbers, as the writer finds its newest checkpoint), the hash tiles above level 0 on the
+records' inclusion paths, and the segments holding the records and the rest of their level-0 tiles
+(whose leaf hashes are the entries' own). A 10-million-record chain needs a handful of objects,
+never the chain. The proof is checked against the note's root before it is returned, so damaged
+tiles are caught here rather than by the auditor.
+
+The archive is not trusted here any more than by ``verify-proof``: a proof built from a tampered
+archive simply fails its checks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from collector_ext.deliver.archive import ArchiveStore
+from collector_ext.errors import DataError, MalformedObjectError, UnreadableObjectError
+from collector_ext.prove.proof_file import ProofFile, RecordProof
+from collector_ext.seal.entry import ENTRY_HEADER_SIZE, SEQUENCE_SLICE
+from collector_ext.seal.framing import MAX_SEGMENT_OBJECT_BYTES
+from collector_ext.seal.layout import (
+    TILE_WIDTH,
+    NoteKey,
+    parse_note_key,
+    parse_segment_key,
+    tile_key,
+)
+from collector_ext.seal.merkle import check_inclusion, inclusion_path, leaf_hash
+from collector_ext.seal.note import MAX_NOTE_BYTES, NoteError, TreeHead, parse_note, parse_tree_head
+from collector_ext.seal.segment import decode_segment
+from collector_ext.seal.tiles import Tile, decode_tile, inclusion_tiles, node_reader
+
+MAX_RUN = 100_000
+PARALLEL_READS = 16
+
+
+class ProveError(DataError):
+    """The archive cannot give a proof of these records (not covered yet, objects missing or damaged)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BuiltProof:
+    proof: ProofFile
+    tree: TreeHead
+    note_key: str
+    objects_read: int
+
+
+async def _first_key(store: ArchiveStore, under: str, start_after: str) -> str | None:
+    async for key in store.list_keys(under, start_after):
+        return key
+    return None
+
+
+async def newest_note_key(store: ArchiveStore, chain_id: bytes) -> NoteKey | None:
+    """The chain's note with the highest checkpoint number: about 2 x log2(n) one-key listings."""
+    under = f"{chain_id.hex()}/notes/"
+
+    async def number_from(number: int) -> int | None:
+        # Keys sort by their 12-digit number: the first key after "<number>" has a number >= it.
+        key = await _first_key(store, under, f"{under}{number:012d}")
+        if key is None:
+            return None
+        digits = key[len(under) : len(under) + 12]
+        return int(digits) if digits.isdigit() else None
+
+    if await number_from(0) is None:
+        return None
+    low, high = 0, 1
+    while await number_from(high) is not None:
+        low, high = high, high * 2
+    while high - low > 1:
+        middle = (low + high) // 2
+        if await number_from(middle) is not None:
+            low = middle
+        else:
+            high = middle
+    async for key in store.list_keys(f"{under}{low:012d}-"):
+        parsed = parse_note_key(key)
+        if parsed is not None:
+            return parsed
+    return None
+
+
+async def _get(store: ArchiveStore, key: str, limit: int, what: str) -> bytes:
+    try:
+        return await store.get(key, limit)
+    except UnreadableObjectError as exc:
+        raise ProveError(f"{what} {key!r} cannot be read: {exc.reason}") from exc
+
+
+async def build_proof(
+    store: ArchiveStore, chain_id: bytes, first: int, last: int, *, note_key: NoteKey | None = None
+) -> BuiltProof:
+    """A proof file for records ``first .. last`` of chain ``chain_id``, against its newest note.
+
+    Raises:
+        ProveError: no note covers the records, or an object it needs is missing or damaged.
+        ArchiveUnavailableError: the archive cannot be listed or read now.
+    """
+    if first < 0 or last < first:
+        raise ProveError(f"no records in the range {first}-{last}")
+    if last - first + 1 > MAX_RUN:
+        raise ProveError(f"a proof holds at most {MAX_RUN} records; split the range {first}-{last}")
+    found = note_key or await newest_note_key(store, chain_id)
+    if found is None:
+        raise ProveError(
+            f"chain {chain_id.hex()} has no checkpoint notes in {store.description}: it was written "
+            "without the Merkle tree (FORMAT.md 16), so no record of it can be proven on its own"
+        )
+    note_bytes = await _get(store, found.key, MAX_NOTE_BYTES, "checkpoint note")
+    try:
+        tree = parse_tree_head(parse_note(note_bytes).text)
+    except NoteError as exc:
+        raise ProveError(f"checkpoint note {found.key!r} is damaged: {exc}") from exc
+    size = tree.size
+    if last >= size:
+        raise ProveError(
+            f"record {last} of chain {chain_id.hex()} is not covered by a checkpoint yet (the newest, "
+            f"{found.key}, covers 0-{size - 1}); try again after the next checkpoint"
+        )
+    wanted = sorted({ref for index in range(first, last + 1) for ref in inclusion_tiles(index, size)})
+    upper = [ref for ref in wanted if ref[0] > 0]
+    level0 = [ref for ref in wanted if ref[0] == 0]
+    # Leaves needed: the records themselves and the whole of every level-0 tile on their paths.
+    spans = [(first, last + 1)] + [(i * TILE_WIDTH, i * TILE_WIDTH + width) for _, i, width in level0]
+    segment_keys = await _segments_over(store, chain_id, spans)
+    reads = asyncio.Semaphore(PARALLEL_READS)
+
+    async def read_tile(level: int, index: int, width: int) -> Tile:
+        key = tile_key("", chain_id, level, index, width)
+        async with reads:
+            data = await _get(store, key, width * 32, "hash tile")
+        try:
+            return decode_tile(level, index, width, data)
+        except ValueError as exc:
+            raise ProveError(f"hash tile {key!r} is damaged: {exc}") from exc
+
+    async def read_segment(key: str) -> bytes:
+        async with reads:
+            return await _get(store, key, MAX_SEGMENT_OBJECT_BYTES, "segment")
+
+    tiles_read, segments_read = await asyncio.gather(
+        asyncio.gather(*(read_tile(*ref) for ref in upper)),
+        asyncio.gather(*(read_segment(key) for key in segment_keys)),
+    )
+    records: dict[int, tuple[bytes, bytes]] = {}
+    for key, data in zip(segment_keys, segments_read, strict=True):
+        try:
+            segment = decode_segment(data)
+        except MalformedObjectError as exc:
+            raise ProveError(f"segment {key!r} is damaged: {exc}") from exc
+        for record in segment.records:
+            if len(record.entry) >= ENTRY_HEADER_SIZE:
+                records.setdefault(
+                    int.from_bytes(record.entry[SEQUENCE_SLICE], "big"), (record.entry, record.signature)
+                )
+    tiles = {(t.level, t.index): t for t in tiles_read}
+    for _, index, width in level0:
+        start = index * TILE_WIDTH
+        missing = [s for s in range(start, start + width) if s not in records]
+        if missing:
+            raise ProveError(f"records {missing[0]}.. of chain {chain_id.hex()} are not in the archive's segments")
+        tiles[(0, index)] = Tile(0, index, tuple(leaf_hash(records[s][0]) for s in range(start, start + width)))
+    reader = node_reader(size, tiles)
+    proofs = []
+    for index in range(first, last + 1):
+        if index not in records:
+            raise ProveError(f"record {index} of chain {chain_id.hex()} is not in the archive's segments")
+        entry, signature = records[index]
+        path = inclusion_path(index, size, reader)
+        check = check_inclusion(index, size, leaf_hash(entry), path, tree.root)
+        if not check.ok:
+            raise ProveError(
+                f"the archive's tiles or segments do not match checkpoint note {found.key!r} for record {index}: "
+                f"{check.problem} (run `collector-ext verify` on the archive)"
+            )
+        proofs.append(RecordProof(index, entry, signature, path))
+    return BuiltProof(ProofFile(tuple(proofs), note_bytes), tree, found.key, 1 + len(upper) + len(segment_keys))
+
+
+async def _segments_over(store: ArchiveStore, chain_id: bytes, spans: Sequence[tuple[int, int]]) -> list[str]:
+    """Keys of the chain's segments that hold any sequence number in ``spans`` (one listing pass)."""
+    keys: dict[tuple[int, int], str] = {}
+    async for key in store.list_keys(f"{chain_id.hex()}/segments/"):
+        parsed = parse_segment_key(key)
+        if parsed is None:
+            continue
+        if any(parsed.first_sequence < end and parsed.last_sequence >= start for start, end in spans):
+            keys.setdefault((parsed.first_sequence, parsed.last_sequence), key)
+    return [keys[k] for k in sorted(keys)]
