@@ -89,3 +89,22 @@ def test_loki_section_is_validated_with_named_settings() -> None:
         load_config(None, environ={}, overrides={**base, "loki": {"url": "http://l", "label_attributes": ["a", "a"]}})
     assert error.value.setting == "loki.label_attributes"
     assert load_config(None, environ={}, overrides=base).loki is None
+
+
+def test_signing_token_section_replaces_signing_key(tmp_path: Path) -> None:
+    token = (
+        "signing_token:\n  module: /usr/lib/softhsm/libsofthsm2.so\n  token_label: t\n  key_label: k\n"
+        "  pin_file: /run/pin\n"
+    )
+    config = load_config(_write(tmp_path, token + "archive:\n  url: s3://a/p\n"), environ={})
+    assert config.signing_key is None
+    assert config.signing_token is not None and config.signing_token.mode == "run_key"
+    environ = {"COLLECTOR_EXT_SIGNING_TOKEN__MODE": "per_record"}
+    overridden = load_config(_write(tmp_path, token + "archive:\n  url: s3://a/p\n"), environ=environ)
+    assert overridden.signing_token is not None and overridden.signing_token.mode == "per_record"
+    with pytest.raises(ConfigurationError, match="both set"):
+        load_config(_write(tmp_path, token + "signing_key: k.key\narchive:\n  url: s3://a/p\n"), environ={})
+    with pytest.raises(ConfigurationError, match="exactly one of signing_key"):
+        load_config(_write(tmp_path, "archive:\n  url: s3://a/p\n"), environ={})
+    with pytest.raises(ConfigurationError, match=r"signing_token\.mode"):
+        load_config(_write(tmp_path, token + "  mode: sometimes\narchive:\n  url: s3://a/p\n"), environ={})
