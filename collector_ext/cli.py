@@ -394,9 +394,9 @@ def _witness_policy(
     if count > len(pinned):
         _fail(ConfigurationError("--witnesses-required", f"{count} is more than the {len(pinned)} --witness-key given"))
     try:
-        grace_seconds = parse_duration(grace)
+        grace_seconds = 0.0 if grace in ("0", "0s") else parse_duration(grace)
     except ValueError as exc:
-        _fail(ConfigurationError("--witness-grace", str(exc)))
+        _fail(ConfigurationError("--witness-grace", f"{exc} (or 0)"))
     trust = None
     if tsa_cert is not None:
         try:

@@ -51,6 +51,11 @@ from collector_ext.spool import Spool, SpoolError
 from collector_ext.startup_checks import check_configuration_files
 from collector_ext.tls import ReloadingTls, TlsFiles
 from collector_ext.token_signer import TokenSettings, TokenSigner
+from collector_ext.witness.client import WitnessClient
+from collector_ext.witness.proofs import ArchiveTreeReader
+from collector_ext.witness.submitter import PinnedWitness, StoredCheckpoint, WitnessSubmitter
+from collector_ext.witness.tsa_client import TsaClient
+from collector_ext.witness.vkey import parse_witness_vkey
 
 log = logging.getLogger(__name__)
 
@@ -243,6 +248,11 @@ class Sidecar:
         self.metrics = Metrics()
         self._report_security_settings()
         self.metrics.watch(self.pipeline)
+        # Witnesses and the TSA vouch for each stored checkpoint note, off the acknowledgement path.
+        self.witnesses = _witness_submitter(config, self.store)
+        if self.witnesses is not None:
+            self.pipeline.subscribe_checkpoints(self._checkpoint_stored)
+        self.metrics.watch_witnesses(self.witnesses)
         if self.loki is not None:
             self.metrics.watch_loki(self.loki)
         self.tls = _reloading_tls(config.tls, "tls")
@@ -289,6 +299,11 @@ class Sidecar:
         self._stopped = False
         self.port = 0
 
+    def _checkpoint_stored(self, note: bytes, size: int, previous_size: int) -> None:
+        """The pipeline's checkpoint hook: hand the stored note to the witnesses and the TSA (returns at once)."""
+        if self.witnesses is not None:
+            self.witnesses.offer(StoredCheckpoint(self.pipeline.chain_id, note, size))
+
     def _report_security_settings(self) -> None:
         """One INFO line with the effective security settings, a WARNING per unsafe one, and the
         collector_ext_insecure_setting gauge."""
@@ -314,6 +329,8 @@ class Sidecar:
         await self.store.open()
         if self.loki is not None:
             await self.loki.start()
+        if self.witnesses is not None:
+            await self.witnesses.start()
         await self.pipeline.start()
         try:
             self.port = await self.receiver.start()
@@ -365,6 +382,9 @@ class Sidecar:
             await asyncio.gather(self.receiver.stop(grace), self.http_receiver.stop(grace))
         drain = self.config.drain_timeout_seconds
         await self.pipeline.close(drain_timeout=drain)
+        if self.witnesses is not None:
+            # The final checkpoint's note gets a few seconds; the witnesses see the next run's anyway.
+            await self.witnesses.close(drain_timeout=min(drain, 5.0))
         if isinstance(self.signer, TokenSigner):
             self.signer.close()
         await self.store.close()
@@ -415,6 +435,19 @@ async def _build_and_start(config: SidecarConfig) -> Sidecar:
     sidecar = Sidecar(config)
     await sidecar.start()
     return sidecar
+
+
+def _witness_submitter(config: SidecarConfig, store: ArchiveStore) -> WitnessSubmitter | None:
+    """The submitter to ``witnesses`` and ``checkpoint.tsa_url``; None when neither is configured."""
+    if not config.witnesses and config.checkpoint.tsa_url is None:
+        return None
+    pinned = []
+    for witness in config.witnesses:
+        name, key = parse_witness_vkey(witness.key)  # checked by the config already
+        pinned.append(PinnedWitness(WitnessClient(name, witness.url, timeout_seconds=witness.timeout_seconds), key))
+    tsa_url = config.checkpoint.tsa_url
+    tsa = TsaClient(tsa_url, timeout_seconds=config.checkpoint.tsa_timeout_seconds) if tsa_url else None
+    return WitnessSubmitter(store, pinned, tsa, ArchiveTreeReader(store).consistency_proof)
 
 
 def _loki_sender(config: SidecarConfig) -> LokiProcess | None:

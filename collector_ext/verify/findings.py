@@ -66,6 +66,15 @@ class FindingKind(StrEnum):
     # A checkpoint note signed by a pinned key whose tree is not the tree of the stored entries, or a
     # newer note whose tree does not extend a remembered one (FORMAT.md 16.6, 13.9).
     TREE_MISMATCH = "tree-mismatch"
+    # Outside evidence beside checkpoint notes (FORMAT.md 19.4): a pinned witness's cosignature or the
+    # pinned TSA's token that does not hold; the newest note not within a tree cosigned by the required
+    # number of pinned witnesses, or without a token when one is required; and the notes saying they are.
+    BAD_COSIGNATURE = "bad-cosignature"
+    BAD_TIMESTAMP = "bad-timestamp"
+    UNWITNESSED_CHECKPOINT = "unwitnessed-checkpoint"
+    MISSING_TIMESTAMP = "missing-timestamp"
+    WITNESSED = "witnessed"
+    TIMESTAMPED = "timestamped"
     # An object the verifier could not read as an archive object (not a regular file, too large).
     UNREADABLE_OBJECT = "unreadable-object"
     # A chain written in format version 1: what it cannot prove.

@@ -33,11 +33,13 @@ from collector_ext.seal.layout import (
     CheckpointKey,
     NoteKey,
     SegmentKey,
+    WitnessObjectKey,
     checkpoint_key,
     parse_checkpoint_key,
     parse_note_key,
     parse_segment_key,
     parse_tile_key,
+    parse_witness_object_key,
 )
 from collector_ext.seal.note import MAX_NOTE_BYTES
 from collector_ext.seal.segment import SealedRecord
@@ -48,6 +50,7 @@ from collector_ext.verify.links import ChainChecker, RecordObserver
 from collector_ext.verify.state import VerifierState, next_state, rollback_finding, vanished_chains
 from collector_ext.verify.supersede import relate_archive, relate_chains
 from collector_ext.verify.tree import TreeChecker, VerifiedNote
+from collector_ext.verify.witnesses import WitnessPolicy, check_outside_evidence, read_outside_evidence
 
 ProgressCallback = Callable[[int, int], None]  # (objects done, objects in all)
 
@@ -74,6 +77,8 @@ class VerifyOptions:
     # Warn about an open chain (newest checkpoint not final) whose newest checkpoint is older.
     stale_after_seconds: float | None = None
     now_unix_nano: int | None = None  # for tests; default: the clock
+    # Pinned witness keys and TSA certificate, and what is required of them (FORMAT.md 19.4).
+    witness_policy: WitnessPolicy | None = None
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,8 @@ class _Chain:
     segments: list[tuple[SegmentKey, ListedObject]] = field(default_factory=list)
     checkpoints: list[tuple[CheckpointKey, ListedObject]] = field(default_factory=list)
     notes: list[tuple[NoteKey, ListedObject]] = field(default_factory=list)
+    # Witness cosignatures and time-stamp replies beside the notes (FORMAT.md 19.1).
+    outside: list[tuple[WitnessObjectKey, ListedObject]] = field(default_factory=list)
 
 
 @dataclass
@@ -113,6 +120,10 @@ class _Listing:
         note = parse_note_key(listed.key)
         if note is not None:
             self._chain(note.chain_id_hex, listed.key).notes.append((note, listed))
+            return
+        outside = parse_witness_object_key(listed.key)
+        if outside is not None:
+            self._chain(outside.chain_id_hex, listed.key).outside.append((outside, listed))
             return
         if parse_tile_key(listed.key) is not None and not listed.problem:
             return  # hash tiles: an index for proofs, not read by the verifier (FORMAT.md 16.5)
@@ -267,6 +278,16 @@ async def check_archive_with_state(
             if tree.newest is not None:
                 tree_heads[chain_id_hex] = tree.newest
             summaries.append(checker.finish())
+            policy = options.witness_policy
+            if policy is not None and policy.active:
+                # FORMAT.md 19.4: what witnesses and the TSA said of the chain's notes.
+                newest = summaries[-1]
+                times = {}
+                if newest.newest_checkpoint_number is not None and newest.newest_checkpoint_unix_nano is not None:
+                    times[newest.newest_checkpoint_number] = newest.newest_checkpoint_unix_nano
+                evidence = await read_outside_evidence(store, chain.notes, chain.outside, times)
+                now = options.now_unix_nano or time.time_ns()
+                findings += check_outside_evidence(chain_id_hex, evidence, policy, now)
             resume_points[chain_id_hex] = checker.resume_point()
             findings += checker.findings
             records += checker.records

@@ -36,7 +36,7 @@ def _free_port() -> int:
 
 
 class Witness:
-    def __init__(self, directory: Path, log_public: Path) -> None:
+    def __init__(self, directory: Path, log_public: Path, origin_prefix: str = "audit-bucket/prod/") -> None:
         pair = generate_key_pair()
         directory.mkdir(parents=True, exist_ok=True)
         self.key = directory / "witness.key"
@@ -46,6 +46,7 @@ class Witness:
         self.public.write_bytes(pair.public_pem)
         self.state = directory / "state.json"
         self.log_public = log_public
+        self.origin_prefix = origin_prefix
         self.stderr = directory / "witness.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.port = 0
@@ -65,7 +66,7 @@ class Witness:
             "--state",
             str(self.state),
             "--log",
-            f"audit-bucket/prod/={self.log_public}",
+            f"{self.origin_prefix}={self.log_public}",
             "--listen",
             f"127.0.0.1:{self.port}",
         ]
