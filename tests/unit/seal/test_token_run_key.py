@@ -73,6 +73,17 @@ def _entries(store: InMemoryArchive) -> list[tuple[int, int, bytes, bytes]]:
     return found
 
 
+def _checkpointed_up_to(store: InMemoryArchive) -> int:
+    return max(
+        (
+            decode_checkpoint(data).checkpoint.last_sequence
+            for key, data in store.objects.items()
+            if parse_checkpoint_key(key)
+        ),
+        default=-1,
+    )
+
+
 def _checkpoint_key_ids(store: InMemoryArchive) -> set[bytes]:
     return {
         decode_checkpoint(data).checkpoint.key_id
@@ -216,7 +227,10 @@ def test_verify_with_state_resumes_inside_a_run(signer: Ed25519Signer) -> None:
         pipeline = _pipeline(signer, store)
         await pipeline.start()
         await pipeline.submit([b"before"] * 5)
-        await pipeline._write_checkpoint()
+        for _ in range(500):  # until a checkpoint covers them (the pipeline writes one after uploads)
+            if _checkpointed_up_to(store) >= pipeline.next_sequence - 1:
+                break
+            await asyncio.sleep(0.01)
         first = await verify(None)
         await pipeline.submit([b"after"] * 5)
         await pipeline.close(drain_timeout=5)
