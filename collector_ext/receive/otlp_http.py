@@ -278,7 +278,14 @@ class OtlpHttpReceiver:
 
         try:
             self._listener = await asyncio.get_running_loop().create_server(
-                protocol, host or None, port, ssl=self._ssl_context, backlog=128, reuse_address=True
+                protocol,
+                host or None,
+                port,
+                ssl=self._ssl_context,
+                # A TLS handshake left unfinished is cut like idle headers.
+                ssl_handshake_timeout=self._limits.idle_timeout if self._ssl_context is not None else None,
+                backlog=128,
+                reuse_address=True,
             )
         except BaseException:
             await runner.cleanup()
