@@ -25,7 +25,7 @@ import sigstore._internal.merkle as sigstore_merkle
 import sigstore._internal.rekor.checkpoint as sigstore_checkpoint
 import sigstore._internal.trust as sigstore_trust
 import sigstore.errors as sigstore_errors
-import sigstore.models as sigstore_models
+import sigstore.models as sigstore_bundle_models
 import sigstore_models.common.v1 as common_v1
 import sigstore_models.rekor.v1 as rekor_v1
 
@@ -91,7 +91,7 @@ def _sigstore_entry(proof: ProofFile, index: int = 0, *, root: bytes | None = No
         ),
         canonicalized_body=b64(record.entry),
     )
-    return sigstore_models.TransparencyLogEntry(inner)
+    return sigstore_bundle_models.TransparencyLogEntry(inner)
 
 
 def _keyring(key: PublicKey) -> object:
