@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from collector_ext.pb import archive_pb2
 from collector_ext.pipeline import PipelineSettings, SealingPipeline
+from collector_ext.recovery import find_predecessor
 from collector_ext.seal.chain import run_key_payload, sign_entry_hashes
 from collector_ext.seal.checkpoint import decode_checkpoint
 from collector_ext.seal.entry import (
@@ -243,3 +244,21 @@ def test_verify_with_state_resumes_inside_a_run(signer: Ed25519Signer) -> None:
     assert remembered.checkpoint is not None and len(bytes.fromhex(remembered.checkpoint["run_public_key"])) == 32
     assert second.report.clean, second.report.findings
     assert second.report.records_checked == 5
+
+
+def test_a_lost_writer_finds_the_head_its_run_key_signed(signer: Ed25519Signer) -> None:
+    """After a crash without local state, the chain's last records (signed by the dead run's run key,
+    past the newest checkpoint) still give the superseded chain's head: the run key's certification is
+    found and checked (recovery), so the successor's genesis names the true head (FORMAT.md 7.4)."""
+    store = InMemoryArchive()
+    asyncio.run(_run(_pipeline(signer, store), [[b"a"] * 3, [b"b"] * 3]))
+    # As if the writer died before its last checkpoints: keep only checkpoint 0 (the genesis segment).
+    for key in [k for k in store.objects if (parsed := parse_checkpoint_key(k)) and parsed.checkpoint_number > 0]:
+        del store.objects[key]
+    last_key = max((k for k in store.objects if parse_segment_key(k)), key=lambda k: parse_segment_key(k).last_sequence)  # type: ignore[union-attr]
+    last_entry = decode_segment(store.objects[last_key]).records[-1].entry
+
+    found = asyncio.run(find_predecessor(store, "pod-a", [signer.public_key]))
+    assert found is not None
+    assert found.last_sequence == decode_entry_header(last_entry).sequence > found.covered_until
+    assert found.head_sha256 == entry_hash(last_entry)
