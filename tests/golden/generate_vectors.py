@@ -14,8 +14,9 @@ segment object, checkpoint 0 covering that segment, and an idle checkpoint 1 nam
 A second part, ``sender``, pins format version 2's ``Sender`` (FORMAT.md 7.3a): the same three records
 sealed with a fixed sender in a version 2 chain of the same key. A third part, ``run_key``, pins format
 version 2's run key (FORMAT.md 7.7, 10.3): a version 2 genesis by the same key, a run key entry by which
-it certifies a fixed run key, and the three records signed by that run key. All byte strings are
-written as lowercase hex.
+it certifies a fixed run key, and the three records signed by that run key. A fourth, ``witness``, pins
+a checkpoint note over the four entries and a fixed witness's cosignature of it (FORMAT.md 19.2). All
+byte strings are written as lowercase hex.
 """
 
 from __future__ import annotations
@@ -43,10 +44,21 @@ from collector_ext.seal.checkpoint import (
 )
 from collector_ext.seal.entry import CHECKPOINT_SIGNATURE_PREFIX, EntryKind, run_key_message
 from collector_ext.seal.keys import Ed25519Signer, key_id_for
-from collector_ext.seal.layout import checkpoint_key, segment_key
+from collector_ext.seal.layout import checkpoint_key, segment_key, witness_key_tag
+from collector_ext.seal.merkle import consistency_proof, leaf_hash, list_reader, tree_root
+from collector_ext.seal.note import (
+    COSIGNATURE_ED25519_TYPE,
+    checkpoint_text,
+    cosign,
+    cosignature_message,
+    key_hint,
+    sign_note,
+)
 from collector_ext.seal.payload import log_payloads
 from collector_ext.seal.segment import encode_segment
 from collector_ext.seal.sender import Sender
+from collector_ext.witness.protocol import AddCheckpoint
+from collector_ext.witness.vkey import witness_vkey
 
 VECTORS_PATH = Path(__file__).with_name("vectors.json")
 
@@ -70,6 +82,10 @@ SENDER_ARCHIVE_ID = "s3://golden-bucket/vectors"
 RUN_KEY_SEED = bytes(range(0x40, 0x60))
 RUN_KEY_REASON = "run key for this run"
 RUN_KEY_SEALED = T0 + 500_000
+# The witness part (FORMAT.md 19.2): a witness's seed and name, and the time it cosigns at.
+WITNESS_SEED = bytes(range(0x60, 0x80))
+WITNESS_NAME = "witness.example/golden"
+WITNESS_TIME = 1_790_000_100
 SENDER = Sender(
     peer="[2001:db8::7]:53422",
     token_name="collector-prod",
@@ -246,6 +262,38 @@ def build_vectors() -> dict[str, Any]:
         "checkpoints": checkpoints,
         "sender": build_sender_vectors(signer, request_bytes),
         "run_key": build_run_key_vectors(signer, request_bytes),
+        "witness": build_witness_vectors(signer, entries),
+    }
+
+
+def build_witness_vectors(signer: Ed25519Signer, entries: list[bytes]) -> dict[str, Any]:
+    """A checkpoint note over the four entries above (FORMAT.md 16.4), cosigned by a fixed witness
+    (FORMAT.md 19.2): its vkey, the cosigned message and line, and the add-checkpoint body from size 2."""
+    witness = Ed25519Signer(Ed25519PrivateKey.from_private_bytes(WITNESS_SEED))
+    origin = f"{SENDER_ARCHIVE_ID.split('://', 1)[1]}/{CHAIN_ID.hex()}"
+    leaves = [leaf_hash(entry) for entry in entries]
+    text = checkpoint_text(origin, len(leaves), tree_root(leaves))
+    note = sign_note(text, origin, signer)
+    line = cosign(text, WITNESS_NAME, witness, WITNESS_TIME).line()
+    proof = consistency_proof(2, len(leaves), list_reader(leaves))
+    return {
+        "origin": origin,
+        "note_text": text.hex(),
+        "note": note.hex(),
+        "witness": {
+            "name": WITNESS_NAME,
+            "seed": WITNESS_SEED.hex(),
+            "public_key": witness.public_key.raw.hex(),
+            "key_hint": key_hint(WITNESS_NAME, COSIGNATURE_ED25519_TYPE, witness.public_key.raw).hex(),
+            "vkey": witness_vkey(WITNESS_NAME, witness.public_key),
+            "tag": witness_key_tag(WITNESS_NAME),
+        },
+        "timestamp": WITNESS_TIME,
+        "cosignature_message": cosignature_message(text, WITNESS_TIME).hex(),
+        "cosignature_line": line.hex(),
+        "cosigned_note": (note + line).hex(),
+        "tree_size_2_root": tree_root(leaves[:2]).hex(),
+        "add_checkpoint_from_2": AddCheckpoint(2, proof, note).encode().hex(),
     }
 
 
