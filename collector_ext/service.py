@@ -48,7 +48,7 @@ from collector_ext.receive.validate import RequestLimits
 from collector_ext.seal.keys import Ed25519Signer, Signer, load_private_key_pem
 from collector_ext.security_settings import WATCHED_SETTINGS, insecure_settings, security_summary
 from collector_ext.spool import Spool, SpoolError
-from collector_ext.startup_checks import check_configuration_files
+from collector_ext.startup_checks import check_configuration_files, key_file_problem
 from collector_ext.tls import ReloadingTls, TlsFiles
 from collector_ext.token_signer import TokenSettings, TokenSigner
 from collector_ext.witness.client import WitnessClient
@@ -78,12 +78,10 @@ def read_token_pin(path: Path) -> str:
             data = handle.read(4096)
     except OSError as exc:
         raise ConfigurationError(setting, f"cannot read {path}: {exc.strerror}") from exc
-    if status.st_mode & 0o077:
-        raise ConfigurationError(
-            setting, f"{path} may be read by group or others (mode {status.st_mode & 0o777:o}): chmod 600 {path}"
-        )
-    if status.st_uid != os.getuid():
-        raise ConfigurationError(setting, f"{path} is owned by another user (uid {status.st_uid}); chown it")
+    # The same rule as for key files (startup_checks), on the file actually opened.
+    problem = key_file_problem(path, status.st_mode, status.st_uid, os.geteuid())
+    if problem is not None:
+        raise ConfigurationError(setting, problem)
     pin = data.decode("utf-8", errors="replace").splitlines()[0].strip() if data.strip() else ""
     if not pin:
         raise ConfigurationError(setting, f"{path} is empty; write the token's user PIN on its first line")
