@@ -60,6 +60,14 @@ def ed25519_point(ec_point: bytes) -> bytes:
     raise ValueError(f"CKA_EC_POINT of {len(ec_point)} bytes is not an Ed25519 public key")
 
 
+def _require_pkcs11() -> None:
+    """python-pkcs11 is an optional extra: say how to install it rather than fail on an import."""
+    try:
+        import pkcs11  # noqa: F401
+    except ImportError as exc:
+        raise ConfigurationError("signing_token", "needs python-pkcs11: pip install 'collector-ext[pkcs11]'") from exc
+
+
 def open_session(token: Any, pin: str, *, rw: bool = False) -> Any:
     """A session on ``token`` logged in as its user. PKCS#11 logs in an application, not a session:
     when this process is logged in already (another session is open), the new session shares it."""
@@ -79,6 +87,7 @@ class TokenSession:
     """
 
     def __init__(self, settings: TokenSettings) -> None:
+        _require_pkcs11()
         import pkcs11
         from pkcs11 import exceptions as pkcs11_errors
 
@@ -211,6 +220,7 @@ def generate_in_token(settings: TokenSettings) -> PublicKey:
     Raises:
         ConfigurationError: the token cannot be used, or it already holds a key of that label.
     """
+    _require_pkcs11()
     import pkcs11
     from pkcs11 import exceptions as pkcs11_errors
     from pkcs11.util.ec import encode_named_curve_parameters
