@@ -148,17 +148,22 @@ async def build_proof(
         asyncio.gather(*(read_tile(*ref) for ref in upper)),
         asyncio.gather(*(read_segment(key) for key in segment_keys)),
     )
+    needed = {s for start, end in spans for s in range(start, end)}
     records: dict[int, tuple[bytes, bytes]] = {}
     for key, data in zip(segment_keys, segments_read, strict=True):
         try:
             segment = decode_segment(data)
         except MalformedObjectError as exc:
             raise ProveError(f"segment {key!r} is damaged: {exc}") from exc
-        for record in segment.records:
-            if len(record.entry) >= ENTRY_HEADER_SIZE:
-                records.setdefault(
-                    int.from_bytes(record.entry[SEQUENCE_SLICE], "big"), (record.entry, record.signature)
-                )
+        # Records are stored in sequence order from first_sequence: look at the needed positions only
+        # (the header of each says which record it is; a record elsewhere is simply not found).
+        stored = segment.records
+        for sequence in needed:
+            position = sequence - segment.first_sequence
+            if 0 <= position < len(stored):
+                entry = stored[position].entry
+                if len(entry) >= ENTRY_HEADER_SIZE and int.from_bytes(entry[SEQUENCE_SLICE], "big") == sequence:
+                    records.setdefault(sequence, (entry, stored[position].signature))
     tiles = {(t.level, t.index): t for t in tiles_read}
     for _, index, width in level0:
         start = index * TILE_WIDTH
