@@ -146,8 +146,11 @@ class WitnessSubmitter:
             self._tasks.append(asyncio.create_task(self._run(self._tsa_lane, self._timestamp_once), name="tsa"))
 
     async def close(self, drain_timeout: float = 5.0) -> None:
-        """Give queued notes up to ``drain_timeout`` seconds (the final checkpoint's, at shutdown), then stop."""
-        lanes = [lane.idle.wait() for lane in self._all_lanes()]
+        """Give queued notes up to ``drain_timeout`` seconds (the final checkpoint's, at shutdown), then stop.
+
+        Only lanes that are not failing are waited for: a witness that is down would only use up the
+        time (the next run submits a newer note anyway)."""
+        lanes = [lane.idle.wait() for lane in self._all_lanes() if lane.stats.failing_since is None]
         if lanes:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.gather(*lanes), timeout=drain_timeout)
