@@ -274,6 +274,7 @@ class SealingPipeline:
         self._checkpoint_number = 0
         self._previous_checkpoint = b""
         self._checkpoint_due = asyncio.Event()
+        self._checkpoint_write: asyncio.Future[bool] | None = None  # the checkpoint loop's write in flight
         # The Merkle tree up to the newest checkpoint (None until start() knows the chain), the leaf
         # hashes of archived segments not yet in a checkpoint, the partial tiles already stored, and
         # the subscribers told of each new checkpoint note.
@@ -676,6 +677,9 @@ class SealingPipeline:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._checkpoint_write is not None:
+            # A checkpoint the loop was writing is finished first (its outcome was logged or is moot).
+            await asyncio.gather(self._checkpoint_write, return_exceptions=True)
         try:
             # Final when everything sealed is archived: the chain is closed cleanly here (FORMAT.md 11.1).
             await asyncio.wait_for(self._write_final_checkpoints(), timeout=max(1.0, deadline - time.monotonic()))
@@ -1042,7 +1046,11 @@ class SealingPipeline:
                 return  # close() writes the final checkpoint
             self._checkpoint_due.clear()
             try:
-                await self._write_checkpoint()
+                # Shielded: a shutdown that cancels this loop must not cancel a write whose PUT may
+                # already be stored (the archive's thread goes on), or the final checkpoint would take
+                # the same number; close() waits for it instead.
+                self._checkpoint_write = asyncio.ensure_future(self._write_checkpoint())
+                await asyncio.shield(self._checkpoint_write)
             except PermanentArchiveError as exc:
                 log.error("checkpoint refused by the archive", extra={"error": str(exc)})
             except SigningTokenError as exc:
