@@ -28,11 +28,15 @@ from collector_ext.deliver.loki.mapping import (
     SEAL_CHAIN_ID,
     SEAL_FIELDS,
     SEAL_SEQUENCE,
+    SENDER,
     EntryMapper,
 )
 from collector_ext.seal.entry import entry_hash
 from collector_ext.seal.segment import SealedRecord
 from collector_ext.verify.findings import Finding, FindingKind, Severity
+
+# Compared with the archive like the seal: the seal fields, and the sealed sender when the record has one.
+_COMPARED_FIELDS = (*SEAL_FIELDS, SENDER)
 
 # Labels Loki itself may add to what was pushed (reference: loki-push-contract.md section 6.2).
 _LOKI_ADDED_LABELS = {"service_name", "detected_level", "level"}
@@ -79,10 +83,10 @@ class LokiCrossCheck:
         self._archived_until[chain] = max(self._archived_until.get(chain, -1), sequence)
         if not self._start <= mapped.timestamp_ns < self._end:
             return
-        seal = tuple((n, v) for n, v in mapped.metadata if n in SEAL_FIELDS)
+        seal = tuple((n, v) for n, v in mapped.metadata if n in _COMPARED_FIELDS)
         if self._mapper.settings.seal_in_line:
             document = json.loads(mapped.line)
-            seal = tuple((n, str(document[n])) for n in SEAL_FIELDS)
+            seal = tuple((n, str(document[n])) for n in _COMPARED_FIELDS if n in document)
         self._expected[(chain, sequence)] = _Expected(
             mapped.timestamp_ns,
             _digest(mapped.line),
@@ -99,7 +103,7 @@ class LokiCrossCheck:
         if self._mapper.settings.seal_in_line:
             try:
                 document = json.loads(queried.line)
-                fields = {n: str(document[n]) for n in SEAL_FIELDS if n in document}
+                fields = {n: str(document[n]) for n in _COMPARED_FIELDS if n in document}
             except (ValueError, TypeError):
                 fields = {}
         chain = fields.get(SEAL_CHAIN_ID)

@@ -11,6 +11,7 @@ import datetime as dt
 import hashlib
 import http.client
 import ipaddress
+import json
 import os
 import ssl
 import subprocess
@@ -500,6 +501,23 @@ def test_the_sender_reaches_loki_and_the_report(
     assert all(text.startswith("token:collector-prod from 127.0.0.1:") for text in expected.values())
     entries = loki.entries(tenant="team-a")
     assert {e.line: e.structured_metadata["audit_sender"] for e in entries} == expected
+
+    # verify --loki-url compares the sender in Loki with the sealed one, like the seal fields.
+    verify = [
+        sys.executable, "-m", "collector_ext.cli", "verify", "--archive", str(archive),
+        "--public-key", str(key_pair.public), "--loki-url", loki.url, "--loki-tenant", "team-a", "--since", "2h",
+        "--json",
+    ]  # fmt: skip
+    clean = subprocess.run(verify, capture_output=True, text=True, timeout=120)
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    forged = entries[2]
+    metadata = dict(forged.structured_metadata, audit_sender="token:someone-else from 10.9.9.9:1")
+    assert loki.set_metadata(forged.stream, forged.ts, metadata, tenant="team-a") == 1
+    altered = subprocess.run(verify, capture_output=True, text=True, timeout=120)
+    assert altered.returncode == 1, altered.stdout + altered.stderr
+    [finding] = json.loads(altered.stdout)["findings"]
+    assert finding["kind"] == "loki-altered" and "audit_sender" in finding["message"]
+    assert finding["first_sequence"] == int(forged.structured_metadata["audit_seq"])
 
     out = tmp_path / "report.csv"
     command = [
