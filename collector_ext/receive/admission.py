@@ -4,7 +4,7 @@ Every request in flight, on either receiver, holds a ``Reservation`` against the
 ``AdmissionControl``. The receivers charge it *before* the memory is spent: the body's bytes on the
 wire as they are read (an HTTP Content-Length up front), the inflated bytes as gzip or deflate
 produce them, and, before a body is parsed, an estimate of what the parsed objects will take
-(``decode_cost``). A charge that does not fit the room left raises ``AdmissionRefusedError``: a
+(``receive.wire_cost``). A charge that does not fit the room left raises ``AdmissionRefusedError``: a
 ``DeliveryError``, answered UNAVAILABLE with RetryInfo / 503 with Retry-After, which the collector
 retries. A request that could not fit even into an empty budget is refused for good with
 ``RequestTooLargeError`` (RESOURCE_EXHAUSTED / 413) naming the setting to raise, because retrying it
@@ -35,10 +35,10 @@ from collector_ext.receive.validate import DEFAULT_REQUEST_LIMITS, RequestLimits
 # and CPython's json (RSS growth while parsing, over the body's size): a protobuf batch of typical
 # records (8 attributes, a short body) took 4.2x, one record with a million attributes 14.7x;
 # OTLP/JSON took 8.8x (typical) to 12.8x (a million attributes) in json.loads before the protobuf
-# objects were built. The factors charge the typical case with room to spare; see README
-# ("Memory and connection limits") for the shapes that cost more.
+# objects were built. Costs per record and per JSON object come on top (receive.wire_cost), so
+# bodies of many tiny elements are priced by what they hold, not by their size.
 PROTOBUF_DECODE_FACTOR = 5
-JSON_DECODE_FACTOR = 16
+JSON_DECODE_FACTOR = 12
 # What a body still arriving may hold outside the arriving half of the budget (a typical request's
 # body arrives whole within it).
 ARRIVING_ALLOWANCE = 1024 * 1024
@@ -49,7 +49,7 @@ class AdmissionRefusedError(DeliveryError):
 
 
 def decode_cost(body_bytes: int, *, json: bool) -> int:
-    """Bytes to reserve before parsing a body of ``body_bytes`` (protobuf or OTLP/JSON)."""
+    """The per-byte part of what parsing a body of ``body_bytes`` costs (protobuf or OTLP/JSON)."""
     return body_bytes * (JSON_DECODE_FACTOR if json else PROTOBUF_DECODE_FACTOR)
 
 
@@ -183,6 +183,11 @@ class Reservation:
     @property
     def held(self) -> int:
         return self._held
+
+    @property
+    def room_alone(self) -> int:
+        """The most this request could still take if it had the budget to itself."""
+        return self._control.settings.max_inflight_bytes - self._held
 
     def charge(self, nbytes: int, what: str = "the request") -> None:
         """Hold ``nbytes`` more.

@@ -45,7 +45,6 @@ from collector_ext.receive.admission import (
     AdmissionRefusedError,
     ReceiverLimits,
     Reservation,
-    decode_cost,
 )
 from collector_ext.receive.auth import (
     AuthenticationError,
@@ -57,6 +56,7 @@ from collector_ext.receive.auth import (
 from collector_ext.receive.inflate import inflate_whole
 from collector_ext.receive.otlp_protobuf import parse_protobuf_request
 from collector_ext.receive.validate import DEFAULT_REQUEST_LIMITS, RequestLimits, check_request
+from collector_ext.receive.wire_cost import protobuf_decode_cost
 from collector_ext.seal.payload import log_payloads
 from collector_ext.seal.sender import Sender
 
@@ -119,7 +119,7 @@ def decode_message(
             body = inflate_whole(message, coding, limit, reservation)
         except InvalidRequestError:  # not zlib after all: a plain message that looked like it
             reservation.shrink_to(held)
-    reservation.charge(decode_cost(len(body), json=False), "decoding the request")
+    reservation.charge(protobuf_decode_cost(body, reservation.room_alone), "decoding the request")
     try:
         request = parse_protobuf_request(body)
         del body

@@ -57,7 +57,6 @@ from collector_ext.receive.admission import (
     AdmissionControl,
     ReceiverLimits,
     Reservation,
-    decode_cost,
 )
 from collector_ext.receive.auth import (
     AuthenticationError,
@@ -71,6 +70,7 @@ from collector_ext.receive.otlp_grpc import PAYLOAD_OVERHEAD_BYTES, RecordSink
 from collector_ext.receive.otlp_json import parse_json_request
 from collector_ext.receive.otlp_protobuf import parse_protobuf_request
 from collector_ext.receive.validate import DEFAULT_REQUEST_LIMITS, RequestLimits, check_request
+from collector_ext.receive.wire_cost import json_decode_cost, protobuf_decode_cost
 from collector_ext.seal.payload import log_payloads
 from collector_ext.seal.sender import Sender
 
@@ -426,7 +426,8 @@ class OtlpHttpReceiver:
             else:
                 body = self._inflate(wire, coding, reservation)
             del wire
-            reservation.charge(decode_cost(len(body), json=media_type == JSON), "decoding the request")
+            cost = json_decode_cost(body) if media_type == JSON else protobuf_decode_cost(body, reservation.room_alone)
+            reservation.charge(cost, "decoding the request")
             if len(body) >= _DECODE_IN_THREAD_BYTES:
                 payloads = await asyncio.to_thread(_decode_payloads, body, media_type, sender, self._limits.request)
             else:

@@ -503,6 +503,37 @@ def test_json_with_many_attributes_one_and_four_at_once(
     assert {status for status, _ in replies} <= {413, 503, 0}, replies
 
 
+def _empty_records(count: int) -> bytes:
+    """An ExportLogsServiceRequest of ``count`` empty log records: 2 bytes each on the wire, nearly
+    100 times that once parsed and sealed."""
+    from tests.integration.conftest import length_delimited
+
+    return length_delimited(1, length_delimited(2, length_delimited(2, b"") * count))
+
+
+def test_floods_of_empty_records_are_priced_by_what_they_hold(sidecar: SidecarProcess) -> None:
+    flood = _empty_records(7 * MIB // 2)  # 7 MiB: 3.7 million records
+    json_flood = b'{"resourceLogs":[{"scopeLogs":[{"logRecords":[' + b",".join([b"{}"] * 1_000_000) + b"]}]}]}"
+    batch = logs_request(*[f"record {i} " + "x" * 1000 for i in range(4000)])  # 4 MB of ordinary records
+    results: list[object] = []
+
+    def attack() -> None:
+        _in_threads(
+            [
+                lambda: results.append(_grpc_export(sidecar.grpc_port, gzip.compress(flood))),
+                lambda: results.append(_http_post(sidecar.http_port, flood)),
+                lambda: results.append(_http_post(sidecar.http_port, json_flood, "application/json")),
+            ]
+        )
+        # An ordinary large batch still fits.
+        assert _http_post(sidecar.http_port, batch) == 200
+        assert _grpc_export(sidecar.grpc_port, batch, grpc.Compression.Gzip) is grpc.StatusCode.OK
+
+    _measure(sidecar, "empty-record-floods", attack)
+    assert set(results) <= {413, 503, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE}, results
+    assert 413 in results and grpc.StatusCode.RESOURCE_EXHAUSTED in results, results
+
+
 def test_idle_slowloris_and_endless_chunked_connections_are_cut(sidecar: SidecarProcess) -> None:
     def attack() -> None:
         idle_http, idle_grpc = _connect(sidecar.http_port), _connect(sidecar.grpc_port)

@@ -1,0 +1,102 @@
+"""What decoding an OTLP request will cost in memory, priced from its bytes before it is parsed.
+
+The parsed form of a request is not proportional to its size. An empty log record takes 2 bytes of
+protobuf and about 190 bytes once parsed and turned into a payload (upb's LogRecord, 128 bytes, and
+the sealed payload with its list slot); a request of empty records would cost nearly 100 times its
+size. So the price is a per-byte factor (``admission.PROTOBUF_DECODE_FACTOR``, measured on typical
+batches) plus a per-record cost for the records the body holds, counted on the wire: the walk reads
+only the three levels above the records (resource logs, scope logs, records) and skips each record's
+content, about 2 us per record, and stops once the price passes the limit. OTLP/JSON is priced per
+byte (``JSON_DECODE_FACTOR``) plus a cost per ``{``: every JSON object becomes a Python dict and then
+a protobuf message, and an upper bound on their number costs one C-speed count.
+
+Not priced per element: attributes and nested values inside a record (a walk into every record is
+too slow in Python); a body made of nothing but empty attributes costs about 50 times its size. The
+receivers' ``max_message_bytes`` and the budget bound that case (see README, "Memory and connection
+limits"). Pure: bytes in, an integer out; a malformed body is priced as far as it reads and left to
+the parser to refuse.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from collector_ext.receive.admission import JSON_DECODE_FACTOR, PROTOBUF_DECODE_FACTOR
+
+# Beyond the per-byte factor: a LogRecord parsed (128 bytes, measured with upb) and its sealed
+# payload (56) with room to spare.
+RECORD_COST = 200
+# Per "{" of an OTLP/JSON body: a dict from json.loads (64 bytes and more), a protobuf message and,
+# for a record, its payload.
+JSON_OBJECT_COST = 250
+
+
+class _Walk:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def varint(self, pos: int) -> tuple[int, int]:
+        data = self.data
+        byte = data[pos]
+        if byte < 0x80:
+            return byte, pos + 1
+        result, shift, pos = byte & 0x7F, 7, pos + 1
+        while True:
+            byte = data[pos]
+            pos += 1
+            result |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                return result, pos
+            shift += 7
+            if shift > 63:
+                raise ValueError("varint longer than 10 bytes")
+
+    def children(self, pos: int, end: int, number: int) -> Iterator[tuple[int, int]]:
+        """(start, end) of each length-delimited field ``number`` in data[pos:end]."""
+        while pos < end:
+            key, pos = self.varint(pos)
+            wire_type = key & 7
+            if wire_type == 2:
+                length, pos = self.varint(pos)
+                if key >> 3 == number:
+                    yield pos, min(pos + length, end)
+                pos += length
+            elif wire_type == 0:
+                _, pos = self.varint(pos)
+            elif wire_type == 1:
+                pos += 8
+            elif wire_type == 5:
+                pos += 4
+            else:
+                raise ValueError("wire type the OTLP messages do not use")
+
+
+def count_log_records(body: bytes, stop: int) -> int:
+    """The log records of an ExportLogsServiceRequest body (field 1 > field 2 > field 2); counting
+    ends once the count passes ``stop``. A malformed body is counted as far as it reads."""
+    walk = _Walk(body)
+    count = 0
+    try:
+        for resource_start, resource_end in walk.children(0, len(body), 1):
+            for scope_start, scope_end in walk.children(resource_start, resource_end, 2):
+                for _ in walk.children(scope_start, scope_end, 2):
+                    count += 1
+                    if count > stop:
+                        return count
+    except (ValueError, IndexError):
+        pass
+    return count
+
+
+def protobuf_decode_cost(body: bytes, limit: int) -> int:
+    """Memory that parsing ``body`` and sealing its records will take beyond the body itself; once
+    known to exceed ``limit``, a value above ``limit``."""
+    by_size = PROTOBUF_DECODE_FACTOR * len(body)
+    if by_size > limit:
+        return by_size
+    return by_size + RECORD_COST * count_log_records(body, (limit - by_size) // RECORD_COST)
+
+
+def json_decode_cost(body: bytes) -> int:
+    """The same for an OTLP/JSON body."""
+    return JSON_DECODE_FACTOR * len(body) + JSON_OBJECT_COST * body.count(b"{")

@@ -1,0 +1,62 @@
+"""Pricing a request's decoding from its bytes (collector_ext.receive.wire_cost)."""
+
+from __future__ import annotations
+
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
+
+from collector_ext.receive.admission import JSON_DECODE_FACTOR, PROTOBUF_DECODE_FACTOR
+from collector_ext.receive.wire_cost import (
+    JSON_OBJECT_COST,
+    RECORD_COST,
+    count_log_records,
+    json_decode_cost,
+    protobuf_decode_cost,
+)
+
+
+def _request(records_per_scope: list[int], *, body: str = "") -> bytes:
+    scopes = [
+        ScopeLogs(
+            log_records=[LogRecord(body=AnyValue(string_value=body)) if body else LogRecord() for _ in range(count)]
+        )
+        for count in records_per_scope
+    ]
+    resource = ResourceLogs(scope_logs=scopes)
+    resource.resource.attributes.append(KeyValue(key="service.name", value=AnyValue(string_value="x")))
+    return ExportLogsServiceRequest(resource_logs=[resource, ResourceLogs(scope_logs=scopes[:1])]).SerializeToString()
+
+
+def test_counts_the_records_of_every_scope_of_every_resource() -> None:
+    body = _request([3, 0, 5], body="hello")
+    assert count_log_records(body, 10**9) == 3 + 5 + 3
+
+
+def test_counting_stops_past_the_limit() -> None:
+    body = _request([100_000])
+    assert count_log_records(body, 1000) == 1001
+
+
+def test_a_malformed_body_is_counted_as_far_as_it_reads() -> None:
+    body = _request([4])
+    assert count_log_records(body[:-3], 10**9) <= 8
+    assert count_log_records(b"\xff\xff\xff", 10**9) == 0
+    assert count_log_records(b"", 10**9) == 0
+
+
+def test_empty_records_are_priced_by_their_number_not_their_size() -> None:
+    flood = _request([50_000])
+    typical = _request([50], body="x" * 1000)
+    assert protobuf_decode_cost(flood, 10**12) >= RECORD_COST * 100_000 > 50 * len(flood)  # two resources
+    assert protobuf_decode_cost(typical, 10**12) < (PROTOBUF_DECODE_FACTOR + 1) * len(typical)
+
+
+def test_a_price_past_the_limit_is_reported_without_reading_everything() -> None:
+    flood = _request([200_000])
+    assert protobuf_decode_cost(flood, 1_000_000) > 1_000_000
+
+
+def test_json_is_priced_per_byte_and_per_object() -> None:
+    body = b'{"resourceLogs":[{"scopeLogs":[{"logRecords":[' + b",".join([b"{}"] * 1000) + b"]}]}]}"
+    assert json_decode_cost(body) == JSON_DECODE_FACTOR * len(body) + JSON_OBJECT_COST * 1003
