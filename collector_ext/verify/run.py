@@ -30,6 +30,7 @@ from collector_ext.seal.checkpoint import decode_checkpoint
 from collector_ext.seal.framing import MAX_CHECKPOINT_OBJECT_BYTES, MAX_SEGMENT_OBJECT_BYTES
 from collector_ext.seal.keys import PublicKey
 from collector_ext.seal.layout import (
+    TILE_WIDTH,
     CheckpointKey,
     NoteKey,
     SegmentKey,
@@ -40,14 +41,23 @@ from collector_ext.seal.layout import (
     parse_segment_key,
     parse_tile_key,
     parse_witness_object_key,
+    tile_key,
 )
+from collector_ext.seal.merkle import CompactRange, check_consistency, consistency_proof
 from collector_ext.seal.note import MAX_NOTE_BYTES
 from collector_ext.seal.segment import SealedRecord
+from collector_ext.seal.tiles import Tile, consistency_tiles, decode_tile, node_reader
 from collector_ext.verify.checkpoints import ResumePoint, UnreadableObject
 from collector_ext.verify.findings import ChainSummary, Finding, FindingKind, Severity, VerificationReport
 from collector_ext.verify.keys import Keyring
 from collector_ext.verify.links import ChainChecker, RecordObserver
-from collector_ext.verify.state import VerifierState, next_state, rollback_finding, vanished_chains
+from collector_ext.verify.state import (
+    VerifierState,
+    next_state,
+    remembered_tree,
+    rollback_finding,
+    vanished_chains,
+)
 from collector_ext.verify.supersede import relate_archive, relate_chains
 from collector_ext.verify.tree import TreeChecker, VerifiedNote
 from collector_ext.verify.witnesses import WitnessPolicy, check_outside_evidence, read_outside_evidence
@@ -237,6 +247,7 @@ async def check_archive_with_state(
     summaries: list[ChainSummary] = []
     resume_points: dict[str, ResumePoint | None] = {}
     tree_heads: dict[str, VerifiedNote] = {}
+    trees: dict[str, CompactRange] = {}
     records = signatures = 0
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="verify") as pool:
 
@@ -267,6 +278,7 @@ async def check_archive_with_state(
                 findings += await _check_remembered_checkpoint(store, chain_id_hex, chain, state)
                 if incremental:
                     checker.resume(start)
+                    tree.resume(remembered_tree(state.chains[chain_id_hex].checkpoint, chain_id_hex))
                     # Read and compared just now: the walk starts after it.
                     number = start.point.checkpoint_number
                     for _ in (c for c in chain.checkpoints if c[0].checkpoint_number <= number):
@@ -277,6 +289,12 @@ async def check_archive_with_state(
             findings += tree.finish()
             if tree.newest is not None:
                 tree_heads[chain_id_hex] = tree.newest
+            if tree.remembered is not None and tree.newest is not None and tree.newest.size > tree.resumed_at:
+                findings += await _check_tree_consistency(store, chain_id_hex, chain.prefix, tree)
+            if tree.newest_tree is not None:
+                trees[chain_id_hex] = tree.newest_tree
+            elif tree.remembered is not None:
+                trees[chain_id_hex] = tree.remembered  # nothing new: keep the remembered tree
             summaries.append(checker.finish())
             policy = options.witness_policy
             if policy is not None and policy.active:
@@ -325,6 +343,7 @@ async def check_archive_with_state(
         {chain_id: chain.prefix for chain_id, chain in listing.chains.items()},
         findings,
         (options.now_unix_nano or time.time_ns()) // 1_000_000_000,
+        trees,
     )
     return ArchiveCheck(report, new_state)
 
@@ -414,6 +433,52 @@ def _observe_tree(tree: TreeChecker, then: RecordObserver | None) -> RecordObser
         then(records, key)
 
     return observe
+
+
+async def _check_tree_consistency(
+    store: ArchiveStore, chain_id_hex: str, prefix: str, tree: TreeChecker
+) -> list[Finding]:
+    """FORMAT.md 13.9 step 6: an RFC 6962 consistency proof, built from the archive's tiles, shows
+    that the newest verified note's tree extends the remembered one."""
+    assert tree.remembered is not None
+    assert tree.newest is not None
+    old, new = tree.remembered, tree.newest
+    chain_id = bytes.fromhex(chain_id_hex)
+    fetched: dict[tuple[int, int], Tile] = {}
+    boundary = old.size // TILE_WIDTH
+    try:
+        for level, index, width in consistency_tiles(old.size, new.size):
+            if level == 0 and index == boundary:
+                # The tile at the remembered size: its stored partial tile, then the leaves walked since.
+                width_before = old.size % TILE_WIDTH
+                before: tuple[bytes, ...] = ()
+                if width_before:
+                    data = await store.get(tile_key(prefix, chain_id, 0, index, width_before), width_before * 32)
+                    before = decode_tile(0, index, width_before, data).hashes
+                fetched[(0, index)] = Tile(0, index, (before + tuple(tree.first_leaves))[:width])
+                continue
+            data = await store.get(tile_key(prefix, chain_id, level, index, width), width * 32)
+            fetched[(level, index)] = decode_tile(level, index, width, data)
+        proof = consistency_proof(old.size, new.size, node_reader(new.size, fetched))
+    except (UnreadableObjectError, ValueError, KeyError) as exc:
+        problem = f"its consistency proof cannot be built from the archive's hash tiles ({exc})"
+    else:
+        check = check_consistency(old.size, new.size, old.root(), new.root, proof)
+        if check.ok:
+            return []
+        problem = f"the consistency proof built from the archive's hash tiles fails: {check.problem}"
+    return [
+        Finding(
+            FindingKind.TREE_MISMATCH,
+            Severity.TAMPERING,
+            f"the tree of {new.size} records in {new.object_key} is not shown to extend the remembered tree of "
+            f"{old.size} records: {problem}",
+            chain_id_hex,
+            new.size - 1,
+            None,
+            new.object_key,
+        )
+    ]
 
 
 async def _read_notes(store: ArchiveStore, tree: TreeChecker, chain: _Chain, advance: Callable[[], None]) -> None:

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from collector_ext.errors import ConfigurationError
+from collector_ext.seal.merkle import CompactRange
 from collector_ext.verify.checkpoints import ResumePoint
 from collector_ext.verify.findings import ChainSummary, Finding, FindingKind, Severity, Supersession
 from collector_ext.verify.links import ChainStart
@@ -150,6 +151,8 @@ def _chain(chain_id: str, entry: Any) -> RememberedChain:
         run_sequence = checkpoint.get("run_key_sequence", 0)
         if not isinstance(run_sequence, int) or run_sequence < 0:
             raise ValueError(f"chain {chain_id} checkpoint run_key_sequence")
+        if checkpoint.get("tree") is not None:
+            remembered_tree(checkpoint, chain_id)  # raises ValueError when damaged
     supersedes = entry["supersedes"]
     if supersedes is not None:
         Supersession(**_mapping(supersedes, f"chain {chain_id} supersedes"))
@@ -168,6 +171,34 @@ def _chain(chain_id: str, entry: Any) -> RememberedChain:
     if remembered.format_version not in (0, 1, 2):
         raise ValueError(f"chain {chain_id} format_version")
     return remembered
+
+
+def remembered_tree(checkpoint: Mapping[str, Any] | None, chain_id: str) -> CompactRange | None:
+    """The chain's Merkle tree at the remembered checkpoint (FORMAT.md 13.9 step 6), if remembered.
+
+    Raises:
+        ValueError: the ``tree`` field is damaged (its nodes do not give its root, or its size is not
+            the checkpoint's).
+    """
+    tree = checkpoint.get("tree") if checkpoint is not None else None
+    if tree is None or checkpoint is None:
+        return None
+    tree = _mapping(tree, f"chain {chain_id} checkpoint tree")
+    size = tree["size"]
+    if not isinstance(size, int) or size != checkpoint["last_sequence"] + 1:
+        raise ValueError(f"chain {chain_id} checkpoint tree size")
+    nodes = tree["nodes"]
+    if not isinstance(nodes, list) or not all(isinstance(n, str) and len(n) == 64 for n in nodes):
+        raise ValueError(f"chain {chain_id} checkpoint tree nodes")
+    compact = CompactRange(size, tuple(bytes.fromhex(n) for n in nodes))
+    if compact.root().hex() != tree["root"]:
+        raise ValueError(f"chain {chain_id} checkpoint tree root")
+    return compact
+
+
+def tree_entry(compact: CompactRange) -> dict[str, Any]:
+    """The ``tree`` field remembered with a checkpoint: size, root and the compact range's nodes."""
+    return {"size": compact.size, "root": compact.root().hex(), "nodes": [n.hex() for n in compact.nodes]}
 
 
 def dump_state(state: VerifierState) -> bytes:
@@ -225,6 +256,7 @@ def next_state(
     key_prefixes: Mapping[str, str],
     findings: Sequence[Finding],
     now_unix: int,
+    trees: Mapping[str, CompactRange] | None = None,
 ) -> VerifierState:
     """The state after this run: chains without tampering or loss advance to their newest checkpoint;
     the others, and chains not seen now, keep what was remembered."""
@@ -250,6 +282,14 @@ def next_state(
                 **(
                     {"run_public_key": point.run_public_key.hex(), "run_key_sequence": point.run_key_sequence}
                     if point.run_public_key
+                    else {}
+                ),
+                # The tree at this checkpoint, when its note was verified (FORMAT.md 13.9 step 6).
+                **(
+                    {"tree": tree_entry(trees[summary.chain_id])}
+                    if trees is not None
+                    and summary.chain_id in trees
+                    and trees[summary.chain_id].size == point.last_sequence + 1
                     else {}
                 ),
             }

@@ -69,6 +69,11 @@ class TreeChecker:
         self.notes = 0
         self.resumed_at = 0
         self.first_leaves: list[bytes] = []  # the first TILE_LEAVES leaves after a resumed size
+        self.newest_tree: CompactRange | None = None  # the tree at ``newest``'s size
+        self.remembered: CompactRange | None = None  # the tree an earlier run verified
+        # An incremental run without a remembered tree cannot compute roots: notes are then only
+        # authenticated (FORMAT.md 13.9 step 6).
+        self._blind = False
 
     @property
     def size(self) -> int:
@@ -87,10 +92,15 @@ class TreeChecker:
             )
         )
 
-    def resume(self, tree: CompactRange) -> None:
-        """Continue from a tree already verified (an incremental run, FORMAT.md 13.9)."""
+    def resume(self, tree: CompactRange | None) -> None:
+        """Continue from a tree already verified (an incremental run, FORMAT.md 13.9); None: the
+        tree at the resume point is not known, so roots are not compared."""
+        if tree is None:
+            self._blind = True
+            return
         self._tree = tree
         self.resumed_at = tree.size
+        self.remembered = tree
 
     def add_note(self, key: NoteKey, data: bytes) -> None:
         """Authenticate a note (FORMAT.md 16.6 steps 1-4); its root is compared once the walk reaches it."""
@@ -141,8 +151,8 @@ class TreeChecker:
                 head.size,
             )
             return
-        if head.size <= self._tree.size and head.size != self._tree.size:
-            return  # before a resumed size: an earlier run checked it
+        if self._blind or (head.size <= self._tree.size and head.size != self._tree.size):
+            return  # before a resumed size (an earlier run checked it), or no tree to compare with
         self._counter += 1
         bisect.insort(self._pending, (head.size, self._counter, _PendingNote(key, head, data)))
         if head.size == self._tree.size:
@@ -150,6 +160,8 @@ class TreeChecker:
 
     def add_records(self, records: Sequence[SealedRecord]) -> None:
         """The next records of the walk; those that continue the tree's sequence are hashed in."""
+        if self._blind:
+            return
         leaves: list[bytes] = []
         for record in records:
             entry = record.entry
@@ -192,6 +204,7 @@ class TreeChecker:
                 continue
             if self.newest is None or size >= self.newest.size:
                 self.newest = VerifiedNote(pending.key.key, pending.key.checkpoint_number, size, root, pending.data)
+                self.newest_tree = self._tree
 
     def finish(self) -> list[Finding]:
         """The findings of the notes checked (notes the walk never reached are not reported)."""

@@ -9,12 +9,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from collector_ext.pipeline import SealingPipeline
 from collector_ext.seal.keys import Ed25519Signer
-from collector_ext.seal.layout import parse_note_key, parse_segment_key, parse_tile_key
+from collector_ext.seal.layout import parse_note_key, parse_segment_key, parse_tile_key, tile_key
 from collector_ext.seal.merkle import leaf_hash, tree_root
 from collector_ext.seal.note import checkpoint_text, parse_note, parse_tree_head, sign_note
 from collector_ext.seal.segment import decode_segment
 from collector_ext.spool import Spool
 from collector_ext.verify.findings import FindingKind, Severity
+from collector_ext.verify.run import ArchiveCheck, check_archive_with_state
+from collector_ext.verify.state import VerifierState, dump_state, load_state
 from tests.archive_builder import verify_objects
 from tests.fakes import InMemoryArchive
 from tests.unit.test_pipeline import _settings
@@ -134,3 +136,55 @@ def test_a_restarted_writer_resumes_the_tree_from_its_tiles_or_from_the_segments
     assert head.size == len(leaves) and head.root == tree_root(leaves)
     findings = verify_objects(store.objects, [signer.public_key]).findings
     assert {f.kind for f in findings} == {FindingKind.RESTART}
+
+
+def _state_run(store: InMemoryArchive, signer: Ed25519Signer, state: VerifierState | None) -> ArchiveCheck:
+    check = asyncio.run(check_archive_with_state(store, {signer.public_key.key_id: signer.public_key}, state))
+    return ArchiveCheck(check.report, load_state(dump_state(check.state), "state.json", store.description))
+
+
+def test_an_incremental_audit_proves_the_new_tree_extends_the_remembered_one(
+    signer: Ed25519Signer, tmp_path: Path
+) -> None:
+    store = InMemoryArchive()
+
+    async def run(batch: int, records: int) -> bytes:
+        spool = Spool(tmp_path / "spool")
+        pipeline = SealingPipeline(
+            signer, store, _settings(signing_workers="threads"), spool=spool, archive_id=ARCHIVE_ID
+        )
+        await pipeline.start()
+        await pipeline.submit([f"run {batch} record {j}".encode() for j in range(records)])
+        await pipeline.close(drain_timeout=5)
+        spool.mark_clean_shutdown()
+        spool.close()
+        return pipeline.chain_id
+
+    chain_id = asyncio.run(run(0, 700))
+    first = _state_run(store, signer, None)
+    assert first.report.findings == ()
+    remembered = first.state.chains[chain_id.hex()].checkpoint
+    assert remembered is not None
+    assert remembered["tree"]["size"] == 701  # the genesis and 700 records
+    asyncio.run(run(1, 300))
+    grown = dict(store.objects)
+    second = _state_run(store, signer, first.state)
+    assert second.report.incremental
+    assert {f.kind for f in second.report.findings} == {FindingKind.RESTART}
+    newest = second.state.chains[chain_id.hex()].checkpoint
+    assert newest is not None
+    assert newest["tree"]["size"] == 1002  # and a restart mark and 300 more
+    # A damaged tile on the consistency proof's path: the incremental run says the new tree is not
+    # shown to extend the remembered one (the full walk still agrees with every note).
+    size = newest["tree"]["size"]
+    level1 = tile_key("", chain_id, 1, 0, size // 256)
+    store.objects[level1] = bytes(len(store.objects[level1]))
+    damaged = _state_run(store, signer, first.state)
+    assert [f.kind for f in damaged.report.findings if f.severity == Severity.TAMPERING] == [FindingKind.TREE_MISMATCH]
+    # A note re-signed over another root is caught against the remembered tree too.
+    store.objects = dict(grown)
+    key = _notes(store.objects)[-1]
+    head = parse_tree_head(parse_note(store.objects[key]).text)
+    store.objects[key] = sign_note(checkpoint_text(head.origin, head.size, bytes(32)), head.origin, signer)
+    forged = _state_run(store, signer, first.state)
+    assert FindingKind.TREE_MISMATCH in {f.kind for f in forged.report.findings}
