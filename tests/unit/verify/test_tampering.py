@@ -309,6 +309,14 @@ def test_every_finding_kind_has_a_test() -> None:
         K.UNREADABLE_OBJECT,
         # The Merkle tree (issue 11): tests/unit/verify/test_proof_tree.py
         K.TREE_MISMATCH,
+        # Witnesses and time-stamps (issue 11): tests/unit/witness/test_verify_evidence.py and
+        # tests/integration/test_witness_sidecar.py
+        K.BAD_COSIGNATURE,
+        K.BAD_TIMESTAMP,
+        K.UNWITNESSED_CHECKPOINT,
+        K.MISSING_TIMESTAMP,
+        K.WITNESSED,
+        K.TIMESTAMPED,
         # Loki cross-check findings: tests/integration/test_loki_sink.py
         K.LOKI_MISSING,
         K.LOKI_ALTERED,

@@ -92,3 +92,17 @@ def test_nothing_is_required_without_a_policy_and_nothing_is_read_wrongly():
     assert check_outside_evidence(CHAIN, notes, WitnessPolicy(), NOW) == []
     unreadable = NoteEvidence(notes[0].key, None, {}, None)
     assert check_outside_evidence(CHAIN, [unreadable], policy(1), NOW) == []
+
+
+def test_a_required_timestamp_that_is_missing_is_loss(tmp_path):
+    from collector_ext.witness.timestamp import TsaTrust
+    from tests.tsa_server import make_tsa_certificates
+
+    bundle = make_tsa_certificates(tmp_path, "unit TSA")[3]
+    trust = TsaTrust.from_pem_bundle(bundle.read_bytes(), "--tsa-cert")
+    required = WitnessPolicy(tsa=trust, require_timestamp=True, grace_seconds=0)
+    found = kinds(check_outside_evidence(CHAIN, [evidence(0, 10, {})], required, NOW))
+    assert [f.severity for f in found[FindingKind.MISSING_TIMESTAMP]] == [Severity.LOSS]
+    garbled = NoteEvidence(evidence(0, 10, {}).key, evidence(0, 10, {}).note, {}, b"\x30\x00")
+    found = kinds(check_outside_evidence(CHAIN, [garbled], required, NOW))
+    assert FindingKind.BAD_TIMESTAMP in found and FindingKind.MISSING_TIMESTAMP in found
