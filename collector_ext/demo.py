@@ -7,8 +7,11 @@
    whether PostgreSQL 15 is here for the pgaudit source (it does not start a database);
 4. stops the sidecar (final checkpoint), verifies the bucket with the public key and prints the verdict;
 5. tries to delete an archived object version and shows that Object Lock refuses it;
-6. overwrites a segment with one byte changed (a new object version) and shows that verify names it;
-7. stops everything and removes its temporary files (``--keep DIR`` keeps keys and a copy of the archive).
+6. proves one record it printed (the failed login) into a self-contained proof file, read from a few
+   objects of the bucket;
+7. overwrites a segment with one byte changed (a new object version) and shows that verify names it;
+8. checks the proof file offline with the public key alone, as an auditor would (`verify-proof`);
+9. stops everything and removes its temporary files (``--keep DIR`` keeps keys and a copy of the archive).
 
 It is a demonstration, not a deployment: see README "Deploy on Kubernetes" for that.
 """
@@ -330,15 +333,30 @@ def run_demo(keep: Path | None = None) -> bool:
             if keep is not None:
                 _keep(keep, keys, client)
 
+            proof_path = workdir / "failed-login.tlog-proof"
+            proved = _prove_failed_login(client, segment, archive_url, s3_server.endpoint_url, proof_path)
+            if keep is not None and proved:
+                shutil.copy(proof_path, keep / proof_path.name)
+
             _step("overwriting that segment with one record changed (S3 keeps the locked original as an older version)")
             tampered = asyncio.run(_tamper_and_verify(client, segment, archive_url, s3_server.endpoint_url, public_key))
             for finding in tampered.findings:
                 click.echo(f"    {finding.severity.value.upper()} {finding.kind.value} {finding.location()}")
             caught = not tampered.clean
             click.echo("    verify: " + ("tampering DETECTED" if caught else "tampering NOT detected"))
+
+            _step(f"checking {proof_path.name} offline with the public key only (collector-ext verify-proof)")
+            proof_ok = proved and _check_proof(proof_path, public_key)
         verified = report.clean and report.records_checked >= sent
-        ok = verified and bool(refusal) and caught
-        _step("demo " + ("succeeded: archive VERIFIED, deletion REFUSED, tampering DETECTED" if ok else "FAILED"))
+        ok = verified and bool(refusal) and caught and proof_ok
+        _step(
+            "demo "
+            + (
+                "succeeded: archive VERIFIED, deletion REFUSED, tampering DETECTED, one record PROVEN"
+                if ok
+                else "FAILED"
+            )
+        )
         return ok
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -356,6 +374,53 @@ async def _tamper_and_verify(client: Any, key: str, archive_url: str, endpoint_u
         return await check_archive(store, {public_key.key_id: public_key})
     finally:
         await store.close()
+
+
+def _prove_failed_login(client: Any, key: str, archive_url: str, endpoint_url: str, out: Path) -> bool:
+    """Write the proof of the 'login_failed: bob' record (as `collector-ext prove` does); False if none."""
+    from collector_ext.prove.build import build_proof
+    from collector_ext.prove.proof_file import encode_proof
+    from collector_ext.seal.entry import decode_entry_header
+    from collector_ext.seal.segment import decode_segment
+
+    segment = decode_segment(client.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+    record = next((r for r in segment.records if b"login_failed: bob" in r.entry), None)
+    if record is None:
+        click.secho("    no 'login_failed: bob' record to prove", fg="red")
+        return False
+    header = decode_entry_header(record.entry)
+    _step(f"proving record {header.sequence} ('login_failed: bob') on its own (collector-ext prove)")
+    store = open_archive(archive_url, for_writing=False, endpoint_url=endpoint_url)
+
+    async def prove() -> Any:
+        await store.open()
+        try:
+            return await build_proof(store, header.chain_id, header.sequence, header.sequence)
+        finally:
+            await store.close()
+
+    try:
+        built = asyncio.run(prove())
+    except CollectorExtError as exc:
+        click.secho(f"    no proof: {exc.diagnostics()}", fg="red")
+        return False
+    out.write_bytes(encode_proof(built.proof))
+    click.echo(
+        f"    {out.name}: {out.stat().st_size} bytes, the record, its inclusion path in the tree of "
+        f"{built.tree.size} records and the signed checkpoint note ({built.objects_read} objects read)"
+    )
+    return True
+
+
+def _check_proof(path: Path, public_key: Any) -> bool:
+    from collector_ext.prove.proof_file import check_proof
+    from collector_ext.prove.render import render_proof_text
+
+    report = check_proof(path.read_bytes(), public_key)
+    click.echo("    " + render_proof_text(report, path.name).replace("\n", "\n    "))
+    if report.ok:
+        click.echo("    (made before the tampering, checked with nothing but the key: the record as sealed)")
+    return report.ok
 
 
 def _keep(destination: Path, keys: Path, client: Any) -> None:

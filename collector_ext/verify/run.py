@@ -286,7 +286,8 @@ async def check_archive_with_state(
                     chain.checkpoints = [c for c in chain.checkpoints if c[0].checkpoint_number > number]
             await _read_notes(store, tree, chain, advance)
             await _check_chain(store, checker, chain, options, advance)
-            findings += tree.finish()
+            summary = checker.finish()
+            findings += tree.finish(checker.findings)
             if tree.newest is not None:
                 tree_heads[chain_id_hex] = tree.newest
             if tree.remembered is not None and tree.newest is not None and tree.newest.size > tree.resumed_at:
@@ -295,7 +296,7 @@ async def check_archive_with_state(
                 trees[chain_id_hex] = tree.newest_tree
             elif tree.remembered is not None:
                 trees[chain_id_hex] = tree.remembered  # nothing new: keep the remembered tree
-            summaries.append(checker.finish())
+            summaries.append(summary)
             policy = options.witness_policy
             if policy is not None and policy.active:
                 # FORMAT.md 19.4: what witnesses and the TSA said of the chain's notes.

@@ -65,6 +65,7 @@ class TreeChecker:
         self._pending: list[tuple[int, int, _PendingNote]] = []  # (size, tie-break, note), sorted
         self._counter = 0
         self.findings: list[Finding] = []
+        self._root_mismatches: list[Finding] = []
         self.newest: VerifiedNote | None = None
         self.notes = 0
         self.resumed_at = 0
@@ -193,19 +194,36 @@ class TreeChecker:
             root = self._tree.root()
             # Step 5: the note's root is the root of the stored entries 0 .. size - 1.
             if pending.head.root != root:
-                self._report(
-                    FindingKind.TREE_MISMATCH,
-                    Severity.TAMPERING,
-                    f"checkpoint note states tree root {pending.head.root.hex()} at size {size}, but the "
-                    f"stored entries give {root.hex()}",
-                    pending.key,
-                    size,
+                self._root_mismatches.append(
+                    Finding(
+                        FindingKind.TREE_MISMATCH,
+                        Severity.TAMPERING,
+                        f"checkpoint note states tree root {pending.head.root.hex()} at size {size}, but the "
+                        f"stored entries give {root.hex()}",
+                        self.chain_id_hex,
+                        size - 1,
+                        None,
+                        pending.key.key,
+                    )
                 )
                 continue
             if self.newest is None or size >= self.newest.size:
                 self.newest = VerifiedNote(pending.key.key, pending.key.checkpoint_number, size, root, pending.data)
                 self.newest_tree = self._tree
 
-    def finish(self) -> list[Finding]:
-        """The findings of the notes checked (notes the walk never reached are not reported)."""
-        return self.findings
+    def finish(self, walk_findings: Sequence[Finding] = ()) -> list[Finding]:
+        """The findings of the notes checked. A root that differs because the walk found entries
+        changed, removed or added at or below the note's size is not reported again: those entries
+        are the finding (FORMAT.md 16.6 step 5). Notes the walk never reached are not reported."""
+        damaged = [
+            f.first_sequence
+            for f in walk_findings
+            if f.severity in (Severity.TAMPERING, Severity.LOSS) and f.first_sequence is not None
+        ]
+        first_damage = min(damaged) if damaged else None
+        kept = [
+            f
+            for f in self._root_mismatches
+            if first_damage is None or f.first_sequence is None or f.first_sequence < first_damage
+        ]
+        return self.findings + kept

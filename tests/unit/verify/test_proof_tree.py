@@ -188,3 +188,14 @@ def test_an_incremental_audit_proves_the_new_tree_extends_the_remembered_one(
     store.objects[key] = sign_note(checkpoint_text(head.origin, head.size, bytes(32)), head.origin, signer)
     forged = _state_run(store, signer, first.state)
     assert FindingKind.TREE_MISMATCH in {f.kind for f in forged.report.findings}
+
+
+def test_a_changed_record_is_reported_once_not_again_as_every_later_tree(signer: Ed25519Signer) -> None:
+    store, _ = _write(signer, 3)
+    key = next(
+        k for k in sorted(store.objects) if parse_segment_key(k) is not None and b"record 1.5" in store.objects[k]
+    )
+    store.objects[key] = store.objects[key].replace(b"record 1.5", b"record 1.6", 1)
+    kinds = [f.kind for f in verify_objects(store.objects, [signer.public_key]).findings]
+    assert FindingKind.MODIFIED_RECORD in kinds
+    assert FindingKind.TREE_MISMATCH not in kinds
