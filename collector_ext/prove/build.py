@@ -14,7 +14,7 @@ archive simply fails its checks.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from collector_ext.deliver.archive import ArchiveStore
@@ -36,6 +36,7 @@ from collector_ext.seal.tiles import Tile, decode_tile, inclusion_tiles, node_re
 
 MAX_RUN = 100_000
 PARALLEL_READS = 16
+SEARCH_FAN = 5
 
 
 class ProveError(DataError):
@@ -56,30 +57,50 @@ async def _first_key(store: ArchiveStore, under: str, start_after: str) -> str |
     return None
 
 
+async def last_true(probe: Callable[[int], Awaitable[bool]], fan: int = SEARCH_FAN) -> int | None:
+    """The largest n >= 0 with ``probe(n)`` true, for a probe true up to some n and false after it
+    (None when ``probe(0)`` is false). Probes run ``fan`` at a time: an exponential search for an
+    upper bound, then a (fan + 1)-ary search, so a chain of a million checkpoints takes about 8
+    rounds of listings instead of 40 one after the other."""
+    low: int | None = None
+    high: int | None = None
+    exponent = 0
+    while high is None:
+        points = ([0] if low is None else []) + [1 << e for e in range(exponent, exponent + fan)]
+        results = await asyncio.gather(*(probe(point) for point in points))
+        for point, ok in zip(points, results, strict=True):
+            if not ok:
+                high = point
+                break
+            low = point
+        if low is None:
+            return None
+        exponent += fan
+    assert low is not None
+    while high - low > 1:
+        step = -(-(high - low) // (fan + 1))
+        points = list(range(low + step, high, step))[:fan]
+        results = await asyncio.gather(*(probe(point) for point in points))
+        for point, ok in zip(points, results, strict=True):
+            if not ok:
+                high = point
+                break
+            low = point
+    return low
+
+
 async def newest_note_key(store: ArchiveStore, chain_id: bytes) -> NoteKey | None:
-    """The chain's note with the highest checkpoint number: about 2 x log2(n) one-key listings."""
+    """The chain's note with the highest checkpoint number, found by listing one key at a time."""
     under = f"{chain_id.hex()}/notes/"
 
-    async def number_from(number: int) -> int | None:
+    async def exists_from(number: int) -> bool:
         # Keys sort by their 12-digit number: the first key after "<number>" has a number >= it.
-        key = await _first_key(store, under, f"{under}{number:012d}")
-        if key is None:
-            return None
-        digits = key[len(under) : len(under) + 12]
-        return int(digits) if digits.isdigit() else None
+        return await _first_key(store, under, f"{under}{number:012d}") is not None
 
-    if await number_from(0) is None:
+    newest = await last_true(exists_from)
+    if newest is None:
         return None
-    low, high = 0, 1
-    while await number_from(high) is not None:
-        low, high = high, high * 2
-    while high - low > 1:
-        middle = (low + high) // 2
-        if await number_from(middle) is not None:
-            low = middle
-        else:
-            high = middle
-    async for key in store.list_keys(f"{under}{low:012d}-"):
+    async for key in store.list_keys(f"{under}{newest:012d}-"):
         parsed = parse_note_key(key)
         if parsed is not None:
             return parsed

@@ -9,7 +9,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from collector_ext.pipeline import SealingPipeline
-from collector_ext.prove.build import ProveError, build_proof
+from collector_ext.prove.build import ProveError, build_proof, last_true
 from collector_ext.prove.proof_file import (
     RUN_PROOF_LINE,
     TLOG_PROOF_LINE,
@@ -151,3 +151,22 @@ def test_bad_proofs_are_refused_naming_the_check(archive: tuple[InMemoryArchive,
         == "format"
     )
     assert _check(b"\x00\xff" * 50, signer) == "format"
+
+
+@pytest.mark.parametrize("newest", [0, 1, 2, 5, 63, 64, 65, 1000, 123_456])
+def test_the_parallel_search_finds_the_last_true_number(newest: int) -> None:
+    probed: list[int] = []
+
+    async def probe(n: int) -> bool:
+        probed.append(n)
+        return n <= newest
+
+    assert asyncio.run(last_true(probe)) == newest
+    assert len(probed) < 60
+
+
+def test_the_parallel_search_says_when_nothing_is_there() -> None:
+    async def probe(n: int) -> bool:
+        return False
+
+    assert asyncio.run(last_true(probe)) is None
