@@ -266,6 +266,11 @@ class CheckpointConfig(_Section):
         "it, requested off the acknowledgement path",
     )
     tsa_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    merkle_tree: bool = Field(
+        default=True,
+        description="hash tiles and a signed note per checkpoint (proto/FORMAT.md 16), which prove one record on "
+        "its own and which witnesses and time stamps vouch for; false only to measure what the tree costs",
+    )
 
     @field_validator("tsa_url")
     @classmethod

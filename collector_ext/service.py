@@ -224,6 +224,7 @@ class Sidecar:
                 upload_concurrency=config.segment.upload_concurrency,
                 checkpoint_interval=config.checkpoint_interval_seconds,
                 checkpoint_min_spacing=config.checkpoint_min_spacing_seconds,
+                merkle_tree=config.checkpoint.merkle_tree,
                 ack_timeout=config.ack_timeout_seconds,
                 ack=config.ack if self.spool is not None else "archive",
                 max_pending_records=config.max_pending_records,

@@ -14,7 +14,9 @@ One run measures, on the same machine and at the same time of day:
   5. `verify` of the resulting archive: records/s through chain and signed checkpoints, and with
      every record signature checked.
 Steps 2-4 run once per acknowledgement mode (``spool``: Export succeeds once fsynced to the local
-spool; ``archive``: once stored in the archive), and a table compares them. It prints ratios, because absolute numbers on shared machines are noisy. This is a benchmark, not a
+spool; ``archive``: once stored in the archive), and a table compares them. The first mode then
+runs again with the Merkle tree switched off (``checkpoint.merkle_tree: false``), which prints the
+tree's cost as the difference of the two ratios (``--no-tree-comparison`` skips it). It prints ratios, because absolute numbers on shared machines are noisy. This is a benchmark, not a
 test: it asserts nothing and is not collected by pytest.
 """
 
@@ -66,6 +68,18 @@ def signing_rate(threads: int, seconds: float = 2.0) -> float:
     for w in workers:
         w.join()
     return sum(counts) / (time.monotonic() - started)
+
+
+def leaf_hash_us(samples: int = 20000) -> float:
+    """What the Merkle tree adds per record on the writer: one RFC 6962 leaf hash of an entry of the
+    benchmark's size (the tree's other hashes are one per 128 records on average)."""
+    import hashlib
+
+    entry = bytes(76) + make_request(1)[:400]
+    started = time.perf_counter()
+    for _ in range(samples):
+        hashlib.sha256(b"\x00" + entry).digest()
+    return (time.perf_counter() - started) / samples * 1e6
 
 
 def make_request(batch: int, seed: int = 0) -> bytes:
@@ -304,6 +318,11 @@ def main() -> None:
     parser.add_argument("--loki", action="store_true", help="also push to the test Loki and report its rate")
     parser.add_argument("--modes", default="spool,archive", help="acknowledgement modes to measure, in order")
     parser.add_argument("--overload-in-flight", type=int, default=96, help="requests in flight when overloading")
+    parser.add_argument(
+        "--no-tree-comparison",
+        action="store_true",
+        help="skip the second run of the first mode with the Merkle tree switched off (its cost)",
+    )
     args = parser.parse_args()
 
     from collector_ext.seal.keys import generate_key_pair, load_public_key_pem
@@ -351,6 +370,7 @@ def main() -> None:
             ).start()
         results: dict[str, dict[str, float]] = {}
         archives: dict[str, str] = {}
+        last_command: dict[str, list[str]] = {}
         for mode in args.modes.split(","):
             archive_url = f"s3://bench/{mode}" if args.archive == "s3" else str(work / f"archive-{mode}")
             archives[mode] = archive_url
@@ -381,7 +401,24 @@ def main() -> None:
                 command += ["--endpoint-url", endpoint]
             if loki is not None:
                 command += ["--loki-url", loki.url]
+            last_command[mode] = command
             results[mode] = run_mode(command, args, sign1, sign2, env, loki is not None)
+        if not args.no_tree_comparison:
+            # The same sidecar and load with the Merkle tree (tiles and checkpoint notes, FORMAT.md 16)
+            # switched off, right after: the tree's cost is the difference of the two ratios.
+            mode = args.modes.split(",")[0]
+            print(f"-- ack={mode}, Merkle tree off (checkpoint.merkle_tree: false)")
+            command = [c if c != archives[mode] else f"{archives[mode]}-no-tree" for c in last_command[mode]]
+            if mode == "spool":
+                command[command.index("--spool") + 1] = str(work / "spool-no-tree")
+            no_tree_env = env | {"COLLECTOR_EXT_CHECKPOINT__MERKLE_TREE": "false"}
+            without = run_mode(command, args, sign1, sign2, no_tree_env, False)
+            with_tree = results[mode]
+            print(
+                f"Merkle tree cost (ack={mode}): ratio {with_tree['ratio']:.3f} with the tree, {without['ratio']:.3f} "
+                f"without: {100 * (1 - with_tree['ratio'] / without['ratio']):+.1f}% (target: at most 3% lower); "
+                f"one leaf hash {leaf_hash_us():.2f} us = {leaf_hash_us() * sign1 / 1e6:.3f} x one signature"
+            )
         print()
         print(f"{'':44}" + "".join(f"{mode:>14}" for mode in results))
         rows = [
