@@ -467,12 +467,15 @@ class Authenticator:
             token_name = match_token(self._tokens.current(), presented)
             if token_name is None:
                 raise AuthenticationError("the bearer token is not valid")
-        return Sender(
-            peer=peer,
-            token_name=token_name,
-            certificate_subject=certificate.subject if certificate is not None else None,
-            certificate_sha256=certificate.sha256 if certificate is not None else b"",
-        )
+        try:
+            return Sender(
+                peer=peer,
+                token_name=token_name,
+                certificate_subject=certificate.subject if certificate is not None else None,
+                certificate_sha256=certificate.sha256 if certificate is not None else b"",
+            )
+        except ValueError as exc:  # a subject or address beyond what a Sender may hold (FORMAT.md 7.3a)
+            raise AuthenticationError(f"the client cannot be recorded as a sender: {exc}") from exc
 
 
 def valid_token_name(name: str) -> str:

@@ -330,3 +330,9 @@ def test_a_broken_rotation_keeps_the_previous_token(tmp_path: Path, caplog: pyte
     assert (
         authenticator.authenticate(authorization=f"Bearer {TOKEN_B}", certificate=None, peer="p").token_name == "prod"
     )
+
+
+def test_a_sender_that_cannot_be_sealed_is_refused_not_crashed() -> None:
+    huge = PeerCertificate(subject="CN=" + "x" * 5000, sans=(), sha256=bytes(32))
+    with pytest.raises(AuthenticationError, match="cannot be recorded as a sender"):
+        Authenticator().authenticate(authorization=None, certificate=huge, peer="127.0.0.1:1")
