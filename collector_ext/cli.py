@@ -282,6 +282,12 @@ def _keygen_in_token(
 @click.option(
     "--require-timestamp", is_flag=True, help="The newest checkpoint must carry a valid token (needs --tsa-cert)."
 )
+@click.option(
+    "--witness-url",
+    "witness_urls",
+    multiple=True,
+    help="A witness to ask which trees it cosigned for this archive's chains; each must still be in the archive.",
+)
 def verify(
     archive_url: str,
     public_keys: tuple[Path, ...],
@@ -310,6 +316,7 @@ def verify(
     witness_grace: str,
     tsa_cert: Path | None,
     require_timestamp: bool,
+    witness_urls: tuple[str, ...],
 ) -> None:
     """Verify an archive against pinned public keys. Exit 0 verified, 1 tampering or loss, 2 could not run."""
     if bool(public_keys) == bool(keyring):
@@ -356,6 +363,7 @@ def verify(
         archive_id=archive_id,
         stale_after_seconds=stale_seconds,
         witness_policy=_witness_policy(witness_keys, witnesses_required, witness_grace, tsa_cert, require_timestamp),
+        witnessed_notes=_witnessed_notes(witness_urls, witness_keys, archive_id),
     )
     try:
         keys = _pinned_keys(public_keys, keyring)
@@ -369,6 +377,29 @@ def verify(
         sys.exit(EXIT_CANNOT_RUN)
     click.echo(render_json(report, description) if as_json else render_text(report, description))
     sys.exit(EXIT_VERIFIED if report.clean else EXIT_FINDINGS)
+
+
+def _witnessed_notes(urls: tuple[str, ...], witness_keys: tuple[str, ...], archive_id: str | None) -> tuple[bytes, ...]:
+    """What each --witness-url holds for this archive's origins (FORMAT.md 19.4 step 5); exits 2 when
+    one cannot be read."""
+    if not urls:
+        return ()
+    if not witness_keys:
+        _fail(ConfigurationError("--witness-url", "needs --witness-key: the witnesses whose cosignatures count"))
+    if archive_id is None:
+        _fail(ConfigurationError("--witness-url", "needs --archive-id for a local copy: the archive's name"))
+    from collector_ext.seal.note import chain_origin
+    from collector_ext.witness.monitor import witnessed_notes
+
+    assert archive_id is not None
+    prefix = chain_origin(archive_id, b"")
+    notes: list[bytes] = []
+    for url in urls:
+        try:
+            notes += asyncio.run(witnessed_notes(url, prefix))
+        except CollectorExtError as exc:
+            _fail(exc)
+    return tuple(notes)
 
 
 def _witness_policy(

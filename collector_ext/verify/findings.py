@@ -75,6 +75,8 @@ class FindingKind(StrEnum):
     MISSING_TIMESTAMP = "missing-timestamp"
     WITNESSED = "witnessed"
     TIMESTAMPED = "timestamped"
+    # A tree a pinned witness cosigned for a chain of this archive is not in it (FORMAT.md 19.4 step 5).
+    WITNESS_ROLLBACK = "witness-rollback"
     # An object the verifier could not read as an archive object (not a regular file, too large).
     UNREADABLE_OBJECT = "unreadable-object"
     # A chain written in format version 1: what it cannot prove.

@@ -60,7 +60,13 @@ from collector_ext.verify.state import (
 )
 from collector_ext.verify.supersede import relate_archive, relate_chains
 from collector_ext.verify.tree import TreeChecker, VerifiedNote
-from collector_ext.verify.witnesses import WitnessPolicy, check_outside_evidence, read_outside_evidence
+from collector_ext.verify.witnesses import (
+    WitnessPolicy,
+    authenticate_witnessed,
+    check_outside_evidence,
+    compare_witnessed,
+    read_outside_evidence,
+)
 
 ProgressCallback = Callable[[int, int], None]  # (objects done, objects in all)
 
@@ -89,6 +95,8 @@ class VerifyOptions:
     now_unix_nano: int | None = None  # for tests; default: the clock
     # Pinned witness keys and TSA certificate, and what is required of them (FORMAT.md 19.4).
     witness_policy: WitnessPolicy | None = None
+    # What pinned witnesses hold for this archive's chains (verify --witness-url), checked against it.
+    witnessed_notes: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -311,6 +319,8 @@ async def check_archive_with_state(
             findings += checker.findings
             records += checker.records
             signatures += checker.signatures_checked
+    if options.witnessed_notes and options.witness_policy is not None:
+        findings += await _check_witnessed(store, listing, state if incremental else None, keyring, options)
     if state is not None:
         findings += vanished_chains(state, set(listing.chains))
     # Every chain under the archive root was listed (or remembered), so a superseded chain that is
@@ -347,6 +357,40 @@ async def check_archive_with_state(
         trees,
     )
     return ArchiveCheck(report, new_state)
+
+
+async def _check_witnessed(
+    store: ArchiveStore, listing: _Listing, state: VerifierState | None, keyring: Keyring, options: VerifyOptions
+) -> list[Finding]:
+    """Each tree a pinned witness holds for a chain of this archive must still be in it (FORMAT.md 19.4 step 5)."""
+    assert options.witness_policy is not None
+    log_keys = [key for key in (keyring.get(bytes.fromhex(k)) for k in keyring.key_ids) if key is not None]
+    findings = []
+    for head in authenticate_witnessed(options.witnessed_notes, options.witness_policy, log_keys):
+        chain = listing.chains.get(head.chain_id_hex)
+        remembered = state.chains.get(head.chain_id_hex) if state is not None else None
+        point = remembered.checkpoint if remembered is not None else None
+        text = None
+        newest = None
+        if chain is not None:
+            sizes = [(key.last_sequence + 1, key.checkpoint_number, listed) for key, listed in chain.notes]
+            newest = max((size for size, _, _ in sizes), default=None)
+            same = sorted((item for item in sizes if item[0] == head.size), key=lambda item: item[1])
+            if same:
+                data = await _read(store, same[-1][2], MAX_NOTE_BYTES)
+                if isinstance(data, bytes):
+                    end = data.rfind(b"\n\n")
+                    text = data[: end + 1] if end >= 0 else data
+        finding = compare_witnessed(
+            head,
+            chain_listed=chain is not None,
+            archive_text=text,
+            newest_size=newest,
+            remembered_size=point["last_sequence"] + 1 if point is not None else None,
+        )
+        if finding is not None:
+            findings.append(finding)
+    return findings
 
 
 async def _check_remembered_checkpoint(

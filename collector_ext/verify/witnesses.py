@@ -12,6 +12,9 @@ beside it, and a stored token must be for the note's exact bytes, signed by the 
 period must lie within a tree that k distinct pinned witnesses cosigned: a larger, unwitnessed tree
 means the witnesses never saw those records (an outage, or a log that showed them another history),
 reported as loss. Cosignatures by witnesses that are not pinned are ignored, as C2SP requires.
+With ``verify --witness-url``, the newest tree each witness holds for one of the archive's chains
+must still be in the archive (``compare_witnessed``): a witness run by someone else makes a rolled
+back or deleted chain visible without trusting the writer's storage.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from collector_ext.seal.note import (
     NoteError,
     add_signatures,
     check_cosignature,
+    check_note_signature,
     parse_note,
     parse_tree_head,
 )
@@ -248,3 +252,80 @@ async def read_outside_evidence(
                 timestamp = timestamp if timestamp is not None else b""
         evidence.append(NoteEvidence(key, note, cosignatures, timestamp, checkpoint_times.get(key.checkpoint_number)))
     return evidence
+
+
+@dataclass(frozen=True, slots=True)
+class WitnessedHead:
+    """A tree a pinned witness cosigned for one of this archive's chains, as the witness holds it."""
+
+    chain_id_hex: str
+    origin: str
+    size: int
+    text: bytes
+    witnesses: tuple[str, ...]
+
+
+def authenticate_witnessed(
+    notes: Sequence[bytes], policy: WitnessPolicy, log_keys: Sequence[PublicKey]
+) -> list[WitnessedHead]:
+    """The notes a witness served (``verify --witness-url``) that are signed by a pinned log key
+    under their origin (FORMAT.md 16.4) and cosigned by a pinned witness; others are dropped, since
+    nothing about them can be trusted. Never raises."""
+    heads = []
+    for data in notes:
+        try:
+            note = parse_note(data)
+            head = parse_tree_head(note.text)
+        except NoteError:
+            continue
+        chain_id_hex = head.origin.rsplit("/", 1)[-1]
+        if len(chain_id_hex) != 32 or any(c not in "0123456789abcdef" for c in chain_id_hex):
+            continue
+        if not any(check_note_signature(note, head.origin, key) is None for key in log_keys):
+            continue
+        names = tuple(
+            sorted(
+                name
+                for name, key in policy.witnesses.items()
+                if not isinstance(check_cosignature(note, name, key), str)
+            )
+        )
+        if names:
+            heads.append(WitnessedHead(chain_id_hex, head.origin, head.size, note.text, names))
+    return heads
+
+
+def compare_witnessed(
+    head: WitnessedHead,
+    *,
+    chain_listed: bool,
+    archive_text: bytes | None,
+    newest_size: int | None,
+    remembered_size: int | None,
+) -> Finding | None:
+    """Does the archive still hold the tree a pinned witness cosigned (FORMAT.md 19.4 step 5)?
+
+    ``archive_text``: the text of the archive's note of the witnessed size (None: there is none);
+    ``newest_size``: the largest tree size of the chain's notes that were listed; ``remembered_size``:
+    the tree size an earlier run verified (``--state``), below which notes are not listed again.
+    """
+    who = ", ".join(head.witnesses)
+    if not chain_listed:
+        problem = "the chain is not in the archive"
+    elif remembered_size is not None and head.size <= remembered_size:
+        return None  # verified by an earlier run against the same witnesses' evidence (13.9)
+    elif archive_text is None:
+        newest = "none" if newest_size is None else str(newest_size)
+        problem = f"the archive has no checkpoint note of that size (its newest listed: {newest})"
+    elif archive_text != head.text:
+        problem = "the archive's note of that size has another root"
+    else:
+        return None
+    return Finding(
+        FindingKind.WITNESS_ROLLBACK,
+        Severity.TAMPERING,
+        f"pinned witness {who} cosigned tree size {head.size} of this chain, but {problem}: the archive was "
+        "rolled back or replaced after the witness saw it",
+        head.chain_id_hex,
+        None if head.size == 0 else head.size - 1,
+    )

@@ -6,7 +6,8 @@ persisted (``state``), and only then is the cosignature sent (tlog-witness's com
 Requests signed by a trusted log that do not extend what was cosigned (a rollback, a fork) are
 logged at WARNING as evidence of misbehaviour, with the origin and sizes. ``GET
 <prefix>/<hex SHA-256 of origin>/checkpoint`` serves the newest checkpoint cosigned for an origin, so
-anyone can compare it with what the log's storage holds.
+anyone can compare it with what the log's storage holds; ``GET <prefix>/origins`` lists the origins
+held (one per line), so an auditor also finds chains that vanished from the log's storage.
 
 TLS and rate limits are the deployment's (a reverse proxy or a service mesh); see deploy/README.md.
 """
@@ -36,6 +37,8 @@ from collector_ext.witness.protocol import (
 from collector_ext.witness.state import CosignedCheckpoint, WitnessStateFile
 
 log = logging.getLogger(__name__)
+
+ORIGINS_PATH = "/origins"
 
 
 class WitnessServer:
@@ -104,9 +107,16 @@ class WitnessServer:
                 return web.Response(body=held.note, headers={"Content-Type": "text/plain; charset=utf-8"})
         return web.Response(status=404, text="no checkpoint cosigned for this origin\n")
 
+    async def _handle_origins(self, request: web.Request) -> web.Response:
+        # Not part of tlog-witness: lets an auditor find every origin this witness holds (a chain that
+        # vanished from an archive included), then fetch each one's checkpoint.
+        body = "".join(origin + "\n" for origin in sorted(self._state.origins))
+        return web.Response(text=body, headers={"Content-Type": "text/plain; charset=utf-8"})
+
     async def start(self) -> int:
         app = web.Application(client_max_size=MAX_REQUEST_BYTES)
         app.router.add_post(self._prefix + ADD_CHECKPOINT_PATH, self._handle_add)
+        app.router.add_get(self._prefix + ORIGINS_PATH, self._handle_origins)
         app.router.add_get(self._prefix + "/{origin:[0-9a-f]{64}}/checkpoint", self._handle_checkpoint)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()

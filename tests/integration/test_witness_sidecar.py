@@ -181,3 +181,64 @@ def test_bad_witness_options_exit_2_naming_the_option(key_pair: KeyPairFiles, tm
     too_many = _verify(archive, key_pair.public, "--witness-key", vkey, "--witnesses-required", "2")
     assert too_many.returncode == 2 and "--witnesses-required" in too_many.stderr
     assert "--tsa-cert" in _verify(archive, key_pair.public, "--require-timestamp").stderr
+
+
+def _rolled_back_copy(archive: Path, destination: Path, size: int) -> Path:
+    """A copy of ``archive`` cut back to the checkpoint of tree ``size``: later checkpoints, notes (with
+    what is stored beside them) and segments removed, as a writer that never wrote them would leave it."""
+    shutil.copytree(archive, destination)
+    for path in sorted(destination.rglob("*"), reverse=True):
+        if path.is_dir():
+            path.chmod(0o700)
+            continue
+        path.chmod(0o600)
+        name = path.name
+        if path.parent.name in ("checkpoints", "notes"):
+            last = int(name.split("-")[1][:20])
+            if last >= size:
+                path.unlink()
+        elif name.endswith(".cxseg") and int(name.split("-")[1][:20]) >= size:
+            path.unlink()
+    return destination
+
+
+def test_a_rolled_back_archive_is_caught_by_asking_the_witness(
+    run_sidecar: Any, key_pair: KeyPairFiles, tmp_path: Path
+):
+    archive = tmp_path / "archive"
+    witness = Witness(tmp_path / "witness", key_pair.public, origin_prefix=str(archive).strip("/") + "/")
+    vkey = witness_vkey(NAME, load_public_key_pem(witness.public.read_bytes(), "test"))
+    witness.start()
+    try:
+        url = f"http://127.0.0.1:{witness.port}"
+        with run_sidecar(
+            str(archive),
+            witnesses=(WitnessConfig(url=url, key=vkey),),
+            checkpoint_interval_seconds=1.0,
+            checkpoint_min_spacing_seconds=0.1,
+            signing_workers="threads",
+            signing_worker_count=1,
+        ) as sidecar:
+            size_metric = f'collector_ext_witness_cosigned_tree_size{{witness="{NAME}"}}'
+            _export(sidecar.http_port, logs_request("first", "batch"))
+            _wait_for(lambda: metric_values(sidecar.metrics_port).get(size_metric, 0) >= 3, "a first cosigned tree")
+            first = int(metric_values(sidecar.metrics_port)[size_metric])
+            _export(sidecar.http_port, logs_request("second", "batch", "of", "records"))
+            _wait_for(lambda: metric_values(sidecar.metrics_port)[size_metric] > first, "a larger cosigned tree")
+        asked = ("--witness-key", vkey, "--witness-url", url, "--archive-id", str(archive))
+        intact = _verify(archive, key_pair.public, *asked)
+        assert intact.returncode == 0, intact.stdout + intact.stderr
+        assert "witness-rollback" not in _kinds(intact)
+
+        copy = _rolled_back_copy(archive, tmp_path / "rolled-back", first)
+        # Alone, the cut archive looks like a writer that stopped after its first checkpoint.
+        alone = _verify(copy, key_pair.public, "--archive-id", str(archive))
+        assert alone.returncode == 0, alone.stdout + alone.stderr
+        caught = _verify(copy, key_pair.public, *asked)
+        assert caught.returncode == 1, caught.stdout + caught.stderr
+        (finding,) = _kinds(caught)["witness-rollback"]
+        assert finding["severity"] == "tampering" and NAME in finding["message"]
+    finally:
+        witness.stop()
+    unreachable = _verify(archive, key_pair.public, *asked)
+    assert unreachable.returncode == 2 and "--witness-url" in unreachable.stderr

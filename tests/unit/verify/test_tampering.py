@@ -317,6 +317,7 @@ def test_every_finding_kind_has_a_test() -> None:
         K.MISSING_TIMESTAMP,
         K.WITNESSED,
         K.TIMESTAMPED,
+        K.WITNESS_ROLLBACK,
         # Loki cross-check findings: tests/integration/test_loki_sink.py
         K.LOKI_MISSING,
         K.LOKI_ALTERED,
