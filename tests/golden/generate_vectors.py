@@ -45,7 +45,7 @@ from collector_ext.seal.checkpoint import (
 from collector_ext.seal.entry import CHECKPOINT_SIGNATURE_PREFIX, EntryKind, run_key_message
 from collector_ext.seal.keys import Ed25519Signer, key_id_for
 from collector_ext.seal.layout import checkpoint_key, segment_key, witness_key_tag
-from collector_ext.seal.merkle import consistency_proof, leaf_hash, list_reader, tree_root
+from collector_ext.seal.merkle import consistency_proof, inclusion_path, leaf_hash, list_reader, tree_root
 from collector_ext.seal.note import (
     COSIGNATURE_ED25519_TYPE,
     checkpoint_text,
@@ -263,6 +263,42 @@ def build_vectors() -> dict[str, Any]:
         "sender": build_sender_vectors(signer, request_bytes),
         "run_key": build_run_key_vectors(signer, request_bytes),
         "witness": build_witness_vectors(signer, entries),
+        "tree": build_tree_vectors(signer, entries, signatures),
+    }
+
+
+def build_tree_vectors(signer: Ed25519Signer, entries: list[bytes], signatures: list[bytes]) -> dict[str, Any]:
+    """The Merkle tree over the four entries above (FORMAT.md 16): leaf hashes, the root at every size,
+    every inclusion path and consistency proof at size 4, the checkpoint note of checkpoint 0 with its
+    key, the level-0 partial tile of size 4, and the proof file of entry 2."""
+    from collector_ext.prove.proof_file import ProofFile, RecordProof, encode_proof
+    from collector_ext.seal.layout import checkpoint_note_key, tile_key
+    from collector_ext.seal.note import chain_origin
+    from collector_ext.seal.tiles import TileBuilder
+
+    leaves = [leaf_hash(entry) for entry in entries]
+    reader = list_reader(leaves)
+    size = len(leaves)
+    origin = chain_origin(SENDER_ARCHIVE_ID, CHAIN_ID)
+    note = sign_note(checkpoint_text(origin, size, tree_root(leaves)), origin, signer)
+    tiles = TileBuilder()
+    tiles.extend(leaves)
+    (tile,) = tiles.partial_tiles()
+    proof = ProofFile((RecordProof(2, entries[2], signatures[2], inclusion_path(2, size, reader)),), note)
+    return {
+        "origin": origin,
+        "leaf_hashes": [leaf.hex() for leaf in leaves],
+        "roots": {str(n): tree_root(leaves[:n]).hex() for n in range(0, size + 1)},
+        "inclusion_paths": {str(m): [h.hex() for h in inclusion_path(m, size, reader)] for m in range(size)},
+        "consistency_proofs": {
+            f"{m}-{size}": [h.hex() for h in consistency_proof(m, size, reader)] for m in range(1, size)
+        },
+        "note_key": checkpoint_note_key("", CHAIN_ID, 0, size - 1),
+        "note": note.hex(),
+        "note_key_hint": key_hint(origin, 0x01, signer.public_key.raw).hex(),
+        "tile_key": tile_key("", CHAIN_ID, tile.level, tile.index, tile.width),
+        "tile": tile.encode().hex(),
+        "proof_of_entry_2": encode_proof(proof).hex(),
     }
 
 
