@@ -18,6 +18,7 @@ from a verifier's output; tests/golden/test_conformance.py runs collector_ext's 
 from __future__ import annotations
 
 import argparse
+import base64
 import dataclasses
 import filecmp
 import hashlib
@@ -650,6 +651,101 @@ def reordered_records() -> Case:
     )
 
 
+def _with_notes(built: BuiltArchive, signer: Ed25519Signer = KEY_A) -> dict[int, str]:
+    """Add a checkpoint note (FORMAT.md 16.4) beside every checkpoint; their keys by checkpoint number."""
+    from collector_ext.seal.layout import checkpoint_note_key, parse_checkpoint_key
+    from collector_ext.seal.merkle import leaf_hash, tree_root
+    from collector_ext.seal.note import chain_origin, checkpoint_text, sign_note
+    from collector_ext.seal.segment import decode_segment
+
+    leaves = [leaf_hash(r.entry) for key in built.segment_keys for r in decode_segment(built.objects[key]).records]
+    origin = chain_origin(ARCHIVE_ID, built.chain_id)
+    notes = {}
+    for checkpoint in built.checkpoint_keys:
+        parsed = parse_checkpoint_key(checkpoint)
+        assert parsed is not None
+        size = parsed.last_sequence + 1
+        key = checkpoint_note_key("", built.chain_id, parsed.checkpoint_number, parsed.last_sequence)
+        built.objects[key] = sign_note(checkpoint_text(origin, size, tree_root(leaves[:size])), origin, signer)
+        notes[parsed.checkpoint_number] = key
+    return notes
+
+
+def tree_notes() -> Case:
+    built = chain()
+    _with_notes(built)
+    return Case(
+        "tree-notes",
+        "An untouched chain with a checkpoint note beside each checkpoint, each stating the Merkle tree of the "
+        "entries up to it (FORMAT.md 16.4, 16.6): no findings.",
+        built.objects,
+        [],
+    )
+
+
+def tree_note_resigned() -> Case:
+    from collector_ext.seal.note import chain_origin, checkpoint_text, sign_note
+
+    built = chain()
+    notes = _with_notes(built)
+    origin = chain_origin(ARCHIVE_ID, CHAIN)
+    built.objects[notes[1]] = sign_note(checkpoint_text(origin, 6, bytes(32)), origin, KEY_A)
+    return Case(
+        "tree-note-resigned",
+        "The note of checkpoint 1 (tree size 6) signed by the writer's key over a root that is not the tree of "
+        "entries 0-5 (16.6 step 5): tree-mismatch at the note.",
+        built.objects,
+        [finding("tree-mismatch", "tampering", 5, 5, notes[1])],
+    )
+
+
+def tree_note_altered() -> Case:
+    built = chain()
+    notes = _with_notes(built)
+    note = built.objects[notes[2]]
+    text, block = note.split(b"\n\n")
+    lines = text.split(b"\n")
+    lines[2] = base64.b64encode(bytes(32))
+    built.objects[notes[2]] = b"\n".join(lines) + b"\n\n" + block
+    return Case(
+        "tree-note-altered",
+        "The root line of the note of checkpoint 2 replaced without a new signature: the pinned key's "
+        "signature no longer verifies (16.6 step 3): forged-checkpoint at the note.",
+        built.objects,
+        [finding("forged-checkpoint", "tampering", 8, 8, notes[2])],
+    )
+
+
+def tree_note_of_another_chain() -> Case:
+    from collector_ext.seal.note import chain_origin, checkpoint_text, sign_note
+
+    built = chain()
+    notes = _with_notes(built)
+    origin = chain_origin(ARCHIVE_ID, SUCCESSOR)
+    built.objects[notes[0]] = sign_note(checkpoint_text(origin, 3, bytes(32)), origin, KEY_A)
+    return Case(
+        "tree-note-of-another-chain",
+        "A note naming another chain in its origin, stored as this chain's note of checkpoint 0 (16.6 step 2).",
+        built.objects,
+        [finding("tree-mismatch", "tampering", 2, 2, notes[0])],
+    )
+
+
+def tree_changed_record() -> Case:
+    built = chain()
+    _with_notes(built)
+    records = built.segment_records(1)
+    records[1].entry = records[1].entry[:-1] + b"!"
+    built.rewrite_segment(1, records)
+    return Case(
+        "tree-changed-record",
+        "A changed record at seq 4 under notes: the record is the finding; the notes after it, whose roots now "
+        "differ, are not reported again (16.6 step 5).",
+        built.objects,
+        [finding("modified-record", "tampering", 4, 4, built.segment_keys[1])],
+    )
+
+
 CASES: list[Callable[[], Case]] = [
     clean_v2,
     clean_v1,
@@ -682,6 +778,11 @@ CASES: list[Callable[[], Case]] = [
     sender_recorded,
     sender_altered,
     resent_from_another_peer,
+    tree_notes,
+    tree_note_resigned,
+    tree_note_altered,
+    tree_note_of_another_chain,
+    tree_changed_record,
 ]
 
 
