@@ -35,9 +35,10 @@ from collector_ext.receive.validate import DEFAULT_REQUEST_LIMITS, RequestLimits
 # and CPython's json (RSS growth while parsing, over the body's size): a protobuf batch of typical
 # records (8 attributes, a short body) took 4.2x, one record with a million attributes 14.7x;
 # OTLP/JSON took 8.8x (typical) to 12.8x (a million attributes) in json.loads before the protobuf
-# objects were built. Costs per record and per JSON object come on top (receive.wire_cost), so
-# bodies of many tiny elements are priced by what they hold, not by their size.
-PROTOBUF_DECODE_FACTOR = 5
+# objects were built. Costs per record, per protobuf element and per JSON object come on top
+# (receive.wire_cost), so bodies of many tiny elements are priced by what they hold, not by their
+# size; the protobuf factor is what strings cost (parsed, the record re-encoded, its payload).
+PROTOBUF_DECODE_FACTOR = 3
 JSON_DECODE_FACTOR = 12
 # What a body still arriving may hold outside the arriving half of the budget (a typical request's
 # body arrives whole within it).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
@@ -10,10 +11,12 @@ from collector_ext.receive.admission import JSON_DECODE_FACTOR, PROTOBUF_DECODE_
 from collector_ext.receive.wire_cost import (
     JSON_OBJECT_COST,
     RECORD_COST,
+    count_element_tags,
     count_log_records,
     json_decode_cost,
     protobuf_decode_cost,
 )
+from collector_ext.seal.payload import encode_varint
 
 
 def _request(records_per_scope: list[int], *, body: str = "") -> bytes:
@@ -60,3 +63,41 @@ def test_a_price_past_the_limit_is_reported_without_reading_everything() -> None
 def test_json_is_priced_per_byte_and_per_object() -> None:
     body = b'{"resourceLogs":[{"scopeLogs":[{"logRecords":[' + b",".join([b"{}"] * 1000) + b"]}]}]}"
     assert json_decode_cost(body) == JSON_DECODE_FACTOR * len(body) + JSON_OBJECT_COST * 1003
+
+
+def _single_record(record: bytes) -> bytes:
+    """A request of one resource, one scope and one record whose encoding is ``record``."""
+
+    def field(tag: int, data: bytes) -> bytes:
+        return bytes([tag]) + encode_varint(len(data)) + data
+
+    return field(0x0A, field(0x12, field(0x12, record)))
+
+
+@pytest.mark.parametrize(
+    ("element", "parsed_bytes"),
+    [
+        (b"\x32\x00", 56),  # an empty attribute
+        (b"\x32\x03\x0a\x01a", 52),  # an attribute with a one-letter key
+        (b"\x2a\x00", 48),  # an empty body value
+    ],
+)
+def test_tiny_elements_inside_a_record_are_priced_at_least_what_they_parse_to(
+    element: bytes, parsed_bytes: int
+) -> None:
+    # parsed_bytes: measured RSS growth per element with upb (see the module text).
+    count = 100_000
+    body = _single_record(element * count)
+    assert protobuf_decode_cost(body, 10**12) >= parsed_bytes * count
+
+
+def test_empty_strings_of_a_repeated_field_are_priced_at_least_what_they_parse_to() -> None:
+    entity = b"\x22\x00" * 100_000  # EntityRef.description_keys
+    resource = b"\x1a" + encode_varint(len(entity)) + entity
+    body = b"\x0a" + encode_varint(len(resource) + 1 + len(encode_varint(len(resource)))) + b"\x0a"
+    body += encode_varint(len(resource)) + resource
+    assert protobuf_decode_cost(body, 10**12) >= 33 * 100_000
+
+
+def test_element_tags_are_counted_over_the_whole_body() -> None:
+    assert count_element_tags(b"\x0a\x12\x1a\x2a\x32\x22\x3a") == 5
