@@ -242,3 +242,73 @@ def test_a_rolled_back_archive_is_caught_by_asking_the_witness(
         witness.stop()
     unreachable = _verify(archive, key_pair.public, *asked)
     assert unreachable.returncode == 2 and "--witness-url" in unreachable.stderr
+
+
+def test_on_s3_the_witness_follows_the_chain_and_verify_checks_it(
+    seaweedfs: Any, run_sidecar: Any, key_pair: KeyPairFiles, tmp_path: Path
+):
+    """The same against SeaweedFS with Object Lock: proofs read from the bucket's tiles and segments,
+    cosignatures and tokens stored under retention, verify reading them back from S3."""
+    bucket = seaweedfs.create_bucket("witnessed")
+    url = f"s3://{bucket}/prod"
+    witness = Witness(tmp_path / "witness", key_pair.public, origin_prefix=f"{bucket}/prod/")
+    vkey = witness_vkey(NAME, load_public_key_pem(witness.public.read_bytes(), "test"))
+    with LocalTsa(tmp_path / "tsa") as tsa:
+        witness.start()
+        try:
+            with run_sidecar(
+                url,
+                archive_endpoint_url=seaweedfs.endpoint_url,
+                witnesses=(WitnessConfig(url=f"http://127.0.0.1:{witness.port}", key=vkey),),
+                checkpoint=CheckpointConfig(tsa_url=tsa.url),
+                checkpoint_interval_seconds=1.0,
+                checkpoint_min_spacing_seconds=0.1,
+                signing_workers="threads",
+                signing_worker_count=1,
+            ) as sidecar:
+                size_metric = f'collector_ext_witness_cosigned_tree_size{{witness="{NAME}"}}'
+                sent = 0
+                for batch in range(3):
+                    _export(sidecar.http_port, logs_request(*[f"batch {batch} record {i}" for i in range(300)]))
+                    sent += 300
+                    target = sent + 1  # the genesis entry too
+                    _wait_for(
+                        lambda: metric_values(sidecar.metrics_port).get(size_metric, 0) >= target,
+                        f"the witness at tree size {target}",
+                    )
+                values = metric_values(sidecar.metrics_port)
+                assert values["collector_ext_witness_failures_total" + f'{{witness="{NAME}"}}'] == 0
+                assert values["collector_ext_timestamps_stored_total"] >= 3
+            keys = seaweedfs.keys(bucket, "prod/")
+            assert any(".note.cosig." in key for key in keys) and any(key.endswith(".note.tsr") for key in keys)
+            result = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "collector_ext.cli",
+                    "verify",
+                    "--archive",
+                    url,
+                    "--endpoint-url",
+                    seaweedfs.endpoint_url,
+                    "--public-key",
+                    str(key_pair.public),
+                    "--json",
+                    "--witness-grace",
+                    "0",
+                    "--witness-key",
+                    vkey,
+                    "--witness-url",
+                    f"http://127.0.0.1:{witness.port}",
+                    "--tsa-cert",
+                    str(tsa.bundle),
+                    "--require-timestamp",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+        finally:
+            witness.stop()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert {"witnessed", "timestamped"} <= set(_kinds(result))
