@@ -534,6 +534,40 @@ def test_floods_of_empty_records_are_priced_by_what_they_hold(sidecar: SidecarPr
     assert 413 in results and grpc.StatusCode.RESOURCE_EXHAUSTED in results, results
 
 
+def _tiny_elements(kind: str, count: int) -> bytes:
+    """One log record holding ``count`` empty attributes, or a body array of ``count`` empty values:
+    2 bytes each on the wire, 24 to 28 times that once parsed."""
+    from tests.integration.conftest import length_delimited
+
+    if kind == "attributes":
+        record = length_delimited(6, b"") * count
+    else:
+        record = length_delimited(5, length_delimited(5, length_delimited(1, b"") * count))
+    return length_delimited(1, length_delimited(2, length_delimited(2, record)))
+
+
+@pytest.mark.parametrize("kind", ["attributes", "array-values"])
+def test_floods_of_tiny_elements_inside_a_record_are_priced_by_what_they_hold(
+    sidecar: SidecarProcess, kind: str
+) -> None:
+    flood = _tiny_elements(kind, 7 * MIB)  # 14 MiB: about 400 MiB once parsed
+    results: list[object] = []
+
+    def attack() -> None:
+        _in_threads(
+            [
+                lambda: results.append(_grpc_export(sidecar.grpc_port, gzip.compress(flood))),
+                lambda: results.append(_http_post(sidecar.http_port, flood)),
+                lambda: results.append(
+                    _http_post(sidecar.http_port, gzip.compress(flood), headers={"Content-Encoding": "gzip"})
+                ),
+            ]
+        )
+
+    _measure(sidecar, f"tiny-{kind}-floods", attack)
+    assert set(results) <= {413, 503, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE}, results
+
+
 def test_idle_slowloris_and_endless_chunked_connections_are_cut(sidecar: SidecarProcess) -> None:
     def attack() -> None:
         idle_http, idle_grpc = _connect(sidecar.http_port), _connect(sidecar.grpc_port)
