@@ -179,10 +179,16 @@ def decide(
     refused = _signed_by_trusted_log(note, origin, logs)
     if refused is not None:
         return refused
-    if request.old_size > head.size:
-        return _text(400, f"old size {request.old_size} is beyond the checkpoint's size {head.size}", origin)
     held = states.get(origin)
     held_size = held.size if held is not None else 0
+    if request.old_size > head.size:
+        # Also a rollback when the witness holds a larger tree than the checkpoint's.
+        return _text(
+            400,
+            f"old size {request.old_size} is beyond the checkpoint's size {head.size}",
+            origin,
+            evidence=head.size < held_size,
+        )
     if request.old_size != held_size:
         # A log that lost track (or that rolled back) learns the size to prove from; a rollback below
         # what was cosigned can never satisfy this, since the proof must start at held_size.

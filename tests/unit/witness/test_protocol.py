@@ -79,7 +79,8 @@ def test_rollback_gets_409_with_the_held_size_and_is_evidence():
 
 def test_old_size_beyond_the_checkpoint_is_400():
     verdict = run(AddCheckpoint(9, (), note(5)), held(9))
-    assert verdict.status == 400 and verdict.new_state is None
+    assert verdict.status == 400 and verdict.new_state is None and verdict.evidence  # a rollback, too
+    assert not run(AddCheckpoint(9, (), note(5))).evidence
 
 
 def test_a_log_that_lost_track_learns_the_size_without_evidence():
