@@ -43,7 +43,9 @@ class InMemoryArchive:
                 else:
                     yield ListedObject(key, len(self.objects[key]))
 
-    async def list_keys(self, under: str = "", start_after: str = "") -> AsyncIterator[str]:
+    async def list_keys(
+        self, under: str = "", start_after: str = "", *, page_size: int | None = None
+    ) -> AsyncIterator[str]:
         async for listed in self.list_objects(under, start_after):
             yield listed.key
 

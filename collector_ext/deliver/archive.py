@@ -50,8 +50,11 @@ class ArchiveStore(Protocol):
 
     async def put(self, key: str, data: bytes, sha256: bytes) -> None: ...
 
-    def list_keys(self, under: str = "", start_after: str = "") -> AsyncIterator[str]:
-        """Keys that start with ``under``, in ascending order, beginning after ``start_after``."""
+    def list_keys(self, under: str = "", start_after: str = "", *, page_size: int | None = None) -> AsyncIterator[str]:
+        """Keys that start with ``under``, in ascending order, beginning after ``start_after``.
+
+        ``page_size``: how many keys the caller expects to read (a store that lists in pages asks for
+        that many at a time, so a search that reads one key does not fetch a thousand)."""
         ...
 
     def list_objects(self, under: str = "", start_after: str = "") -> AsyncIterator[ListedObject]:

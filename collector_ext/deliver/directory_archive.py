@@ -221,7 +221,9 @@ class DirectoryArchive:
             if listed.key > start_after:
                 yield listed
 
-    async def list_keys(self, under: str = "", start_after: str = "") -> AsyncIterator[str]:
+    async def list_keys(
+        self, under: str = "", start_after: str = "", *, page_size: int | None = None
+    ) -> AsyncIterator[str]:
         async for listed in self.list_objects(under, start_after):
             yield listed.key
 

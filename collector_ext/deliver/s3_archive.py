@@ -165,8 +165,10 @@ class S3Archive:
         except BotoCoreError as exc:
             raise ArchiveUnavailableError(f"PUT {self._full_key(key)} to {self.description}: {exc}") from exc
 
-    async def list_keys(self, under: str = "", start_after: str = "") -> AsyncIterator[str]:
-        async for listed in self.list_objects(under, start_after):
+    async def list_keys(
+        self, under: str = "", start_after: str = "", *, page_size: int | None = None
+    ) -> AsyncIterator[str]:
+        async for listed in self.list_objects(under, start_after, page_size=page_size):
             yield listed.key
 
     async def list_children(self, under: str = "") -> list[str]:
@@ -188,12 +190,16 @@ class S3Archive:
         except BotoCoreError as exc:
             raise ArchiveUnavailableError(f"listing {self.description}: {exc}") from exc
 
-    async def list_objects(self, under: str = "", start_after: str = "") -> AsyncIterator[ListedObject]:
+    async def list_objects(
+        self, under: str = "", start_after: str = "", *, page_size: int | None = None
+    ) -> AsyncIterator[ListedObject]:
         prefix = f"{self._location.prefix}/" if self._location.prefix else ""
         paginator = self._client.get_paginator("list_objects_v2")
         arguments: dict[str, Any] = {"Bucket": self._location.bucket, "Prefix": prefix + under}
         if start_after:
             arguments["StartAfter"] = prefix + start_after
+        if page_size is not None:
+            arguments["PaginationConfig"] = {"PageSize": max(1, min(page_size, 1000))}
         with self._listing_errors():
             async for page in paginator.paginate(**arguments):
                 for item in page.get("Contents", []):

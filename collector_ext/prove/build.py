@@ -52,7 +52,7 @@ class BuiltProof:
 
 
 async def _first_key(store: ArchiveStore, under: str, start_after: str) -> str | None:
-    async for key in store.list_keys(under, start_after):
+    async for key in store.list_keys(under, start_after, page_size=1):
         return key
     return None
 
