@@ -30,11 +30,19 @@ from collector_ext.seal.layout import (
     tile_key,
 )
 from collector_ext.seal.merkle import check_inclusion, inclusion_path, leaf_hash
-from collector_ext.seal.note import MAX_NOTE_BYTES, NoteError, TreeHead, parse_note, parse_tree_head
+from collector_ext.seal.note import (
+    MAX_NOTE_BYTES,
+    NoteError,
+    TreeHead,
+    add_signatures,
+    parse_note,
+    parse_tree_head,
+)
 from collector_ext.seal.segment import decode_segment
 from collector_ext.seal.tiles import Tile, decode_tile, inclusion_tiles, node_reader
 
 MAX_RUN = 100_000
+MAX_COSIGNATURE_BYTES = 65536  # FORMAT.md 19.1
 PARALLEL_READS = 16
 SEARCH_FAN = 5
 
@@ -138,6 +146,7 @@ async def build_proof(
         tree = parse_tree_head(parse_note(note_bytes).text)
     except NoteError as exc:
         raise ProveError(f"checkpoint note {found.key!r} is damaged: {exc}") from exc
+    note_bytes = await _with_cosignatures(store, found.key, note_bytes)
     size = tree.size
     if last >= size:
         raise ProveError(
@@ -207,6 +216,19 @@ async def build_proof(
             )
         proofs.append(RecordProof(index, entry, signature, path))
     return BuiltProof(ProofFile(tuple(proofs), note_bytes), tree, found.key, 1 + len(upper) + len(segment_keys))
+
+
+async def _with_cosignatures(store: ArchiveStore, note_key: str, note: bytes) -> bytes:
+    """The note with the witness cosignature lines stored beside it (FORMAT.md 19.1) appended, as a
+    tlog-proof carries them. They are not checked here (a verifier that pins witnesses does); lines
+    that do not parse as signature lines are left out."""
+    async for key in store.list_keys(f"{note_key}.cosig."):
+        try:
+            lines = (await store.get(key, MAX_COSIGNATURE_BYTES)).splitlines(keepends=True)
+            note = add_signatures(note, lines)
+        except (UnreadableObjectError, NoteError):
+            continue
+    return note
 
 
 async def _segments_over(store: ArchiveStore, chain_id: bytes, spans: Sequence[tuple[int, int]]) -> list[str]:

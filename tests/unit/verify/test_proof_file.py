@@ -9,7 +9,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from collector_ext.pipeline import SealingPipeline
-from collector_ext.prove.build import ProveError, build_proof, last_true
+from collector_ext.prove.build import ProveError, build_proof, last_true, newest_note_key
 from collector_ext.prove.proof_file import (
     RUN_PROOF_LINE,
     TLOG_PROOF_LINE,
@@ -23,7 +23,15 @@ from collector_ext.prove.proof_file import (
 from collector_ext.prove.render import render_proof_json, render_proof_text
 from collector_ext.seal.keys import Ed25519Signer
 from collector_ext.seal.layout import parse_segment_key, parse_tile_key
-from collector_ext.seal.note import checkpoint_text, parse_note, parse_tree_head, sign_note
+from collector_ext.seal.note import (
+    Cosignature,
+    check_cosignature,
+    checkpoint_text,
+    cosign,
+    parse_note,
+    parse_tree_head,
+    sign_note,
+)
 from tests.fakes import InMemoryArchive
 from tests.unit.test_pipeline import _settings
 
@@ -170,3 +178,23 @@ def test_the_parallel_search_says_when_nothing_is_there() -> None:
         return False
 
     assert asyncio.run(last_true(probe)) is None
+
+
+def test_witness_cosignatures_beside_the_note_travel_in_the_proof(
+    archive: tuple[InMemoryArchive, bytes, Ed25519Signer],
+) -> None:
+    store, chain_id, signer = archive
+    copy = InMemoryArchive()
+    copy.objects = dict(store.objects)
+    note_key = asyncio.run(newest_note_key(copy, chain_id))
+    assert note_key is not None
+    text = parse_note(copy.objects[note_key.key]).text
+    witness = Ed25519Signer(Ed25519PrivateKey.from_private_bytes(bytes([5]) * 32))
+    line = cosign(text, "witness.example/w", witness, 1_790_000_000).line()
+    copy.objects[f"{note_key.key}.cosig.0011223344556677"] = line
+    copy.objects[f"{note_key.key}.cosig.8899aabbccddeeff"] = b"not a signature line\n"
+    data = encode_proof(asyncio.run(build_proof(copy, chain_id, 42, 42)).proof)
+    verify_proof(data, signer.public_key)
+    note = parse_note(parse_proof(data).note)
+    assert len(note.signatures) == 2
+    assert isinstance(check_cosignature(note, "witness.example/w", witness.public_key), Cosignature)
