@@ -41,10 +41,11 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from prometheus_client.parser import text_string_to_metric_families
 
 from collector_ext import config as sidecar_config_module
-from collector_ext.config import ArchiveConfig, LokiConfig, SidecarConfig, load_config
+from collector_ext.config import ArchiveConfig, LimitsConfig, LokiConfig, SidecarConfig, load_config
 from collector_ext.deliver.loki.mapping import DEFAULT_LABEL_ATTRIBUTES, sanitise_name
 from collector_ext.errors import KeyFileError
 from collector_ext.metrics import LOKI_METRIC_NAMES, METRIC_NAMES, Metrics
+from collector_ext.receive.admission import PROTOBUF_DECODE_FACTOR
 from collector_ext.seal.keys import generate_key_pair, load_public_key_pem
 from collector_ext.security_settings import insecure_settings
 from collector_ext.service import running_in_thread
@@ -794,6 +795,27 @@ def test_shipped_sidecar_config_loads(which: str, tmp_path: Path) -> None:
     with_secret = load_config(path, environ={"COLLECTOR_EXT_LOKI__PASSWORD": "from-a-secret"})
     assert with_secret.loki is not None and with_secret.loki.password == "from-a-secret"
     assert with_secret.loki.url == loki.url
+
+
+@pytest.mark.parametrize("which", ["configmap", "helm"])
+def test_shipped_request_size_fits_the_memory_budget(which: str, tmp_path: Path) -> None:
+    """The shipped max_message_bytes is the default and, decoded, fits limits.max_inflight_bytes (a larger
+    request is refused with 413 whatever max_message_bytes says); the limits are written out as the defaults."""
+    text = _configmap_data()["sidecar.yaml"] if which == "configmap" else _helm_sidecar_yaml()
+    path = tmp_path / "sidecar.yaml"
+    path.write_text(text, encoding="utf-8")
+    config = load_config(path, environ={})
+    assert "limits" in yaml.safe_load(text), "the limits are listed where the deploy lists settings"
+    assert config.limits == LimitsConfig()
+    assert config.max_message_bytes == sidecar_config_module.DEFAULT_MAX_MESSAGE_BYTES
+    assert config.max_message_bytes <= config.limits.max_inflight_bytes // (1 + PROTOBUF_DECODE_FACTOR)
+    mib = config.max_message_bytes // (1024 * 1024)
+    for name, collector_text in (
+        ("otel-config.yaml", OTEL_CONFIG.read_text(encoding="utf-8")),
+        ("collector.yaml", _configmap_data()["collector.yaml"]),
+    ):
+        sizes = set(re.findall(r"accepts up to (\d+) MiB per request", collector_text))
+        assert sizes == {str(mib)}, f"{name} states the sidecar's request size as {sizes}"
 
 
 def test_configmap_and_helm_sidecar_configs_agree() -> None:
