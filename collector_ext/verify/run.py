@@ -25,7 +25,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from collector_ext.deliver.archive import ArchiveStore, ListedObject
-from collector_ext.errors import ArchiveUnavailableError, MalformedObjectError, UnreadableObjectError
+from collector_ext.errors import (
+    ArchiveUnavailableError,
+    ConfigurationError,
+    MalformedObjectError,
+    UnreadableObjectError,
+)
 from collector_ext.seal.checkpoint import decode_checkpoint
 from collector_ext.seal.framing import MAX_CHECKPOINT_OBJECT_BYTES, MAX_SEGMENT_OBJECT_BYTES
 from collector_ext.seal.keys import PublicKey
@@ -51,6 +56,7 @@ from collector_ext.verify.checkpoints import ResumePoint, UnreadableObject
 from collector_ext.verify.findings import ChainSummary, Finding, FindingKind, Severity, VerificationReport
 from collector_ext.verify.keys import Keyring
 from collector_ext.verify.links import ChainChecker, RecordObserver
+from collector_ext.verify.shard import ShardReport, ShardSettings, ShardSpec, chain_parts
 from collector_ext.verify.state import (
     VerifierState,
     next_state,
@@ -97,6 +103,8 @@ class VerifyOptions:
     witness_policy: WitnessPolicy | None = None
     # What pinned witnesses hold for this archive's chains (verify --witness-url), checked against it.
     witnessed_notes: tuple[bytes, ...] = ()
+    # verify --shard: check only this shard's chains and leave relating chains to the merge (verify.shard).
+    shard: ShardSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -105,6 +113,9 @@ class ArchiveCheck:
 
     report: VerificationReport
     state: VerifierState
+    # With VerifyOptions.shard: the shard's part, for verify.merge (the report then holds the shard's
+    # chains only, not yet related to the other shards' chains).
+    shard: ShardReport | None = None
 
 
 @dataclass
@@ -236,11 +247,21 @@ async def check_archive_with_state(
     ``read_everything`` (for a period report, which needs old records too) reads every chain from its
     genesis, and still holds the archive against the state (remembered checkpoints, vanished chains)."""
     options = options or VerifyOptions()
+    if options.shard is not None and (state is not None or options.witnessed_notes or read_everything):
+        raise ConfigurationError("--shard", "checks a share of a whole archive: not with --state or --witness-url")
     keyring = Keyring.of(trusted_keys)
     incremental = state is not None and bool(state.chains) and not read_everything
     listing = await (_list_from_state(store, state) if state is not None and incremental else _list_all(store))
     if not listing.chains and not incremental:
         raise EmptyArchiveError(f"no collector-ext objects under {store.description}: check the archive location")
+    chains_listed = tuple(sorted(listing.chains))
+    if options.shard is not None:
+        mine = set(options.shard.chains_of(chains_listed))
+        listing.chains = {chain_id: chain for chain_id, chain in listing.chains.items() if chain_id in mine}
+        if options.shard.index != 0:
+            listing.findings = []  # objects outside any chain: shard 0 reports them
+    archive_findings = tuple(listing.findings)
+    chain_findings: dict[str, list[Finding]] = {}
     threads = options.signature_threads or os.cpu_count() or 2
     findings: list[Finding] = list(listing.findings)
     done = 0
@@ -272,6 +293,7 @@ async def check_archive_with_state(
 
         for chain_id_hex in sorted(listing.chains):
             chain = listing.chains[chain_id_hex]
+            chain_start = len(findings)
             tree = TreeChecker(chain_id_hex, keyring)
             checker = ChainChecker(
                 chain_id_hex,
@@ -319,29 +341,37 @@ async def check_archive_with_state(
             findings += checker.findings
             records += checker.records
             signatures += checker.signatures_checked
+            chain_findings[chain_id_hex] = findings[chain_start:]
     if options.witnessed_notes and options.witness_policy is not None:
         findings += await _check_witnessed(store, listing, state if incremental else None, keyring, options)
     if state is not None:
         findings += vanished_chains(state, set(listing.chains))
-    # Every chain under the archive root was listed (or remembered), so a superseded chain that is
-    # not among them is not in the archive.
-    findings = relate_chains(summaries, findings, all_chains_listed=True)
     archive_id = options.archive_id or (state.archive_id if state is not None else None)
-    findings += relate_archive(summaries, archive_id)
-    findings += _stale(summaries, options)
-    counts: dict[str, int] = defaultdict(int)
-    for finding in findings:
-        counts[finding.severity.value] += 1
-    report = VerificationReport(
-        findings=tuple(findings),
-        chains=tuple(summaries),
-        objects_read=total,
-        records_checked=records,
-        signatures_checked=signatures,
-        counts=dict(counts),
-        pinned_key_ids=tuple(keyring.key_ids),
-        incremental=incremental,
-    )
+    now_unix_nano = options.now_unix_nano or time.time_ns()
+    if options.shard is None:
+        findings = relate_findings(summaries, findings, archive_id, options.stale_after_seconds, now_unix_nano)
+    report = build_report(findings, summaries, total, records, signatures, keyring.key_ids, incremental=incremental)
+    shard = None
+    if options.shard is not None:
+        settings = ShardSettings(
+            options.check_all_signatures,
+            options.report_resends,
+            archive_id,
+            options.stale_after_seconds,
+            tuple(keyring.key_ids),
+        )
+        shard = ShardReport(
+            store.description,
+            options.shard,
+            settings,
+            chains_listed,
+            archive_findings,
+            chain_parts(summaries, chain_findings),
+            total,
+            records,
+            signatures,
+            now_unix_nano,
+        )
     if archive_id is None:
         named = {s.archive_id for s in summaries if s.archive_id is not None}
         archive_id = named.pop() if len(named) == 1 else None
@@ -356,7 +386,50 @@ async def check_archive_with_state(
         (options.now_unix_nano or time.time_ns()) // 1_000_000_000,
         trees,
     )
-    return ArchiveCheck(report, new_state)
+    return ArchiveCheck(report, new_state, shard)
+
+
+def relate_findings(
+    summaries: Sequence[ChainSummary],
+    findings: Sequence[Finding],
+    archive_id: str | None,
+    stale_after_seconds: float | None,
+    now_unix_nano: int,
+) -> list[Finding]:
+    """The findings of every chain, then what relates the chains to each other and to the archive
+    (FORMAT.md 13.6, 13.6a, 13.8); a single run and a merge of shard reports both end with this."""
+    # Every chain under the archive root was listed (or remembered), so a superseded chain that is
+    # not among them is not in the archive.
+    related = relate_chains(summaries, findings, all_chains_listed=True)
+    related += relate_archive(summaries, archive_id)
+    related += _stale(summaries, stale_after_seconds, now_unix_nano)
+    return related
+
+
+def build_report(
+    findings: Sequence[Finding],
+    summaries: Sequence[ChainSummary],
+    objects_read: int,
+    records: int,
+    signatures: int,
+    pinned_key_ids: Sequence[str],
+    *,
+    incremental: bool = False,
+) -> VerificationReport:
+    """The report with its totals by severity."""
+    counts: dict[str, int] = defaultdict(int)
+    for finding in findings:
+        counts[finding.severity.value] += 1
+    return VerificationReport(
+        findings=tuple(findings),
+        chains=tuple(summaries),
+        objects_read=objects_read,
+        records_checked=records,
+        signatures_checked=signatures,
+        counts=dict(counts),
+        pinned_key_ids=tuple(pinned_key_ids),
+        incremental=incremental,
+    )
 
 
 async def _check_witnessed(
@@ -591,13 +664,12 @@ async def _check_chain(
         segment_reads.cancel()
 
 
-def _stale(summaries: Sequence[ChainSummary], options: VerifyOptions) -> list[Finding]:
+def _stale(summaries: Sequence[ChainSummary], stale_after_seconds: float | None, now: int) -> list[Finding]:
     """An open chain whose newest checkpoint is old: its writer stopped without a final checkpoint, or
     the newest checkpoints were removed (FORMAT.md 13.8)."""
-    if options.stale_after_seconds is None:
+    if stale_after_seconds is None:
         return []
-    now = options.now_unix_nano or time.time_ns()
-    limit = now - int(options.stale_after_seconds * 1e9)
+    limit = now - int(stale_after_seconds * 1e9)
     superseded = {s.supersedes.chain_id for s in summaries if s.supersedes is not None}
     return [
         Finding(
