@@ -16,11 +16,13 @@ import copy
 import fnmatch
 import json
 import re
+import secrets
 import shutil
 import subprocess
 import sysconfig
 import time
 import tomllib
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -41,11 +43,20 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from prometheus_client.parser import text_string_to_metric_families
 
 from collector_ext import config as sidecar_config_module
-from collector_ext.config import ArchiveConfig, LimitsConfig, LokiConfig, SidecarConfig, load_config
+from collector_ext.config import (
+    ArchiveConfig,
+    AuthConfig,
+    LimitsConfig,
+    LokiConfig,
+    SidecarConfig,
+    TokenConfig,
+    load_config,
+)
 from collector_ext.deliver.loki.mapping import DEFAULT_LABEL_ATTRIBUTES, sanitise_name
 from collector_ext.errors import KeyFileError
 from collector_ext.metrics import LOKI_METRIC_NAMES, METRIC_NAMES, Metrics
 from collector_ext.receive.admission import PROTOBUF_DECODE_FACTOR
+from collector_ext.receive.auth import check_token_text
 from collector_ext.seal.keys import generate_key_pair, load_public_key_pem
 from collector_ext.security_settings import insecure_settings
 from collector_ext.service import running_in_thread
@@ -63,6 +74,9 @@ KUBERNETES_VERSIONS = ("1.29.0", "1.37.0")
 
 SIDECAR_COMMAND = ["collector-ext", "serve", "--config", "/etc/collector-ext/sidecar.yaml"]
 SIDECAR_CONFIG_PATH = "/etc/collector-ext/sidecar.yaml"
+# The OTLP bearer token: one Secret for both sides, the collector's environment variable.
+OTLP_TOKEN_SECRET = "collector-ext-otlp-token"
+TOKEN_ENV = "SIDECAR_TOKEN"
 COLLECTOR_PORTS = {4317, 4318, 13133}
 
 # The Loki Helm chart's gateway (NGINX): Service port -> the pod's container port (chart values
@@ -207,12 +221,17 @@ def test_kustomization_applies_every_manifest_but_the_secret_template() -> None:
     listed = set(kustomization["resources"])
     files = {p.name for p in _manifest_files()}
     templates = {name for name in files if ".template." in name}
-    assert templates == {"signing-key-secret.template.yaml"}
+    assert templates == {"signing-key-secret.template.yaml", "otlp-token-secret.template.yaml"}
     assert listed == files - templates
 
 
+def _secret(name: str) -> dict[str, Any]:
+    (secret,) = [doc for _, doc in _manifests() if doc["kind"] == "Secret" and doc["metadata"]["name"] == name]
+    return secret
+
+
 def test_secret_template_holds_no_key() -> None:
-    secret = _one("Secret")
+    secret = _secret("collector-ext-signing-key")
     assert set(secret["stringData"]) == {"signing.key"}
     placeholder = secret["stringData"]["signing.key"]
     assert "REPLACE" in placeholder
@@ -253,6 +272,7 @@ def _assert_volumes(
     assert [i["path"] for i in config_items] == ["sidecar.yaml"]
     assert not [s for s in sources if "secret" in s], "the sidecar never mounts the Secret itself"
     _assert_signing_key_copied(init_containers, by_name)
+    _assert_tokens_copied(init_containers, by_name)
     # Writable places: the spool and /tmp, both volumes (the root filesystem is read-only).
     for path in ("/var/lib/collector-ext/spool", "/tmp"):
         assert not mounts[path].get("readOnly", False)
@@ -292,6 +312,72 @@ def _assert_signing_key_copied(init_containers: list[dict[str, Any]], volumes: d
     assert sidecar_mounts["signing-key"]["mountPath"] == copier_mounts["signing-key"]["mountPath"]
     for text in (_configmap_data()["sidecar.yaml"], _helm_sidecar_yaml()):
         assert yaml.safe_load(text)["signing_key"] == target
+
+
+def test_token_template_holds_no_token_and_names_the_shipped_token() -> None:
+    secret = _secret(OTLP_TOKEN_SECRET)
+    (name,) = secret["stringData"]
+    assert name == _shipped_token_names()[0]
+    with pytest.raises(ValueError, match="spaces"):
+        check_token_text(secret["stringData"][name])
+
+
+def _shipped_token_names() -> list[str]:
+    names: list[str] = [token["name"] for token in _shipped_sidecar_config()["auth"]["tokens"]]
+    return names
+
+
+def _assert_tokens_copied(init_containers: list[dict[str, Any]], volumes: dict[str, dict[str, Any]]) -> None:
+    """Every key of the token Secret is copied at pod start, like the signing key (owner 10001, mode 0400,
+    a memory volume), into the directory where sidecar.yaml's auth.tokens reads each token by its name."""
+    names = [c["name"] for c in init_containers]
+    assert names.index("otlp-tokens") < names.index("collector-ext")
+    copier = init_containers[names.index("otlp-tokens")]
+    sidecar = _sidecar_container(init_containers)
+    assert "restartPolicy" not in copier
+    assert copier["image"] == sidecar["image"]
+    assert copier["securityContext"]["runAsUser"] == sidecar["securityContext"]["runAsUser"]
+    copier_mounts = {m["name"]: m for m in copier["volumeMounts"]}
+    secret_volume = volumes["otlp-token-secret"]["secret"]
+    assert secret_volume["secretName"] == OTLP_TOKEN_SECRET
+    assert "items" not in secret_volume, "every token of the Secret, rotation's second one included"
+    assert copier_mounts["otlp-token-secret"]["readOnly"] is True
+    assert volumes["otlp-tokens"]["emptyDir"]["medium"] == "Memory"
+    source = copier_mounts["otlp-token-secret"]["mountPath"]
+    target = copier_mounts["otlp-tokens"]["mountPath"]
+    assert copier["command"] == ["sh", "-c", f"install -m 0400 -t {target} {source}/*"]
+    sidecar_mounts = {m["name"]: m for m in sidecar["volumeMounts"]}
+    assert "otlp-token-secret" not in sidecar_mounts
+    assert sidecar_mounts["otlp-tokens"] == {"name": "otlp-tokens", "mountPath": target, "readOnly": True}
+    for text in (_configmap_data()["sidecar.yaml"], _helm_sidecar_yaml()):
+        tokens = yaml.safe_load(text)["auth"]["tokens"]
+        assert tokens, "the shipped sidecar requires a token"
+        for token in tokens:
+            assert token["file"] == f"{target}/{token['name']}", "the file is the Secret's key of the token's name"
+
+
+def _collector_token_env(env: list[dict[str, Any]]) -> dict[str, Any]:
+    (token,) = [e for e in env if e["name"] == TOKEN_ENV]
+    reference: dict[str, Any] = token["valueFrom"]["secretKeyRef"]
+    return reference
+
+
+def test_the_collector_sends_a_token_the_sidecar_accepts() -> None:
+    """The collector's exporter sends `Bearer ${env:SIDECAR_TOKEN}`, the variable comes from the token
+    Secret under a key that sidecar.yaml's auth.tokens lists (by name, read from the copied key file)."""
+    for which, config in _collector_configs().items():
+        exporter = config["exporters"]["otlp/collector_ext"]
+        assert exporter["headers"] == {"authorization": f"Bearer ${{env:{TOKEN_ENV}}}"}, which
+    accepted = set(_shipped_token_names())
+    collector_envs = {
+        "deployment": _pod_spec()["containers"][0]["env"],
+        "helm": _helm_values()["extraEnvs"],
+    }
+    for which, env in collector_envs.items():
+        reference = _collector_token_env(env)
+        assert reference["name"] == OTLP_TOKEN_SECRET, which
+        assert reference["key"] in accepted, f"{which}: the collector sends a token the sidecar does not list"
+        assert not reference.get("optional", False), which
 
 
 def test_deployment_volumes_key_read_only_spool_and_queue_writable() -> None:
@@ -588,6 +674,7 @@ CHART_VALUE_KEYS = {
     "initContainers",
     "extraVolumes",
     "extraVolumeMounts",
+    "extraEnvs",
     "extraManifests",
     "networkPolicy",
 }
@@ -631,6 +718,7 @@ def test_helm_values_kubernetes_objects_validate(version: str) -> None:
                     "securityContext": values["securityContext"],
                     "resources": values["resources"],
                     "volumeMounts": values["extraVolumeMounts"],
+                    "env": values["extraEnvs"],
                 }
             ],
             "volumes": values["extraVolumes"],
@@ -1210,6 +1298,7 @@ class LiveSidecar:
     metrics_port: int
     http_port: int
     loki: LokiReceiver
+    authorization: str  # the header the shipped collector config sends, with its variable set
 
 
 @pytest.fixture
@@ -1231,18 +1320,31 @@ def live_sidecar(tmp_path: Path, live_loki: LokiReceiver) -> Iterator[LiveSideca
     key = tmp_path / "signing.key"
     key.write_bytes(pair.private_pem)
     key.chmod(0o600)
+    # The shipped auth.tokens (its names, the files in a directory of this test) and the header the
+    # shipped collector config sends, with SIDECAR_TOKEN set as the Secret would set it.
+    token = secrets.token_hex(32)
+    tokens = []
+    (tmp_path / "tokens").mkdir()
+    for index, name in enumerate(_shipped_token_names()):
+        path = tmp_path / "tokens" / name
+        path.write_text(token if index == 0 else secrets.token_hex(32), encoding="utf-8")
+        path.chmod(0o400)
+        tokens.append(TokenConfig(name=name, file=path))
+    header = yaml.safe_load(OTEL_CONFIG.read_text(encoding="utf-8"))["exporters"]["otlp/collector_ext"]["headers"]
+    authorization = header["authorization"].replace(f"${{env:{TOKEN_ENV}}}", token)
     config = SidecarConfig(
         listen="127.0.0.1:0",
         http_listen="127.0.0.1:0",
         metrics_listen="127.0.0.1:0",
         signing_key=key,
+        auth=AuthConfig(tokens=tuple(tokens)),
         archive=ArchiveConfig(url=str(tmp_path / "archive")),
         loki=LokiConfig(url=live_loki.url, tenant=LIVE_TENANT, batch_max_wait_seconds=0.05),
         signing_workers="threads",
         signing_worker_count=1,
     )
     with running_in_thread(config) as sidecar:
-        yield LiveSidecar(sidecar.metrics_port, sidecar.http_port, live_loki)
+        yield LiveSidecar(sidecar.metrics_port, sidecar.http_port, live_loki, authorization)
 
 
 def _scrape(metrics_port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -1280,11 +1382,21 @@ def _export_request(service_name: str, body: str) -> bytes:
 
 def test_running_sidecar_pushes_sealed_entries_the_dashboard_selects(live_sidecar: LiveSidecar) -> None:
     """One record through the running sidecar reaches Loki under the dashboard's selector, for the
-    configured tenant, with every seal field the seal-query panel filters on; the pushed counter moves."""
+    configured tenant, with every seal field the seal-query panel filters on; the pushed counter moves.
+    Without the shipped collector's authorization header the request is refused."""
+    refused = urllib.request.Request(
+        f"http://127.0.0.1:{live_sidecar.http_port}/v1/logs",
+        data=_export_request("ai-workflow", "no token"),
+        headers={"Content-Type": "application/x-protobuf"},
+        method="POST",
+    )
+    with pytest.raises(urllib.error.HTTPError) as error:
+        urllib.request.urlopen(refused, timeout=30)
+    assert error.value.code == 401
     request = urllib.request.Request(
         f"http://127.0.0.1:{live_sidecar.http_port}/v1/logs",
         data=_export_request("ai-workflow", "deployment check"),
-        headers={"Content-Type": "application/x-protobuf"},
+        headers={"Content-Type": "application/x-protobuf", "Authorization": live_sidecar.authorization},
         method="POST",
     )
     with urllib.request.urlopen(request, timeout=30) as response:
@@ -1300,6 +1412,9 @@ def test_running_sidecar_pushes_sealed_entries_the_dashboard_selects(live_sideca
     (entry,) = entries
     assert entry.line == "deployment check"
     assert set(SEAL_FIELDS) <= set(entry.structured_metadata)
+    # The sealed sender names the shipped token (by name, never the token).
+    assert f"token:{_shipped_token_names()[0]}" in entry.structured_metadata["audit_sender"]
+    assert live_sidecar.authorization.split()[1] not in entry.structured_metadata["audit_sender"]
     assert int(entry.structured_metadata["audit_seq"]) >= 0
     # The Loki sender runs in its own process and reports its counters a few times a second.
     samples = _scrape(live_sidecar.metrics_port)
