@@ -8,13 +8,16 @@ dashboard and alert rules in deploy/ use only these, and a test checks that.
 
 from __future__ import annotations
 
+import datetime as dt
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from collector_ext.receive.auth import AUTH_FAILURE_REASONS
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -22,9 +25,14 @@ if TYPE_CHECKING:
     from collector_ext.deliver.loki.process import LokiProcess
     from collector_ext.deliver.loki.sender import LokiSender
     from collector_ext.pipeline import SealingPipeline
+    from collector_ext.receive.admission import AdmissionControl
+    from collector_ext.receive.otlp_http import OtlpHttpReceiver
+    from collector_ext.tls import ReloadingTls
     from collector_ext.witness.submitter import WitnessSubmitter
 
 OUTCOMES = ("ok", "empty", "invalid", "too_large", "unavailable")
+# Where authentication is checked: the two OTLP receivers and the /metrics endpoint.
+AUTH_RECEIVERS = ("grpc", "http", "metrics")
 
 
 class _PipelineCollector(Collector):
@@ -194,6 +202,71 @@ class _WitnessCollector(Collector):
         )
 
 
+class _AdmissionCollector(Collector):
+    """The receivers' shared memory budget (collector_ext.receive.admission) and the HTTP receiver's
+    connection cap, read when Prometheus scrapes."""
+
+    def __init__(self, admission: AdmissionControl, http_receiver: OtlpHttpReceiver | None) -> None:
+        self._admission = admission
+        self._http_receiver = http_receiver
+
+    def collect(self) -> Iterable[Metric]:
+        snapshot = self._admission.snapshot()
+        settings = self._admission.settings
+        yield GaugeMetricFamily(
+            "collector_ext_inflight_bytes",
+            "Bytes of the receivers' memory budget held by requests in flight (received, inflated, being decoded).",
+            value=snapshot.inflight_bytes,
+        )
+        yield GaugeMetricFamily(
+            "collector_ext_inflight_max_bytes",
+            "limits.max_inflight_bytes: the receivers' memory budget, both receivers together.",
+            value=settings.max_inflight_bytes,
+        )
+        yield GaugeMetricFamily(
+            "collector_ext_inflight_requests", "OTLP requests in flight on both receivers.", value=snapshot.requests
+        )
+        yield GaugeMetricFamily(
+            "collector_ext_inflight_max_requests",
+            "limits.max_concurrent_requests: requests in flight allowed on both receivers.",
+            value=settings.max_requests,
+        )
+        yield CounterMetricFamily(
+            "collector_ext_admission_refused",
+            "Requests refused by the memory budget or the request count (limits.max_inflight_bytes, "
+            "limits.max_concurrent_requests): retried after UNAVAILABLE / 503, or too large (413).",
+            value=snapshot.refused,
+        )
+        refused = CounterMetricFamily(
+            "collector_ext_connections_refused",
+            "Connections closed at once because limits.max_connections were open, by receiver (the gRPC "
+            "receiver's cap is enforced by grpc core, which does not count them).",
+            labels=["receiver"],
+        )
+        refused.add_metric(["http"], self._http_receiver.connections_refused if self._http_receiver else 0)
+        yield refused
+
+
+class _CertificateCollector(Collector):
+    """Seconds until each configured server certificate's notAfter (the one being served, after reloads)."""
+
+    def __init__(self, certificates: Mapping[str, ReloadingTls], now: Callable[[], dt.datetime]) -> None:
+        self._certificates = dict(certificates)
+        self._now = now
+
+    def collect(self) -> Iterable[Metric]:
+        expiry = GaugeMetricFamily(
+            "collector_ext_certificate_expiry_seconds",
+            "Seconds until the server certificate of a TLS setting (tls, metrics_tls) expires (notAfter); "
+            "negative once it has. Present only for the settings configured.",
+            labels=["setting"],
+        )
+        now = self._now()
+        for setting, tls in sorted(self._certificates.items()):
+            expiry.add_metric([setting], (tls.material.not_after - now).total_seconds())
+        yield expiry
+
+
 LOKI_REASONS = (
     "too_old",
     "too_new",
@@ -238,6 +311,16 @@ class Metrics:
                 self.export_requests.labels(transport, outcome)
             self.records_received.labels(transport)
             self.export_duration.labels(transport)
+        self.auth_failures = Counter(
+            "collector_ext_auth_failures",
+            "Requests refused by client authentication, by receiver (grpc, http, metrics) and reason "
+            "(missing_token, not_bearer, invalid_token, certificate_required, client_not_allowed, ...).",
+            ["receiver", "reason"],
+            registry=self.registry,
+        )
+        for receiver in AUTH_RECEIVERS:
+            for reason in AUTH_FAILURE_REASONS:
+                self.auth_failures.labels(receiver, reason)
         self.insecure_setting = Gauge(
             "collector_ext_insecure_setting",
             "1 for a setting that leaves the evidence or the sidecar exposed (retention NONE, a listener on a "
@@ -254,6 +337,23 @@ class Metrics:
 
     def watch(self, pipeline: SealingPipeline) -> None:
         self.registry.register(_PipelineCollector(pipeline))
+
+    def watch_admission(self, admission: AdmissionControl, http_receiver: OtlpHttpReceiver | None) -> None:
+        """The receivers' memory budget and refusals, and the HTTP receiver's refused connections."""
+        self.registry.register(_AdmissionCollector(admission, http_receiver))
+
+    def watch_certificates(
+        self,
+        certificates: Mapping[str, ReloadingTls | None],
+        now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    ) -> None:
+        """Expiry of the configured server certificates, by setting name (None: not configured)."""
+        configured = {setting: tls for setting, tls in certificates.items() if tls is not None}
+        self.registry.register(_CertificateCollector(configured, now))
+
+    def observe_auth_failure(self, receiver: str, reason: str) -> None:
+        """A refused request (``Authenticator``'s ``on_failure``): never a token, only why."""
+        self.auth_failures.labels(receiver, reason).inc()
 
     def watch_loki(self, sender: LokiSender | LokiProcess) -> None:
         self.registry.register(_LokiCollector(sender))
@@ -300,7 +400,16 @@ METRIC_NAMES = (
     "collector_ext_timestamps_stored_total",
     "collector_ext_tsa_failures_total",
     "collector_ext_tsa_failing_seconds",
+    "collector_ext_inflight_bytes",
+    "collector_ext_inflight_max_bytes",
+    "collector_ext_inflight_requests",
+    "collector_ext_inflight_max_requests",
+    "collector_ext_admission_refused_total",
+    "collector_ext_connections_refused_total",
+    "collector_ext_auth_failures_total",
 )
+# Present per configured TLS setting (label setting: tls, metrics_tls).
+TLS_METRIC_NAMES = ("collector_ext_certificate_expiry_seconds",)
 # Present per configured witness (label witness).
 WITNESS_METRIC_NAMES = (
     "collector_ext_witness_cosignatures_stored_total",

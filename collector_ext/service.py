@@ -265,7 +265,7 @@ class Sidecar:
             admission=self.admission,
             limits=self.receiver_limits,
             server_credentials=_server_credentials(self.tls),
-            authenticator=self.authenticator,
+            authenticator=self.authenticator.for_receiver("grpc", self.metrics.observe_auth_failure),
         )
         self.http_receiver = (
             OtlpHttpReceiver(
@@ -276,7 +276,7 @@ class Sidecar:
                 admission=self.admission,
                 limits=self.receiver_limits,
                 ssl_context=_server_ssl_context(self.tls),
-                authenticator=self.authenticator,
+                authenticator=self.authenticator.for_receiver("http", self.metrics.observe_auth_failure),
             )
             if config.http_listen
             else None
@@ -288,12 +288,17 @@ class Sidecar:
                 self.metrics,
                 config.metrics_listen,
                 ssl_context=_server_ssl_context(self.metrics_tls),
-                authenticator=_authenticator(config.metrics_tls, config.auth.metrics_tokens, "auth.metrics_tokens"),
+                authenticator=_authenticator(
+                    config.metrics_tls, config.auth.metrics_tokens, "auth.metrics_tokens"
+                ).for_receiver("metrics", self.metrics.observe_auth_failure),
             )
             if config.metrics_listen
             else None
         )
         self.metrics_port = 0
+        # The receivers' memory budget, refused connections, and the server certificates' expiry.
+        self.metrics.watch_admission(self.admission, self.http_receiver)
+        self.metrics.watch_certificates({"tls": self.tls, "metrics_tls": self.metrics_tls})
         self._health_task: asyncio.Task[None] | None = None
         self._stopped = False
         self.port = 0

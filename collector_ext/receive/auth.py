@@ -12,12 +12,16 @@ they read a request body, and seal the ``Sender`` it returns with every record o
   allow-list then names which verified clients may submit: by exact RFC 4514 subject or by a subject
   alternative name (DNS, URI such as a SPIFFE id, IP, email).
 
-This module does not terminate TLS, speak HTTP or gRPC, or log: the receivers map
-``AuthenticationError`` to 401/UNAUTHENTICATED and ``ClientNotAllowedError`` to 403/PERMISSION_DENIED.
+This module does not terminate TLS or speak HTTP or gRPC: the receivers map ``AuthenticationError``
+to 401/UNAUTHENTICATED and ``ClientNotAllowedError`` to 403/PERMISSION_DENIED. It logs what an
+operator must see: token files re-read or refused, and each refused request (a fixed message with
+the receiver, the reason and the peer, never a token), which the log's repeat limiter
+(``logging_setup.RepeatLimiter``) holds to a few lines a minute however fast a client keeps failing.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import hmac
@@ -51,13 +55,33 @@ _BEARER = "bearer"
 _UNESCAPED_COMMA = re.compile(r"(?<!\\),")
 
 
+# Why a request was refused: the ``reason`` of AuthenticationError, a label of the metric
+# collector_ext_auth_failures_total.
+AUTH_FAILURE_REASONS = (
+    "missing_token",
+    "not_bearer",
+    "invalid_token",
+    "certificate_required",
+    "client_not_allowed",
+    "bad_certificate",
+    "unrecordable_sender",
+)
+
+
 class AuthenticationError(CollectorExtError):
     """A request that did not authenticate. ``str()`` is safe to answer and to log: it never holds a
-    token or any part of one."""
+    token or any part of one. ``reason`` is one of AUTH_FAILURE_REASONS."""
+
+    def __init__(self, message: str, reason: str = "bad_certificate") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class ClientNotAllowedError(AuthenticationError):
     """A verified client certificate that is not on the allow-list (403 / PERMISSION_DENIED)."""
+
+    def __init__(self, message: str, reason: str = "client_not_allowed") -> None:
+        super().__init__(message, reason)
 
 
 # --- certificates ---------------------------------------------------------------------------------
@@ -267,13 +291,15 @@ def bearer_token(authorization: str | None) -> str:
         AuthenticationError: no value, another scheme, or no token.
     """
     if authorization is None or not authorization.strip():
-        raise AuthenticationError("a bearer token is required: send the header 'authorization: Bearer <token>'")
+        raise AuthenticationError(
+            "a bearer token is required: send the header 'authorization: Bearer <token>'", "missing_token"
+        )
     scheme, _, token = authorization.strip().partition(" ")
     if scheme.lower() != _BEARER:
-        raise AuthenticationError("the authorization header must use the Bearer scheme: 'Bearer <token>'")
+        raise AuthenticationError("the authorization header must use the Bearer scheme: 'Bearer <token>'", "not_bearer")
     token = token.strip()
     if not token:
-        raise AuthenticationError("the authorization header holds no token after 'Bearer'")
+        raise AuthenticationError("the authorization header holds no token after 'Bearer'", "missing_token")
     return token
 
 
@@ -410,9 +436,26 @@ class Authenticator:
     one, the certificate.
     """
 
-    def __init__(self, tokens: TokenStore | None = None, allowed_clients: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        tokens: TokenStore | None = None,
+        allowed_clients: Iterable[str] = (),
+        *,
+        receiver: str = "otlp",
+        on_failure: Callable[[str, str], None] | None = None,
+    ) -> None:
+        """``on_failure(receiver, reason)`` is told of every refused request (the metrics count them)."""
         self._tokens = tokens if tokens is not None and tokens.names else None
         self._allowed = frozenset(normalize_allowed_client(entry) for entry in allowed_clients)
+        self._receiver = receiver
+        self._on_failure = on_failure
+
+    def for_receiver(self, receiver: str, on_failure: Callable[[str, str], None] | None = None) -> Authenticator:
+        """The same tokens and allow-list (one TokenStore, read once), reporting failures as ``receiver``."""
+        view = copy.copy(self)
+        view._receiver = receiver
+        view._on_failure = on_failure
+        return view
 
     @classmethod
     def from_files(
@@ -443,17 +486,35 @@ class Authenticator:
         return "; ".join(parts) or "none"
 
     def authenticate(self, *, authorization: str | None, certificate: PeerCertificate | None, peer: str) -> Sender:
-        """The Sender of a request, or an error saying why it may not submit.
+        """The Sender of a request, or an error saying why it may not submit (logged and reported to
+        ``on_failure`` with its reason).
 
         Raises:
             ClientNotAllowedError: a certificate that is not on the allow-list.
             AuthenticationError: no certificate while an allow-list is set; a missing, malformed
                 or unknown bearer token while tokens are configured.
         """
+        try:
+            return self._check(authorization, certificate, peer)
+        except AuthenticationError as exc:
+            self._refused(exc.reason, peer)
+            raise
+
+    def _refused(self, reason: str, peer: str) -> None:
+        if self._on_failure is not None:
+            self._on_failure(self._receiver, reason)
+        # One message template for every refusal, so the repeat limiter counts them as one kind.
+        log.warning(
+            "request refused: authentication failed",
+            extra={"receiver": self._receiver, "reason": reason, "peer": peer[:64]},
+        )
+
+    def _check(self, authorization: str | None, certificate: PeerCertificate | None, peer: str) -> Sender:
         if self._allowed:
             if certificate is None:
                 raise AuthenticationError(
-                    "a client certificate is required (TLS with a certificate from the client CA)"
+                    "a client certificate is required (TLS with a certificate from the client CA)",
+                    "certificate_required",
                 )
             if not client_allowed(self._allowed, certificate):
                 raise ClientNotAllowedError(
@@ -463,10 +524,10 @@ class Authenticator:
         if self._tokens is not None:
             presented = bearer_token(authorization)
             if len(presented) > MAX_TOKEN_CHARS:
-                raise AuthenticationError("the bearer token is not valid")
+                raise AuthenticationError("the bearer token is not valid", "invalid_token")
             token_name = match_token(self._tokens.current(), presented)
             if token_name is None:
-                raise AuthenticationError("the bearer token is not valid")
+                raise AuthenticationError("the bearer token is not valid", "invalid_token")
         try:
             return Sender(
                 peer=peer,
@@ -475,7 +536,9 @@ class Authenticator:
                 certificate_sha256=certificate.sha256 if certificate is not None else b"",
             )
         except ValueError as exc:  # a subject or address beyond what a Sender may hold (FORMAT.md 7.3a)
-            raise AuthenticationError(f"the client cannot be recorded as a sender: {exc}") from exc
+            raise AuthenticationError(
+                f"the client cannot be recorded as a sender: {exc}", "unrecordable_sender"
+            ) from exc
 
 
 def valid_token_name(name: str) -> str:

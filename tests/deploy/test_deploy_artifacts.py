@@ -54,7 +54,7 @@ from collector_ext.config import (
 )
 from collector_ext.deliver.loki.mapping import DEFAULT_LABEL_ATTRIBUTES, sanitise_name
 from collector_ext.errors import KeyFileError
-from collector_ext.metrics import LOKI_METRIC_NAMES, METRIC_NAMES, Metrics
+from collector_ext.metrics import LOKI_METRIC_NAMES, METRIC_NAMES, TLS_METRIC_NAMES, Metrics
 from collector_ext.receive.admission import PROTOBUF_DECODE_FACTOR
 from collector_ext.receive.auth import check_token_text
 from collector_ext.seal.keys import generate_key_pair, load_public_key_pem
@@ -1099,7 +1099,7 @@ def _histograms() -> set[str]:
 
 def _allowed_series_names() -> set[str]:
     """What the sidecar exports with `loki` configured, as the shipped sidecar.yaml has it."""
-    names = set(METRIC_NAMES) | set(LOKI_METRIC_NAMES)
+    names = set(METRIC_NAMES) | set(LOKI_METRIC_NAMES) | set(TLS_METRIC_NAMES)
     histograms = _histograms()
     assert histograms <= names
     plain = names - histograms
@@ -1215,6 +1215,15 @@ def test_alert_thresholds_follow_the_shipped_sidecar_config() -> None:
     queue = rules["CollectorExtLokiQueueNearFull"]["expr"]
     assert "collector_ext_loki_queue_records" in queue
     assert re.search(rf">\s*0\.8 \* {int(settings['loki']['max_queue_records'])}$", queue)
+    # Issue 10's defences: a certificate expiring within 14 days, per TLS setting; authentication
+    # failing for 10 minutes, by receiver and reason; the memory budget refusing.
+    expiring = rules["CollectorExtCertificateExpiringSoon"]["expr"]
+    assert _selected_metrics(expiring) == set(TLS_METRIC_NAMES)
+    assert "setting" in _grouping(expiring) and re.search(r"<\s*14 \* 86400$", expiring)
+    auth = rules["CollectorExtAuthenticationFailing"]
+    assert "rate(collector_ext_auth_failures_total[" in auth["expr"] and auth["for"] == "10m"
+    assert {"receiver", "reason"} <= _grouping(auth["expr"])
+    assert "rate(collector_ext_admission_refused_total[" in rules["CollectorExtMemoryBudgetRefusing"]["expr"]
     for rule in rules.values():
         assert rule["labels"]["severity"] in ("critical", "warning", "info")
         assert rule["annotations"]["summary"]
@@ -1362,8 +1371,11 @@ def test_every_metric_used_appears_in_a_running_sidecars_metrics(live_sidecar: L
     # The audit group's kube-state-metrics series are checked against KUBE_STATE_METRICS instead.
     used = _used_metric_names()
     assert used and not used & set(KUBE_STATE_METRICS)
-    assert used <= samples, f"not exported: {sorted(used - samples)}"
-    assert _allowed_series_names() <= samples, (
+    # Certificate expiry exists only with TLS configured, which the shipped sidecar.yaml is not
+    # (tests/unit/test_metrics_limits_auth.py reads it from a sidecar's certificate).
+    without_tls = used - set(TLS_METRIC_NAMES)
+    assert without_tls <= samples, f"not exported: {sorted(without_tls - samples)}"
+    assert _allowed_series_names() - set(TLS_METRIC_NAMES) <= samples, (
         f"METRIC_NAMES not all exported: {sorted(_allowed_series_names() - samples)}"
     )
     assert set(LOKI_METRIC_NAMES) <= samples
@@ -1393,6 +1405,10 @@ def test_running_sidecar_pushes_sealed_entries_the_dashboard_selects(live_sideca
     with pytest.raises(urllib.error.HTTPError) as error:
         urllib.request.urlopen(refused, timeout=30)
     assert error.value.code == 401
+    # Counted for the alert CollectorExtAuthenticationFailing, by receiver and reason.
+    failures = _scrape(live_sidecar.metrics_port)
+    assert failures[("collector_ext_auth_failures_total", (("reason", "missing_token"), ("receiver", "http")))] == 1
+    assert failures[("collector_ext_inflight_max_bytes", ())] == LimitsConfig().max_inflight_bytes
     request = urllib.request.Request(
         f"http://127.0.0.1:{live_sidecar.http_port}/v1/logs",
         data=_export_request("ai-workflow", "deployment check"),
