@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from collector_ext.deliver.loki.mapping import DEFAULT_LABEL_ATTRIBUTES
 from collector_ext.errors import ConfigurationError
@@ -416,11 +417,17 @@ class SidecarConfig(_Section):
 
     @model_validator(mode="after")
     def _one_signing_key(self) -> SidecarConfig:
-        if (self.signing_key is None) == (self.signing_token is None):
-            raise ValueError(
-                "set exactly one of signing_key (a key file) and signing_token (a PKCS#11 token)"
-                if self.signing_key is None
-                else "signing_key and signing_token are both set; keep one"
+        # A check across two settings has no location of its own; the error type carries the setting
+        # load_config names (_CROSS_FIELD_SETTINGS).
+        if self.signing_key is None and self.signing_token is None:
+            raise PydanticCustomError(
+                "signing_key_missing",
+                "is required: the Ed25519 private key file (collector-ext keygen writes one), or instead "
+                "signing_token for a key in a PKCS#11 token; set exactly one of signing_key and signing_token",
+            )
+        if self.signing_key is not None and self.signing_token is not None:
+            raise PydanticCustomError(
+                "signing_key_and_token", "signing_key and signing_token are both set; keep one of them"
             )
         return self
 
@@ -442,6 +449,10 @@ class SidecarConfig(_Section):
         if int(port) in (4317, 4318, 13133):
             raise ValueError(f"port {port} is the collector's own port in the same pod; pick another")
         return value
+
+
+# The setting named by the errors of checks across settings (model validators), by error type.
+_CROSS_FIELD_SETTINGS = {"signing_key_missing": "signing_key", "signing_key_and_token": "signing_key"}
 
 
 def _set_path(target: dict[str, Any], path: list[str], value: Any) -> None:
@@ -516,7 +527,7 @@ def load_config(
         config = SidecarConfig.model_validate(data)
     except ValidationError as exc:
         error = exc.errors()[0]
-        setting = ".".join(str(part) for part in error["loc"]) or "config"
+        setting = ".".join(str(part) for part in error["loc"]) or _CROSS_FIELD_SETTINGS.get(error["type"], "config")
         problem = error["msg"]
         if error["type"] == "missing":
             problem = "is required (set it in the config file, the environment or a flag)"

@@ -47,8 +47,18 @@ def test_limits_from_the_environment_and_bounds() -> None:
 @pytest.mark.parametrize(
     ("overrides", "setting", "fragment"),
     [
-        # A key file or a PKCS#11 token: the check spans both settings, so the message names them.
-        ({"archive": {"url": "./a"}}, "config", "set exactly one of signing_key (a key file) and signing_token"),
+        # A key file or a PKCS#11 token: the error names signing_key and offers signing_token instead.
+        ({"archive": {"url": "./a"}}, "signing_key", "is required"),
+        ({"archive": {"url": "./a"}}, "signing_key", "or instead signing_token"),
+        (
+            {
+                "archive": {"url": "./a"},
+                "signing_key": "k",
+                "signing_token": {"module": "m", "token_label": "t", "key_label": "k", "pin_file": "p"},
+            },
+            "signing_key",
+            "both set",
+        ),
         ({"signing_key": "k"}, "archive", "required"),
         ({"signing_key": "k", "archive": {"url": "s3://"}}, "archive.url", "bucket"),
         ({"signing_key": "k", "archive": {"url": "a", "retention_mode": "FOREVER"}}, "archive.retention_mode", ""),
@@ -104,7 +114,8 @@ def test_signing_token_section_replaces_signing_key(tmp_path: Path) -> None:
     assert overridden.signing_token is not None and overridden.signing_token.mode == "per_record"
     with pytest.raises(ConfigurationError, match="both set"):
         load_config(_write(tmp_path, token + "signing_key: k.key\narchive:\n  url: s3://a/p\n"), environ={})
-    with pytest.raises(ConfigurationError, match="exactly one of signing_key"):
+    with pytest.raises(ConfigurationError, match=r"^signing_key: is required.*signing_token") as missing:
         load_config(_write(tmp_path, "archive:\n  url: s3://a/p\n"), environ={})
+    assert missing.value.setting == "signing_key"
     with pytest.raises(ConfigurationError, match=r"signing_token\.mode"):
         load_config(_write(tmp_path, token + "  mode: sometimes\narchive:\n  url: s3://a/p\n"), environ={})
