@@ -201,7 +201,7 @@ def _keygen_in_token(
 
 
 @main.command()
-@click.option("--archive", "archive_url", required=True, help="s3://bucket/prefix or a local copy (directory).")
+@click.option("--archive", "archive_url", help="s3://bucket/prefix or a local copy (directory).")
 @click.option(
     "--public-key",
     "public_keys",
@@ -288,8 +288,25 @@ def _keygen_in_token(
     multiple=True,
     help="A witness to ask which trees it cosigned for this archive's chains; each must still be in the archive.",
 )
+@click.option(
+    "--shard",
+    "shard_text",
+    metavar="I/N",
+    help="Check only shard I (0-based) of N (every N-th chain) and write a shard report for --merge.",
+)
+@click.option(
+    "--shard-report",
+    type=click.Path(path_type=Path),
+    help="Where --shard writes its JSON report (default: standard output).",
+)
+@click.option(
+    "--merge",
+    is_flag=True,
+    help="Merge the shard reports given as arguments into one verdict (no archive is read).",
+)
+@click.argument("reports", nargs=-1, type=click.Path(path_type=Path))
 def verify(
-    archive_url: str,
+    archive_url: str | None,
     public_keys: tuple[Path, ...],
     as_json: bool,
     all_signatures: bool,
@@ -317,8 +334,36 @@ def verify(
     tsa_cert: Path | None,
     require_timestamp: bool,
     witness_urls: tuple[str, ...],
+    shard_text: str | None,
+    shard_report: Path | None,
+    merge: bool,
+    reports: tuple[Path, ...],
 ) -> None:
-    """Verify an archive against pinned public keys. Exit 0 verified, 1 tampering or loss, 2 could not run."""
+    """Verify an archive against pinned public keys. Exit 0 verified, 1 tampering or loss, 2 could not run.
+
+    Across machines: run `verify --shard I/N --shard-report FILE` for I = 0..N-1 (each exits 0 once its
+    report is written), then `verify --merge FILE...` for the verdict and exit code."""
+    if merge:
+        _merge_shards(reports, as_json)
+        return
+    if reports:
+        _fail(ConfigurationError("REPORTS", "shard reports are read only with --merge"))
+    if archive_url is None:
+        _fail(ConfigurationError("--archive", "missing: give s3://bucket/prefix or a directory (or --merge REPORTS)"))
+        return
+    shard = None
+    if shard_text is not None:
+        from collector_ext.verify.shard import parse_shard
+
+        try:
+            shard = parse_shard(shard_text)
+        except ConfigurationError as exc:
+            _fail(exc)
+        for given, name in ((state_path, "--state"), (witness_urls, "--witness-url"), (loki_url, "--loki-url")):
+            if given:
+                _fail(ConfigurationError("--shard", f"checks a share of the archive; {name} needs a whole run"))
+    elif shard_report is not None:
+        _fail(ConfigurationError("--shard-report", "needs --shard I/N"))
     if bool(public_keys) == bool(keyring):
         _fail(ConfigurationError("--public-key", "give one or more --public-key files, or one --keyring file"))
     stale_seconds: float | None = None
@@ -364,9 +409,14 @@ def verify(
         stale_after_seconds=stale_seconds,
         witness_policy=_witness_policy(witness_keys, witnesses_required, witness_grace, tsa_cert, require_timestamp),
         witnessed_notes=_witnessed_notes(witness_urls, witness_keys, archive_id),
+        shard=shard,
     )
     try:
         keys = _pinned_keys(public_keys, keyring)
+        if shard is not None:
+            checked = asyncio.run(_verify_shard(archive_url, keys, options, endpoint_url, region))
+            _write_shard_report(checked, shard_report)
+            return
         report, description = asyncio.run(
             _verify(archive_url, keys, options, endpoint_url, region, progress, loki, state_path)
         )
@@ -375,6 +425,69 @@ def verify(
     except MemoryError:
         click.echo("collector-ext: error: out of memory while verifying; no verdict", err=True)
         sys.exit(EXIT_CANNOT_RUN)
+    click.echo(render_json(report, description) if as_json else render_text(report, description))
+    sys.exit(EXIT_VERIFIED if report.clean else EXIT_FINDINGS)
+
+
+async def _verify_shard(
+    archive_url: str, keys: Any, options: VerifyOptions, endpoint_url: str | None, region: str | None
+) -> Any:
+    from collector_ext.service import open_archive
+    from collector_ext.verify.run import check_archive_with_state
+
+    store = open_archive(archive_url, for_writing=False, endpoint_url=endpoint_url, region=region)
+    await store.open()
+    try:
+        checked = await check_archive_with_state(store, keys, None, options)
+    finally:
+        await store.close()
+    return checked.shard
+
+
+def _write_shard_report(report: Any, path: Path | None) -> None:
+    """The shard's JSON report to ``path`` (atomically) or standard output, and a line on stderr."""
+    from collector_ext.files import write_atomically
+    from collector_ext.verify.shard import encode_shard_report
+
+    data = encode_shard_report(report)
+    if path is None:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+    else:
+        try:
+            write_atomically(path, data)
+        except OSError as exc:
+            _fail(ConfigurationError("--shard-report", f"cannot write {path}: {exc.strerror}"))
+    problems = sum(1 for part in report.chains for f in part.findings if f.severity.value in ("tampering", "loss"))
+    click.echo(
+        f"shard {report.shard.index}/{report.shard.count}: {len(report.chains)} of {len(report.chains_listed)} "
+        f"chains, {report.records_checked} records, {problems} tampering/loss findings in them; "
+        "the verdict is verify --merge's",
+        err=True,
+    )
+
+
+def _merge_shards(paths: tuple[Path, ...], as_json: bool) -> None:
+    """verify --merge: one verdict and exit code from the shard reports."""
+    from collector_ext.verify.merge import merge_shard_reports
+    from collector_ext.verify.render import render_json, render_text
+    from collector_ext.verify.shard import ShardReportError, decode_shard_report
+
+    if not paths:
+        _fail(ConfigurationError("--merge", "give the shard reports to merge, e.g. verify --merge shard-*.json"))
+    reports = []
+    try:
+        for path in paths:
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                raise ShardReportError(f"--merge {path}", f"cannot be read: {exc.strerror}") from exc
+            reports.append((str(path), decode_shard_report(data, str(path))))
+        report = merge_shard_reports(reports)
+    except CollectorExtError as exc:
+        _fail(exc)
+        return
+    description = reports[0][1].archive
     click.echo(render_json(report, description) if as_json else render_text(report, description))
     sys.exit(EXIT_VERIFIED if report.clean else EXIT_FINDINGS)
 

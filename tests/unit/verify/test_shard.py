@@ -39,21 +39,31 @@ def chain_id(n: int) -> bytes:
 OLD, NEW = chain_id(100), chain_id(101)
 
 
-def several_chains(signer: Ed25519Signer) -> tuple[dict[str, bytes], list[BuiltArchive]]:
-    """Four independent chains, plus an old chain cut off after a crash and the chain that superseded it."""
-    chains = [build_archive(signer, chain_id=chain_id(n), segments=3, per_segment=5) for n in range(4)]
-    old = build_archive(signer, chain_id=OLD, segments=3, per_segment=5, checkpointed_segments=2)
+def several_chains(
+    signer: Ed25519Signer, archive_id: str = "", per_segment: int = 5, segments: int = 3
+) -> tuple[dict[str, bytes], list[BuiltArchive]]:
+    """Four independent chains, plus an old chain cut off after a crash and the chain that superseded it;
+    each genesis names ``archive_id``."""
+    first = genesis_payload(signer.public_key, writer="test", reason="test", archive_id=archive_id)
+    chains = [
+        build_archive(signer, chain_id=chain_id(n), segments=segments, per_segment=per_segment, genesis=first)
+        for n in range(4)
+    ]
+    old = build_archive(
+        signer, chain_id=OLD, segments=3, per_segment=per_segment, checkpointed_segments=2, genesis=first
+    )
     genesis = genesis_payload(
         signer.public_key,
         writer="collector-ext/test",
         reason="local state missing",
         writer_id="pod-0",
         supersedes_chain_id=OLD,
-        superseded_last_sequence=14,
-        superseded_covered_until=9,
-        superseded_head_sha256=old.entry_hash_at(14),
+        superseded_last_sequence=3 * per_segment - 1,
+        superseded_covered_until=2 * per_segment - 1,
+        superseded_head_sha256=old.entry_hash_at(3 * per_segment - 1),
         superseded_checkpoint_number=1,
         superseded_checkpoint_sha256=old.checkpoint_hash_at(1),
+        archive_id=archive_id,
     )
     new = build_archive(signer, chain_id=NEW, genesis=genesis, segments=2, per_segment=5)
     objects: dict[str, bytes] = {}
