@@ -180,7 +180,9 @@ def _flatten(prefix: str, attributes: Iterable[KeyValue], out: list[tuple[str, s
 
 
 @dataclass(frozen=True, slots=True)
-class _ResourceScopeMapping:
+class ResourceScopeMapping:
+    """What a record's resource and scope contribute: its stream's labels and their metadata."""
+
     labels: tuple[tuple[str, str], ...]
     resource_metadata: tuple[tuple[str, str], ...]
     scope_metadata: tuple[tuple[str, str], ...]
@@ -192,9 +194,10 @@ class EntryMapper:
     all records of a request."""
 
     settings: MappingSettings = field(default_factory=MappingSettings)
-    _cache: dict[tuple[bytes, bytes], _ResourceScopeMapping] = field(default_factory=dict)
+    _cache: dict[tuple[bytes, bytes], ResourceScopeMapping] = field(default_factory=dict)
 
-    def _resource_scope(self, resource_bytes: bytes, scope_bytes: bytes) -> _ResourceScopeMapping:
+    def resource_scope(self, resource_bytes: bytes, scope_bytes: bytes) -> ResourceScopeMapping:
+        """Labels and metadata of one resource/scope pair (encoded bytes), cached."""
         key = (resource_bytes, scope_bytes)
         cached = self._cache.get(key)
         if cached is not None:
@@ -229,7 +232,7 @@ class EntryMapper:
             scope_metadata.append(("scope_version", scope.version))
         if scope.dropped_attributes_count:
             scope_metadata.append(("scope_dropped_attributes_count", str(scope.dropped_attributes_count)))
-        mapped = _ResourceScopeMapping(tuple(sorted(labels.items())), tuple(resource_metadata), tuple(scope_metadata))
+        mapped = ResourceScopeMapping(tuple(sorted(labels.items())), tuple(resource_metadata), tuple(scope_metadata))
         if len(self._cache) > 1024:
             self._cache.clear()
         self._cache[key] = mapped
@@ -243,7 +246,7 @@ class EntryMapper:
         sequence = int.from_bytes(entry[20:28], "big")
         sealed_ns = int.from_bytes(entry[68:76], "big")
         payload = archive_pb2.LogPayload.FromString(entry[ENTRY_HEADER_SIZE:])
-        shared = self._resource_scope(payload.resource, payload.scope)
+        shared = self.resource_scope(payload.resource, payload.scope)
         record = LogRecord.FromString(payload.log_record)
         seal = Seal(
             chain_id,
@@ -320,7 +323,7 @@ class EntryMapper:
 
     def _seal_in_line(
         self,
-        shared: _ResourceScopeMapping,
+        shared: ResourceScopeMapping,
         timestamp: int,
         line: str,
         log_metadata: Sequence[tuple[str, str]],

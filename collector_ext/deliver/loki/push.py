@@ -2,18 +2,45 @@
 
 Pure encoding, no I/O. Entries are grouped into streams by their label set; entries keep their
 order within a stream.
+
+Two ways to a body. ``encode_protobuf``/``encode_json`` take ``LokiEntry`` objects (the mapping as
+the verifier sees it). The sender instead keeps each record as it will travel: ``EntryEncoder``
+turns a sealed entry straight into its encoded Loki entry (``EncodedEntry``: one bytes object),
+and ``protobuf_body``/``json_body`` only join them. That costs a fraction of building the
+``LokiEntry`` and its tuples first, and a queued record holds a few hundred bytes instead of a few
+dozen Python objects. Whatever the direct path does not handle itself (nested attribute maps, names
+that collide, entries past Loki's limits, ``seal_in_line``) goes through ``EntryMapper.map_entry``,
+so both ways give the same bytes (tests/unit/deliver/test_loki_encoder.py compares them).
 """
 
 from __future__ import annotations
 
-import functools
+import binascii
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import cramjam
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
-from collector_ext.deliver.loki.mapping import LokiEntry
+from collector_ext.deliver.loki.mapping import (
+    SEAL_CHAIN_ID,
+    SEAL_FIELDS,
+    SEAL_HASH,
+    SEAL_KEY_ID,
+    SEAL_SEQUENCE,
+    SEAL_SIGNATURE,
+    SENDER,
+    EntryMapper,
+    LokiEntry,
+    any_value_to_string,
+    render_label_set,
+    sanitise_name,
+)
+from collector_ext.pb import archive_pb2
+from collector_ext.seal.entry import ENTRY_HEADER_SIZE, EntryKind
 from collector_ext.seal.payload import encode_varint
+from collector_ext.seal.sender import describe_sender_message
 
 PROTOBUF_CONTENT_TYPE = "application/x-protobuf"
 JSON_CONTENT_TYPE = "application/json"
@@ -53,9 +80,7 @@ def _encode_entry(entry: LokiEntry) -> bytes:
     return b"".join(parts)
 
 
-@functools.lru_cache(maxsize=65536)
 def _encode_pair(pair: tuple[str, str]) -> bytes:
-    # Resource, scope and many attribute pairs repeat from record to record: encode them once.
     encoded = _field(1, pair[0].encode()) + _field(2, pair[1].encode())
     return _PAIR_TAG + encode_varint(len(encoded)) + encoded
 
@@ -99,6 +124,302 @@ def encode_json(entries: Sequence[LokiEntry]) -> bytes:
     return json.dumps({"streams": streams}, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-def encoded_size(entry: LokiEntry) -> int:
-    """Roughly the bytes an entry adds to a push (for batching by size)."""
-    return 32 + len(entry.line) + sum(len(n) + len(v) + 4 for n, v in entry.metadata)
+# -- the sender's direct path: sealed entry -> encoded Loki entry -> body ----------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedEntry:
+    """One record as it travels to Loki: its stream (label string and labels) and its encoded entry,
+    a protobuf ``EntryAdapter`` or a JSON ``["<ns>", line, {metadata}]`` value."""
+
+    stream: str
+    labels: tuple[tuple[str, str], ...]
+    data: bytes
+
+    def size(self) -> int:
+        """The bytes the entry adds to a push body, before compression (framing included)."""
+        return len(self.data) + 4
+
+
+@dataclass(frozen=True, slots=True)
+class _SharedEncoding:
+    """A resource/scope pair's part of every entry under it, encoded once."""
+
+    stream: str
+    labels: tuple[tuple[str, str], ...]
+    metadata: bytes  # scope then resource pairs, encoded
+    names: frozenset[str]
+    count: int
+
+
+_RESERVED_NAMES = frozenset((*SEAL_FIELDS, SENDER))
+_CACHE_LIMIT = 8192
+
+
+def _name_field(name: str) -> bytes:
+    return _field(1, name.encode())
+
+
+def _pair_bytes(name_field: bytes, value: bytes) -> bytes:
+    inner = b"".join((name_field, b"\x12", encode_varint(len(value)), value)) if value else name_field
+    return b"".join((_PAIR_TAG, encode_varint(len(inner)), inner))
+
+
+_SEQUENCE_NAME = _name_field(SEAL_SEQUENCE)
+_OBSERVED_NAME = _name_field("observed_timestamp")
+# Log-record fields the mapping adds after the attributes; an attribute of the same name is renamed
+# by the mapper, so such records take its way.
+_RECORD_FIELD_NAMES = frozenset(
+    {
+        "observed_timestamp",
+        "severity_number",
+        "severity_text",
+        "event_name",
+        "dropped_attributes_count",
+        "flags",
+        "trace_id",
+        "span_id",
+    }
+)
+_TAKEN_NAMES = _RESERVED_NAMES | _RECORD_FIELD_NAMES
+
+
+def _fixed_size_prefix(name: str, value_size: int) -> bytes:
+    """Everything of a metadata pair before its value, for a value of ``value_size`` bytes."""
+    pair = _encode_pair((name, "x" * value_size))
+    return pair[:-value_size]
+
+
+_HASH_PREFIX = _fixed_size_prefix(SEAL_HASH, 64)  # SHA-256 in hex
+_SIGNATURE_PREFIX = _fixed_size_prefix(SEAL_SIGNATURE, 88)  # Ed25519 in base64
+_TRACE_ID_PREFIX = _fixed_size_prefix("trace_id", 32)
+_SPAN_ID_PREFIX = _fixed_size_prefix("span_id", 16)
+
+
+def _json_value(entry: LokiEntry) -> bytes:
+    value: list[object] = [str(entry.timestamp_ns), entry.line]
+    if entry.metadata:
+        value.append(dict(entry.metadata))
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+class EntryEncoder:
+    """Sealed entries to ``EncodedEntry`` objects, for one mapper's settings and one body format.
+
+    The common record (attributes of scalar values, distinct names, within Loki's limits) is
+    encoded here directly from the parsed OTLP record; every other one is mapped by
+    ``EntryMapper.map_entry`` and encoded from its ``LokiEntry``, which gives the same bytes. Caches
+    (resource/scope parts, attribute pairs that repeat, the chain's seal fields) are bounded."""
+
+    def __init__(self, mapper: EntryMapper, *, json_body: bool = False) -> None:
+        self._mapper = mapper
+        self._json = json_body
+        self._direct = not json_body and not mapper.settings.seal_in_line
+        self._shared: dict[tuple[bytes, bytes], _SharedEncoding | None] = {}
+        self._pairs: dict[tuple[str, str], bytes] = {}
+        self._attribute_pairs: dict[tuple[str, str], tuple[str, bytes]] = {}
+        self._chain_pairs: dict[bytes, tuple[bytes, bytes]] = {}
+        self._seconds = 0
+        self._seconds_field = b""
+
+    def encode(self, entry: bytes, entry_hash: bytes, signature: bytes) -> EncodedEntry | None:
+        """The encoded Loki entry of a sealed log record; None for entries that are not log records."""
+        if entry[2] != EntryKind.LOG_RECORD:
+            return None
+        if self._direct:
+            encoded = self._encode_direct(entry, entry_hash, signature)
+            if encoded is not None:
+                return encoded
+        mapped = self._mapper.map_entry(entry, entry_hash, signature)
+        if mapped is None:
+            return None
+        data = _json_value(mapped) if self._json else _encode_entry(mapped)
+        return EncodedEntry(mapped.label_string(), mapped.labels, data)
+
+    def _shared_part(self, resource: bytes, scope: bytes) -> _SharedEncoding | None:
+        key = (resource, scope)
+        try:
+            return self._shared[key]
+        except KeyError:
+            pass
+        mapping = self._mapper.resource_scope(resource, scope)
+        pairs = (*mapping.scope_metadata, *mapping.resource_metadata)
+        names = frozenset(name for name, _ in pairs)
+        shared = None
+        if len(names) == len(pairs) and names.isdisjoint(_TAKEN_NAMES):
+            shared = _SharedEncoding(
+                render_label_set(mapping.labels),
+                mapping.labels,
+                b"".join(map(_encode_pair, pairs)),
+                names,
+                len(pairs),
+            )
+        if len(self._shared) >= 1024:
+            self._shared.clear()
+        self._shared[key] = shared
+        return shared
+
+    def _pair(self, name: str, value: str) -> bytes:
+        key = (name, value)
+        try:
+            return self._pairs[key]
+        except KeyError:
+            pass
+        encoded = _encode_pair(key)
+        if len(self._pairs) >= _CACHE_LIMIT:
+            self._pairs.clear()
+        self._pairs[key] = encoded
+        return encoded
+
+    def _attribute_pair(self, key: str, value: str) -> tuple[str, bytes]:
+        """An attribute's metadata name and encoded pair; values that repeat are encoded once."""
+        cache_key = (key, value)
+        try:
+            return self._attribute_pairs[cache_key]
+        except KeyError:
+            pass
+        name = sanitise_name(key)
+        found = (name, _encode_pair((name, value)))
+        if len(self._attribute_pairs) >= _CACHE_LIMIT:
+            self._attribute_pairs.clear()
+        self._attribute_pairs[cache_key] = found
+        return found
+
+    def _chain_pairs_of(self, entry: bytes) -> tuple[bytes, bytes]:
+        """The chain id and key id pairs, the same for every record of a chain and key."""
+        key = entry[4:20] + entry[60:68]
+        try:
+            return self._chain_pairs[key]
+        except KeyError:
+            pass
+        pairs = _encode_pair((SEAL_CHAIN_ID, key[:16].hex())), _encode_pair((SEAL_KEY_ID, key[16:].hex()))
+        if len(self._chain_pairs) >= 64:
+            self._chain_pairs.clear()
+        self._chain_pairs[key] = pairs
+        return pairs
+
+    def _encode_direct(self, entry: bytes, entry_hash: bytes, signature: bytes) -> EncodedEntry | None:
+        """The common case, encoded without a ``LokiEntry``; None sends the entry to the mapper."""
+        payload = archive_pb2.LogPayload.FromString(entry[ENTRY_HEADER_SIZE:])
+        shared = self._shared_part(payload.resource, payload.scope)
+        if shared is None:
+            return None
+        record = LogRecord.FromString(payload.log_record)
+        settings = self._mapper.settings
+        body = record.body
+        line = (body.string_value if body.WhichOneof("value") == "string_value" else any_value_to_string(body)).encode()
+        if len(line) > settings.max_line_bytes:
+            return None
+        names: list[str] = []
+        pairs: list[bytes] = []
+        attribute_pair = self._attribute_pair
+        for attribute in record.attributes:
+            value = attribute.value
+            kind = value.WhichOneof("value")
+            if kind == "string_value":
+                name, encoded = attribute_pair(attribute.key, value.string_value)
+            elif kind == "kvlist_value":
+                return None  # flattened into several fields: the mapper's way
+            else:
+                name, encoded = attribute_pair(attribute.key, any_value_to_string(value))
+            names.append(name)
+            pairs.append(encoded)
+        if names and (
+            len(set(names)) != len(names) or not _TAKEN_NAMES.isdisjoint(names) or not shared.names.isdisjoint(names)
+        ):
+            return None
+        pair = self._pair
+        if record.time_unix_nano and record.observed_time_unix_nano:
+            pairs.append(_pair_bytes(_OBSERVED_NAME, str(record.observed_time_unix_nano).encode()))
+        if record.severity_number:
+            pairs.append(pair("severity_number", str(record.severity_number)))
+        if record.severity_text:
+            pairs.append(pair("severity_text", record.severity_text))
+        if record.event_name:
+            pairs.append(pair("event_name", record.event_name))
+        if record.dropped_attributes_count:
+            pairs.append(pair("dropped_attributes_count", str(record.dropped_attributes_count)))
+        if record.flags:
+            pairs.append(pair("flags", str(record.flags)))
+        trace_id = record.trace_id
+        if trace_id:
+            pairs.append(
+                _TRACE_ID_PREFIX + binascii.hexlify(trace_id)
+                if len(trace_id) == 16
+                else _encode_pair(("trace_id", trace_id.hex()))
+            )
+        span_id = record.span_id
+        if span_id:
+            pairs.append(
+                _SPAN_ID_PREFIX + binascii.hexlify(span_id)
+                if len(span_id) == 8
+                else _encode_pair(("span_id", span_id.hex()))
+            )
+        count = len(pairs)
+        if payload.HasField("sender"):
+            pairs.insert(0, pair(SENDER, describe_sender_message(payload.sender)))
+            count += 1
+        if count + 5 + shared.count >= settings.max_metadata_entries:
+            return None
+        chain_pair, key_pair = self._chain_pairs_of(entry)
+        record_metadata = b"".join(pairs)
+        if len(record_metadata) + len(shared.metadata) > settings.max_metadata_bytes - 64 - _SEAL_PAIRS_SIZE:
+            return None
+        timestamp = record.time_unix_nano or record.observed_time_unix_nano or int.from_bytes(entry[68:76], "big")
+        data = b"".join(
+            (
+                self._timestamp(timestamp),
+                (_LINE_TAG + encode_varint(len(line)) + line) if line else b"",
+                chain_pair,
+                _pair_bytes(_SEQUENCE_NAME, str(int.from_bytes(entry[20:28], "big")).encode()),
+                _HASH_PREFIX,
+                binascii.hexlify(entry_hash),
+                _SIGNATURE_PREFIX,
+                binascii.b2a_base64(signature, newline=False),
+                key_pair,
+                record_metadata,
+                shared.metadata,
+            )
+        )
+        return EncodedEntry(shared.stream, shared.labels, data)
+
+    def _timestamp(self, timestamp_ns: int) -> bytes:
+        """The entry's timestamp field (a google.protobuf.Timestamp); the seconds part is reused."""
+        seconds, nanos = divmod(timestamp_ns, 1_000_000_000)
+        if seconds != self._seconds:
+            self._seconds = seconds
+            self._seconds_field = b"\x08" + encode_varint(seconds) if seconds else b""
+        stamp = self._seconds_field + (b"\x10" + encode_varint(nanos) if nanos else b"")
+        return b"\x0a" + encode_varint(len(stamp)) + stamp
+
+
+# Upper bound of the seal pairs' size: chain id, sequence (at most 20 digits), hash, signature, key id.
+_SEAL_PAIRS_SIZE = 5 * 16 + 32 + 20 + 64 + 88 + 16 + sum(len(name) for name in SEAL_FIELDS)
+
+
+def _group(entries: Sequence[EncodedEntry]) -> dict[str, list[EncodedEntry]]:
+    streams: dict[str, list[EncodedEntry]] = {}
+    for entry in entries:
+        streams.setdefault(entry.stream, []).append(entry)
+    return streams
+
+
+def protobuf_body(entries: Sequence[EncodedEntry]) -> bytes:
+    """The PushRequest protobuf of entries encoded by ``EntryEncoder``, before compression."""
+    streams = []
+    for stream, stream_entries in _group(entries).items():
+        parts = [_field(1, stream.encode())]
+        for entry in stream_entries:
+            parts += (_ENTRY_TAG, encode_varint(len(entry.data)), entry.data)
+        streams.append(_field(1, b"".join(parts)))
+    return b"".join(streams)
+
+
+def json_body(entries: Sequence[EncodedEntry]) -> bytes:
+    """The JSON push body of entries encoded by ``EntryEncoder(json_body=True)``."""
+    streams = []
+    for stream_entries in _group(entries).values():
+        labels = json.dumps(dict(stream_entries[0].labels), ensure_ascii=False, separators=(",", ":")).encode()
+        values = b",".join(entry.data for entry in stream_entries)
+        streams.append(b'{"stream":' + labels + b',"values":[' + values + b"]}")
+    return b'{"streams":[' + b",".join(streams) + b"]}"

@@ -39,8 +39,8 @@ from collector_ext.deliver.loki.client import (
     LokiRejectedError,
     LokiRequestTooLargeError,
 )
-from collector_ext.deliver.loki.mapping import EntryMapper, LokiEntry
-from collector_ext.deliver.loki.push import encode_json, encode_protobuf_uncompressed, encoded_size, snappy_block
+from collector_ext.deliver.loki.mapping import EntryMapper
+from collector_ext.deliver.loki.push import EncodedEntry, EntryEncoder, json_body, protobuf_body, snappy_block
 from collector_ext.errors import DeliveryError
 from collector_ext.retry import RetryPolicy, retry_async
 from collector_ext.seal.entry import ENTRY_HASH_PREFIX
@@ -106,10 +106,11 @@ class LokiSender:
         self._segment_ends: deque[_SegmentEnd] = deque()
         self._mapped_total = 0
         self._delivered_total = 0
-        self._mapper = mapper
         self._settings = settings or LokiSettings()
+        # Records wait as their encoded Loki entries (one bytes object each), not as mapped objects.
+        self._encoder = EntryEncoder(mapper, json_body=self._settings.json_body)
         self._segments: deque[_ArchivedSegment] = deque()
-        self._mapped: deque[LokiEntry] = deque()
+        self._mapped: deque[EncodedEntry] = deque()
         self._mapped_bytes = 0
         self._oldest_at: float | None = None
         self._wakeup = asyncio.Event()
@@ -169,11 +170,11 @@ class LokiSender:
                 await asyncio.sleep(0)
             digest = base.copy()
             digest.update(entry)
-            mapped = self._mapper.map_entry(entry, digest.digest(), signature)
+            mapped = self._encoder.encode(entry, digest.digest(), signature)
             self.stats.queued_records -= 1
             if mapped is not None:
                 self._mapped.append(mapped)
-                self._mapped_bytes += encoded_size(mapped)
+                self._mapped_bytes += mapped.size()
                 self._mapped_total += 1
         self._segment_ends.append(_SegmentEnd(self._mapped_total, segment.last_sequence, segment.offered_at))
         self._report_delivered()
@@ -197,15 +198,15 @@ class LokiSender:
         else:
             self.stats.undelivered_since = None
 
-    async def _take_batch(self) -> list[LokiEntry]:
+    async def _take_batch(self) -> list[EncodedEntry]:
         limit = self._settings.batch_max_bytes
         while self._segments and self._mapped_bytes < limit:
             await self._map_next_segment()
-        batch: list[LokiEntry] = []
+        batch: list[EncodedEntry] = []
         size = 0
-        while self._mapped and (not batch or size + encoded_size(self._mapped[0]) <= limit):
+        while self._mapped and (not batch or size + self._mapped[0].size() <= limit):
             entry = self._mapped.popleft()
-            entry_size = encoded_size(entry)
+            entry_size = entry.size()
             size += entry_size
             self._mapped_bytes -= entry_size
             batch.append(entry)
@@ -213,15 +214,11 @@ class LokiSender:
             self._oldest_at = None
         return batch
 
-    async def _encode(self, batch: list[LokiEntry]) -> bytes:
+    async def _encode(self, batch: list[EncodedEntry]) -> bytes:
         if self._settings.json_body:
-            return encode_json(batch)
-        # Concatenated PushRequest encodings are one PushRequest (repeated field 1): encode in slices.
-        parts = []
-        for start in range(0, len(batch), YIELD_EVERY):
-            parts.append(encode_protobuf_uncompressed(batch[start : start + YIELD_EVERY]))
-            await asyncio.sleep(0)
-        return await asyncio.to_thread(snappy_block, b"".join(parts))
+            return json_body(batch)
+        # The entries are encoded already: joining them is a copy, and snappy releases the GIL.
+        return await asyncio.to_thread(snappy_block, protobuf_body(batch))
 
     def _batch_ready(self) -> bool:
         if not self._segments and not self._mapped:
@@ -248,7 +245,7 @@ class LokiSender:
                 self._drained.set()
 
     # -- delivery -----------------------------------------------------------------------------------
-    async def _deliver(self, batch: list[LokiEntry]) -> None:
+    async def _deliver(self, batch: list[EncodedEntry]) -> None:
         body = await self._encode(batch)
 
         def on_retry(error: DeliveryError, attempt: int, delay: float) -> None:

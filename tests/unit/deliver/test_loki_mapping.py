@@ -17,7 +17,7 @@ from collector_ext.deliver.loki.mapping import (
     any_value_to_string,
     sanitise_name,
 )
-from collector_ext.deliver.loki.push import encode_json, encode_protobuf
+from collector_ext.deliver.loki.push import EntryEncoder, encode_json, encode_protobuf
 from collector_ext.pb import archive_pb2, loki_push_pb2
 from collector_ext.seal.chain import ChainHead, chain_entries
 from collector_ext.seal.entry import EntryKind
@@ -181,9 +181,9 @@ def test_a_400_without_a_known_reason_counts_every_entry_as_refused() -> None:
             raise LokiRejectedError("Loki refused entries: ", {})
 
     entry, entry_hash = _entry(LogRecord(body=AnyValue(string_value="x")))
-    mapped = EntryMapper().map_entry(entry, entry_hash, b"s" * 64)
-    assert mapped is not None
     sender = LokiSender(RefusingClient(), EntryMapper(), LokiSettings())  # type: ignore[arg-type]
-    asyncio.run(sender._deliver([mapped, mapped]))
+    encoded = EntryEncoder(EntryMapper()).encode(entry, entry_hash, b"s" * 64)
+    assert encoded is not None
+    asyncio.run(sender._deliver([encoded, encoded]))
     assert sender.stats.rejected == {"other": 2}
     assert sender.stats.entries_pushed == 0
