@@ -23,10 +23,8 @@ from collections.abc import Sequence
 from concurrent.futures import BrokenExecutor, Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Literal
 
-from cryptography.hazmat.primitives import serialization
-
 from collector_ext import signing_worker
-from collector_ext.seal.keys import Ed25519Signer, Signer
+from collector_ext.seal.keys import Ed25519Signer, Signer, private_key_seed
 from collector_ext.token_signer import TokenSigner
 
 SigningWorkers = Literal["processes", "threads"]
@@ -69,9 +67,7 @@ class SigningPool:
                 initargs=(signer.settings, os.getpid()),
             )
         if self._use_processes and isinstance(signer, Ed25519Signer):
-            raw = signer.private_key.private_bytes(
-                serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
-            )
+            raw = private_key_seed(signer.private_key)
             self._in_process = False
             return ProcessPoolExecutor(
                 max_workers=self._count,

@@ -11,9 +11,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from collector_ext.seal.entry import HASH_SIZE, RECORD_SIGNATURE_PREFIX
+from collector_ext.seal.keys import fastest_sign_function
 from collector_ext.token_signer import TokenSession, TokenSettings
 
 _sign: Callable[[bytes], bytes] | None = None
@@ -35,7 +34,7 @@ def exit_with_parent(parent_pid: int, interval: float = 0.5) -> None:
 def initialise(raw_private_key: bytes, parent_pid: int) -> None:
     global _sign
     exit_with_parent(parent_pid)
-    _sign = Ed25519PrivateKey.from_private_bytes(raw_private_key).sign
+    _sign = fastest_sign_function(raw_private_key)
 
 
 def initialise_token(settings: TokenSettings, parent_pid: int) -> None:

@@ -4,6 +4,11 @@ Key files are PEM: PKCS#8 for the private key, SubjectPublicKeyInfo for the publ
 the first 8 bytes of SHA-256 over KEY_ID_PREFIX || the raw 32-byte public key; it is written into
 every entry and checkpoint so a verifier can pick the pinned key and report unknown ones.
 
+Signatures are made by libsodium (through PyNaCl), not by pyca/cryptography: Ed25519 signatures are
+deterministic (RFC 8032), so both give the same bytes for the same key and message (the golden
+vectors pin them), and libsodium signs faster (README, "Dependencies"). Keys are parsed and written
+by pyca/cryptography only; libsodium receives the raw 32-byte seed.
+
 Reading the files is the caller's job; this module only parses bytes. Error messages name the key
 source but never include key material.
 """
@@ -11,15 +16,62 @@ source but never include key material.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from nacl.bindings import crypto_sign, crypto_sign_seed_keypair
 
 from collector_ext.errors import KeyFileError
-from collector_ext.seal.entry import KEY_ID_PREFIX, KEY_ID_SIZE
+from collector_ext.seal.entry import KEY_ID_PREFIX, KEY_ID_SIZE, SIGNATURE_SIZE
+
+SignFunction = Callable[[bytes], bytes]
+"""Ed25519-signs a message with one key and returns the 64-byte signature; safe to call from threads."""
+
+
+def pyca_sign_function(seed: bytes) -> SignFunction:
+    """pyca/cryptography's Ed25519 signing for the 32-byte private key ``seed`` (releases the GIL)."""
+    return Ed25519PrivateKey.from_private_bytes(seed).sign
+
+
+def libsodium_sign_function(seed: bytes) -> SignFunction:
+    """libsodium's Ed25519 signing (crypto_sign, through PyNaCl's cffi binding, which releases the GIL
+    during the call) for the 32-byte private key ``seed``."""
+    _, secret = crypto_sign_seed_keypair(seed)
+
+    def sign(message: bytes) -> bytes:
+        # crypto_sign returns signature || message; the detached form is not in PyNaCl's bindings.
+        return crypto_sign(message, secret)[:SIGNATURE_SIZE]
+
+    return sign
+
+
+ED25519_IMPLEMENTATIONS: dict[str, Callable[[bytes], SignFunction]] = {
+    "libsodium": libsodium_sign_function,
+    "pyca": pyca_sign_function,
+}
+"""The Ed25519 signing implementations the package depends on, the one it signs with first
+(tests/benchmark.py measures each of them)."""
+
+
+SIGNING_IMPLEMENTATION = "libsodium"
+"""The implementation the sidecar signs with (measured the fastest on 1 and 2 threads)."""
+
+
+def fastest_sign_function(seed: bytes) -> SignFunction:
+    """The signing function the sidecar uses (SIGNING_IMPLEMENTATION) for the 32-byte private key
+    ``seed``."""
+    return ED25519_IMPLEMENTATIONS[SIGNING_IMPLEMENTATION](seed)
+
+
+def private_key_seed(private_key: Ed25519PrivateKey) -> bytes:
+    """The raw 32-byte private key (RFC 8032's seed); never log or print it."""
+    return private_key.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
 
 
 def key_id_for(public_key_raw: bytes) -> bytes:
@@ -65,13 +117,14 @@ class Signer(Protocol):
 
 
 class Ed25519Signer:
-    """A Signer holding a private key in memory (pyca/cryptography; sign() releases the GIL)."""
+    """A Signer holding a private key in memory; sign() uses ``fastest_sign_function`` and releases
+    the GIL while it signs."""
 
     def __init__(self, private_key: Ed25519PrivateKey) -> None:
         self._private_key = private_key
         raw = private_key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
         self._public_key = PublicKey.from_raw(raw)
-        self.sign = private_key.sign  # bound method: no extra Python frame per signature
+        self.sign: SignFunction = fastest_sign_function(private_key_seed(private_key))
 
     @property
     def key_id(self) -> bytes:
