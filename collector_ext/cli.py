@@ -304,6 +304,13 @@ def _keygen_in_token(
     is_flag=True,
     help="Merge the shard reports given as arguments into one verdict (no archive is read).",
 )
+@click.option(
+    "--processes",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Check the archive's chains in this many local worker processes (as shards), merged into one verdict.",
+)
 @click.argument("reports", nargs=-1, type=click.Path(path_type=Path))
 def verify(
     archive_url: str | None,
@@ -338,6 +345,7 @@ def verify(
     shard_report: Path | None,
     merge: bool,
     reports: tuple[Path, ...],
+    processes: int,
 ) -> None:
     """Verify an archive against pinned public keys. Exit 0 verified, 1 tampering or loss, 2 could not run.
 
@@ -359,11 +367,21 @@ def verify(
             shard = parse_shard(shard_text)
         except ConfigurationError as exc:
             _fail(exc)
-        for given, name in ((state_path, "--state"), (witness_urls, "--witness-url"), (loki_url, "--loki-url")):
-            if given:
-                _fail(ConfigurationError("--shard", f"checks a share of the archive; {name} needs a whole run"))
     elif shard_report is not None:
         _fail(ConfigurationError("--shard-report", "needs --shard I/N"))
+    if shard_text is not None or processes > 1:
+        option = "--shard" if shard_text is not None else "--processes"
+        conflicts = (
+            (state_path, "--state"),
+            (witness_urls, "--witness-url"),
+            (loki_url, "--loki-url"),
+            (shard_text is not None and processes > 1, "--processes"),
+        )
+        for given, name in conflicts:
+            if given:
+                _fail(ConfigurationError(option, f"checks the archive in shards; {name} needs a whole run"))
+        if processes > 1 and (witness_keys or tsa_cert is not None):
+            _fail(ConfigurationError("--processes", "not with --witness-key or --tsa-cert: run those in one process"))
     if bool(public_keys) == bool(keyring):
         _fail(ConfigurationError("--public-key", "give one or more --public-key files, or one --keyring file"))
     stale_seconds: float | None = None
@@ -417,6 +435,19 @@ def verify(
             checked = asyncio.run(_verify_shard(archive_url, keys, options, endpoint_url, region))
             _write_shard_report(checked, shard_report)
             return
+        if processes > 1:
+            import functools
+
+            from collector_ext.service import open_archive
+            from collector_ext.verify.parallel import check_in_processes
+
+            opener = functools.partial(
+                open_archive, archive_url, for_writing=False, endpoint_url=endpoint_url, region=region
+            )
+            loader = functools.partial(_pinned_keys, public_keys, keyring)
+            report, description = check_in_processes(opener, loader, options, processes)
+            click.echo(render_json(report, description) if as_json else render_text(report, description))
+            sys.exit(EXIT_VERIFIED if report.clean else EXIT_FINDINGS)
         report, description = asyncio.run(
             _verify(archive_url, keys, options, endpoint_url, region, progress, loki, state_path)
         )

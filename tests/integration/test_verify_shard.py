@@ -1,6 +1,6 @@
-"""verify --shard I/N and verify --merge through the command line against SeaweedFS: the merged verdict
-(JSON and exit code) is the single run's, on a clean archive and on tampered ones; bad reports exit 2
-naming the file."""
+"""verify --shard I/N, verify --merge and verify --processes N through the command line against
+SeaweedFS: the merged verdict (JSON and exit code) is the single run's, on a clean archive and on
+tampered ones; bad reports exit 2 naming the file."""
 
 from __future__ import annotations
 
@@ -53,6 +53,8 @@ def test_merged_shards_give_the_single_runs_verdict(
     merged = _cli("--merge", *reports, "--json")
     assert (merged.returncode, json.loads(merged.stdout)) == (single.returncode, json.loads(single.stdout))
     assert merged.returncode == (0 if tampering in ("clean", "stray-object") else 1)
+    in_processes = _cli(*archive, "--processes", "3", "--json")
+    assert (in_processes.returncode, json.loads(in_processes.stdout)) == (single.returncode, json.loads(single.stdout))
     text = _cli("--merge", *reversed(reports))
     assert text.returncode == single.returncode
     assert text.stdout == _cli(*archive).stdout
