@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cramjam
-from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
 from collector_ext.deliver.loki.mapping import (
     SEAL_CHAIN_ID,
@@ -37,6 +37,7 @@ from collector_ext.deliver.loki.mapping import (
     render_label_set,
     sanitise_name,
 )
+from collector_ext.deliver.loki.record_view import LogRecordView
 from collector_ext.pb import archive_pb2
 from collector_ext.seal.entry import ENTRY_HEADER_SIZE, EntryKind
 from collector_ext.seal.payload import encode_varint
@@ -217,7 +218,7 @@ class EntryEncoder:
         self._direct = not json_body and not mapper.settings.seal_in_line
         self._shared: dict[tuple[bytes, bytes], _SharedEncoding | None] = {}
         self._pairs: dict[tuple[str, str], bytes] = {}
-        self._attribute_pairs: dict[tuple[str, str], tuple[str, bytes]] = {}
+        self._attribute_pairs: dict[bytes, tuple[str, bytes]] = {}
         self._chain_pairs: dict[bytes, tuple[bytes, bytes]] = {}
         self._seconds = 0
         self._seconds_field = b""
@@ -271,18 +272,19 @@ class EntryEncoder:
         self._pairs[key] = encoded
         return encoded
 
-    def _attribute_pair(self, key: str, value: str) -> tuple[str, bytes]:
-        """An attribute's metadata name and encoded pair; values that repeat are encoded once."""
-        cache_key = (key, value)
-        try:
-            return self._attribute_pairs[cache_key]
-        except KeyError:
-            pass
-        name = sanitise_name(key)
-        found = (name, _encode_pair((name, value)))
+    def _attribute_pair(self, raw: bytes) -> tuple[str, bytes]:
+        """An attribute's metadata name and encoded pair, from its KeyValue encoding, remembered:
+        most attributes repeat from record to record. ``_NESTED`` for a map value."""
+        attribute = KeyValue.FromString(raw)
+        value = attribute.value
+        if value.WhichOneof("value") == "kvlist_value":
+            found = _NESTED
+        else:
+            name = sanitise_name(attribute.key)
+            found = (name, _encode_pair((name, any_value_to_string(value))))
         if len(self._attribute_pairs) >= _CACHE_LIMIT:
             self._attribute_pairs.clear()
-        self._attribute_pairs[cache_key] = found
+        self._attribute_pairs[raw] = found
         return found
 
     def _chain_pairs_of(self, entry: bytes) -> tuple[bytes, bytes]:
@@ -304,26 +306,25 @@ class EntryEncoder:
         shared = self._shared_part(payload.resource, payload.scope)
         if shared is None:
             return None
-        record = LogRecord.FromString(payload.log_record)
+        record = LogRecordView.FromString(payload.log_record)
         settings = self._mapper.settings
-        body = record.body
-        line = (body.string_value if body.WhichOneof("value") == "string_value" else any_value_to_string(body)).encode()
+        bodies = record.body
+        if len(bodies) > 1:
+            return None  # a body sent twice is merged by a parser: the mapper's way
+        line = _line_of(bodies[0]) if bodies else b""
         if len(line) > settings.max_line_bytes:
             return None
         names: list[str] = []
         pairs: list[bytes] = []
-        attribute_pair = self._attribute_pair
-        for attribute in record.attributes:
-            value = attribute.value
-            kind = value.WhichOneof("value")
-            if kind == "string_value":
-                name, encoded = attribute_pair(attribute.key, value.string_value)
-            elif kind == "kvlist_value":
+        known = self._attribute_pairs
+        for raw in record.attributes:
+            found = known.get(raw)
+            if found is None:
+                found = self._attribute_pair(raw)
+            if found is _NESTED:
                 return None  # flattened into several fields: the mapper's way
-            else:
-                name, encoded = attribute_pair(attribute.key, any_value_to_string(value))
-            names.append(name)
-            pairs.append(encoded)
+            names.append(found[0])
+            pairs.append(found[1])
         if names and (
             len(set(names)) != len(names) or not _TAKEN_NAMES.isdisjoint(names) or not shared.names.isdisjoint(names)
         ):
@@ -389,9 +390,34 @@ class EntryEncoder:
         if seconds != self._seconds:
             self._seconds = seconds
             self._seconds_field = b"\x08" + encode_varint(seconds) if seconds else b""
-        stamp = self._seconds_field + (b"\x10" + encode_varint(nanos) if nanos else b"")
+        stamp = self._seconds_field + (b"\x10" + _nanos_varint(nanos) if nanos else b"")
         return b"\x0a" + encode_varint(len(stamp)) + stamp
 
+
+def _nanos_varint(nanos: int) -> bytes:
+    """``encode_varint`` for the nanoseconds of a timestamp (below 2**30), without its loop."""
+    if nanos < 65536:
+        return encode_varint(nanos)
+    if nanos < 1 << 21:
+        return bytes((nanos & 127 | 128, nanos >> 7 & 127 | 128, nanos >> 14))
+    if nanos < 1 << 28:
+        return bytes((nanos & 127 | 128, nanos >> 7 & 127 | 128, nanos >> 14 & 127 | 128, nanos >> 21))
+    return bytes(
+        (nanos & 127 | 128, nanos >> 7 & 127 | 128, nanos >> 14 & 127 | 128, nanos >> 21 & 127 | 128, nanos >> 28)
+    )
+
+
+def _line_of(body: bytes) -> bytes:
+    """The Loki line of a body's AnyValue encoding: a lone string field's bytes as they are, the
+    rest as ``any_value_to_string`` renders it."""
+    if not body:
+        return b""
+    if body[0] == 0x0A and len(body) > 1 and body[1] < 0x80 and len(body) == body[1] + 2:
+        return body[2:]
+    return any_value_to_string(AnyValue.FromString(body)).encode()
+
+
+_NESTED = ("", b"")  # the attribute pair cache's mark for a map value
 
 # Upper bound of the seal pairs' size: chain id, sequence (at most 20 digits), hash, signature, key id.
 _SEAL_PAIRS_SIZE = 5 * 16 + 32 + 20 + 64 + 88 + 16 + sum(len(name) for name in SEAL_FIELDS)

@@ -17,6 +17,7 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from collector_ext.deliver.loki.mapping import EntryMapper, LokiEntry, MappingSettings
 from collector_ext.deliver.loki.push import (
     EntryEncoder,
+    _nanos_varint,
     encode_json,
     encode_protobuf_uncompressed,
     json_body,
@@ -25,6 +26,7 @@ from collector_ext.deliver.loki.push import (
 from collector_ext.pb import archive_pb2
 from collector_ext.seal.chain import ChainHead, chain_entries
 from collector_ext.seal.entry import EntryKind, entry_hash
+from collector_ext.seal.payload import encode_varint
 from collector_ext.seal.sender import Sender
 
 
@@ -192,3 +194,10 @@ def test_entries_that_are_not_log_records_are_left_out() -> None:
     (genesis,) = chain_entries(head, EntryKind.GENESIS, [b""], b"k" * 8, 1).entries
     assert EntryEncoder(EntryMapper()).encode(genesis, entry_hash(genesis), bytes(64)) is None
     assert EntryEncoder(EntryMapper(), json_body=True).encode(genesis, entry_hash(genesis), bytes(64)) is None
+
+
+@pytest.mark.parametrize(
+    "nanos", [0, 1, 127, 128, 65535, 65536, (1 << 21) - 1, 1 << 21, (1 << 28) - 1, 1 << 28, 999_999_999]
+)
+def test_timestamp_nanoseconds_are_protobuf_varints(nanos: int) -> None:
+    assert _nanos_varint(nanos) == encode_varint(nanos)
