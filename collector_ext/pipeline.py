@@ -169,6 +169,9 @@ class _ToArchive:
     last_hash: bytes | None = None  # None: read from the data (segments re-queued at start)
     archived: asyncio.Future[None] | None = None
     on_archived: Callable[[], None] | None = None
+    # The entries' Merkle leaf hashes, made while the entries were at hand; None: computed from the
+    # data (segments re-queued at start, or the tree is off).
+    leaves: list[bytes] | None = None
 
 
 @dataclass
@@ -901,6 +904,8 @@ class SealingPipeline:
             data=data,
             last_hash=segment.hashes[-1],
             archived=segment.archived,
+            # From the entries in memory: cheaper than decoding the segment object again for them.
+            leaves=list(map(leaf_hash, segment.entries)) if self._tiles is not None else None,
         )
         if self._on_archived is not None:
             entries, on_archived = segment.entries, self._on_archived
@@ -982,8 +987,12 @@ class SealingPipeline:
             last_hash = entry_hash(decode_segment(data).records[-1].entry)
         digest = hashlib.sha256(data).digest()
         key = segment_key("", self.chain_id, item.first_sequence, item.last_sequence, item.created_unix_nano)
-        # The tree's leaf hashes, computed in a thread while the segment is being stored.
-        leaves = asyncio.ensure_future(asyncio.to_thread(_segment_leaves, data)) if self._tiles is not None else None
+        # The tree's leaf hashes: made at sealing, or else computed in a thread while the segment is stored.
+        leaves = (
+            asyncio.ensure_future(asyncio.to_thread(_segment_leaves, data))
+            if self._tiles is not None and item.leaves is None
+            else None
+        )
         try:
             await self._put_with_retry(key, data, digest)
         except BaseException:
@@ -992,6 +1001,8 @@ class SealingPipeline:
             raise
         if leaves is not None:
             self._leaves[item.first_sequence] = await leaves
+        elif self._tiles is not None and item.leaves is not None:
+            self._leaves[item.first_sequence] = item.leaves
         records = item.last_sequence - item.first_sequence + 1
         self._archived[item.first_sequence] = (
             SegmentRef(key, item.first_sequence, item.last_sequence, digest, len(data)),
