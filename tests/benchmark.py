@@ -13,7 +13,9 @@ One run measures, on the same machine and at the same time of day:
   3. Export latency (p50/p99) at half that rate, paced;
   4. the sidecar's peak RSS (VmHWM) over the whole run, which ends with an overload phase (many
      more requests in flight than the sidecar can take: it must refuse, not grow);
-  5. `verify` of the resulting archive: records/s through chain and signed checkpoints, and with
+  5. the CPU per record of each pure stage of the sealing path (parse, checks, payloads, chain, leaf
+     hashes, segment encoding), in signatures;
+  6. `verify` of the resulting archive: records/s through chain and signed checkpoints, and with
      every record signature checked.
 Steps 2-4 run once per acknowledgement mode (``spool``: Export succeeds once fsynced to the local
 spool; ``archive``: once stored in the archive), and a table compares them. The first mode then
@@ -106,6 +108,48 @@ def leaf_hash_us(samples: int = 20000) -> float:
     for _ in range(samples):
         hashlib.sha256(b"\x00" + entry).digest()
     return (time.perf_counter() - started) / samples * 1e6
+
+
+def stage_costs(batch: int, signature_cpu: float, rounds: int = 20) -> dict[str, float]:
+    """CPU per record of each pure stage of the sealing path, in the sidecar's signatures, on the
+    benchmark's own requests (the least of ``rounds`` on the thread CPU clock). What is left of the
+    sidecar's CPU per record beyond these and the signature is gRPC, hand-offs and I/O."""
+    from collector_ext.receive.otlp_protobuf import parse_protobuf_request
+    from collector_ext.receive.validate import check_request
+    from collector_ext.receive.wire_cost import protobuf_decode_cost
+    from collector_ext.seal.chain import ChainHead
+    from collector_ext.seal.chain import chain_entries as chain
+    from collector_ext.seal.entry import EntryKind
+    from collector_ext.seal.merkle import leaf_hash
+    from collector_ext.seal.payload import log_payloads
+    from collector_ext.seal.segment import encode_segment
+
+    body = make_request(batch)
+    request = parse_protobuf_request(body)
+    payloads = log_payloads(request)
+    head = ChainHead.new(bytes(16))
+    entries = chain(head, EntryKind.LOG_RECORD, payloads, bytes(8), 1).entries
+    signatures = [bytes(64)] * len(entries)
+    stages = {
+        "admission pricing (wire_cost)": lambda: protobuf_decode_cost(body, 1 << 40),
+        "parse (protobuf, re-encoded to compare)": lambda: parse_protobuf_request(body),
+        "request checks (validate)": lambda: check_request(request),
+        "payloads (payload.log_payloads)": lambda: log_payloads(request),
+        "chain (header, SHA-256)": lambda: chain(head, EntryKind.LOG_RECORD, payloads, bytes(8), 1),
+        "Merkle leaf hashes": lambda: list(map(leaf_hash, entries)),
+        "segment encoding": lambda: encode_segment(
+            chain_id=bytes(16), first_sequence=0, created_unix_nano=1, entries=entries, signatures=signatures
+        ),
+    }
+    costs: dict[str, float] = {}
+    for name, stage in stages.items():
+        best = float("inf")
+        for _ in range(rounds):
+            started = time.thread_time()
+            stage()
+            best = min(best, time.thread_time() - started)
+        costs[name] = best / batch / signature_cpu
+    return costs
 
 
 def make_request(batch: int, seed: int = 0) -> bytes:
@@ -227,6 +271,8 @@ def peak_rss_by_process(pid: int) -> dict[str, float]:
         status = Path(f"/proc/{process}/status").read_text()
         command = Path(f"/proc/{process}/cmdline").read_bytes().split(b"\0")
         name = "sidecar" if process == pid else ("worker" if b"spawn_main" in b" ".join(command) else "other")
+        if Path(f"/proc/{process}/comm").read_bytes().strip() == b"loki-sender":  # it names itself
+            name = "loki"
         for line in status.splitlines():
             if line.startswith("VmHWM:"):
                 found[f"{name} {process}"] = int(line.split()[1]) / 1024
@@ -409,6 +455,10 @@ def main() -> None:
                 per_stream_rate_limit=1 << 40,
                 per_stream_rate_limit_burst=1 << 40,
             ).start()
+        costs = stage_costs(args.batch, 1 / sign1)
+        for name, cost in costs.items():
+            print(f"per record, {name}: {cost:.3f} signatures")
+        print(f"per record, these stages together: {sum(costs.values()):.3f} signatures")
         results: dict[str, dict[str, float]] = {}
         archives: dict[str, str] = {}
         last_command: dict[str, list[str]] = {}
