@@ -100,7 +100,7 @@ class TileBuilder:
                     break
                 index = ((self._size + 1) >> (TILE_HEIGHT * (level + 1))) - 1
                 completed.append(Tile(level, index, tuple(row)))
-                value = tree_root(row)
+                value = _full_tile_root(row)
                 self._partial[level] = []
                 level += 1
             self._size += 1
@@ -118,6 +118,16 @@ class TileBuilder:
     def root(self) -> bytes:
         """The tree root at the current size."""
         return tree_root_from_partials(self._size, {t.level: t.hashes for t in self.partial_tiles()})
+
+
+def _full_tile_root(row: Sequence[bytes]) -> bytes:
+    """MTH of a full tile's TILE_WIDTH hashes (a power of two: a perfect subtree), level by level.
+    Equal to ``tree_root(row)``, several times faster: this runs once per TILE_WIDTH records written."""
+    level = list(row)
+    while len(level) > 1:
+        pairs = iter(level)
+        level = [node_hash(left, right) for left, right in zip(pairs, pairs, strict=True)]
+    return level[0]
 
 
 def tree_root_from_partials(size: int, partial: Mapping[int, Sequence[bytes]]) -> bytes:
