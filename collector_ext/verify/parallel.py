@@ -3,8 +3,10 @@
 Each worker opens the archive itself, checks shard I of N (``verify.shard``), and hands back its shard
 report as the same JSON ``verify --shard`` writes; the parent merges them (``verify.merge``). Worker
 processes rather than threads because checking a segment (hashing, decoding, walking its records) is
-Python work that holds the GIL; processes are started with ``spawn``, so none inherits the parent's
-event loop or open connections.
+Python work that holds the GIL. Workers are forked when the parent runs a single thread (the command
+line: nothing to inherit but imported modules, so a worker starts at once) and spawned otherwise, so
+none inherits a lock another thread held; no worker inherits an event loop or an open connection, as
+the parent opens none before they start.
 
 How the store is opened and the keys are loaded is passed in as picklable callables (module-level
 functions with their arguments), so this module reads no configuration of its own.
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import multiprocessing
+import threading
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
@@ -64,7 +67,7 @@ def check_in_processes(
         CollectorExtError: a worker could not run (the archive cannot be read, a key cannot be loaded).
     """
     options_of = [_with_shard(options, ShardSpec(index, processes)) for index in range(processes)]
-    context = multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("fork" if threading.active_count() == 1 else "spawn")
     with ProcessPoolExecutor(max_workers=processes, mp_context=context) as pool:
         futures = [pool.submit(check_shard, open_store, load_keys, shard_options) for shard_options in options_of]
         documents = [future.result() for future in futures]
