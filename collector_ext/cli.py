@@ -486,6 +486,7 @@ def _write_shard_report(report: Any, path: Path | None) -> None:
         sys.stdout.flush()
     else:
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)  # one directory per audit (deploy/kubernetes)
             write_atomically(path, data)
         except OSError as exc:
             _fail(ConfigurationError("--shard-report", f"cannot write {path}: {exc.strerror}"))
