@@ -14,9 +14,11 @@ Two ways in:
   long Loki is down, and after a restart it resumes where it stopped. The parent only wakes it
   (``notify``) when a segment is spooled. A segment pushed again after a crash is harmless: Loki
   keeps one copy of an entry with the same stream, time and line.
-- Without a spool, the parent hands each archived segment's bytes to a pipe (``offer``) and keeps
-  the queue bound: when the child falls behind by more than ``max_queue_records``, whole segments
-  are dropped (and counted as ``queue_full``), so memory stays bounded however long Loki is down.
+- Without a spool, the parent hands each archived segment's bytes to a pipe (``offer``). The child
+  keeps at most ``max_queue_bytes`` of entries in memory; the segments after them wait, in order, in
+  an unlinked temporary file (``overflow.OverflowFile``). The parent bounds the backlog: when the
+  child falls behind by more than ``max_queue_records``, whole segments are dropped (and counted as
+  ``queue_full``), so memory and disk stay bounded however long Loki is down.
 
 The child is started with ``spawn`` (forking a process with grpc threads is unsafe) and logs JSON
 on the inherited stderr, as the sidecar does.
@@ -41,6 +43,7 @@ from typing import Any
 
 from collector_ext.deliver.loki.client import LokiClient, LokiConnection
 from collector_ext.deliver.loki.mapping import EntryMapper, MappingSettings
+from collector_ext.deliver.loki.overflow import OverflowFile
 from collector_ext.deliver.loki.sender import LokiSender, LokiSettings, LokiStats
 from collector_ext.deliver.loki.spool_follower import SpoolFollower
 from collector_ext.logging_setup import configure_logging
@@ -111,12 +114,16 @@ async def _child_loop(
     spool_directory: Path | None,
 ) -> None:
     follower = (
-        SpoolFollower(spool_directory, max_queue_records=settings.max_queue_records)
+        SpoolFollower(
+            spool_directory, max_queue_records=settings.max_queue_records, max_queue_bytes=settings.max_queue_bytes
+        )
         if spool_directory is not None
         else None
     )
-    # Without a spool the parent bounds the queue and the child keeps whatever it was given; with
-    # one, the follower takes from the spool only while there is room, so nothing is dropped.
+    overflow = OverflowFile() if follower is None else None
+    # Without a spool the parent bounds the backlog and the child keeps whatever it was given (in
+    # memory up to max_queue_bytes, the rest in its overflow file); with one, the follower takes from
+    # the spool only while there is room. Either way nothing is dropped here.
     sender = LokiSender(
         LokiClient(connection),
         EntryMapper(mapping),
@@ -140,10 +147,42 @@ async def _child_loop(
                     loop.call_soon_threadsafe(follower.wake.set)
                 continue
             entries, signatures = item
-            loop.call_soon_threadsafe(sender.offer, entries, signatures)
+            loop.call_soon_threadsafe(admit, entries, signatures)
+
+    overflow_empty = asyncio.Event()
+    last_spill_log = [-1e9]  # at most one warning a minute
+
+    def admit(entries: list[bytes], signatures: list[bytes]) -> None:
+        """Into the sender while it has room and nothing older waits on disk; else to the disk."""
+        if overflow is None or (overflow.segments == 0 and sender.stats.queued_bytes < settings.max_queue_bytes):
+            sender.offer(entries, signatures)
+        else:
+            if overflow.segments == 0 and time.monotonic() - last_spill_log[0] >= 60:
+                last_spill_log[0] = time.monotonic()
+                log.warning(
+                    "Loki is behind: archived records beyond loki.max_queue_bytes wait in a temporary file",
+                    extra={"queued_bytes": sender.stats.queued_bytes},
+                )
+            overflow.put(entries, signatures)
+            overflow_empty.clear()
+
+    def refill() -> None:
+        """Move segments from the disk to the sender while it has room (on the loop: in order)."""
+        while overflow is not None and overflow.segments and sender.stats.queued_bytes < settings.max_queue_bytes:
+            item = overflow.take()
+            if item is not None:
+                sender.offer(*item)
+        if overflow is not None and overflow.segments == 0:
+            overflow_empty.set()
+
+    async def refill_forever() -> None:
+        while True:
+            refill()
+            await asyncio.sleep(0.05)
 
     threading.Thread(target=receive, name="loki-inbox", daemon=True).start()
     following = asyncio.create_task(follower.run(sender, stop)) if follower is not None else None
+    refilling = asyncio.create_task(refill_forever()) if overflow is not None else None
 
     async def report() -> None:
         while True:
@@ -155,9 +194,23 @@ async def _child_loop(
     if follower is not None and following is not None:
         follower.wake.set()  # the follower sees ``stop`` and finishes its pass
         await following
-    await sender.close(drain_timeout=drain_timeout[0])
+    deadline = time.monotonic() + drain_timeout[0]
+    if overflow is not None and refilling is not None:
+        # The refill task keeps feeding the sender meanwhile.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(overflow_empty.wait(), timeout=max(0.0, deadline - time.monotonic()))
+        refilling.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await refilling
+    await sender.close(drain_timeout=max(0.0, deadline - time.monotonic()))
     if follower is not None:
         await follower.write_cursor()
+    if overflow is not None:
+        if overflow.records:
+            log.warning(
+                "records not pushed to Loki at shutdown (they are in the archive)", extra={"records": overflow.records}
+            )
+        overflow.close()
     reporter.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await reporter

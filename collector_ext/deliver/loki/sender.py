@@ -55,6 +55,9 @@ class LokiSettings:
     batch_max_bytes: int = 1024 * 1024
     batch_max_wait: float = 1.0
     max_queue_records: int = 500_000
+    # Raw entry bytes held in memory; beyond them segments wait on disk: in the spool (the follower
+    # reads no further) or, without one, in the Loki process's overflow file.
+    max_queue_bytes: int = 8 * 1024 * 1024
     json_body: bool = False
     retry: RetryPolicy = field(default_factory=lambda: RetryPolicy(initial_delay=0.5, max_delay=30.0))
 
@@ -66,6 +69,7 @@ class LokiStats:
     push_retries: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
     queued_records: int = 0
+    queued_bytes: int = 0  # entry bytes of the queued records, before mapping
     failing_since: float | None = None
     # time.monotonic() when the oldest record not yet pushed or refused was offered (the Loki process
     # reports when it was spooled instead); None: nothing waits
@@ -132,11 +136,13 @@ class LokiSender:
         self._segments.append(_ArchivedSegment(entries, signatures, last_sequence, now))
         self._drained.clear()
         self.stats.queued_records += len(entries)
+        self.stats.queued_bytes += sum(map(len, entries))
         if self._oldest_at is None:
             self._oldest_at = now
         while self.stats.queued_records > self._settings.max_queue_records and len(self._segments) > 1:
             dropped = self._segments.popleft()
             self.stats.queued_records -= len(dropped.entries)
+            self.stats.queued_bytes -= sum(map(len, dropped.entries))
             self.stats.reject("queue_full", len(dropped.entries))
         self._note_undelivered()
         self._wakeup.set()
@@ -172,6 +178,7 @@ class LokiSender:
             digest.update(entry)
             mapped = self._encoder.encode(entry, digest.digest(), signature)
             self.stats.queued_records -= 1
+            self.stats.queued_bytes -= len(entry)
             if mapped is not None:
                 self._mapped.append(mapped)
                 self._mapped_bytes += mapped.size()

@@ -54,6 +54,7 @@ GAP_GRACE_SECONDS = 10.0
 # The sender holds at most this many records in memory (a few pushes' worth); the backlog waits on
 # disk however far behind Loki is.
 READ_AHEAD_RECORDS = 5_000
+READ_AHEAD_BYTES = 4 * 1024 * 1024  # and at most this many entry bytes (records can be large)
 
 
 class SegmentSink(Protocol):
@@ -81,17 +82,20 @@ class SpoolFollower:
         directory: Path,
         *,
         max_queue_records: int = READ_AHEAD_RECORDS,
+        max_queue_bytes: int = READ_AHEAD_BYTES,
         list_files: Callable[[Path], list[SpooledSegment]] = list_segment_files,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """
         Args:
-            max_queue_records: offer no more while the sink holds this many records.
+            max_queue_records: offer no more while the sink holds this many records,
+            max_queue_bytes: or this many entry bytes.
             list_files: the directory listing (tests replay a listing that races a rename).
             clock: monotonic seconds, for the grace period of a missing segment.
         """
         self._directory = directory
         self._max_queued = min(max_queue_records, READ_AHEAD_RECORDS)
+        self._max_bytes = min(max_queue_bytes, READ_AHEAD_BYTES)
         self._list_files = list_files
         self._clock = clock
         self._chain_id = b""
@@ -166,7 +170,7 @@ class SpoolFollower:
             if spooled.first_sequence > self._next and not self._pass_gap(spooled):
                 return
             self._gap = None
-            while sink.stats.queued_records >= self._max_queued:
+            while sink.stats.queued_records >= self._max_queued or sink.stats.queued_bytes >= self._max_bytes:
                 if stop.is_set():
                     return
                 await asyncio.sleep(0.05)
