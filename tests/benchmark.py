@@ -22,6 +22,11 @@ spool; ``archive``: once stored in the archive), and a table compares them. The 
 runs again with the Merkle tree switched off (``checkpoint.merkle_tree: false``), which prints the
 tree's cost as the difference of the two ratios (``--no-tree-comparison`` skips it). It prints ratios, because absolute numbers on shared machines are noisy. This is a benchmark, not a
 test: it asserts nothing and is not collected by pytest.
+
+With ``--loki`` the sidecar also pushes to the test Loki (tests/loki_receiver.py, in this process),
+and the run adds: the Loki mapping and encoding CPU per record in signatures (tests/benchmark_loki.py),
+the Loki process's own CPU per entry pushed, and the Loki process (``loki``) among the peak RSS by
+process, which the overload phase's total includes.
 """
 
 from __future__ import annotations
@@ -324,6 +329,12 @@ def run_mode(
         target = f"127.0.0.1:{port}"
         drive(target, args.batch, 2, 2.0, None)  # warm-up
         cpu_before = tree_cpu_seconds(sidecar.pid)
+        loki_pid = None
+        if loki:
+            from tests.benchmark_loki import loki_process
+
+            loki_pid = loki_process(_children(sidecar.pid))
+            loki_before = (cpu_seconds(loki_pid), loki_pushed(metrics_port)) if loki_pid else (0.0, 0.0)
         started = time.monotonic()
         full = drive(target, args.batch, args.in_flight, args.seconds, None)
         cpu_used = tree_cpu_seconds(sidecar.pid) - cpu_before
@@ -357,6 +368,13 @@ def run_mode(
                 f"Loki (test receiver): {pushed:,.0f} of {int(full['acked']):,} entries pushed in "  # type: ignore[call-overload]
                 f"{elapsed:.1f}s from the start of the load: {pushed / elapsed:,.0f} entries/s"
             )
+            if loki_pid:
+                loki_us = (cpu_seconds(loki_pid) - loki_before[0]) / max(1.0, pushed - loki_before[1]) * 1e6
+                result["loki_cpu_signatures"] = loki_us * sign1 / 1e6
+                print(
+                    f"Loki process CPU per entry pushed: {loki_us:.1f} us = {loki_us * sign1 / 1e6:.2f} signatures "
+                    "(spool or pipe, hash, map, encode, snappy, HTTP)"
+                )
         half = drive(target, args.batch, args.in_flight, args.seconds, rate / 2)
         latencies = sorted(half["latencies"])  # type: ignore[call-overload]
         if latencies:
@@ -459,6 +477,15 @@ def main() -> None:
         for name, cost in costs.items():
             print(f"per record, {name}: {cost:.3f} signatures")
         print(f"per record, these stages together: {sum(costs.values()):.3f} signatures")
+        if loki is not None:
+            from tests.benchmark_loki import encoding_cost
+
+            loki_costs = encoding_cost()
+            print(
+                f"Loki mapping and encoding per record (hash, map, encode, snappy): {loki_costs['sender'] * sign1 / 1e6:.2f} "
+                f"signatures (target <= 0.30); through LokiEntry as the verifier maps: "
+                f"{loki_costs['mapping'] * sign1 / 1e6:.2f}"
+            )
         results: dict[str, dict[str, float]] = {}
         archives: dict[str, str] = {}
         last_command: dict[str, list[str]] = {}
@@ -520,6 +547,7 @@ def main() -> None:
             ("p99 Export latency at half rate (ms)", "p99_ms", "{:.1f}"),
             ("overload: requests refused (share)", "refused_share", "{:.2f}"),
             ("peak RSS incl. workers (MiB)", "peak_rss_mib", "{:.0f}"),
+            ("Loki process CPU per entry, in signatures", "loki_cpu_signatures", "{:.2f}"),
         ]
         for label, field, pattern in rows:
             print(
