@@ -324,6 +324,12 @@ class LokiConfig(_Section):
     batch_max_bytes: int = Field(default=1024 * 1024, ge=1024, le=100 * 1024 * 1024)
     batch_max_wait_seconds: float = Field(default=1.0, ge=0, le=60)
     max_queue_records: int = Field(default=500_000, ge=1000)
+    max_queue_bytes: int = Field(
+        default=8 * 1024 * 1024,
+        ge=64 * 1024,
+        le=1024 * 1024 * 1024,
+        description="entry bytes the Loki process holds in memory; the rest waits on disk (spool or temporary file)",
+    )
     timeout_seconds: float = Field(default=10.0, gt=0, le=300)
 
     @field_validator("url")

@@ -473,6 +473,7 @@ def _loki_sender(config: SidecarConfig) -> LokiProcess | None:
             batch_max_bytes=loki.batch_max_bytes,
             batch_max_wait=loki.batch_max_wait_seconds,
             max_queue_records=loki.max_queue_records,
+            max_queue_bytes=loki.max_queue_bytes,
             json_body=loki.json_body,
         ),
         spool_directory=config.spool.directory if config.spool is not None else None,
