@@ -106,6 +106,12 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 MIN_SIGNING_CHUNK = 64
+# Hashes of the open segment handed to the signing pool together while its workers are busy: every
+# hand-over to a worker process costs the event loop's process some hundreds of microseconds (the
+# executor's threads, pickling, wake-ups), so under load a few large chunks per segment rather than
+# a small one per request. An idle pool gets a request's hashes at once (no added latency); the rest
+# of a segment is handed over when it closes.
+SIGNING_BATCH = 1024
 # Bytes of spooled segments kept in memory for the uploader; beyond this they are read back from disk.
 KEEP_IN_MEMORY_BYTES = 8 * 1024 * 1024
 TRIM_INTERVAL = 1.0
@@ -148,6 +154,7 @@ class _OpenSegment:
     entries: list[bytes] = field(default_factory=list)
     hashes: list[bytes] = field(default_factory=list)
     signature_chunks: list[asyncio.Future[bytes]] = field(default_factory=list)
+    signing_submitted: int = 0  # hashes[:signing_submitted] are in signature_chunks
     size: int = 0
     spooled: asyncio.Future[None] | None = None
     archived: asyncio.Future[None] | None = None
@@ -256,6 +263,7 @@ class SealingPipeline:
             self._record_signer, workers=settings.signing_workers, count=settings.signing_worker_count
         )
         self._open: _OpenSegment | None = None
+        self._signing_in_flight = 0  # chunks handed to the signing pool, not yet signed
         self._full_segments: collections.deque[_OpenSegment] = collections.deque()
         self._segment_ready = asyncio.Event()
         self._segment_full = asyncio.Event()
@@ -792,12 +800,14 @@ class SealingPipeline:
             signed: asyncio.Future[bytes] = loop.create_future()
             signed.set_result(b"".join(sign_entry_hashes(signer, hashes)))
             segment.signature_chunks.append(signed)
-        # Spread a batch over every signing worker, in chunks big enough to make each hand-over cheap.
-        chunk_size = max(MIN_SIGNING_CHUNK, -(-len(hashes) // self._signing.workers))
-        for start in range(0, len(hashes) if signer is None else 0, chunk_size):
-            segment.signature_chunks.append(self._signing.sign(hashes[start : start + chunk_size]))
+            segment.signing_submitted += len(hashes)
         segment.entries += entries
         segment.hashes += hashes
+        if (
+            len(segment.hashes) - segment.signing_submitted >= SIGNING_BATCH
+            or self._signing_in_flight < self._signing.workers
+        ):
+            self._sign_rest(segment)
         segment.size += size
         if (
             len(segment.entries) >= self._settings.segment_max_records
@@ -807,6 +817,28 @@ class SealingPipeline:
         durable = segment.spooled if self._settings.ack == "spool" else segment.archived
         assert durable is not None
         return durable
+
+    def _sign_rest(self, segment: _OpenSegment) -> None:
+        """Hand the segment's hashes not yet given to the signing pool to it, spread over every
+        worker in chunks big enough to make each hand-over cheap."""
+        hashes = segment.hashes[segment.signing_submitted :]
+        if not hashes:
+            return
+        chunk_size = max(MIN_SIGNING_CHUNK, -(-len(hashes) // self._signing.workers))
+        for start in range(0, len(hashes), chunk_size):
+            chunk = self._signing.sign(hashes[start : start + chunk_size])
+            self._signing_in_flight += 1
+            chunk.add_done_callback(self._signing_done)
+            segment.signature_chunks.append(chunk)
+        segment.signing_submitted = len(segment.hashes)
+
+    def _signing_done(self, _: asyncio.Future[bytes]) -> None:
+        self._signing_in_flight -= 1
+
+    def _to_persist(self, segment: _OpenSegment) -> None:
+        """A closed segment goes to the persist loop; its last hashes go to the signing pool now."""
+        self._sign_rest(segment)
+        self._closed.put_nowait(segment)
 
     # -- segments -----------------------------------------------------------------------------------
     async def _flush_loop(self) -> None:
@@ -818,7 +850,7 @@ class SealingPipeline:
                 return
             if self._full_segments:
                 # Closed early by a large batch: older than the open segment, so first.
-                self._closed.put_nowait(self._full_segments.popleft())
+                self._to_persist(self._full_segments.popleft())
                 continue
             segment = self._open
             if segment is not None and not self._segment_full.is_set():
@@ -827,7 +859,7 @@ class SealingPipeline:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._segment_full.wait(), timeout=linger)
                 if self._full_segments:
-                    self._closed.put_nowait(self._full_segments.popleft())
+                    self._to_persist(self._full_segments.popleft())
                     continue
             segment = self._open
             self._open = None
@@ -836,9 +868,10 @@ class SealingPipeline:
             if segment is None or not segment.entries:
                 self._stage_slots.release()
                 continue
-            self._closed.put_nowait(segment)
+            self._to_persist(segment)
 
     async def _signatures(self, segment: _OpenSegment) -> list[bytes]:
+        self._sign_rest(segment)
         try:
             chunks = await asyncio.gather(*segment.signature_chunks)
         except BrokenExecutor as exc:
