@@ -47,7 +47,7 @@ from collector_ext.deliver.loki.overflow import OverflowFile
 from collector_ext.deliver.loki.sender import LokiSender, LokiSettings, LokiStats
 from collector_ext.deliver.loki.spool_follower import SpoolFollower
 from collector_ext.logging_setup import configure_logging
-from collector_ext.memory import pin_mmap_threshold
+from collector_ext.memory import pin_mmap_threshold, trim_heap
 from collector_ext.signing_worker import exit_with_parent
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,15 @@ _WAKE = "wake"
 REPORT_INTERVAL = 0.2
 PROCESS_NAME = b"loki-sender"  # what ps, top and /proc/PID/comm show for the child
 _PR_SET_NAME = 15  # Linux prctl option
+_M_ARENA_MAX = -8  # glibc mallopt option
+TRIM_EVERY = 5  # reports: give freed heap pages back about once a second
+
+
+def _one_malloc_arena() -> None:
+    """One glibc heap for all threads: the inbox thread unpickles segments and worker threads compress
+    bodies, and with an arena each their freed pages would stay resident in several heaps."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).mallopt(_M_ARENA_MAX, 1)
 
 
 def _name_process(name: bytes) -> None:
@@ -77,6 +86,7 @@ def _child_main(
 ) -> None:
     exit_with_parent(parent_pid)
     _name_process(PROCESS_NAME)
+    _one_malloc_arena()
     pin_mmap_threshold()
     configure_logging(logging.getLevelName(log_level))
     asyncio.run(_child_loop(connection, mapping, settings, inbox, reports, spool_directory))
@@ -185,8 +195,12 @@ async def _child_loop(
     refilling = asyncio.create_task(refill_forever()) if overflow is not None else None
 
     async def report() -> None:
+        count = 0
         while True:
             reports.send(_snapshot(sender.stats, follower))
+            count += 1
+            if count % TRIM_EVERY == 0:
+                trim_heap()  # batches come and go as megabyte buffers and many small objects
             await asyncio.sleep(REPORT_INTERVAL)
 
     reporter = asyncio.create_task(report())
