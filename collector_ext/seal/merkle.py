@@ -157,10 +157,22 @@ def list_reader(leaf_hashes: Sequence[bytes]) -> NodeReader:
 
 
 def tree_root(leaf_hashes: Sequence[bytes]) -> bytes:
-    """MTH over the given leaf hashes (``EMPTY_ROOT`` for none)."""
+    """MTH over the given leaf hashes (``EMPTY_ROOT`` for none).
+
+    Computed level by level, pairing neighbours and carrying an odd last node up unchanged: for the
+    left-balanced trees of RFC 6962 this gives the same root as the recursive definition, with one
+    SHA-256 call per interior node and no recursion (the writer runs it for every 256 records).
+    """
     if not leaf_hashes:
         return EMPTY_ROOT
-    return range_root(0, len(leaf_hashes), list_reader(leaf_hashes))
+    sha256 = hashlib.sha256
+    level = list(leaf_hashes)
+    while len(level) > 1:
+        paired = [sha256(NODE_PREFIX + level[i] + level[i + 1]).digest() for i in range(0, len(level) - 1, 2)]
+        if len(level) % 2:
+            paired.append(level[-1])
+        level = paired
+    return level[0]
 
 
 def _bad_hash(value: bytes) -> bool:

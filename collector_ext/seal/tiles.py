@@ -86,25 +86,34 @@ class TileBuilder:
         return self._size
 
     def extend(self, leaves: Iterable[bytes]) -> list[Tile]:
-        """Append leaf hashes; the full tiles this completed, lowest level first within each leaf."""
+        """Append leaf hashes; the full tiles this completed, in the order they completed."""
         completed: list[Tile] = []
-        for leaf in leaves:
-            value = leaf
-            level = 0
-            while True:
-                if level == len(self._partial):
-                    self._partial.append([])
-                row = self._partial[level]
-                row.append(value)
-                if len(row) < TILE_WIDTH:
-                    break
-                index = ((self._size + 1) >> (TILE_HEIGHT * (level + 1))) - 1
-                completed.append(Tile(level, index, tuple(row)))
-                value = _full_tile_root(row)
-                self._partial[level] = []
-                level += 1
-            self._size += 1
+        pending = list(leaves)
+        start = 0
+        while start < len(pending):
+            if not self._partial:
+                self._partial.append([])
+            row = self._partial[0]
+            take = min(TILE_WIDTH - len(row), len(pending) - start)
+            row.extend(pending[start : start + take])
+            start += take
+            self._size += take
+            if len(row) == TILE_WIDTH:
+                self._complete(0, completed)
         return completed
+
+    def _complete(self, level: int, completed: list[Tile]) -> None:
+        """The tile at ``level`` just filled up: report it and hash it into the level above."""
+        row = self._partial[level]
+        index = (self._size >> (TILE_HEIGHT * (level + 1))) - 1
+        completed.append(Tile(level, index, tuple(row)))
+        self._partial[level] = []
+        if level + 1 == len(self._partial):
+            self._partial.append([])
+        above = self._partial[level + 1]
+        above.append(tree_root(row))
+        if len(above) == TILE_WIDTH:
+            self._complete(level + 1, completed)
 
     def partial_tiles(self) -> list[Tile]:
         """The partial tiles of the current size (levels whose last tile is not full), lowest first."""
