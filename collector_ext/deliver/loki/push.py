@@ -220,6 +220,7 @@ class EntryEncoder:
         self._pairs: dict[tuple[str, str], bytes] = {}
         self._attribute_pairs: dict[bytes, tuple[str, bytes]] = {}
         self._chain_pairs: dict[bytes, tuple[bytes, bytes]] = {}
+        self._record_fields: dict[tuple[int, str, str, int, int], tuple[bytes, int]] = {}
         self._seconds = 0
         self._seconds_field = b""
 
@@ -287,6 +288,19 @@ class EntryEncoder:
         self._attribute_pairs[raw] = found
         return found
 
+    def _encode_record_fields(self, fields: tuple[int, str, str, int, int]) -> tuple[bytes, int]:
+        """Severity number and text, event name, dropped attributes count and flags as pairs (those
+        set), and how many: one lookup per record, as these repeat."""
+        named = zip(
+            ("severity_number", "severity_text", "event_name", "dropped_attributes_count", "flags"), fields, strict=True
+        )
+        pairs = [_encode_pair((name, str(value))) for name, value in named if value]
+        found = (b"".join(pairs), len(pairs))
+        if len(self._record_fields) >= _CACHE_LIMIT:
+            self._record_fields.clear()
+        self._record_fields[fields] = found
+        return found
+
     def _chain_pairs_of(self, entry: bytes) -> tuple[bytes, bytes]:
         """The chain id and key id pairs, the same for every record of a chain and key."""
         key = entry[4:20] + entry[60:68]
@@ -329,19 +343,22 @@ class EntryEncoder:
             len(set(names)) != len(names) or not _TAKEN_NAMES.isdisjoint(names) or not shared.names.isdisjoint(names)
         ):
             return None
-        pair = self._pair
+        count = len(pairs)
         if record.time_unix_nano and record.observed_time_unix_nano:
             pairs.append(_pair_bytes(_OBSERVED_NAME, str(record.observed_time_unix_nano).encode()))
-        if record.severity_number:
-            pairs.append(pair("severity_number", str(record.severity_number)))
-        if record.severity_text:
-            pairs.append(pair("severity_text", record.severity_text))
-        if record.event_name:
-            pairs.append(pair("event_name", record.event_name))
-        if record.dropped_attributes_count:
-            pairs.append(pair("dropped_attributes_count", str(record.dropped_attributes_count)))
-        if record.flags:
-            pairs.append(pair("flags", str(record.flags)))
+            count += 1
+        fields = (
+            record.severity_number,
+            record.severity_text,
+            record.event_name,
+            record.dropped_attributes_count,
+            record.flags,
+        )
+        encoded_fields = self._record_fields.get(fields)
+        if encoded_fields is None:
+            encoded_fields = self._encode_record_fields(fields)
+        pairs.append(encoded_fields[0])
+        count += encoded_fields[1]
         trace_id = record.trace_id
         if trace_id:
             pairs.append(
@@ -356,9 +373,9 @@ class EntryEncoder:
                 if len(span_id) == 8
                 else _encode_pair(("span_id", span_id.hex()))
             )
-        count = len(pairs)
+        count += bool(trace_id) + bool(span_id)
         if payload.HasField("sender"):
-            pairs.insert(0, pair(SENDER, describe_sender_message(payload.sender)))
+            pairs.insert(0, self._pair(SENDER, describe_sender_message(payload.sender)))
             count += 1
         if count + 5 + shared.count >= settings.max_metadata_entries:
             return None
