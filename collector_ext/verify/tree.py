@@ -160,8 +160,9 @@ class TreeChecker:
             self._compare_reached()
 
     def add_records(self, records: Sequence[SealedRecord]) -> None:
-        """The next records of the walk; those that continue the tree's sequence are hashed in."""
-        if self._blind:
+        """The next records of the walk; those that continue the tree's sequence are hashed in (only
+        while a note waits to be compared: a chain without notes costs the walk nothing)."""
+        if self._blind or not self._pending:
             return
         leaves: list[bytes] = []
         for record in records:
