@@ -223,6 +223,14 @@ def run_scale(chains: int, segments: int, per_segment: int, process_counts: list
             f"= {all_rate / around:.2f} x the fastest 2-thread verify rate ({fastest_name}, {around:,.0f}/s "
             f"measured around it; target >= 0.8)"
         )
+        with tempfile.TemporaryDirectory() as directory:
+            # The same archive as a local copy: what reading from S3 costs on top of checking.
+            write(Path(directory), objects)
+            elapsed, local = asyncio.run(_verify_s3(directory, "", signer, False, archive_id))
+            print(
+                f"verify a local copy, 1 process:                     {local.records_checked / elapsed:10,.0f} records/s "
+                f"({elapsed:.2f} s, clean={local.clean})"
+            )
         start_method = "fork" if threading.active_count() == 1 else "spawn"
         print(f"worker processes are started with {start_method} ({threading.active_count()} thread(s) here)")
         base = None
