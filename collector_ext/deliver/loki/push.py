@@ -37,7 +37,7 @@ from collector_ext.deliver.loki.mapping import (
     render_label_set,
     sanitise_name,
 )
-from collector_ext.deliver.loki.record_view import LogRecordView
+from collector_ext.deliver.loki.record_view import LogPayloadView, LogRecordView
 from collector_ext.pb import archive_pb2
 from collector_ext.seal.entry import ENTRY_HEADER_SIZE, EntryKind
 from collector_ext.seal.payload import encode_varint
@@ -220,6 +220,7 @@ class EntryEncoder:
         self._pairs: dict[tuple[str, str], bytes] = {}
         self._attribute_pairs: dict[bytes, tuple[str, bytes]] = {}
         self._chain_pairs: dict[bytes, tuple[bytes, bytes]] = {}
+        self._senders: dict[bytes, bytes] = {}
         self._record_fields: dict[tuple[int, str, str, int, int], tuple[bytes, int]] = {}
         self._seconds = 0
         self._seconds_field = b""
@@ -288,6 +289,16 @@ class EntryEncoder:
         self._attribute_pairs[raw] = found
         return found
 
+    def _describe_sender(self, raw: bytes) -> bytes:
+        """The ``audit_sender`` pair of a Sender encoding (empty when it describes no one),
+        remembered: every record of a request has the same."""
+        described = describe_sender_message(archive_pb2.Sender.FromString(raw))
+        pair = _encode_pair((SENDER, described)) if described else b""
+        if len(self._senders) >= 1024:
+            self._senders.clear()
+        self._senders[raw] = pair
+        return pair
+
     def _encode_record_fields(self, fields: tuple[int, str, str, int, int]) -> tuple[bytes, int]:
         """Severity number and text, event name, dropped attributes count and flags as pairs (those
         set), and how many: one lookup per record, as these repeat."""
@@ -316,7 +327,9 @@ class EntryEncoder:
 
     def _encode_direct(self, entry: bytes, entry_hash: bytes, signature: bytes) -> EncodedEntry | None:
         """The common case, encoded without a ``LokiEntry``; None sends the entry to the mapper."""
-        payload = archive_pb2.LogPayload.FromString(entry[ENTRY_HEADER_SIZE:])
+        payload = LogPayloadView.FromString(entry[ENTRY_HEADER_SIZE:])
+        if len(payload.sender) > 1:
+            return None  # a sender sent twice is merged by a parser: the mapper's way
         shared = self._shared_part(payload.resource, payload.scope)
         if shared is None:
             return None
@@ -374,9 +387,13 @@ class EntryEncoder:
                 else _encode_pair(("span_id", span_id.hex()))
             )
         count += bool(trace_id) + bool(span_id)
-        if payload.HasField("sender"):
-            pairs.insert(0, self._pair(SENDER, describe_sender_message(payload.sender)))
-            count += 1
+        if payload.sender:
+            described = self._senders.get(payload.sender[0])
+            if described is None:
+                described = self._describe_sender(payload.sender[0])
+            if described:
+                pairs.insert(0, described)
+                count += 1
         if count + 5 + shared.count >= settings.max_metadata_entries:
             return None
         chain_pair, key_pair = self._chain_pairs_of(entry)

@@ -1,4 +1,4 @@
-"""A view of an OTLP LogRecord for the Loki encoder: the same wire fields, the nested ones as bytes.
+"""Views of a sealed payload for the Loki encoder: the same wire fields, the nested ones as bytes.
 
 ``LogRecordView`` declares LogRecord's field numbers (opentelemetry/proto/logs/v1/logs.proto) with
 ``body`` and ``attributes`` as repeated ``bytes`` instead of messages. Parsing with it costs what
@@ -6,6 +6,9 @@ parsing the record costs, but reading an attribute is then a bytes object (which
 in a cache of encoded pairs) instead of two message wrappers built field by field, which was the
 largest cost of mapping a record. ``body`` is repeated so that a record carrying it more than once
 (a parser merges such messages) can be told apart and left to the full mapping.
+
+``LogPayloadView`` does the same for the payload (proto/collector_ext/pb/archive.proto): its
+``sender``, the same for every record of a request, comes as bytes the encoder describes once.
 
 Built at import from a descriptor (no generated module): nothing else uses it, and it must never be
 used to write a record.
@@ -35,21 +38,34 @@ _FIELDS = (
 )
 
 
-def _build() -> Any:
+# LogPayload's fields; the sender message as bytes, repeated so that one sent twice can be told apart.
+_PAYLOAD_FIELDS = (
+    ("resource", 1, _F.TYPE_BYTES, False),
+    ("scope", 3, _F.TYPE_BYTES, False),
+    ("log_record", 5, _F.TYPE_BYTES, False),
+    ("sender", 6, _F.TYPE_BYTES, True),
+)
+
+
+def _build() -> tuple[Any, Any]:
     file = descriptor_pb2.FileDescriptorProto(
         name="collector_ext/deliver/loki/record_view.proto", package="collector_ext.loki_view", syntax="proto3"
     )
-    message = file.message_type.add(name="LogRecordView")
-    for name, number, kind, repeated in _FIELDS:
-        message.field.add(
-            name=name,
-            number=number,
-            type=kind,
-            label=_F.LABEL_REPEATED if repeated else _F.LABEL_OPTIONAL,
-        )
+    for message_name, fields in (("LogRecordView", _FIELDS), ("LogPayloadView", _PAYLOAD_FIELDS)):
+        message = file.message_type.add(name=message_name)
+        for name, number, kind, repeated in fields:
+            message.field.add(
+                name=name,
+                number=number,
+                type=kind,
+                label=_F.LABEL_REPEATED if repeated else _F.LABEL_OPTIONAL,
+            )
     pool = descriptor_pool.DescriptorPool()
     pool.Add(file)
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName("collector_ext.loki_view.LogRecordView"))
+    return (
+        message_factory.GetMessageClass(pool.FindMessageTypeByName("collector_ext.loki_view.LogRecordView")),
+        message_factory.GetMessageClass(pool.FindMessageTypeByName("collector_ext.loki_view.LogPayloadView")),
+    )
 
 
-LogRecordView: Any = _build()
+LogRecordView, LogPayloadView = _build()

@@ -201,3 +201,36 @@ def test_entries_that_are_not_log_records_are_left_out() -> None:
 )
 def test_timestamp_nanoseconds_are_protobuf_varints(nanos: int) -> None:
     assert _nanos_varint(nanos) == encode_varint(nanos)
+
+
+def _payload_entry(payload: bytes) -> bytes:
+    (entry,) = chain_entries(ChainHead(bytes(16), 0, bytes(32)), EntryKind.LOG_RECORD, [payload], b"k" * 8, 1).entries
+    return entry
+
+
+def _same_both_ways(entry: bytes) -> None:
+    mapped = EntryMapper().map_entry(entry, entry_hash(entry), bytes(64))
+    encoded = EntryEncoder(EntryMapper()).encode(entry, entry_hash(entry), bytes(64))
+    assert mapped is not None and encoded is not None
+    assert protobuf_body([encoded]) == encode_protobuf_uncompressed([mapped])
+
+
+def test_an_empty_sender_and_a_sender_sent_twice() -> None:
+    record = LogRecord(body=_s("x")).SerializeToString()
+    empty = archive_pb2.LogPayload(log_record=record)
+    empty.sender.SetInParent()
+    _same_both_ways(_payload_entry(empty.SerializeToString()))
+    # Field 6 twice: a parser merges the two messages (peer from one, token name from the other).
+    first = archive_pb2.LogPayload(log_record=record, sender=archive_pb2.Sender(peer="10.0.0.1:1"))
+    second = archive_pb2.LogPayload(sender=archive_pb2.Sender(token_name="prod"))
+    _same_both_ways(_payload_entry(first.SerializeToString() + second.SerializeToString()))
+
+
+def test_a_body_sent_twice_is_merged_as_a_parser_does() -> None:
+    first = LogRecord(body=AnyValue(kvlist_value=KeyValueList(values=[_kv("a", _s("1"))])))
+    second = LogRecord(body=AnyValue(kvlist_value=KeyValueList(values=[_kv("b", _s("2"))])))
+    payload = archive_pb2.LogPayload(log_record=first.SerializeToString() + second.SerializeToString())
+    entry = _payload_entry(payload.SerializeToString())
+    _same_both_ways(entry)
+    mapped = EntryMapper().map_entry(entry, entry_hash(entry), bytes(64))
+    assert mapped is not None and mapped.line == '{"a":"1","b":"2"}'
