@@ -17,7 +17,7 @@ from google.protobuf.message import DecodeError
 from collector_ext.errors import MalformedObjectError
 from collector_ext.pb import archive_pb2
 from collector_ext.seal.entry import FORMAT_VERSION, SIGNATURE_SIZE, SUPPORTED_FORMAT_VERSIONS
-from collector_ext.seal.framing import FRAME_PREFIX_SIZE, MAX_SEGMENT_RECORDS, SEGMENT_MAGIC, frame, unframe
+from collector_ext.seal.framing import FRAME_PREFIX_SIZE, MAX_SEGMENT_RECORDS, SEGMENT_MAGIC, unframe
 from collector_ext.seal.payload import encode_varint
 from collector_ext.seal.wire import read_varint
 
@@ -60,7 +60,9 @@ def encode_segment(
         record_count=len(entries),
         created_unix_nano=created_unix_nano,
     ).SerializeToString(deterministic=True)
-    parts = [encode_varint(1 << 3 | 2), encode_varint(len(header)), header]
+    # parts[0] becomes the frame's prefix once the body's length is known: the object is joined
+    # once, not joined and then copied again behind its frame.
+    parts = [b"", encode_varint(1 << 3 | 2), encode_varint(len(header)), header]
     append = parts.append
     varint = encode_varint
     fixed = len(_ENTRY_TAG) + len(_SIGNATURE_FIELD) + SIGNATURE_SIZE
@@ -69,7 +71,8 @@ def encode_segment(
         append(_RECORD_TAG + varint(fixed + len(entry_length) + len(entry)) + _ENTRY_TAG + entry_length)
         append(entry)
         append(_SIGNATURE_FIELD + signature)
-    return frame(SEGMENT_MAGIC, b"".join(parts))
+    parts[0] = SEGMENT_MAGIC + sum(map(len, parts)).to_bytes(FRAME_PREFIX_SIZE - len(SEGMENT_MAGIC), "big")
+    return b"".join(parts)
 
 
 class SealedRecord(Protocol):
