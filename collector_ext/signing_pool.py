@@ -1,11 +1,13 @@
 """Where record signatures are made: a pool of worker processes, or of threads.
 
-Signing is the one cost of sealing that cannot be hidden, so it gets whole CPUs. pyca/cryptography
-releases the GIL while it signs, but every signature still takes and gives back the GIL once; with
-the event loop busy on the same GIL those hand-overs cost several microseconds each. Worker
-processes sign without contending with the event loop at all, at the price of one pipe round trip
-per chunk of hashes. Threads remain available (``signing_workers: threads``) for hosts with one CPU
-or where extra processes are unwelcome.
+Signing is the one cost of sealing that cannot be hidden, so it gets whole CPUs. libsodium (the
+signing function of ``seal.keys``) releases the GIL while it signs, but every signature still takes
+and gives back the GIL once; with the event loop busy on the same GIL those hand-overs cost several
+microseconds each. Worker processes sign without contending with the event loop at all, at the
+price of one pipe round trip per chunk of hashes (some hundreds of microseconds of the event loop
+process's CPU through the executor's threads, so the pipeline hands over few, large chunks).
+Threads remain available (``signing_workers: threads``) for hosts with one CPU or where extra
+processes are unwelcome.
 
 The private key reaches worker processes once, as raw bytes through the pool's initializer pipe,
 and is never logged; workers are started with ``spawn`` (forking a process that runs grpc threads
