@@ -157,28 +157,52 @@ async def _child_loop(
                     loop.call_soon_threadsafe(follower.wake.set)
                 continue
             entries, signatures = item
+            if overflow is not None and spill(entries, signatures):
+                continue
             loop.call_soon_threadsafe(admit, entries, signatures)
 
     overflow_empty = asyncio.Event()
     last_spill_log = [-1e9]  # at most one warning a minute
+    # Entry bytes handed to the loop and not yet offered to the sender (guarded by ``waiting_lock``).
+    # The inbox thread decides where a segment goes: a busy loop must not let segments pile up in
+    # its callbacks, in memory, while the pipe is read as fast as the sidecar writes it.
+    waiting = [0]
+    waiting_lock = threading.Lock()
+
+    def spill(entries: list[bytes], signatures: list[bytes]) -> bool:
+        """On the inbox thread: True when the segment went to the overflow file (the sender has no
+        room, or older segments wait there); otherwise it is counted as waiting for the loop."""
+        assert overflow is not None
+        size = sum(map(len, entries))
+        with waiting_lock:
+            room = overflow.segments == 0 and sender.stats.queued_bytes + waiting[0] < settings.max_queue_bytes
+            if room:
+                waiting[0] += size
+                return False
+        if overflow.segments == 0 and time.monotonic() - last_spill_log[0] >= 60:
+            last_spill_log[0] = time.monotonic()
+            log.warning(
+                "Loki is behind: archived records beyond loki.max_queue_bytes wait in a temporary file",
+                extra={"queued_bytes": sender.stats.queued_bytes},
+            )
+        overflow.put(entries, signatures)
+        loop.call_soon_threadsafe(overflow_empty.clear)
+        return True
 
     def admit(entries: list[bytes], signatures: list[bytes]) -> None:
-        """Into the sender while it has room and nothing older waits on disk; else to the disk."""
-        if overflow is None or (overflow.segments == 0 and sender.stats.queued_bytes < settings.max_queue_bytes):
-            sender.offer(entries, signatures)
-        else:
-            if overflow.segments == 0 and time.monotonic() - last_spill_log[0] >= 60:
-                last_spill_log[0] = time.monotonic()
-                log.warning(
-                    "Loki is behind: archived records beyond loki.max_queue_bytes wait in a temporary file",
-                    extra={"queued_bytes": sender.stats.queued_bytes},
-                )
-            overflow.put(entries, signatures)
-            overflow_empty.clear()
+        """On the loop: a segment the inbox thread found room for."""
+        sender.offer(entries, signatures)
+        if overflow is not None:
+            with waiting_lock:
+                waiting[0] -= sum(map(len, entries))
 
     def refill() -> None:
-        """Move segments from the disk to the sender while it has room (on the loop: in order)."""
-        while overflow is not None and overflow.segments and sender.stats.queued_bytes < settings.max_queue_bytes:
+        """Move segments from the disk to the sender while it has room, and only once the loop has
+        offered every segment handed to it before (those are older)."""
+        while overflow is not None and overflow.segments:
+            with waiting_lock:
+                if waiting[0] or sender.stats.queued_bytes >= settings.max_queue_bytes:
+                    break
             item = overflow.take()
             if item is not None:
                 sender.offer(*item)
