@@ -111,7 +111,7 @@ class TileBuilder:
         if level + 1 == len(self._partial):
             self._partial.append([])
         above = self._partial[level + 1]
-        above.append(tree_root(row))
+        above.append(_full_tile_root(row))
         if len(above) == TILE_WIDTH:
             self._complete(level + 1, completed)
 
