@@ -107,8 +107,9 @@ def parse_verifier_key(vkey: str) -> tuple[str, int, PublicKey]:
         NoteError: not a vkey of an Ed25519 (0x01) or Ed25519 cosignature (0x04) key, or its hint
             does not match.
     """
-    parts = vkey.strip().split("+")
-    if len(parts) != 3:
+    # Key names never contain '+' but standard base64 may, so only the first two separate fields.
+    parts = vkey.strip().split("+", 2)
+    if len(parts) != 3 or not parts[0]:
         raise NoteError("verifier key", "expected <name>+<hint hex>+<base64 key>")
     name, hint_hex, key_b64 = parts
     try:

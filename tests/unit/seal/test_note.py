@@ -122,3 +122,13 @@ def test_verifier_key_with_a_wrong_hint_is_refused() -> None:
         parse_verifier_key(SPEC_VKEY.replace("530d903a", "530d903b"))
     with pytest.raises(NoteError):
         parse_verifier_key("example.com/foo+530d903a")
+
+
+def test_a_verifier_key_whose_base64_holds_a_plus_parses() -> None:
+    # Seed 8's key encodes to base64 with a '+' in it; only the first two '+' separate fields.
+    for kind in (0x01, 0x04):
+        vkey = verifier_key("log.example/a", _signer(8).public_key, kind)
+        assert "+" in vkey.split("+", 2)[2]
+        assert parse_verifier_key(vkey) == ("log.example/a", kind, _signer(8).public_key)
+    with pytest.raises(NoteError):
+        parse_verifier_key("+" + vkey.split("+", 1)[1])  # no name
