@@ -17,14 +17,21 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+from google.protobuf.message import DecodeError
+
 from collector_ext.deliver.archive import ArchiveStore
 from collector_ext.errors import DataError, MalformedObjectError, UnreadableObjectError
-from collector_ext.prove.proof_file import ProofFile, RecordProof
-from collector_ext.seal.entry import ENTRY_HEADER_SIZE, SEQUENCE_SLICE
-from collector_ext.seal.framing import MAX_SEGMENT_OBJECT_BYTES
+from collector_ext.pb import archive_pb2
+from collector_ext.prove.proof_file import Certification, ProofFile, RecordProof
+from collector_ext.seal.checkpoint import decode_checkpoint
+from collector_ext.seal.entry import ENTRY_HEADER_SIZE, KEY_ID_SLICE, SEQUENCE_SLICE, EntryKind, entry_payload
+from collector_ext.seal.framing import MAX_CHECKPOINT_OBJECT_BYTES, MAX_SEGMENT_OBJECT_BYTES
+from collector_ext.seal.keys import key_id_for
 from collector_ext.seal.layout import (
     TILE_WIDTH,
     NoteKey,
+    SegmentKey,
+    checkpoint_key,
     parse_note_key,
     parse_segment_key,
     tile_key,
@@ -153,13 +160,19 @@ async def build_proof(
             f"record {last} of chain {chain_id.hex()} is not covered by a checkpoint yet (the newest, "
             f"{found.key}, covers 0-{size - 1}); try again after the next checkpoint"
         )
-    wanted = sorted({ref for index in range(first, last + 1) for ref in inclusion_tiles(index, size)})
+    segments = await _chain_segments(store, chain_id)
+    reads = asyncio.Semaphore(PARALLEL_READS)
+    # Records signed by a run key carry the run key entry that certifies it, proven in the same tree.
+    chain_key_id = await _chain_key_id(store, chain_id, found)
+    certified_by, run_reads = await _run_key_certifications(store, segments, first, last, chain_key_id)
+    proven = sorted(set(range(first, last + 1)) | set(certified_by.values()))
+    wanted = sorted({ref for index in proven for ref in inclusion_tiles(index, size)})
     upper = [ref for ref in wanted if ref[0] > 0]
     level0 = [ref for ref in wanted if ref[0] == 0]
     # Leaves needed: the records themselves and the whole of every level-0 tile on their paths.
-    spans = [(first, last + 1)] + [(i * TILE_WIDTH, i * TILE_WIDTH + width) for _, i, width in level0]
-    segment_keys = await _segments_over(store, chain_id, spans)
-    reads = asyncio.Semaphore(PARALLEL_READS)
+    spans = [(first, last + 1)] + [(d, d + 1) for d in set(certified_by.values())]
+    spans += [(i * TILE_WIDTH, i * TILE_WIDTH + width) for _, i, width in level0]
+    segment_keys = _segments_over(segments, spans)
 
     async def read_tile(level: int, index: int, width: int) -> Tile:
         key = tile_key("", chain_id, level, index, width)
@@ -202,8 +215,8 @@ async def build_proof(
             raise ProveError(f"records {missing[0]}.. of chain {chain_id.hex()} are not in the archive's segments")
         tiles[(0, index)] = Tile(0, index, tuple(leaf_hash(records[s][0]) for s in range(start, start + width)))
     reader = node_reader(size, tiles)
-    proofs = []
-    for index in range(first, last + 1):
+
+    def path_of(index: int) -> tuple[bytes, bytes, tuple[bytes, ...]]:
         if index not in records:
             raise ProveError(f"record {index} of chain {chain_id.hex()} is not in the archive's segments")
         entry, signature = records[index]
@@ -214,8 +227,15 @@ async def build_proof(
                 f"the archive's tiles or segments do not match checkpoint note {found.key!r} for record {index}: "
                 f"{check.problem} (run `collector-ext verify` on the archive)"
             )
-        proofs.append(RecordProof(index, entry, signature, path))
-    return BuiltProof(ProofFile(tuple(proofs), note_bytes), tree, found.key, 1 + len(upper) + len(segment_keys))
+        return entry, signature, tuple(path)
+
+    proofs = []
+    for index in range(first, last + 1):
+        certified_at = certified_by.get(index)
+        certification = None if certified_at is None else Certification(certified_at, *path_of(certified_at))
+        proofs.append(RecordProof(index, *path_of(index), certification))
+    objects_read = 2 + len(upper) + len(segment_keys) + run_reads
+    return BuiltProof(ProofFile(tuple(proofs), note_bytes), tree, found.key, objects_read)
 
 
 async def _with_cosignatures(store: ArchiveStore, note_key: str, note: bytes) -> bytes:
@@ -231,13 +251,73 @@ async def _with_cosignatures(store: ArchiveStore, note_key: str, note: bytes) ->
     return note
 
 
-async def _segments_over(store: ArchiveStore, chain_id: bytes, spans: Sequence[tuple[int, int]]) -> list[str]:
-    """Keys of the chain's segments that hold any sequence number in ``spans`` (one listing pass)."""
-    keys: dict[tuple[int, int], str] = {}
+async def _chain_segments(store: ArchiveStore, chain_id: bytes) -> list[SegmentKey]:
+    """The chain's segment keys in sequence order, one per sequence range (one listing pass)."""
+    keys: dict[tuple[int, int], SegmentKey] = {}
     async for key in store.list_keys(f"{chain_id.hex()}/segments/"):
         parsed = parse_segment_key(key)
-        if parsed is None:
-            continue
-        if any(parsed.first_sequence < end and parsed.last_sequence >= start for start, end in spans):
-            keys.setdefault((parsed.first_sequence, parsed.last_sequence), key)
+        if parsed is not None:
+            keys.setdefault((parsed.first_sequence, parsed.last_sequence), parsed)
     return [keys[k] for k in sorted(keys)]
+
+
+def _segments_over(segments: Sequence[SegmentKey], spans: Sequence[tuple[int, int]]) -> list[str]:
+    """Keys of the segments that hold any sequence number in ``spans``."""
+    return [s.key for s in segments if any(s.first_sequence < end and s.last_sequence >= start for start, end in spans)]
+
+
+async def _chain_key_id(store: ArchiveStore, chain_id: bytes, note: NoteKey) -> bytes:
+    """The key id the checkpoint of ``note`` names: the key the chain is bound to, which signs records
+    itself or certifies the run keys that do."""
+    key = checkpoint_key("", chain_id, note.checkpoint_number, note.last_sequence)
+    try:
+        return decode_checkpoint(await _get(store, key, MAX_CHECKPOINT_OBJECT_BYTES, "checkpoint")).checkpoint.key_id
+    except MalformedObjectError as exc:
+        raise ProveError(f"checkpoint {key!r} is damaged: {exc}") from exc
+
+
+async def _run_key_certifications(
+    store: ArchiveStore, segments: Sequence[SegmentKey], first: int, last: int, chain_key_id: bytes
+) -> tuple[dict[int, int], int]:
+    """For each log record in ``first .. last`` signed by a run key: the sequence number of the run key
+    entry that certified that key and opened the record's run (FORMAT.md 10.3), and how many segments
+    were read to find them. Segments are read backwards from ``last`` until an entry that is not a
+    log record is found before ``first`` (a record's run begins at the last such entry before it), or
+    until every record of the range is seen signed by the chain's key (``chain_key_id``)."""
+    kinds: dict[int, tuple[int, bytes]] = {}  # sequence -> (kind, entry) of entries that are not log records
+    record_keys: dict[int, bytes] = {}  # sequence -> key id of the log records in the range
+    reads = 0
+    for segment_key in reversed([s for s in segments if s.first_sequence <= last]):
+        data = await _get(store, segment_key.key, MAX_SEGMENT_OBJECT_BYTES, "segment")
+        reads += 1
+        try:
+            segment = decode_segment(data)
+        except MalformedObjectError as exc:
+            raise ProveError(f"segment {segment_key.key!r} is damaged: {exc}") from exc
+        for stored in segment.records:
+            entry = stored.entry
+            if len(entry) < ENTRY_HEADER_SIZE:
+                continue
+            sequence = int.from_bytes(entry[SEQUENCE_SLICE], "big")
+            if entry[2] != EntryKind.LOG_RECORD:
+                kinds[sequence] = (entry[2], entry)
+            elif first <= sequence <= last:
+                record_keys[sequence] = entry[KEY_ID_SLICE]
+        if any(sequence < first for sequence in kinds):
+            break
+        seen = len(record_keys) + sum(1 for sequence in kinds if first <= sequence <= last)
+        if seen == last - first + 1 and all(k == chain_key_id for k in record_keys.values()):
+            break
+    certified_by: dict[int, int] = {}
+    boundaries = sorted(kinds)
+    for sequence, key_id in record_keys.items():
+        opened = [b for b in boundaries if b < sequence]
+        if not opened or kinds[opened[-1]][0] != EntryKind.RUN_KEY:
+            continue
+        try:
+            payload = archive_pb2.RunKeyPayload.FromString(entry_payload(kinds[opened[-1]][1]))
+        except DecodeError:
+            continue  # a damaged certification: the record is proven without one and fails its check
+        if len(payload.run_public_key) == 32 and key_id_for(payload.run_public_key) == key_id:
+            certified_by[sequence] = opened[-1]
+    return certified_by, reads

@@ -18,24 +18,33 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from google.protobuf.message import DecodeError
+
 from collector_ext.errors import DataError
+from collector_ext.pb import archive_pb2
 from collector_ext.seal.entry import (
     ENTRY_HEADER_SIZE,
     SIGNATURE_SIZE,
     SUPPORTED_FORMAT_VERSIONS,
+    EntryKind,
     decode_entry_header,
     entry_hash,
+    entry_payload,
     record_signature_message,
 )
 from collector_ext.seal.framing import MAX_ENTRY_BYTES
 from collector_ext.seal.keys import PublicKey
 from collector_ext.seal.merkle import HASH_SIZE, check_inclusion, leaf_hash
 from collector_ext.seal.note import NoteError, TreeHead, check_note_signature, parse_note, parse_tree_head
+from collector_ext.verify.entries import run_key_of
 
 TLOG_PROOF_LINE = "c2sp.org/tlog-proof@v1"
 RUN_PROOF_LINE = "collector-ext/tlog-proof-run@v1"
 # The extra data of each record: this prefix, the entry's length (u32), the entry, its signature.
 EXTRA_PREFIX = b"collector-ext/v1/proof-record\x00"
+# A record signed by a run key (FORMAT.md 7.7): as above, then the run key entry that certifies it
+# (u64 sequence, u32 length, entry, signature, u8 path length, path hashes).
+RUN_EXTRA_PREFIX = b"collector-ext/v2/proof-run-record\x00"
 MAX_PROOF_RECORDS = 100_000
 MAX_PATH = 63  # a tree of at most 2**63 leaves
 
@@ -50,13 +59,25 @@ class ProofFileError(DataError):
 
 
 @dataclass(frozen=True, slots=True)
-class RecordProof:
-    """One record and its inclusion path in the note's tree."""
+class Certification:
+    """The run key entry (kind 5) that certifies the key a record is signed by, with its own
+    inclusion path in the same tree (FORMAT.md 16.7)."""
 
     index: int
     entry: bytes
     signature: bytes
     path: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RecordProof:
+    """One record and its inclusion path in the note's tree; ``certification`` when a run key signed it."""
+
+    index: int
+    entry: bytes
+    signature: bytes
+    path: tuple[bytes, ...]
+    certification: Certification | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +107,12 @@ class ProofReport:
 
 
 def _extra(record: RecordProof) -> str:
-    blob = EXTRA_PREFIX + struct.pack(">I", len(record.entry)) + record.entry + record.signature
+    cert = record.certification
+    prefix = EXTRA_PREFIX if cert is None else RUN_EXTRA_PREFIX
+    blob = prefix + struct.pack(">I", len(record.entry)) + record.entry + record.signature
+    if cert is not None:
+        blob += struct.pack(">QI", cert.index, len(cert.entry)) + cert.entry + cert.signature
+        blob += bytes([len(cert.path)]) + b"".join(cert.path)
     return base64.b64encode(blob).decode("ascii")
 
 
@@ -157,13 +183,32 @@ def parse_proof(data: bytes) -> ProofFile:
 
 
 def _record(blob: bytes, index: int, path: tuple[bytes, ...]) -> RecordProof:
-    if not blob.startswith(EXTRA_PREFIX) or len(blob) < len(EXTRA_PREFIX) + 4:
+    run = blob.startswith(RUN_EXTRA_PREFIX)
+    prefix = RUN_EXTRA_PREFIX if run else EXTRA_PREFIX
+    if not blob.startswith(prefix) or len(blob) < len(prefix) + 4:
         raise ProofFileError("format", f"record {index}: the extra data is not a collector-ext record")
-    (length,) = struct.unpack_from(">I", blob, len(EXTRA_PREFIX))
-    start = len(EXTRA_PREFIX) + 4
-    if length > MAX_ENTRY_BYTES or len(blob) != start + length + SIGNATURE_SIZE:
+    (length,) = struct.unpack_from(">I", blob, len(prefix))
+    start = len(prefix) + 4
+    end = start + length + SIGNATURE_SIZE
+    if length > MAX_ENTRY_BYTES or len(blob) < end or (not run and len(blob) != end):
         raise ProofFileError("format", f"record {index}: the extra data is truncated or too long")
-    return RecordProof(index, blob[start : start + length], blob[start + length :], path)
+    entry, signature = blob[start : start + length], blob[start + length : end]
+    if not run:
+        return RecordProof(index, entry, signature, path)
+    truncated = ProofFileError("format", f"record {index}: the run key certification is truncated or too long")
+    if len(blob) < end + 12:
+        raise truncated
+    cert_index, cert_length = struct.unpack_from(">QI", blob, end)
+    start = end + 12
+    end = start + cert_length + SIGNATURE_SIZE
+    if cert_length > MAX_ENTRY_BYTES or len(blob) < end + 1:
+        raise truncated
+    count = blob[end]
+    if count > MAX_PATH or len(blob) != end + 1 + count * HASH_SIZE:
+        raise truncated
+    cert_path = tuple(blob[end + 1 + i * HASH_SIZE : end + 1 + (i + 1) * HASH_SIZE] for i in range(count))
+    cert = Certification(cert_index, blob[start : start + cert_length], blob[start + cert_length : end], cert_path)
+    return RecordProof(index, entry, signature, path, cert)
 
 
 def check_proof(data: bytes, public_key: PublicKey) -> ProofReport:
@@ -207,18 +252,64 @@ def _check_record(record: RecordProof, tree: TreeHead, public_key: PublicKey) ->
     inclusion = check_inclusion(index, tree.size, leaf_hash(record.entry), record.path, tree.root)
     if not inclusion.ok:
         return [ProofProblem("inclusion", str(inclusion.problem), index)]
-    # Step 5: the record signature, by the pinned key.
-    if header.key_id != public_key.key_id:
+    # Step 7: the record signature, by the pinned key, or by a run key it certified (step 8).
+    signer = public_key
+    if record.certification is not None:
+        run_key, problem = _certified_run_key(record, header.kind, tree, public_key)
+        if run_key is None:
+            return [ProofProblem("run key", problem, index)]
+        signer = run_key
+    if header.key_id != signer.key_id:
+        hint = "" if record.certification is not None else " (a record signed by a run key needs its certification)"
         return [
             ProofProblem(
                 "record signature",
-                f"the record names key id {header.key_id.hex()}, not the given key's {public_key.key_id.hex()}",
+                f"the record names key id {header.key_id.hex()}, not the given key's {signer.key_id.hex()}{hint}",
                 index,
             )
         ]
-    if not public_key.is_valid_signature(record.signature, record_signature_message(entry_hash(record.entry))):
+    if not signer.is_valid_signature(record.signature, record_signature_message(entry_hash(record.entry))):
         return [ProofProblem("record signature", "the record signature does not verify", index)]
     return []
+
+
+def _certified_run_key(
+    record: RecordProof, kind: int, tree: TreeHead, public_key: PublicKey
+) -> tuple[PublicKey | None, str]:
+    """The run key the record's certification vouches for, if it holds (FORMAT.md 16.8 step 8)."""
+    cert = record.certification
+    assert cert is not None
+    if len(cert.entry) < ENTRY_HEADER_SIZE or cert.entry[0] != 0 or cert.entry[1] != 2:
+        return None, "the certification is not a format version 2 entry"
+    header = decode_entry_header(cert.entry)
+    record_chain = record.entry[4:20]
+    # 8a: a run key entry of the record's chain, at the index it is proven at.
+    if header.kind != EntryKind.RUN_KEY or header.sequence != cert.index:
+        return None, f"the certification is not a run key entry at sequence {cert.index}"
+    if header.chain_id != record_chain:
+        return None, f"the run key was certified in chain {header.chain_id.hex()}, not the record's"
+    # 8b: the record lies in the run: a log record after the certification (the run's end is pinned by
+    # the tree, which the certifying key signed; see 16.8).
+    if kind != EntryKind.LOG_RECORD or cert.index >= record.index:
+        return None, f"the record is not a log record after the run key entry at sequence {cert.index}"
+    # 8c: the certification is in the same tree.
+    inclusion = check_inclusion(cert.index, tree.size, leaf_hash(cert.entry), cert.path, tree.root)
+    if not inclusion.ok:
+        return None, f"the certification's inclusion: {inclusion.problem}"
+    # 8d: signed by the pinned key.
+    if header.key_id != public_key.key_id:
+        return None, f"the certification names key id {header.key_id.hex()}, not the given key's"
+    if not public_key.is_valid_signature(cert.signature, record_signature_message(entry_hash(cert.entry))):
+        return None, "the certification's signature does not verify"
+    # 8e: the run key proves possession of its private half.
+    try:
+        payload = archive_pb2.RunKeyPayload.FromString(entry_payload(cert.entry))
+    except DecodeError:
+        return None, "the run key payload does not parse"
+    run_key, problem = run_key_of(payload, header.chain_id, header.sequence, header.key_id)
+    if run_key is None:
+        return None, problem
+    return run_key.key, ""
 
 
 def verify_proof(data: bytes, public_key: PublicKey) -> ProofReport:
