@@ -54,7 +54,7 @@ from collector_ext.pb import archive_pb2
 from collector_ext.seal.framing import CHECKPOINT_MAGIC, SEGMENT_MAGIC, frame
 from collector_ext.seal.keys import Ed25519Signer, PublicKey
 from collector_ext.seal.layout import parse_checkpoint_key, parse_segment_key
-from collector_ext.seal.payload import encode_varint
+from collector_ext.seal.wire import encode_varint
 from collector_ext.verify.findings import VerificationReport
 from collector_ext.verify.render import render_json, render_text
 from collector_ext.verify.run import VerifyOptions, check_archive

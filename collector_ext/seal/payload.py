@@ -17,33 +17,7 @@ from __future__ import annotations
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
 from collector_ext.seal.sender import Sender
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-# Lengths of records and entries are nearly always below 64 KiB: look their varints up.
-_SMALL_VARINTS = [_varint(value) for value in range(1 << 16)]
-
-
-def encode_varint(value: int) -> bytes:
-    """Protobuf base-128 varint of a non-negative integer."""
-    if value < 65536:
-        return _SMALL_VARINTS[value]
-    return _varint(value)
-
-
-def _length_delimited(field_number: int, data: bytes) -> bytes:
-    if not data:
-        return b""
-    return encode_varint(field_number << 3 | 2) + encode_varint(len(data)) + data
-
+from collector_ext.seal.wire import encode_varint, length_delimited
 
 _LOG_RECORD_TAG = encode_varint(5 << 3 | 2)
 
@@ -54,18 +28,18 @@ def log_payloads(request: ExportLogsServiceRequest, sender: Sender | None = None
     Args:
         sender: who submitted the request; its encoding becomes field 6 of every payload.
     """
-    suffix = _length_delimited(6, sender.encode()) if sender is not None else b""
+    suffix = length_delimited(6, sender.encode()) if sender is not None else b""
     payloads: list[bytes] = []
     append = payloads.append
     for resource_logs in request.resource_logs:
-        resource_part = _length_delimited(1, resource_logs.resource.SerializeToString()) + _length_delimited(
+        resource_part = length_delimited(1, resource_logs.resource.SerializeToString()) + length_delimited(
             2, resource_logs.schema_url.encode()
         )
         for scope_logs in resource_logs.scope_logs:
             prefix = (
                 resource_part
-                + _length_delimited(3, scope_logs.scope.SerializeToString())
-                + _length_delimited(4, scope_logs.schema_url.encode())
+                + length_delimited(3, scope_logs.scope.SerializeToString())
+                + length_delimited(4, scope_logs.schema_url.encode())
                 + _LOG_RECORD_TAG
             )
             for record in scope_logs.log_records:

@@ -18,8 +18,7 @@ from collector_ext.errors import MalformedObjectError
 from collector_ext.pb import archive_pb2
 from collector_ext.seal.entry import FORMAT_VERSION, SIGNATURE_SIZE, SUPPORTED_FORMAT_VERSIONS
 from collector_ext.seal.framing import FRAME_PREFIX_SIZE, MAX_SEGMENT_RECORDS, SEGMENT_MAGIC, unframe
-from collector_ext.seal.payload import encode_varint
-from collector_ext.seal.wire import read_varint
+from collector_ext.seal.wire import encode_varint, read_varint
 
 # Bounds on what a segment object adds to its entries: per record the SealedRecord tag and length
 # (at most 6 bytes), the entry's tag and length (6) and the signature field (66); per object the

@@ -16,28 +16,13 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from collector_ext.errors import MalformedObjectError
-from collector_ext.seal.wire import wire_fields
+from collector_ext.seal.wire import length_delimited, wire_fields
 
 _SHA256_BYTES = 32
 # Bounds a Sender field may reach (FORMAT.md 7.3a); a receiver never produces longer ones.
 MAX_PEER_BYTES = 256
 MAX_NAME_BYTES = 256
 MAX_SUBJECT_BYTES = 4096
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _field(number: int, data: bytes) -> bytes:
-    if not data:
-        return b""
-    return _varint(number << 3 | 2) + _varint(len(data)) + data
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,10 +54,10 @@ class Sender:
     def encode(self) -> bytes:
         """The canonical protobuf encoding of the ``Sender`` message (FORMAT.md 7.3a)."""
         return (
-            _field(1, self.peer.encode())
-            + _field(2, (self.token_name or "").encode())
-            + _field(3, (self.certificate_subject or "").encode())
-            + _field(4, self.certificate_sha256)
+            length_delimited(1, self.peer.encode())
+            + length_delimited(2, (self.token_name or "").encode())
+            + length_delimited(3, (self.certificate_subject or "").encode())
+            + length_delimited(4, self.certificate_sha256)
         )
 
     def describe(self) -> str:

@@ -12,6 +12,33 @@ from collections.abc import Iterator
 from collector_ext.errors import MalformedObjectError
 
 
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+# Lengths of records and entries are nearly always below 64 KiB: look their varints up.
+_SMALL_VARINTS = [_varint(value) for value in range(1 << 16)]
+
+
+def encode_varint(value: int) -> bytes:
+    """Protobuf base-128 varint of a non-negative integer."""
+    if value < 65536:
+        return _SMALL_VARINTS[value]
+    return _varint(value)
+
+
+def length_delimited(field_number: int, data: bytes) -> bytes:
+    """Field ``field_number`` of wire type 2 holding ``data``; nothing when ``data`` is empty."""
+    if not data:
+        return b""
+    return encode_varint(field_number << 3 | 2) + encode_varint(len(data)) + data
+
+
 def read_varint(body: memoryview, offset: int, end: int) -> tuple[int, int]:
     value = shift = 0
     while offset < end and shift < 64:

@@ -142,7 +142,7 @@ def logs_request(*bodies: str) -> bytes:
 
 def length_delimited(number: int, data: bytes) -> bytes:
     """One protobuf length-delimited field, for hand-made (and deliberately broken) messages."""
-    from collector_ext.seal.payload import encode_varint
+    from collector_ext.seal.wire import encode_varint
 
     return encode_varint(number << 3 | 2) + encode_varint(len(data)) + data
 

@@ -18,7 +18,7 @@ from google.rpc import code_pb2, status_pb2
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue, KeyValueList
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
-from collector_ext.seal.payload import encode_varint
+from collector_ext.seal.wire import encode_varint
 from collector_ext.service import Sidecar
 from tests.integration.conftest import archived_log_records, length_delimited, wrap_record
 

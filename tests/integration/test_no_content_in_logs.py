@@ -31,7 +31,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
 
-from collector_ext.seal.payload import encode_varint
+from collector_ext.seal.wire import encode_varint
 from tests.integration.conftest import KeyPairFiles
 from tests.integration.test_tls import Pki
 

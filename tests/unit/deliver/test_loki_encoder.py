@@ -26,8 +26,8 @@ from collector_ext.deliver.loki.push import (
 from collector_ext.pb import archive_pb2
 from collector_ext.seal.chain import ChainHead, chain_entries
 from collector_ext.seal.entry import EntryKind, entry_hash
-from collector_ext.seal.payload import encode_varint
 from collector_ext.seal.sender import Sender
+from collector_ext.seal.wire import encode_varint
 
 
 class CountingMapper(EntryMapper):

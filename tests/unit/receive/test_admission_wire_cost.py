@@ -16,7 +16,7 @@ from collector_ext.receive.wire_cost import (
     json_decode_cost,
     protobuf_decode_cost,
 )
-from collector_ext.seal.payload import encode_varint
+from collector_ext.seal.wire import encode_varint
 
 
 def _request(records_per_scope: list[int], *, body: str = "") -> bytes:

@@ -20,7 +20,7 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeL
 
 from collector_ext.errors import InvalidRequestError
 from collector_ext.pb.archive_pb2 import LogPayload
-from collector_ext.seal.payload import encode_varint
+from collector_ext.seal.wire import encode_varint
 from tests.fuzz_receivers import CODINGS, PATHS, check_case, compress, decode, seed_requests, to_otlp_json
 
 FUZZ = settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])

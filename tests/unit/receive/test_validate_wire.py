@@ -11,7 +11,7 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeL
 
 from collector_ext.errors import InvalidRequestError
 from collector_ext.receive.otlp_protobuf import first_changed_value, parse_protobuf_request
-from collector_ext.seal.payload import encode_varint
+from collector_ext.seal.wire import encode_varint
 
 RECORD = "resource_logs[0].scope_logs[0].log_records[0]"
 
