@@ -40,8 +40,8 @@ from collector_ext.deliver.loki.mapping import (
 from collector_ext.deliver.loki.record_view import LogPayloadView, LogRecordView
 from collector_ext.pb import archive_pb2
 from collector_ext.seal.entry import ENTRY_HEADER_SIZE, EntryKind
-from collector_ext.seal.payload import encode_varint
 from collector_ext.seal.sender import describe_sender_message
+from collector_ext.seal.wire import encode_varint
 
 PROTOBUF_CONTENT_TYPE = "application/x-protobuf"
 JSON_CONTENT_TYPE = "application/json"
