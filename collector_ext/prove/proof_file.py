@@ -1,8 +1,9 @@
 """Proof files: one record (or a run of records) with its inclusion proof and a signed checkpoint note.
 
 A proof of one record is a C2SP tlog-proof (``c2sp.org/tlog-proof@v1``): an ``extra`` line carrying
-the record's entry bytes and record signature, the leaf ``index`` (the record's sequence number), the
-RFC 6962 inclusion path, an empty line and the checkpoint note verbatim (FORMAT.md 16.7). A run of
+the record's entry bytes and record signature (and, for a record signed by a run key, the run key
+entry that certifies that key, with its own inclusion path), the leaf ``index`` (the record's
+sequence number), the RFC 6962 inclusion path, an empty line and the checkpoint note verbatim (FORMAT.md 16.7). A run of
 records repeats the extra/index/path group once per record before the one note, under its own first
 line, since tlog-proof holds one index per file.
 
@@ -288,8 +289,9 @@ def _certified_run_key(
         return None, f"the certification is not a run key entry at sequence {cert.index}"
     if header.chain_id != record_chain:
         return None, f"the run key was certified in chain {header.chain_id.hex()}, not the record's"
-    # 8b: the record lies in the run: a log record after the certification (the run's end is pinned by
-    # the tree, which the certifying key signed; see 16.8).
+    # 8b: the record lies in the run: a log record after the certification. That no restart, rotation
+    # or run key entry ends the run before it is not shown here: both are leaves of a tree the pinned
+    # key signed, so only its holder could have put them there (16.8; `verify` checks the run's end).
     if kind != EntryKind.LOG_RECORD or cert.index >= record.index:
         return None, f"the record is not a log record after the run key entry at sequence {cert.index}"
     # 8c: the certification is in the same tree.

@@ -31,6 +31,8 @@ def _record_fields(record: RecordProof) -> dict[str, Any]:
         "sealed": _iso(header.sealed_unix_nano),
         "key_id": header.key_id.hex(),
     }
+    if record.certification is not None:
+        fields["run_key_certified_at"] = record.certification.index
     parsed = read_fields(record.entry, 0)
     if parsed is not None:
         fields.update(
