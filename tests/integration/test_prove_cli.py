@@ -3,6 +3,7 @@ SeaweedFS: exit codes, the named failed check, and no traceback on bad input."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -12,6 +13,10 @@ from typing import Any
 
 import pytest
 
+from collector_ext.deliver.directory_archive import DirectoryArchive
+from collector_ext.pipeline import PipelineSettings, SealingPipeline
+from collector_ext.seal.keys import load_private_key_pem
+from collector_ext.spool import Spool
 from tests.integration.conftest import KeyPairFiles, S3Server
 from tests.integration.test_s3_archive import _send_with_otel_sdk
 
@@ -83,3 +88,40 @@ def test_prove_and_verify_proof(
     assert bad.returncode == 2 and "--chain" in bad.stderr
     for output in (missing, ahead, bad):
         assert "Traceback" not in output.stderr
+
+
+async def _seal_run(key_pair: KeyPairFiles, archive: Path, spool: Path, count: int) -> bytes:
+    """One run of a writer in run key mode (the chain's key certifies an in-memory key that signs the
+    records), as with a PKCS#11 token; a file key stands in for the token's."""
+    signer = load_private_key_pem(key_pair.private.read_bytes(), "test")
+    settings = PipelineSettings(signing_workers="threads", signing_worker_count=1, max_linger=0.001, ack_timeout=5)
+    pipeline = SealingPipeline(
+        signer, DirectoryArchive(archive), settings, spool=Spool(spool), archive_id=str(archive), run_key=True
+    )
+    await pipeline.start()
+    await pipeline.submit([b"run record %d" % i for i in range(count)])
+    await pipeline.close(drain_timeout=5)
+    assert pipeline._spool is not None
+    pipeline._spool.mark_clean_shutdown()
+    pipeline._spool.close()
+    return pipeline.chain_id
+
+
+def test_records_signed_by_run_keys_prove_with_their_certification(key_pair: KeyPairFiles, tmp_path: Path) -> None:
+    archive, spool = tmp_path / "archive", tmp_path / "spool"
+    chain = asyncio.run(_seal_run(key_pair, archive, spool, 10)).hex()
+    assert asyncio.run(_seal_run(key_pair, archive, spool, 10)).hex() == chain
+    # 0 genesis, 1 run key, 2-11 records, 12 restart mark, 13 run key, 14-23 records.
+    for sequence in ("5", "20", "0-23"):
+        proof = tmp_path / f"{sequence}.proof"
+        done = _run("prove", "--archive", str(archive), "--chain", chain, "--seq", sequence, "--out", str(proof))
+        assert done.returncode == 0, done.stderr
+        checked = _run("verify-proof", str(proof), "--public-key", str(key_pair.public), "--json")
+        assert checked.returncode == 0, checked.stdout
+        records = json.loads(checked.stdout)["records"]
+        certified = {r["sequence"]: r.get("run_key_certified_at") for r in records}
+        assert certified.get(5, 1) == 1 and certified.get(20, 13) == 13
+    # Another writer's key refuses the proof at the note.
+    other = KeyPairFiles(tmp_path / "other")
+    refused = _run("verify-proof", str(tmp_path / "5.proof"), "--public-key", str(other.public))
+    assert refused.returncode == 1 and "check failed: checkpoint signature" in refused.stdout
