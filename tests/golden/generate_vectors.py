@@ -359,6 +359,7 @@ def build_run_key_vectors(signer: Ed25519Signer, request_bytes: bytes) -> dict[s
     times = [GENESIS_SEALED, RUN_KEY_SEALED] + [RECORDS_SEALED] * len(payloads)
     message = run_key_message(CHAIN_ID, 1, signer.key_id)
     return {
+        "proof_of_entry_3": _run_key_proof(signer, entries, signatures).hex(),
         "format_version": SENDER_FORMAT_VERSION,
         "archive_id": SENDER_ARCHIVE_ID,
         "run_key": {
@@ -383,6 +384,21 @@ def build_run_key_vectors(signer: Ed25519Signer, request_bytes: bytes) -> dict[s
             for sequence in range(len(entries))
         ],
     }
+
+
+def _run_key_proof(signer: Ed25519Signer, entries: list[bytes], signatures: list[bytes]) -> bytes:
+    """The proof file (FORMAT.md 16.7) of entry 3, signed by the run key, against a note over all five
+    entries: it carries the run key entry (seq 1) with its own inclusion path."""
+    from collector_ext.prove.proof_file import Certification, ProofFile, RecordProof, encode_proof
+    from collector_ext.seal.note import chain_origin
+
+    leaves = [leaf_hash(entry) for entry in entries]
+    reader = list_reader(leaves)
+    origin = chain_origin(SENDER_ARCHIVE_ID, CHAIN_ID)
+    note = sign_note(checkpoint_text(origin, len(leaves), tree_root(leaves)), origin, signer)
+    certification = Certification(1, entries[1], signatures[1], tuple(inclusion_path(1, len(leaves), reader)))
+    record = RecordProof(3, entries[3], signatures[3], tuple(inclusion_path(3, len(leaves), reader)), certification)
+    return encode_proof(ProofFile((record,), note))
 
 
 def build_sender_vectors(signer: Ed25519Signer, request_bytes: bytes) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ from collector_ext.prove.proof_file import (
     verify_proof,
 )
 from collector_ext.seal.entry import EntryKind, decode_entry_header
-from collector_ext.seal.keys import Ed25519Signer
+from collector_ext.seal.keys import Ed25519Signer, PublicKey
 from collector_ext.spool import Spool
 from tests.fakes import InMemoryArchive
 
@@ -147,3 +148,27 @@ def test_a_truncated_certification_is_a_format_error(chains: Chains, cut: int) -
     report = check_proof(b"\n".join(lines), signer.public_key)
     assert [p.check for p in report.problems] == ["format"]
     assert "certification" in report.problems[0].message
+
+
+def test_the_golden_proof_of_a_run_key_record() -> None:
+    """tests/golden/vectors.json, run_key.proof_of_entry_3, read as FORMAT.md 16.7 lays it out."""
+    vectors = json.loads((Path(__file__).resolve().parents[2] / "golden" / "vectors.json").read_text())
+    part = vectors["run_key"]
+    data = bytes.fromhex(part["proof_of_entry_3"])
+    lines = data.split(b"\n\n", 1)[0].split(b"\n")
+    assert lines[0] == b"c2sp.org/tlog-proof@v1" and lines[2] == b"index 3"
+    extra = base64.b64decode(lines[1][len(b"extra ") :])
+    prefix = b"collector-ext/v2/proof-run-record\x00"
+    entry, certifying = (bytes.fromhex(part["entries"][i]["entry"]) for i in (3, 1))
+    at = len(prefix) + 4 + len(entry) + 64
+    assert extra[: len(prefix)] == prefix and extra[len(prefix) + 4 : at - 64] == entry
+    assert extra[at : at + 8] == (1).to_bytes(8, "big")
+    assert extra[at + 12 : at + 12 + len(certifying)] == certifying
+    key = PublicKey.from_raw(bytes.fromhex(vectors["key"]["public_key"]))
+    report = verify_proof(data, key)
+    assert report.records[0].certification is not None and report.records[0].certification.index == 1
+    # The same bytes with the certification's sequence number changed fail, naming the run key check.
+    forged = bytearray(extra)
+    forged[at + 7] = 2
+    tampered = data.replace(lines[1], b"extra " + base64.b64encode(bytes(forged)))
+    assert check_proof(tampered, key).problems[0].check == "run key"
