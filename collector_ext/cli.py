@@ -1051,17 +1051,47 @@ def _proof_target(chain_hex: str | None, seq_text: str | None, record_file: Path
 @click.argument("proof_file", type=click.Path(path_type=Path))
 @click.option("--public-key", required=True, type=click.Path(path_type=Path), help="The writer's key (PEM).")
 @click.option("--json", "as_json", is_flag=True, help="Print the verdict and the records as JSON.")
-def verify_proof_command(proof_file: Path, public_key: Path, as_json: bool) -> None:
-    """Check a proof file offline: checkpoint note signature, inclusion path, record signature.
+@click.option(
+    "--witness-key",
+    "witness_keys",
+    multiple=True,
+    help="A pinned witness's verifier key (from `collector-ext witness vkey`); repeat for several.",
+)
+@click.option(
+    "--witnesses-required",
+    type=click.IntRange(0),
+    help="How many pinned witnesses must have cosigned the proof's checkpoint (default: all --witness-key).",
+)
+def verify_proof_command(
+    proof_file: Path, public_key: Path, as_json: bool, witness_keys: tuple[str, ...], witnesses_required: int | None
+) -> None:
+    """Check a proof file offline: checkpoint note signature, witness cosignatures, inclusion path,
+    record signature.
 
     Exit 0 when it holds (the records are printed), 1 when a check fails (the check is named),
-    2 when the file or key cannot be read.
+    2 when the file or a key cannot be read.
     """
     import json
 
     from collector_ext.prove.proof_file import check_proof
     from collector_ext.prove.render import render_proof_json, render_proof_text
     from collector_ext.seal.keys import load_public_key_pem
+    from collector_ext.witness.vkey import WitnessKeyError, parse_witness_vkey
+
+    witnesses = {}
+    for vkey in witness_keys:
+        try:
+            name, witness_key = parse_witness_vkey(vkey)
+        except WitnessKeyError as exc:
+            _fail(ConfigurationError("--witness-key", f"{vkey!r}: {exc}"))
+        witnesses[name] = witness_key
+    required = len(witnesses) if witnesses_required is None else witnesses_required
+    if required > len(witnesses):
+        _fail(
+            ConfigurationError(
+                "--witnesses-required", f"{required} is more than the {len(witnesses)} --witness-key given"
+            )
+        )
 
     try:
         key_data = public_key.read_bytes()
@@ -1075,7 +1105,7 @@ def verify_proof_command(proof_file: Path, public_key: Path, as_json: bool) -> N
         data = proof_file.read_bytes()
     except OSError as exc:
         _fail(ConfigurationError("PROOF_FILE", f"cannot read {proof_file}: {exc.strerror}"))
-    report = check_proof(data, key)
+    report = check_proof(data, key, witnesses, required)
     if as_json:
         click.echo(json.dumps(render_proof_json(report, str(proof_file)), indent=1, sort_keys=True))
     else:

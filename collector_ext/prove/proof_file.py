@@ -16,7 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import struct
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
@@ -36,7 +36,15 @@ from collector_ext.seal.entry import (
 from collector_ext.seal.framing import MAX_ENTRY_BYTES
 from collector_ext.seal.keys import PublicKey
 from collector_ext.seal.merkle import HASH_SIZE, check_inclusion, leaf_hash
-from collector_ext.seal.note import NoteError, TreeHead, check_note_signature, parse_note, parse_tree_head
+from collector_ext.seal.note import (
+    Cosignature,
+    NoteError,
+    TreeHead,
+    check_cosignature,
+    check_note_signature,
+    parse_note,
+    parse_tree_head,
+)
 from collector_ext.verify.entries import run_key_of
 
 TLOG_PROOF_LINE = "c2sp.org/tlog-proof@v1"
@@ -101,6 +109,7 @@ class ProofReport:
     records: tuple[RecordProof, ...]
     tree: TreeHead | None
     problems: tuple[ProofProblem, ...]
+    cosignatures: tuple[Cosignature, ...] = ()  # by the pinned witnesses, when any were pinned
 
     @property
     def ok(self) -> bool:
@@ -212,8 +221,17 @@ def _record(blob: bytes, index: int, path: tuple[bytes, ...]) -> RecordProof:
     return RecordProof(index, entry, signature, path, cert)
 
 
-def check_proof(data: bytes, public_key: PublicKey) -> ProofReport:
-    """Check a proof file against the writer's public key (FORMAT.md 16.8). Never raises."""
+def check_proof(
+    data: bytes,
+    public_key: PublicKey,
+    witnesses: Mapping[str, PublicKey] | None = None,
+    witnesses_required: int = 0,
+) -> ProofReport:
+    """Check a proof file against the writer's public key (FORMAT.md 16.8). Never raises.
+
+    ``witnesses`` (name -> cosigning key, from pinned vkeys): at least ``witnesses_required`` of them
+    must have cosigned the note the proof carries (step 9).
+    """
     try:
         proof = parse_proof(data)
     except ProofFileError as exc:
@@ -228,9 +246,26 @@ def check_proof(data: bytes, public_key: PublicKey) -> ProofReport:
     if problem is not None:
         return ProofReport(proof.records, tree, (ProofProblem("checkpoint signature", problem),))
     problems: list[ProofProblem] = []
+    # Step 9: k of the pinned witnesses cosigned this very note (FORMAT.md 19.2).
+    cosignatures: list[Cosignature] = []
+    refused: list[str] = []
+    for name, key in sorted((witnesses or {}).items()):
+        found = check_cosignature(note, name, key)
+        if isinstance(found, Cosignature):
+            cosignatures.append(found)
+        else:
+            refused.append(found)
+    if len(cosignatures) < witnesses_required:
+        problems.append(
+            ProofProblem(
+                "witnesses",
+                f"{len(cosignatures)} of the pinned witnesses cosigned the checkpoint, {witnesses_required} "
+                f"required: {'; '.join(refused)}",
+            )
+        )
     for record in proof.records:
         problems.extend(_check_record(record, tree, public_key))
-    return ProofReport(proof.records, tree, tuple(problems))
+    return ProofReport(proof.records, tree, tuple(problems), tuple(cosignatures))
 
 
 def _check_record(record: RecordProof, tree: TreeHead, public_key: PublicKey) -> list[ProofProblem]:
@@ -314,9 +349,14 @@ def _certified_run_key(
     return run_key.key, ""
 
 
-def verify_proof(data: bytes, public_key: PublicKey) -> ProofReport:
+def verify_proof(
+    data: bytes,
+    public_key: PublicKey,
+    witnesses: Mapping[str, PublicKey] | None = None,
+    witnesses_required: int = 0,
+) -> ProofReport:
     """Like ``check_proof``, raising ``ProofFileError`` (naming the first failed check) unless it holds."""
-    report = check_proof(data, public_key)
+    report = check_proof(data, public_key, witnesses, witnesses_required)
     if report.problems:
         first = report.problems[0]
         where = f"record {first.index}: " if first.index is not None else ""

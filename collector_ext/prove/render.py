@@ -57,6 +57,7 @@ def render_proof_json(report: ProofReport, source: str) -> dict[str, Any]:
         if report.tree is None
         else {"origin": report.tree.origin, "size": report.tree.size, "root": report.tree.root.hex()},
         "problems": [{"check": p.check, "index": p.index, "message": p.message} for p in report.problems],
+        "cosignatures": [{"witness": c.name, "time": c.timestamp} for c in report.cosignatures],
         "records": [_record_fields(r) for r in report.records] if report.ok else [],
     }
 
@@ -76,6 +77,9 @@ def render_proof_text(report: ProofReport, source: str) -> str:
         f"of {escape_controls(report.tree.origin)} (root {report.tree.root.hex()}), checkpoint note and record "
         "signatures valid"
     )
+    for cosignature in report.cosignatures:
+        moment = datetime.datetime.fromtimestamp(cosignature.timestamp, datetime.UTC).isoformat().replace("+00:00", "Z")
+        lines.append(f"cosigned by witness {escape_controls(cosignature.name)} at {moment}")
     for record in report.records:
         fields = _record_fields(record)
         attributes = fields.pop("attributes", {})
