@@ -325,7 +325,7 @@ class LokiConfig(_Section):
     batch_max_wait_seconds: float = Field(default=1.0, ge=0, le=60)
     max_queue_records: int = Field(default=500_000, ge=1000)
     max_queue_bytes: int = Field(
-        default=4 * 1024 * 1024,
+        default=2 * 1024 * 1024,
         ge=64 * 1024,
         le=1024 * 1024 * 1024,
         description="entry bytes the Loki process holds in memory; the rest waits on disk (spool or temporary file)",

@@ -57,7 +57,7 @@ class LokiSettings:
     max_queue_records: int = 500_000
     # Raw entry bytes held in memory; beyond them segments wait on disk: in the spool (the follower
     # reads no further) or, without one, in the Loki process's overflow file.
-    max_queue_bytes: int = 4 * 1024 * 1024
+    max_queue_bytes: int = 2 * 1024 * 1024
     json_body: bool = False
     retry: RetryPolicy = field(default_factory=lambda: RetryPolicy(initial_delay=0.5, max_delay=30.0))
 
