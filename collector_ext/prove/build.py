@@ -14,6 +14,7 @@ archive simply fails its checks.
 from __future__ import annotations
 
 import asyncio
+import bisect
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -64,6 +65,7 @@ class BuiltProof:
     tree: TreeHead
     note_key: str
     objects_read: int
+    run_segments_read: int = 0  # segments read only to find run key certifications
 
 
 async def _first_key(store: ArchiveStore, under: str, start_after: str) -> str | None:
@@ -164,7 +166,7 @@ async def build_proof(
     reads = asyncio.Semaphore(PARALLEL_READS)
     # Records signed by a run key carry the run key entry that certifies it, proven in the same tree.
     chain_key_id = await _chain_key_id(store, chain_id, found)
-    certified_by, run_reads = await _run_key_certifications(store, segments, first, last, chain_key_id)
+    certified_by, scanned = await _run_key_certifications(store, segments, first, last, chain_key_id)
     proven = sorted(set(range(first, last + 1)) | set(certified_by.values()))
     wanted = sorted({ref for index in proven for ref in inclusion_tiles(index, size)})
     upper = [ref for ref in wanted if ref[0] > 0]
@@ -184,6 +186,8 @@ async def build_proof(
             raise ProveError(f"hash tile {key!r} is damaged: {exc}") from exc
 
     async def read_segment(key: str) -> bytes:
+        if key in scanned:
+            return scanned[key]
         async with reads:
             return await _get(store, key, MAX_SEGMENT_OBJECT_BYTES, "segment")
 
@@ -234,8 +238,9 @@ async def build_proof(
         certified_at = certified_by.get(index)
         certification = None if certified_at is None else Certification(certified_at, *path_of(certified_at))
         proofs.append(RecordProof(index, *path_of(index), certification))
-    objects_read = 2 + len(upper) + len(segment_keys) + run_reads
-    return BuiltProof(ProofFile(tuple(proofs), note_bytes), tree, found.key, objects_read)
+    run_only = len(scanned.keys() - set(segment_keys))
+    objects_read = 2 + len(upper) + len(segment_keys) + run_only
+    return BuiltProof(ProofFile(tuple(proofs), note_bytes), tree, found.key, objects_read, run_only)
 
 
 async def _with_cosignatures(store: ArchiveStore, note_key: str, note: bytes) -> bytes:
@@ -276,48 +281,102 @@ async def _chain_key_id(store: ArchiveStore, chain_id: bytes, note: NoteKey) -> 
         raise ProveError(f"checkpoint {key!r} is damaged: {exc}") from exc
 
 
-async def _run_key_certifications(
-    store: ArchiveStore, segments: Sequence[SegmentKey], first: int, last: int, chain_key_id: bytes
-) -> tuple[dict[int, int], int]:
-    """For each log record in ``first .. last`` signed by a run key: the sequence number of the run key
-    entry that certified that key and opened the record's run (FORMAT.md 10.3), and how many segments
-    were read to find them. Segments are read backwards from ``last`` until an entry that is not a
-    log record is found before ``first`` (a record's run begins at the last such entry before it), or
-    until every record of the range is seen signed by the chain's key (``chain_key_id``)."""
-    kinds: dict[int, tuple[int, bytes]] = {}  # sequence -> (kind, entry) of entries that are not log records
-    record_keys: dict[int, bytes] = {}  # sequence -> key id of the log records in the range
-    reads = 0
-    for segment_key in reversed([s for s in segments if s.first_sequence <= last]):
-        data = await _get(store, segment_key.key, MAX_SEGMENT_OBJECT_BYTES, "segment")
-        reads += 1
+class _RunScan:
+    """What the segments read so far say about the runs around records ``first .. last``."""
+
+    def __init__(self, store: ArchiveStore, first: int, last: int) -> None:
+        self.store, self.first, self.last = store, first, last
+        self.boundaries: dict[int, tuple[int, bytes]] = {}  # sequence -> (kind, entry), not log records
+        self.record_keys: dict[int, bytes] = {}  # sequence -> key id of the log records in the range
+        self.read: dict[str, bytes] = {}  # segment key -> its bytes, for the proof's own leaves
+
+    async def add(self, segment_key: SegmentKey) -> bytes | None:
+        """Read a segment (once); the key id of its last entry."""
+        data = await _get(self.store, segment_key.key, MAX_SEGMENT_OBJECT_BYTES, "segment")
+        self.read[segment_key.key] = data
         try:
             segment = decode_segment(data)
         except MalformedObjectError as exc:
             raise ProveError(f"segment {segment_key.key!r} is damaged: {exc}") from exc
+        last_key: bytes | None = None
         for stored in segment.records:
             entry = stored.entry
             if len(entry) < ENTRY_HEADER_SIZE:
                 continue
             sequence = int.from_bytes(entry[SEQUENCE_SLICE], "big")
+            last_key = entry[KEY_ID_SLICE]
             if entry[2] != EntryKind.LOG_RECORD:
-                kinds[sequence] = (entry[2], entry)
-            elif first <= sequence <= last:
-                record_keys[sequence] = entry[KEY_ID_SLICE]
-        if any(sequence < first for sequence in kinds):
+                self.boundaries[sequence] = (entry[2], entry)
+            elif self.first <= sequence <= self.last:
+                self.record_keys[sequence] = entry[KEY_ID_SLICE]
+        return last_key
+
+    def opened(self) -> bool:
+        """A boundary is known before the range's first log record (or it has none)."""
+        lowest = min(self.record_keys, default=None)
+        return lowest is None or any(b < lowest for b in self.boundaries)
+
+    def certifications(self) -> dict[int, int]:
+        certified_by: dict[int, int] = {}
+        boundaries = sorted(self.boundaries)
+        for sequence, key_id in self.record_keys.items():
+            at = bisect.bisect_left(boundaries, sequence)
+            if at == 0 or self.boundaries[boundaries[at - 1]][0] != EntryKind.RUN_KEY:
+                continue
+            opened_at = boundaries[at - 1]
+            try:
+                payload = archive_pb2.RunKeyPayload.FromString(entry_payload(self.boundaries[opened_at][1]))
+            except DecodeError:
+                continue  # a damaged certification: the record is proven without one and fails its check
+            if len(payload.run_public_key) == 32 and key_id_for(payload.run_public_key) == key_id:
+                certified_by[sequence] = opened_at
+        return certified_by
+
+
+async def _run_key_certifications(
+    store: ArchiveStore, segments: Sequence[SegmentKey], first: int, last: int, chain_key_id: bytes
+) -> tuple[dict[int, int], dict[str, bytes]]:
+    """For each log record in ``first .. last`` signed by a run key: the sequence number of the run key
+    entry that certified that key and opened the record's run (FORMAT.md 10.3), and the segments read
+    to find them (key -> bytes).
+
+    The segments holding the range are read first; when every record there is signed by the chain's
+    key (``chain_key_id``) nothing more is needed. Otherwise the run's opening entry lies before them.
+    A writer signs all of a run's records with its run key, so the segments whose last entry is signed
+    by the first record's key form a contiguous stretch ending at the range: a binary search finds its
+    start in a logarithmic number of reads, and the scan goes back from there to the opening entry.
+    Should that guess not give every run-key record its certification (records of a run signed
+    otherwise), the segments are read backwards one by one instead."""
+    scan = _RunScan(store, first, last)
+    covering = [s for s in segments if s.first_sequence <= last and s.last_sequence >= first]
+    for segment_key in reversed(covering):
+        await scan.add(segment_key)
+    if all(k == chain_key_id for k in scan.record_keys.values()) or scan.opened():
+        return scan.certifications(), scan.read
+    lowest = min(scan.record_keys)
+    run_key_id = scan.record_keys[lowest]
+    before = [s for s in segments if s.last_sequence < lowest and s.key not in scan.read]
+    low, high = 0, len(before)
+    while low < high:
+        middle = (low + high) // 2
+        if await scan.add(before[middle]) == run_key_id:
+            high = middle
+        else:
+            low = middle + 1
+    # Segments probed further back may hold older runs' boundaries: only one at or after the segment
+    # reached counts as the opening of this run.
+    for segment_key in reversed(before[: low + 1]):
+        if segment_key.key not in scan.read:
+            await scan.add(segment_key)
+        if any(segment_key.first_sequence <= b < lowest for b in scan.boundaries):
             break
-        seen = len(record_keys) + sum(1 for sequence in kinds if first <= sequence <= last)
-        if seen == last - first + 1 and all(k == chain_key_id for k in record_keys.values()):
-            break
-    certified_by: dict[int, int] = {}
-    boundaries = sorted(kinds)
-    for sequence, key_id in record_keys.items():
-        opened = [b for b in boundaries if b < sequence]
-        if not opened or kinds[opened[-1]][0] != EntryKind.RUN_KEY:
-            continue
-        try:
-            payload = archive_pb2.RunKeyPayload.FromString(entry_payload(kinds[opened[-1]][1]))
-        except DecodeError:
-            continue  # a damaged certification: the record is proven without one and fails its check
-        if len(payload.run_public_key) == 32 and key_id_for(payload.run_public_key) == key_id:
-            certified_by[sequence] = opened[-1]
-    return certified_by, reads
+    certified_by = scan.certifications()
+    unsigned = [q for q, k in scan.record_keys.items() if k != chain_key_id and q not in certified_by]
+    if unsigned:
+        for segment_key in reversed(before):
+            if segment_key.key not in scan.read:
+                await scan.add(segment_key)
+            if scan.opened() and set(scan.certifications()) >= set(unsigned):
+                break
+        certified_by = scan.certifications()
+    return certified_by, scan.read

@@ -172,3 +172,36 @@ def test_the_golden_proof_of_a_run_key_record() -> None:
     forged[at + 7] = 2
     tampered = data.replace(lines[1], b"extra " + base64.b64encode(bytes(forged)))
     assert check_proof(tampered, key).problems[0].check == "run key"
+
+
+async def _run_many(signer: Ed25519Signer, store: InMemoryArchive, spool: Path, batches: int) -> bytes:
+    pipeline = SealingPipeline(
+        signer, store, _settings(), spool=Spool(spool), writer_id="pod-a", archive_id="s3://b/p", run_key=True
+    )
+    await pipeline.start()
+    for i in range(batches):
+        await pipeline.submit([b"batch %d" % i] * 10)
+    await pipeline.close(drain_timeout=5)
+    assert pipeline._spool is not None
+    pipeline._spool.mark_clean_shutdown()
+    pipeline._spool.close()
+    return pipeline.chain_id
+
+
+def test_the_run_s_opening_is_found_without_reading_the_whole_run(tmp_path: Path) -> None:
+    signer = Ed25519Signer(Ed25519PrivateKey.from_private_bytes(bytes(range(32))))
+    store = InMemoryArchive()
+    chain = asyncio.run(_run_many(signer, store, tmp_path, 150))
+    asyncio.run(_run_many(signer, store, tmp_path, 150))
+    segments = [k for k in store.objects if "/segments/" in k]
+    assert len(segments) > 250  # a segment per batch of 10, or close to it
+    size = asyncio.run(build_proof(store, chain, 0, 0)).tree.size
+    # Records far from their run's start: their tiles' leaves (256 records) do not reach back to it.
+    for sequence in (size - 2, size // 2 - 4):
+        built = asyncio.run(build_proof(store, chain, sequence, sequence))
+        record = built.proof.records[0]
+        assert record.certification is not None
+        assert verify_proof(encode_proof(built.proof), signer.public_key).ok
+        # Besides the segments of its tiles' leaves, about log2(150) segments, not the 100 or more
+        # between the leaves and the run's start.
+        assert 0 < built.run_segments_read <= 12, (sequence, built.run_segments_read)
