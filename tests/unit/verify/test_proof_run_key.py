@@ -205,3 +205,14 @@ def test_the_run_s_opening_is_found_without_reading_the_whole_run(tmp_path: Path
         # Besides the segments of its tiles' leaves, about log2(150) segments, not the 100 or more
         # between the leaves and the run's start.
         assert 0 < built.run_segments_read <= 12, (sequence, built.run_segments_read)
+
+
+def test_a_missing_checkpoint_object_only_costs_reads(chains: Chains) -> None:
+    """The checkpoint object tells prove which records need no certification; without it the proof is
+    still built (verify-proof never needed it)."""
+    store, chain, _, _, signer = chains
+    bare = InMemoryArchive()
+    bare.objects.update({k: v for k, v in store.objects.items() if "/checkpoints/" not in k})
+    whole = _built(bare, chain, 0, 43)
+    assert whole == _built(store, chain, 0, 43)
+    assert verify_proof(encode_proof(whole), signer.public_key).ok
