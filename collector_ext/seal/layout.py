@@ -147,9 +147,7 @@ def parse_witness_object_key(key: str) -> WitnessObjectKey | None:
     if match is None:
         return None
     note_key = key[: key.rindex(NOTE_SUFFIX) + len(NOTE_SUFFIX)]
-    return WitnessObjectKey(
-        key, note_key, match["chain"], int(match["number"]), int(match["last"]), match["witness"]
-    )
+    return WitnessObjectKey(key, note_key, match["chain"], int(match["number"]), int(match["last"]), match["witness"])
 
 
 def parse_tile_key(key: str) -> TileKey | None:
