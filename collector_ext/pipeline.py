@@ -834,6 +834,15 @@ class SealingPipeline:
 
     def _signing_done(self, _: asyncio.Future[bytes]) -> None:
         self._signing_in_flight -= 1
+        # A worker is free: the open segment's hashes held back while all were busy go now, so a
+        # request never waits for a batch to fill or its segment to close (latency at moderate load).
+        segment = self._open
+        if (
+            segment is not None
+            and len(segment.hashes) > segment.signing_submitted
+            and self._signing_in_flight < self._signing.workers
+        ):
+            self._sign_rest(segment)
 
     def _to_persist(self, segment: _OpenSegment) -> None:
         """A closed segment goes to the persist loop; its last hashes go to the signing pool now."""
