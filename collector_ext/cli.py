@@ -41,6 +41,15 @@ def main() -> None:
     verify the archive."""
 
 
+# Pinned witness keys, the same for `verify` and `verify-proof`.
+_WITNESS_KEY_OPTION = click.option(
+    "--witness-key",
+    "witness_keys",
+    multiple=True,
+    help="A pinned witness's verifier key (from `collector-ext witness vkey`); repeat for several.",
+)
+
+
 @main.command()
 @click.option("--config", "config_path", type=click.Path(path_type=Path), help="YAML configuration file.")
 @click.option("--listen", help="HOST:PORT for OTLP/gRPC (default 127.0.0.1:14317).")
@@ -257,12 +266,7 @@ def _keygen_in_token(
     help="Resource attributes the sidecar used as Loki labels (default: Loki's own list).",
 )
 @click.option("--since", default="24h", show_default=True, help="Loki window to cross-check: 30m, 24h, 7d.")
-@click.option(
-    "--witness-key",
-    "witness_keys",
-    multiple=True,
-    help="A pinned witness's verifier key (from `collector-ext witness vkey`); repeat for several.",
-)
+@_WITNESS_KEY_OPTION
 @click.option(
     "--witnesses-required",
     type=click.IntRange(0),
@@ -1051,12 +1055,7 @@ def _proof_target(chain_hex: str | None, seq_text: str | None, record_file: Path
 @click.argument("proof_file", type=click.Path(path_type=Path))
 @click.option("--public-key", required=True, type=click.Path(path_type=Path), help="The writer's key (PEM).")
 @click.option("--json", "as_json", is_flag=True, help="Print the verdict and the records as JSON.")
-@click.option(
-    "--witness-key",
-    "witness_keys",
-    multiple=True,
-    help="A pinned witness's verifier key (from `collector-ext witness vkey`); repeat for several.",
-)
+@_WITNESS_KEY_OPTION
 @click.option(
     "--witnesses-required",
     type=click.IntRange(0),

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,3 +211,48 @@ def any_value_to_python(value: AnyValue) -> Any:
     if kind == "array_value":
         return [any_value_to_python(v) for v in value.array_value.values]
     return None if kind is None else getattr(value, kind)
+
+
+@dataclass
+class ServeProcess:
+    """`collector-ext serve` in a child process, and the ports its "sidecar serving" line gave."""
+
+    process: subprocess.Popen[bytes]
+    grpc_port: int
+    http_port: int
+    log_path: Path
+
+
+@contextlib.contextmanager
+def serve_in_subprocess(
+    config: dict[str, Any], base: Path, preexec_fn: Callable[[], None] | None = None
+) -> Iterator[ServeProcess]:
+    """Start `serve` on ``config`` (written to base/config.yaml, log in base/sidecar.log) and stop it
+    on exit; fails the test if it does not come up within 60 s."""
+    config_path = base / "config.yaml"
+    config_path.write_text(json.dumps(config))  # JSON is YAML
+    log_path = base / "sidecar.log"
+    command = [sys.executable, "-m", "collector_ext.cli", "serve", "--config", str(config_path)]
+    # The package next to these tests, whatever the environment has installed.
+    environment = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(command, stdout=log_file, stderr=log_file, env=environment, preexec_fn=preexec_fn)
+    try:
+        deadline = time.monotonic() + 60
+        ports: dict[str, int] = {}
+        while not ports and time.monotonic() < deadline:
+            assert process.poll() is None, log_path.read_text()
+            for line in log_path.read_text().splitlines():
+                if '"sidecar serving"' in line:
+                    served = json.loads(line)
+                    ports = {"grpc": served["port"], "http": served["http_port"]}
+            time.sleep(0.1)
+        assert ports, "the sidecar did not start: " + log_path.read_text()
+        yield ServeProcess(process, ports["grpc"], ports["http"], log_path)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)

@@ -14,14 +14,12 @@ from __future__ import annotations
 import contextlib
 import gzip
 import http.client
-import json
 import os
 import re
 import resource
 import socket
 import struct
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,7 +29,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.integration.conftest import KeyPairFiles, logs_request
+from tests.integration.conftest import KeyPairFiles, logs_request, serve_in_subprocess
 
 pytestmark = pytest.mark.slow
 
@@ -94,37 +92,10 @@ def sidecar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SidecarProcess
         "limits": {"idle_timeout_seconds": IDLE_TIMEOUT, "body_timeout_seconds": BODY_TIMEOUT},
         "log_level": "INFO",
     }
-    config_path = base / "config.yaml"
-    config_path.write_text(json.dumps(config))  # JSON is YAML
-    log_path = base / "sidecar.log"
-    command = [sys.executable, "-m", "collector_ext.cli", "serve", "--config", str(config_path)]
-    # The package next to this test, whatever the environment has installed.
-    environment = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            command, stdout=log_file, stderr=log_file, env=environment, preexec_fn=_limit_open_files
-        )
-    try:
-        deadline = time.monotonic() + 60
-        ports: dict[str, int] = {}
-        while not ports and time.monotonic() < deadline:
-            assert process.poll() is None, log_path.read_text()
-            for line in log_path.read_text().splitlines():
-                if '"sidecar serving"' in line:
-                    served = json.loads(line)
-                    ports = {"grpc": served["port"], "http": served["http_port"]}
-            time.sleep(0.1)
-        assert ports, "the sidecar did not start: " + log_path.read_text()
-        started = SidecarProcess(process, ports["grpc"], ports["http"], log_path)
+    with serve_in_subprocess(config, base, preexec_fn=_limit_open_files) as serve:
+        started = SidecarProcess(serve.process, serve.grpc_port, serve.http_port, serve.log_path)
         print(f"\nRSS at start {started.status('VmRSS') / MIB:.0f} MiB", flush=True)
         yield started
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
 
 
 # --- valid traffic during an attack -----------------------------------------------------------------

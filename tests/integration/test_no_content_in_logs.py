@@ -13,12 +13,9 @@ from __future__ import annotations
 import base64
 import gzip
 import http.client
-import json
-import os
 import socket
 import ssl
 import subprocess
-import sys
 import time
 import zlib
 from collections.abc import Iterator
@@ -32,7 +29,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
 
 from collector_ext.seal.wire import encode_varint
-from tests.integration.conftest import KeyPairFiles
+from tests.integration.conftest import KeyPairFiles, serve_in_subprocess
 from tests.integration.test_tls import Pki
 
 SECRET = "Zq7-canary-4b1d9e-not-for-logs"
@@ -77,32 +74,8 @@ def _serve(base: Path, pki: Pki | None) -> Iterator[Served]:
     }
     if pki is not None:
         config["tls"] = {"cert_file": str(pki.server_cert_file), "key_file": str(pki.server_key_file)}
-    config_path = base / "config.yaml"
-    config_path.write_text(json.dumps(config))
-    log_path = base / "sidecar.log"
-    environment = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    command = [sys.executable, "-m", "collector_ext.cli", "serve", "--config", str(config_path)]
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(command, stdout=log_file, stderr=log_file, env=environment)
-    try:
-        deadline = time.monotonic() + 60
-        ports: dict[str, int] = {}
-        while not ports and time.monotonic() < deadline:
-            assert process.poll() is None, log_path.read_text()
-            for line in log_path.read_text().splitlines():
-                if '"sidecar serving"' in line:
-                    served = json.loads(line)
-                    ports = {"grpc": served["port"], "http": served["http_port"]}
-            time.sleep(0.1)
-        assert ports, "the sidecar did not start: " + log_path.read_text()
-        yield Served(process, ports["grpc"], ports["http"], log_path, pki)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+    with serve_in_subprocess(config, base) as serve:
+        yield Served(serve.process, serve.grpc_port, serve.http_port, serve.log_path, pki)
 
 
 @pytest.fixture(scope="module", params=["plaintext", "tls"])
