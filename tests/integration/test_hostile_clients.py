@@ -394,10 +394,11 @@ def test_stalled_and_invalid_gzip_bombs_on_both_receivers(sidecar: SidecarProces
 
     _measure(sidecar, "gzip-bombs-stalled-and-invalid", attack)
     # Those the budget had room for were inflated up to max_message_bytes and refused; the others
-    # were told to retry.
-    assert set(statuses) <= {413, 503}, statuses
-    assert set(codes) <= {grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE}, codes
-    assert 413 in statuses or grpc.StatusCode.RESOURCE_EXHAUSTED in codes
+    # were told to retry. Which of the two each one got depends on how the twelve interleave: on two
+    # busy cores they can all be part-way inflated when the budget runs out, and then all are told to
+    # retry, which is also correct. That one alone is refused for good is checked next.
+    assert len(statuses) == 6 and set(statuses) <= {413, 503}, statuses
+    assert len(codes) == 6 and set(codes) <= {grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE}, codes
     # Alone, each receiver inflates a bomb only as far as max_message_bytes.
     assert _http_post(sidecar.http_port, broken, headers={"Content-Encoding": "gzip"}) == 413
     assert _grpc_export(sidecar.grpc_port, broken) is grpc.StatusCode.RESOURCE_EXHAUSTED
