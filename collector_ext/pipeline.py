@@ -32,6 +32,7 @@ memory.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import collections
 import contextlib
@@ -87,7 +88,7 @@ from collector_ext.seal.framing import (
 )
 from collector_ext.seal.keys import Ed25519Signer, Signer
 from collector_ext.seal.layout import checkpoint_key, checkpoint_note_key, parse_segment_key, segment_key, tile_key
-from collector_ext.seal.merkle import leaf_hash
+from collector_ext.seal.merkle import concatenated_leaf_hashes, leaf_hash, split_hashes
 from collector_ext.seal.note import chain_origin, checkpoint_text, sign_note
 from collector_ext.seal.segment import (
     RECORD_OVERHEAD_BYTES,
@@ -95,7 +96,7 @@ from collector_ext.seal.segment import (
     encode_segment,
     segment_object_bound,
 )
-from collector_ext.seal.tiles import Tile, TileBuilder, decode_tile
+from collector_ext.seal.tiles import Tile, TileBuilder, decode_tile, extend_by_segments
 from collector_ext.signing_pool import SigningPool, SigningWorkers
 from collector_ext.spool import Spool, SpoolContents, SpooledSegment, SpoolError, SpoolFullError
 from collector_ext.token_signer import SigningTokenError
@@ -142,9 +143,9 @@ CheckpointHook = Callable[[bytes, int, int], None]
 """Called with each new checkpoint note after it is stored: ``(note bytes, tree size, previous size)``."""
 
 
-def _segment_leaves(data: bytes) -> list[bytes]:
-    """The RFC 6962 leaf hashes of a segment object's entries, in order (FORMAT.md 16.1)."""
-    return [leaf_hash(record.entry) for record in decode_segment(data).records]
+def _segment_leaves(data: bytes) -> bytes:
+    """The leaf hashes of a segment object's entries, in order and concatenated (FORMAT.md 16.1)."""
+    return b"".join(leaf_hash(record.entry) for record in decode_segment(data).records)
 
 
 @dataclass(eq=False)
@@ -176,9 +177,9 @@ class _ToArchive:
     last_hash: bytes | None = None  # None: read from the data (segments re-queued at start)
     archived: asyncio.Future[None] | None = None
     on_archived: Callable[[], None] | None = None
-    # The entries' Merkle leaf hashes, made while the entries were at hand; None: computed from the
-    # data (segments re-queued at start, or the tree is off).
-    leaves: list[bytes] | None = None
+    # The entries' Merkle leaf hashes (concatenated), being made by a worker from the entries while
+    # they were at hand; None: computed from the data (segments re-queued at start, or the tree is off).
+    leaves: asyncio.Future[bytes] | None = None
 
 
 @dataclass
@@ -290,7 +291,8 @@ class SealingPipeline:
         # hashes of archived segments not yet in a checkpoint, the partial tiles already stored, and
         # the subscribers told of each new checkpoint note.
         self._tiles: TileBuilder | None = None
-        self._leaves: dict[int, list[bytes]] = {}
+        # Concatenated, still being made on a worker while the segment is archived and acknowledged.
+        self._leaves: dict[int, asyncio.Future[bytes]] = {}
         self._stored_partials: set[tuple[int, int, int]] = set()
         self._checkpoint_hooks: list[CheckpointHook] = [on_checkpoint] if on_checkpoint is not None else []
         # Set at shutdown and checked by the background loops: on Python 3.11 a cancellation that
@@ -521,7 +523,7 @@ class SealingPipeline:
             if parsed is None or parsed.first_sequence >= size:
                 continue
             data = await self._read_archive(f"segment {key}", functools.partial(self._store.get, key))
-            leaves = await asyncio.to_thread(_segment_leaves, data)
+            leaves = split_hashes(await asyncio.to_thread(_segment_leaves, data))
             if parsed.first_sequence != tiles.size:
                 raise ConfigurationError(
                     "archive.url",
@@ -946,8 +948,8 @@ class SealingPipeline:
             data=data,
             last_hash=segment.hashes[-1],
             archived=segment.archived,
-            # From the entries in memory: cheaper than decoding the segment object again for them.
-            leaves=list(map(leaf_hash, segment.entries)) if self._tiles is not None else None,
+            # From the entries in memory (cheaper than decoding the segment object again), on a worker.
+            leaves=self._leaf_hashes(segment.entries) if self._tiles is not None else None,
         )
         if self._on_archived is not None:
             entries, on_archived = segment.entries, self._on_archived
@@ -1029,22 +1031,20 @@ class SealingPipeline:
             last_hash = entry_hash(decode_segment(data).records[-1].entry)
         digest = hashlib.sha256(data).digest()
         key = segment_key("", self.chain_id, item.first_sequence, item.last_sequence, item.created_unix_nano)
-        # The tree's leaf hashes: made at sealing, or else computed in a thread while the segment is stored.
-        leaves = (
-            asyncio.ensure_future(asyncio.to_thread(_segment_leaves, data))
-            if self._tiles is not None and item.leaves is None
-            else None
-        )
+        # The tree's leaf hashes: being made on a worker since sealing, or else from the data in a
+        # thread (segments re-queued at start; the workers do not import the segment decoder). The
+        # checkpoint that covers the segment waits for them; the acknowledgement does not.
+        leaves = item.leaves
+        if self._tiles is not None and leaves is None:
+            leaves = asyncio.ensure_future(asyncio.to_thread(_segment_leaves, data))
         try:
             await self._put_with_retry(key, data, digest)
         except BaseException:
             if leaves is not None:
                 leaves.cancel()
             raise
-        if leaves is not None:
-            self._leaves[item.first_sequence] = await leaves
-        elif self._tiles is not None and item.leaves is not None:
-            self._leaves[item.first_sequence] = item.leaves
+        if leaves is not None and self._tiles is not None:
+            self._leaves[item.first_sequence] = leaves
         records = item.last_sequence - item.first_sequence + 1
         self._archived[item.first_sequence] = (
             SegmentRef(key, item.first_sequence, item.last_sequence, digest, len(data)),
@@ -1201,13 +1201,13 @@ class SealingPipeline:
         if tiles.size != size:
             # A copy to extend: a cancelled write must leave the stored tree as it was.
             tiles = TileBuilder(tiles.size, {t.level: t.hashes for t in tiles.partial_tiles()})
-            leaves = [self._leaves[ref.first_sequence] for ref in covered]
+            leaves = [await self._leaves[ref.first_sequence] for ref in covered]
             firsts = [ref.first_sequence for ref in covered]
-            # Hashing the interior nodes takes about a microsecond per record: off the event loop.
-            completed = await asyncio.to_thread(_extend_tree, tiles, firsts, leaves)
+            # Hashing the interior nodes takes about a microsecond per record: on a worker, off the
+            # event loop's GIL.
+            tiles, completed = await self._on_worker(extend_by_segments, tiles, firsts, leaves)
             for tile in completed:
-                if tile.level > 0:  # level 0 is the segments' own entries, hashed (FORMAT.md 16.5)
-                    await self._put_tile(tile)
+                await self._put_tile(tile)
             if tiles.size != size:
                 raise AssertionError(
                     f"tree of {tiles.size} leaves for a checkpoint ending at {checkpoint.last_sequence}"
@@ -1225,6 +1225,19 @@ class SealingPipeline:
         self._stored_partials = {(t.level, t.index, t.width) for t in partials}
         return note, size, previous
 
+    def _leaf_hashes(self, entries: list[bytes]) -> asyncio.Future[bytes]:
+        """The entries' leaf hashes, concatenated, made on a worker (the event loop only joins them)."""
+        lengths = array.array("I", map(len, entries))
+        return asyncio.ensure_future(self._on_worker(concatenated_leaf_hashes, b"".join(entries), lengths))
+
+    async def _on_worker(self, function: Callable[..., T], *args: object) -> T:
+        """``function(*args)`` on the signing pool's workers (pure tree work); if a worker died, here
+        in a thread instead (the signing path restarts the pool)."""
+        try:
+            return await self._signing.run(function, *args)
+        except BrokenExecutor:
+            return await asyncio.to_thread(function, *args)
+
     async def _put_tile(self, tile: Tile) -> None:
         data = tile.encode()
         key = tile_key("", self.chain_id, tile.level, tile.index, tile.width)
@@ -1236,15 +1249,6 @@ class SealingPipeline:
                 hook(note, size, previous_size)
             except Exception:
                 log.exception("a checkpoint subscriber failed", extra={"tree_size": size})
-
-
-def _extend_tree(tiles: TileBuilder, firsts: list[int], leaves: list[list[bytes]]) -> list[Tile]:
-    """Extend ``tiles`` by each segment's leaves (those beyond its size: a segment uploaded again after
-    a restart may start inside the tree); the full tiles completed."""
-    completed: list[Tile] = []
-    for first, segment_leaves in zip(firsts, leaves, strict=True):
-        completed += tiles.extend(segment_leaves[max(0, tiles.size - first) :])
-    return completed
 
 
 def _placeholder_partials(size: int) -> dict[int, list[bytes]]:

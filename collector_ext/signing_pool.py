@@ -21,15 +21,16 @@ import logging
 import math
 import multiprocessing
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import BrokenExecutor, Executor, ProcessPoolExecutor, ThreadPoolExecutor
-from typing import Literal
+from typing import Literal, TypeVar
 
 from collector_ext import signing_worker
 from collector_ext.seal.keys import Ed25519Signer, Signer, private_key_seed
 from collector_ext.token_signer import TokenSigner
 
 SigningWorkers = Literal["processes", "threads"]
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,18 @@ class SigningPool:
             log.error("signing pool broken (a worker died); starting a new one")
             self.restart()
             return self._submit(blob)
+
+    def run(self, function: Callable[..., T], *args: object) -> asyncio.Future[T]:
+        """``function(*args)`` on a worker, off the event loop and, with worker processes, off its GIL
+        (pure work on the sealing path that is not signing: the Merkle tree's hashes). ``function``
+        must be importable by a worker and its arguments and result picklable."""
+        loop = asyncio.get_running_loop()
+        try:
+            return loop.run_in_executor(self._executor, function, *args)
+        except BrokenExecutor:
+            log.error("signing pool broken (a worker died); starting a new one")
+            self.restart()
+            return loop.run_in_executor(self._executor, function, *args)
 
     def _submit(self, blob: bytes) -> asyncio.Future[bytes]:
         loop = asyncio.get_running_loop()

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from collector_ext.seal import tiles  # noqa: F401  (the tree work sent to workers: imported at start, not on first use)
 from collector_ext.seal.entry import HASH_SIZE, RECORD_SIGNATURE_PREFIX
 from collector_ext.seal.keys import fastest_sign_function
 from collector_ext.token_signer import TokenSession, TokenSettings

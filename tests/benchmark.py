@@ -19,8 +19,9 @@ One run measures, on the same machine and at the same time of day:
      every record signature checked.
 Steps 2-4 run once per acknowledgement mode (``spool``: Export succeeds once fsynced to the local
 spool; ``archive``: once stored in the archive), and a table compares them. The first mode then
-runs again with the Merkle tree switched off (``checkpoint.merkle_tree: false``), which prints the
-tree's cost as the difference of the two ratios (``--no-tree-comparison`` skips it). It prints ratios, because absolute numbers on shared machines are noisy. This is a benchmark, not a
+runs full speed in ``--tree-pairs`` pairs with the Merkle tree on, then off (``checkpoint.merkle_tree``),
+alternating, for the tree's cost: the median drop of the ratio and the CPU per record it adds. It
+prints ratios, because absolute numbers on shared machines are noisy. This is a benchmark, not a
 test: it asserts nothing and is not collected by pytest.
 
 With ``--loki`` the sidecar also pushes to the test Loki (tests/loki_receiver.py, in this process),
@@ -316,6 +317,57 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def full_speed(pid: int, target: str, args: argparse.Namespace) -> tuple[dict[str, object], float, float]:
+    """The load as fast as acknowledgements allow for ``args.seconds``: the drive's result, records/s
+    acknowledged, and the CPU microseconds per record of the sidecar and its workers."""
+    cpu_before = tree_cpu_seconds(pid)
+    full = drive(target, args.batch, args.in_flight, args.seconds, None)
+    cpu_used = tree_cpu_seconds(pid) - cpu_before
+    acked = int(full["acked"])  # type: ignore[call-overload]
+    return full, acked / float(full["seconds"]), cpu_used / max(1, acked) * 1e6  # type: ignore[arg-type]
+
+
+def tree_cost_pairs(
+    command: list[str], env: dict[str, str], args: argparse.Namespace, sign1: float, sign2: float
+) -> None:
+    """The Merkle tree's cost from ``args.tree_pairs`` pairs of full-speed runs, tree on then off, each
+    on a fresh archive: alternating, so that a slow stretch of the shared machine falls on both sides.
+    Prints each pair and the medians of the ratio's drop and of the CPU per record it adds."""
+    drops, cpu_added = [], []
+    for pair in range(args.tree_pairs):
+        measured = {}
+        for tree in (True, False):
+            name = f"pair{pair}-{'tree' if tree else 'no-tree'}"
+            # A fresh archive and spool for each run: the value after --archive and --spool, renamed.
+            run = [
+                f"{c}-{name}" if i and command[i - 1] in ("--archive", "--spool") else c for i, c in enumerate(command)
+            ]
+            port = free_port()
+            run += ["--listen", f"127.0.0.1:{port}", "--metrics-listen", f"127.0.0.1:{free_port()}"]
+            sidecar = subprocess.Popen(run, env=env | {"COLLECTOR_EXT_CHECKPOINT__MERKLE_TREE": str(tree).lower()})
+            try:
+                drive(f"127.0.0.1:{port}", args.batch, 2, 2.0, None)  # warm-up
+                _, rate, per_record = full_speed(sidecar.pid, f"127.0.0.1:{port}", args)
+                measured[tree] = (rate / sign2, per_record * sign1 / 1e6)
+                sidecar.send_signal(signal.SIGTERM)
+                sidecar.wait(timeout=120)
+            finally:
+                if sidecar.poll() is None:
+                    sidecar.kill()
+        (on, on_cpu), (off, off_cpu) = measured[True], measured[False]
+        drops.append(100 * (1 - on / off))
+        cpu_added.append(on_cpu - off_cpu)
+        print(
+            f"Merkle tree pair {pair + 1}: ratio {on:.3f} with the tree, {off:.3f} without ({drops[-1]:+.1f}%); "
+            f"CPU per record {on_cpu:.3f} and {off_cpu:.3f} signatures"
+        )
+    print(
+        f"Merkle tree cost, median of {args.tree_pairs} pairs: ratio {statistics.median(drops):+.1f}% lower with it "
+        f"(target: at most 3%), CPU per record {statistics.median(cpu_added):+.3f} signatures; one leaf hash "
+        f"{leaf_hash_us():.2f} us = {leaf_hash_us() * sign1 / 1e6:.3f} x one signature (made on a signing worker)"
+    )
+
+
 def run_mode(
     command: list[str], args: argparse.Namespace, sign1: float, sign2: float, env: dict[str, str], loki: bool
 ) -> dict[str, float]:
@@ -328,7 +380,6 @@ def run_mode(
     try:
         target = f"127.0.0.1:{port}"
         drive(target, args.batch, 2, 2.0, None)  # warm-up
-        cpu_before = tree_cpu_seconds(sidecar.pid)
         loki_pid = None
         if loki:
             from tests.benchmark_loki import loki_process
@@ -336,10 +387,7 @@ def run_mode(
             loki_pid = loki_process(_children(sidecar.pid))
             loki_before = (cpu_seconds(loki_pid), loki_pushed(metrics_port)) if loki_pid else (0.0, 0.0)
         started = time.monotonic()
-        full = drive(target, args.batch, args.in_flight, args.seconds, None)
-        cpu_used = tree_cpu_seconds(sidecar.pid) - cpu_before
-        rate = float(full["acked"]) / float(full["seconds"])  # type: ignore[arg-type]
-        per_record = cpu_used / max(1, int(full["acked"])) * 1e6  # type: ignore[call-overload]
+        full, rate, per_record = full_speed(sidecar.pid, target, args)
         cpu_signatures = per_record * sign1 / 1e6
         result |= {"rate": rate, "ratio": rate / sign2, "cpu_signatures": cpu_signatures, "other": cpu_signatures - 1}
         print(
@@ -411,9 +459,10 @@ def main() -> None:
     parser.add_argument("--modes", default="spool,archive", help="acknowledgement modes to measure, in order")
     parser.add_argument("--overload-in-flight", type=int, default=96, help="requests in flight when overloading")
     parser.add_argument(
-        "--no-tree-comparison",
-        action="store_true",
-        help="skip the second run of the first mode with the Merkle tree switched off (its cost)",
+        "--tree-pairs",
+        type=int,
+        default=3,
+        help="pairs of full-speed runs of the first mode, Merkle tree on then off, for the tree's cost (0: skip)",
     )
     args = parser.parse_args()
 
@@ -524,22 +573,12 @@ def main() -> None:
                 command += ["--loki-url", loki.url]
             last_command[mode] = command
             results[mode] = run_mode(command, args, sign1, sign2, env, loki is not None)
-        if not args.no_tree_comparison:
+        if args.tree_pairs:
             # The same sidecar and load with the Merkle tree (tiles and checkpoint notes, FORMAT.md 16)
-            # switched off, right after: the tree's cost is the difference of the two ratios.
+            # on and off, alternating: its cost is the difference.
             mode = args.modes.split(",")[0]
-            print(f"-- ack={mode}, Merkle tree off (checkpoint.merkle_tree: false)")
-            command = [c if c != archives[mode] else f"{archives[mode]}-no-tree" for c in last_command[mode]]
-            if mode == "spool":
-                command[command.index("--spool") + 1] = str(work / "spool-no-tree")
-            no_tree_env = env | {"COLLECTOR_EXT_CHECKPOINT__MERKLE_TREE": "false"}
-            without = run_mode(command, args, sign1, sign2, no_tree_env, False)
-            with_tree = results[mode]
-            print(
-                f"Merkle tree cost (ack={mode}): ratio {with_tree['ratio']:.3f} with the tree, {without['ratio']:.3f} "
-                f"without: {100 * (1 - with_tree['ratio'] / without['ratio']):+.1f}% (target: at most 3% lower); "
-                f"one leaf hash {leaf_hash_us():.2f} us = {leaf_hash_us() * sign1 / 1e6:.3f} x one signature"
-            )
+            print(f"-- ack={mode}, Merkle tree on and off (checkpoint.merkle_tree), {args.tree_pairs} pairs")
+            tree_cost_pairs(last_command[mode], env, args, sign1, sign2)
         print()
         print(f"{'':44}" + "".join(f"{mode:>14}" for mode in results))
         rows = [

@@ -17,7 +17,15 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from collector_ext.seal.layout import TILE_WIDTH
-from collector_ext.seal.merkle import HASH_SIZE, NodeReader, consistency_proof, inclusion_path, node_hash, tree_root
+from collector_ext.seal.merkle import (
+    HASH_SIZE,
+    NodeReader,
+    consistency_proof,
+    inclusion_path,
+    node_hash,
+    split_hashes,
+    tree_root,
+)
 
 TILE_HEIGHT = 8  # 2**8 == TILE_WIDTH
 
@@ -127,6 +135,21 @@ class TileBuilder:
     def root(self) -> bytes:
         """The tree root at the current size."""
         return tree_root_from_partials(self._size, {t.level: t.hashes for t in self.partial_tiles()})
+
+
+def extend_by_segments(
+    builder: TileBuilder, firsts: Sequence[int], leaves: Sequence[bytes]
+) -> tuple[TileBuilder, list[Tile]]:
+    """Extend ``builder`` by consecutive segments' leaf hashes (each segment's concatenated, starting at
+    sequence ``firsts[i]``; those below the builder's size are skipped, as a segment uploaded again
+    after a restart may start inside the tree). Returns the builder and the full tiles completed above
+    level 0 (level 0 is the segments' own entries, hashed: FORMAT.md 16.5).
+
+    Pure, so the writer runs it in a worker process: the builder goes there and comes back pickled."""
+    completed: list[Tile] = []
+    for first, hashes in zip(firsts, leaves, strict=True):
+        completed += builder.extend(split_hashes(hashes)[max(0, builder.size - first) :])
+    return builder, [tile for tile in completed if tile.level > 0]
 
 
 def _full_tile_root(row: Sequence[bytes]) -> bytes:

@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+import pickle
+from array import array
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from collector_ext.seal.layout import parse_tile_key, tile_index_path, tile_key
-from collector_ext.seal.merkle import consistency_proof, inclusion_path, leaf_hash, list_reader, tree_root
+from collector_ext.seal.merkle import (
+    concatenated_leaf_hashes,
+    consistency_proof,
+    inclusion_path,
+    leaf_hash,
+    list_reader,
+    split_hashes,
+    tree_root,
+)
 from collector_ext.seal.tiles import (
     Tile,
     TileBuilder,
     consistency_tiles,
     decode_tile,
+    extend_by_segments,
     inclusion_tiles,
     node_reader,
     tile_width,
@@ -82,3 +94,41 @@ def test_resuming_with_a_missing_or_short_partial_tile_is_refused() -> None:
         TileBuilder(260, {0: _hashes(3), 1: _hashes(1)})
     with pytest.raises(ValueError, match="should be 64 bytes"):
         decode_tile(0, 0, 2, bytes(63))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    sizes=st.lists(st.integers(min_value=1, max_value=700), min_size=1, max_size=6),
+    resume_at=st.integers(min_value=0, max_value=300),
+    overlap=st.integers(min_value=0, max_value=5),
+)
+def test_extending_by_segments_through_a_pickle_matches_the_tree(
+    sizes: list[int], resume_at: int, overlap: int
+) -> None:
+    """What the writer sends to a worker process (entries laid end to end, then a builder and the
+    segments' concatenated leaf hashes) gives the tree of those entries, whatever the segment sizes,
+    where the builder resumed, and when a segment starts inside the tree already built."""
+    entries = [f"entry {i}".encode() * (1 + i % 3) for i in range(resume_at + sum(sizes))]
+    leaves = [leaf_hash(entry) for entry in entries]
+    builder = TileBuilder()
+    builder.extend(leaves[:resume_at])
+    firsts, blobs, first = [], [], resume_at
+    for size in sizes:
+        start = max(0, first - overlap)  # uploaded again after a restart: starts inside the tree
+        segment = entries[start : first + size]
+        blob = concatenated_leaf_hashes(b"".join(segment), array("I", map(len, segment)))
+        assert split_hashes(blob) == leaves[start : first + size]
+        firsts.append(start)
+        blobs.append(blob)
+        first += size
+    builder, completed = pickle.loads(
+        pickle.dumps(extend_by_segments(pickle.loads(pickle.dumps(builder)), firsts, blobs))
+    )
+    assert builder.size == len(entries)
+    assert builder.root() == tree_root(leaves)
+    assert all(tile.level > 0 and tile.width == 256 for tile in completed)
+
+
+def test_entry_lengths_that_do_not_add_up_are_refused() -> None:
+    with pytest.raises(ValueError, match="add up"):
+        concatenated_leaf_hashes(b"abcdef", [2, 2])
