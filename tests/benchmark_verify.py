@@ -47,6 +47,10 @@ from collector_ext.deliver.directory_archive import DirectoryArchive
 from collector_ext.embedded_s3 import EmbeddedS3
 from collector_ext.seal.chain import genesis_payload
 from collector_ext.seal.keys import Ed25519Signer
+from collector_ext.seal.layout import checkpoint_note_key, parse_checkpoint_key
+from collector_ext.seal.merkle import CompactRange, leaf_hash
+from collector_ext.seal.note import chain_origin, checkpoint_text, sign_note
+from collector_ext.seal.segment import decode_segment
 from collector_ext.service import open_archive
 from collector_ext.verify.parallel import check_in_processes
 from collector_ext.verify.run import VerifyOptions, check_archive, check_archive_with_state
@@ -78,11 +82,22 @@ SIGNER_SEED = bytes(range(32))
 
 
 def _build_chain(number: int, segments: int, per_segment: int, archive_id: str) -> dict[str, bytes]:
-    """One chain of the scale archive (run in a worker process: building signs every record)."""
+    """One chain of the scale archive (run in a worker process: building signs every record), with a
+    checkpoint note beside each checkpoint, as the writer stores them by default (so verify's default
+    mode also checks the Merkle tree, FORMAT.md 16.6)."""
     signer = Ed25519Signer(Ed25519PrivateKey.from_private_bytes(SIGNER_SEED))
     genesis = genesis_payload(signer.public_key, writer="benchmark", reason="benchmark", archive_id=archive_id)
     chain_id = hashlib.sha256(b"benchmark chain %d" % number).digest()[:16]
-    return build_archive(signer, segments=segments, per_segment=per_segment, chain_id=chain_id, genesis=genesis).objects
+    built = build_archive(signer, segments=segments, per_segment=per_segment, chain_id=chain_id, genesis=genesis)
+    origin = chain_origin(archive_id, chain_id)
+    tree = CompactRange()
+    for segment_key, checkpoint in zip(built.segment_keys, built.checkpoint_keys, strict=True):
+        tree = tree.extend([leaf_hash(record.entry) for record in decode_segment(built.objects[segment_key]).records])
+        parsed = parse_checkpoint_key(checkpoint)
+        assert parsed is not None and parsed.last_sequence + 1 == tree.size
+        note = sign_note(checkpoint_text(origin, tree.size, tree.root()), origin, signer)
+        built.objects[checkpoint_note_key("", chain_id, parsed.checkpoint_number, parsed.last_sequence)] = note
+    return built.objects
 
 
 def _verify_rate(name: str, threads: int, seconds: float = 2.0) -> float:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import heapq
+import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -45,6 +46,7 @@ from collector_ext.seal.entry import (
 from collector_ext.seal.keys import PublicKey
 from collector_ext.seal.layout import CheckpointKey, SegmentKey
 from collector_ext.seal.segment import DecodedSegment, SealedRecord, decode_segment
+from collector_ext.verify.batch import StoredRecords, consecutive_from, same_slices
 from collector_ext.verify.checkpoints import CheckpointLedger, ListedSegment, ResumePoint, UnreadableObject
 from collector_ext.verify.entries import (
     RunKey,
@@ -74,6 +76,9 @@ RecordObserver = Callable[[Sequence[SealedRecord], str], None]
 # parallel implementation; the default checks them one after another.
 SignatureBatchChecker = Callable[[Sequence[tuple[PublicKey, bytes, bytes]]], list[bool]]
 
+_SEALED_SLICE = operator.itemgetter(slice(68, 76))  # sealed_unix_nano (FORMAT.md 7.1)
+_PREVIOUS_SLICE = operator.itemgetter(PREVIOUS_HASH_SLICE)
+
 # Misnamed segments set aside until the walk reaches their content: at most this many bytes.
 DEFERRED_BYTES_BUDGET = 32 * 1024 * 1024
 
@@ -97,6 +102,15 @@ class _Item:
     position: int
     hash: bytes = b""
     signature_ok: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _CleanRun:
+    """A segment found to continue the chain as a plain run of log records (``ChainChecker._clean_run``)."""
+
+    key_id: bytes  # the key that signs them
+    public_key: PublicKey
+    claimed: tuple[int, ...]  # the sequence numbers among them that checkpoints claim a head for
 
 
 @dataclass(frozen=True, slots=True)
@@ -391,15 +405,21 @@ class ChainChecker:
         # it did not sign (after a key rotation, the new key's checkpoint covers entries the old key
         # signed: those are checked one by one).
         authentic = recorded and listed is not None and listed.key_id == self._signing_key_for(segment)
+        records = StoredRecords(segment.records)  # each entry's bytes taken out of the parsed message once
         if self._observer is not None:
-            self._observer(segment.records, key.key)
+            self._observer(records, key.key)
         verify_signatures = self._check_all or not authentic
         first = self._expected
         self._segment_marks.clear()
-        clean = not verify_signatures and self._continue_clean_run(segment.records)
-        if not clean:
+        run = self._clean_run(records)
+        if run is not None and verify_signatures and not self._signed_by(records, run):
+            run = None  # a signature fails: the record-by-record walk says which and why
+        if run is not None:
+            self._accept_clean_run(records, run)
+        else:
             self._check_records(key, segment, verify_signatures)
-        self._resends.add_segment(key.key, segment.records, self._segment_marks, clean_from=first if clean else None)
+        clean = run is not None
+        self._resends.add_segment(key.key, records, self._segment_marks, clean_from=first if clean else None)
         declared_last = segment.first_sequence + segment.record_count - 1
         if self._expected <= declared_last:
             self._report(
@@ -511,55 +531,73 @@ class ChainChecker:
             self._previous_hash = None
             self._previous_item = None
 
-    def _continue_clean_run(self, records: Sequence[SealedRecord]) -> bool:
-        """Fast path for a segment already proven authentic by a checkpoint digest: True (and the
-        state moved on) when every record simply continues the chain; False, with nothing changed,
-        when anything needs a closer look by ``_check_records``."""
+    def _clean_run(self, records: StoredRecords) -> _CleanRun | None:
+        """Fast path (FORMAT.md 13.4): the run of log records the segment continues the chain with,
+        when every record simply continues it (consecutive sequence numbers from ``expected``, linked,
+        the chain's id, version and log-record kind, signed by the key bound there or the run key of the
+        run in progress, inside that key's window, matching every head claim among them); None, with
+        nothing changed, when anything needs a closer look by ``_check_records``. Signatures are not
+        looked at here."""
         expected = self._expected
         previous = self._previous_hash
         key_id = self.keys.key_at(expected)
         if previous is None or not records or key_id is None or not self.format_version:
-            return False
+            return None
         certifier = key_id
+        public_key = self._keyring.get(key_id)
         run = self._active_run
         if run is not None and expected > run.sequence:
             key_id = run.key.key_id  # the run's records are signed by its run key (FORMAT.md 10.3)
-        chain_id = self.chain_id
-        claim_at = self.ledger.claims.get  # per record: a plain dict look-up
-        plain_header = self.format_version.to_bytes(2, "big") + bytes([EntryKind.LOG_RECORD, 0])
-        base = hashlib.sha256(ENTRY_HASH_PREFIX)
+            public_key = run.key
         pinned = self._keyring.pinned(certifier)
-        if pinned is None:
-            return False
-        window = None
+        if pinned is None or public_key is None:
+            return None
+        plain_header = self.format_version.to_bytes(2, "big") + bytes([EntryKind.LOG_RECORD, 0])
+        # Every comparison of the record-by-record walk, a segment at a time (verify.batch); every entry
+        # must also have a full header (13.3 step 8.1).
+        entries = records.entries
+        count = len(entries)
+        if (
+            not consecutive_from(entries, expected)
+            or not same_slices(entries, 0, 20, plain_header + self.chain_id)
+            or not same_slices(entries, KEY_ID_SLICE.start, KEY_ID_SLICE.stop, key_id)
+        ):
+            return None
         if pinned.not_before is not None or pinned.not_after is not None:
-            window = (
-                (pinned.not_before or 0).to_bytes(8, "big"),
-                (pinned.not_after if pinned.not_after is not None else 2**64 - 1).to_bytes(8, "big"),
-            )
-        claimed: list[int] = []
-        for record in records:
-            entry = record.entry
-            if (
-                entry[:4] != plain_header
-                or entry[4:20] != chain_id
-                or entry[SEQUENCE_SLICE] != expected.to_bytes(8, "big")
-                or entry[PREVIOUS_HASH_SLICE] != previous
-                or entry[KEY_ID_SLICE] != key_id
-            ):
-                return False
-            if window is not None and not window[0] <= entry[68:76] <= window[1]:
-                return False
-            digest = base.copy()
-            digest.update(entry)
-            previous = digest.digest()
-            claim = claim_at(expected)
-            if claim is not None:
-                if claim.head != previous:
-                    return False
-                claimed.append(expected)
-            expected += 1
-        self._key_ids.add(key_id)
+            sealed = list(map(_SEALED_SLICE, entries))
+            low = (pinned.not_before or 0).to_bytes(8, "big")
+            high = (pinned.not_after if pinned.not_after is not None else 2**64 - 1).to_bytes(8, "big")
+            if min(sealed) < low or max(sealed) > high:
+                return None
+        hashes = records.hashes
+        links = list(map(_PREVIOUS_SLICE, entries))
+        if links[0] != previous or links[1:] != hashes[:-1]:
+            return None
+        end = expected + count
+        claims = self.ledger.claims
+        if len(claims) < count:
+            claimed = sorted(sequence for sequence in claims if expected <= sequence < end)
+        else:
+            claimed = [sequence for sequence in range(expected, end) if sequence in claims]
+        for sequence in claimed:
+            if claims[sequence].head != hashes[sequence - expected]:
+                return None
+        return _CleanRun(key_id, public_key, tuple(claimed))
+
+    def _signed_by(self, records: StoredRecords, run: _CleanRun) -> bool:
+        """Whether every record's signature verifies under the run's key (13.3 step 7), checked as one
+        batch; counted as checked either way."""
+        key = run.public_key
+        messages = map(RECORD_SIGNATURE_PREFIX.__add__, records.hashes)
+        batch = [(key, record.signature, message) for record, message in zip(records, messages, strict=True)]
+        self._record_signatures += len(batch)
+        return all(self._check_batch(batch))
+
+    def _accept_clean_run(self, records: StoredRecords, run: _CleanRun) -> None:
+        """Move the walk past a clean run (13.3 step 8.9 for each record, and 8.9a for its head claims)."""
+        expected = self._expected + len(records)
+        previous = records.hashes[-1]
+        self._key_ids.add(run.key_id)
         last = records[-1]
         self._previous_item = _Item(expected - 1, last.entry, last.signature, len(records) - 1, previous)
         self._expected = expected
@@ -567,11 +605,10 @@ class ChainChecker:
         self._last_hash = previous
         self._last_accepted = expected - 1
         self.records += len(records)
-        for sequence in claimed:
+        for sequence in run.claimed:
             taken = self.ledger.take_claim(sequence)
             if taken is not None:
                 self._check_checkpoint_keys(sequence, taken.signers)
-        return True
 
     def _check_records(self, key: SegmentKey, segment: DecodedSegment, verify_signatures: bool) -> None:
         items = []

@@ -29,6 +29,7 @@ from collector_ext.seal.note import (
     parse_tree_head,
 )
 from collector_ext.seal.segment import SealedRecord
+from collector_ext.verify.batch import consecutive_from, entries_of, extend_range, leaf_hashes
 from collector_ext.verify.findings import Finding, FindingKind, Severity
 from collector_ext.verify.keys import Keyring
 
@@ -164,9 +165,22 @@ class TreeChecker:
         while a note waits to be compared: a chain without notes costs the walk nothing)."""
         if self._blind or not self._pending:
             return
-        leaves: list[bytes] = []
-        for record in records:
-            entry = record.entry
+        entries = entries_of(records)
+        start = self._tree.size
+        if consecutive_from(entries, start):
+            # The usual case: the records continue the tree. Hashed a segment at a time (verify.batch),
+            # the tree extended up to each note's size in turn.
+            leaves = leaf_hashes(entries)
+            done = 0
+            while self._pending and self._pending[0][0] <= start + len(leaves):
+                reach = self._pending[0][0] - start
+                self._extend(leaves[done:reach])
+                done = reach
+                self._compare_reached()
+            self._extend(leaves[done:])
+            return
+        leaves = []
+        for entry in entries:
             if len(entry) < ENTRY_HEADER_SIZE:
                 continue
             sequence = int.from_bytes(entry[SEQUENCE_SLICE], "big")
@@ -184,7 +198,7 @@ class TreeChecker:
             return
         if self.resumed_at and len(self.first_leaves) < TILE_LEAVES:
             self.first_leaves += leaves[: TILE_LEAVES - len(self.first_leaves)]
-        self._tree = self._tree.extend(leaves)
+        self._tree = extend_range(self._tree, leaves)
 
     def _compare_reached(self) -> None:
         size = self._tree.size

@@ -1,0 +1,144 @@
+"""Per-record work of the verifier done a segment at a time: comparisons of header fields run by the
+interpreter's C code (``bytes.join`` over slices, list comparison) instead of Python bytecode per
+record, and hashes in one tight loop each.
+
+Each function computes exactly what its one-record counterpart computes (``seal.entry.entry_hash``,
+``seal.merkle.leaf_hash``, ``CompactRange.extend``, the header comparisons of FORMAT.md 13.3 step 8);
+tests/unit/verify/test_batch.py holds them to that on clean and altered input. None of them decides
+anything alone: a caller that gets ``False`` takes the record-by-record path, which names the finding.
+
+What this does not do: parse anything, or read the archive.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import operator
+import struct
+from collections.abc import Iterable, Sequence
+from typing import overload
+
+from collector_ext.seal.entry import ENTRY_HASH_PREFIX, ENTRY_HEADER_SIZE, SEQUENCE_SLICE
+from collector_ext.seal.merkle import LEAF_PREFIX, NODE_PREFIX, CompactRange
+from collector_ext.seal.segment import SealedRecord
+
+_ENTRY = operator.attrgetter("entry")
+_SEQUENCE = operator.itemgetter(SEQUENCE_SLICE)
+_SHA256 = hashlib.sha256
+MAX_SEQUENCE = 2**64 - 1
+
+
+def entries_of(records: Sequence[SealedRecord]) -> list[bytes]:
+    """The records' entry bytes, in stored order."""
+    if isinstance(records, StoredRecords):
+        return records.entries
+    return list(map(_ENTRY, records))
+
+
+class StoredRecords(Sequence[SealedRecord]):
+    """A segment's stored records, with their entry bytes taken out once (each read of a parsed
+    record's field makes a new bytes object) and their entry hashes computed once, when first asked."""
+
+    __slots__ = ("_hashes", "_records", "entries")
+
+    def __init__(self, records: Sequence[SealedRecord]) -> None:
+        self._records = records
+        self.entries = list(map(_ENTRY, records))
+        self._hashes: list[bytes] | None = None
+
+    @property
+    def hashes(self) -> list[bytes]:
+        """The entry hash (FORMAT.md 9) of each entry."""
+        if self._hashes is None:
+            self._hashes = entry_hashes(self.entries)
+        return self._hashes
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    @overload
+    def __getitem__(self, index: int) -> SealedRecord: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[SealedRecord]: ...
+
+    def __getitem__(self, index: int | slice) -> SealedRecord | Sequence[SealedRecord]:
+        return self._records[index]
+
+
+def prefixed_hashes(prefix: bytes, messages: Iterable[bytes]) -> list[bytes]:
+    """SHA-256(prefix || message) of each message.
+
+    A loop over copies of one hash of the prefix: measured faster than hashing ``prefix + message``
+    with a new hash object each time, or than the same driven by ``map`` (OpenSSL makes a new hash
+    context more slowly than it copies one)."""
+    copy = _SHA256(prefix).copy
+    hashes: list[bytes] = []
+    append = hashes.append
+    for message in messages:
+        digest = copy()
+        digest.update(message)
+        append(digest.digest())
+    return hashes
+
+
+def entry_hashes(entries: Sequence[bytes]) -> list[bytes]:
+    """The entry hash (FORMAT.md 9) of each entry."""
+    return prefixed_hashes(ENTRY_HASH_PREFIX, entries)
+
+
+def leaf_hashes(entries: Sequence[bytes]) -> list[bytes]:
+    """The RFC 6962 leaf hash (FORMAT.md 16.1) of each entry."""
+    return prefixed_hashes(LEAF_PREFIX, entries)
+
+
+def same_slices(entries: Sequence[bytes], start: int, end: int, expected: bytes) -> bool:
+    """Whether ``entry[start:end] == expected`` for every entry (``expected`` is ``end - start`` bytes).
+
+    The slices are joined and compared with ``expected`` repeated: a shorter slice (an entry that ends
+    before ``end``) makes the joined bytes shorter, so it never compares equal."""
+    if len(expected) != end - start:
+        raise ValueError("expected must be as long as the slice")
+    return b"".join(map(operator.itemgetter(slice(start, end)), entries)) == expected * len(entries)
+
+
+def all_headers(entries: Sequence[bytes]) -> bool:
+    """Whether every entry is at least as long as the fixed header (FORMAT.md 7.1)."""
+    return not entries or min(map(len, entries)) >= ENTRY_HEADER_SIZE
+
+
+def consecutive_from(entries: Sequence[bytes], first: int) -> bool:
+    """Whether every entry has a full header and the entries' sequence numbers are ``first``,
+    ``first + 1``, ... in stored order."""
+    count = len(entries)
+    if not all_headers(entries) or first < 0 or first + count - 1 > MAX_SEQUENCE:
+        return False
+    return b"".join(map(_SEQUENCE, entries)) == struct.pack(f">{count}Q", *range(first, first + count))
+
+
+def extend_range(tree: CompactRange, leaves: Sequence[bytes]) -> CompactRange:
+    """``tree.extend(leaves)``, hashing the new interior nodes a level at a time.
+
+    At level ``k`` the new nodes are paired from an even index: the compact range's node of level ``k``
+    (when bit ``k`` of the old size is set) goes in front of them, and an odd one left at the end is the
+    new range's node of that level. The nodes above the last level reached are unchanged.
+    """
+    if not leaves:
+        return tree
+    old = tree.size
+    waiting = {}  # level -> the old range's node of that level
+    levels = [level for level in range(old.bit_length()) if old >> level & 1]
+    for level, node in zip(levels, reversed(tree.nodes), strict=True):
+        waiting[level] = node
+    kept: dict[int, bytes] = {}
+    current = list(leaves)
+    level = 0
+    while current:
+        if level in waiting:
+            current.insert(0, waiting.pop(level))
+        if len(current) & 1:
+            kept[level] = current.pop()
+        current = prefixed_hashes(NODE_PREFIX, map(bytes.__add__, current[0::2], current[1::2]))
+        level += 1
+    kept.update(waiting)
+    return CompactRange(old + len(leaves), tuple(kept[level] for level in sorted(kept, reverse=True)))
