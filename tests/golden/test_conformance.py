@@ -21,6 +21,8 @@ from collector_ext.deliver.directory_archive import DirectoryArchive
 from collector_ext.seal.keys import PublicKey, load_public_key_pem
 from collector_ext.verify.render import report_as_json
 from collector_ext.verify.run import VerifyOptions, check_archive
+from collector_ext.verify.witnesses import WitnessPolicy
+from collector_ext.witness.vkey import parse_witness_vkey
 
 CASES = Path(__file__).resolve().parent / "conformance" / "cases"
 CASE_NAMES = sorted(p.name for p in CASES.iterdir() if (p / "case.json").is_file())
@@ -43,10 +45,18 @@ def run_case(directory: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         key = load_public_key_pem(pinned["pem"].encode(), directory.name)
         assert key.raw.hex() == pinned["raw_hex"] and key.key_id.hex() == pinned["key_id"]
         keys[key.key_id] = key
+    witnesses = dict(parse_witness_vkey(vkey) for vkey in case["options"].get("witnesses", []))
     options = VerifyOptions(
         archive_id=case["options"]["archive_id"],
         check_all_signatures=case["options"]["check_all_signatures"],
         signature_threads=1,
+        witness_policy=WitnessPolicy(
+            witnesses=witnesses,
+            required_witnesses=case["options"].get("witnesses_required", 0),
+            grace_seconds=case["options"].get("witness_grace_seconds", 600.0),
+        )
+        if witnesses
+        else None,
     )
 
     async def verify() -> Any:

@@ -746,6 +746,126 @@ def tree_changed_record() -> Case:
     )
 
 
+# Witnesses (FORMAT.md 19): fixed keys, names and a fixed cosigning time.
+WITNESS_1 = ("witness.example/team-b", Ed25519Signer(Ed25519PrivateKey.from_private_bytes(bytes(range(0x80, 0xA0)))))
+WITNESS_2 = ("witness.example/team-c", Ed25519Signer(Ed25519PrivateKey.from_private_bytes(bytes(range(0xA0, 0xC0)))))
+WITNESS_3 = ("witness.example/unpinned", Ed25519Signer(Ed25519PrivateKey.from_private_bytes(bytes(range(0xE0, 0x100)))))
+COSIGNED_AT = BASE_TIME // 10**9 + 3600
+
+
+def _witness_options(*witnesses: tuple[str, Ed25519Signer], required: int) -> dict[str, Any]:
+    from collector_ext.witness.vkey import witness_vkey
+
+    return {
+        "witnesses": [witness_vkey(name, signer.public_key) for name, signer in witnesses],
+        "witnesses_required": required,
+        # Every checkpoint is old enough to be due (19.4 step 4): the result does not depend on the date.
+        "witness_grace_seconds": 0,
+    }
+
+
+def _cosign(built: BuiltArchive, note_key: str, witness: tuple[str, Ed25519Signer], *, beside: str = "") -> str:
+    """Store ``witness``'s cosignature line on the note at ``note_key`` beside the note at ``beside``
+    (default: the same note), as the writer stores what a witness returned (19.1); its key."""
+    from collector_ext.seal.layout import cosignature_key
+    from collector_ext.seal.note import cosign, parse_note
+
+    name, signer = witness
+    line = cosign(parse_note(built.objects[note_key]).text, name, signer, COSIGNED_AT).line()
+    key = cosignature_key(beside or note_key, name)
+    built.objects[key] = line
+    return key
+
+
+def witnessed() -> Case:
+    built = chain()
+    notes = _with_notes(built)
+    _cosign(built, notes[1], WITNESS_1)
+    _cosign(built, notes[2], WITNESS_1)
+    return Case(
+        "witnessed",
+        "Notes cosigned by the one pinned witness, one required (FORMAT.md 19.4): the newest note, tree size 9, "
+        "is witnessed (info), nothing else.",
+        built.objects,
+        [finding("witnessed", "info")],
+        options=_witness_options(WITNESS_1, required=1),
+    )
+
+
+def witness_cosignature_forged() -> Case:
+    built = chain()
+    notes = _with_notes(built)
+    _cosign(built, notes[1], WITNESS_1)
+    forged = _cosign(built, notes[2], WITNESS_1)
+    line = built.objects[forged]
+    name, blob = line.rstrip(b"\n").split(b" ")[1:]
+    raw = bytearray(base64.b64decode(blob))
+    raw[-1] ^= 1  # the last byte of the Ed25519 signature
+    built.objects[forged] = "\u2014 ".encode() + name + b" " + base64.b64encode(bytes(raw)) + b"\n"
+    return Case(
+        "witness-cosignature-forged",
+        "The pinned witness's cosignature beside the newest note altered in one signature byte (19.4 step 2): "
+        "bad-cosignature at that object; the required witness then vouches only for tree size 6 (step 4): "
+        "unwitnessed-checkpoint for entries 6-8 at the newest note.",
+        built.objects,
+        [
+            finding("bad-cosignature", "tampering", key=forged),
+            finding("unwitnessed-checkpoint", "loss", 6, 8, notes[2]),
+        ],
+        options=_witness_options(WITNESS_1, required=1),
+    )
+
+
+def witness_cosignature_moved() -> Case:
+    built = chain()
+    notes = _with_notes(built)
+    _cosign(built, notes[1], WITNESS_1)
+    moved = _cosign(built, notes[1], WITNESS_1, beside=notes[2])
+    return Case(
+        "witness-cosignature-moved",
+        "A valid cosignature of the note of tree size 6 copied beside the newest note, size 9 (19.4 step 2: it "
+        "does not verify over that note): bad-cosignature there, and entries 6-8 unwitnessed.",
+        built.objects,
+        [
+            finding("bad-cosignature", "tampering", key=moved),
+            finding("unwitnessed-checkpoint", "loss", 6, 8, notes[2]),
+        ],
+        options=_witness_options(WITNESS_1, required=1),
+    )
+
+
+def unwitnessed_tail() -> Case:
+    built = chain()
+    notes = _with_notes(built)
+    _cosign(built, notes[0], WITNESS_1)
+    _cosign(built, notes[1], WITNESS_1)
+    return Case(
+        "unwitnessed-tail",
+        "The newest note (tree size 9) has no cosignature; the witness last vouched for size 6 (19.4 step 4): "
+        "unwitnessed-checkpoint for entries 6-8, a loss, because a history the witness was never shown looks the "
+        "same as a witness outage.",
+        built.objects,
+        [finding("unwitnessed-checkpoint", "loss", 6, 8, notes[2])],
+        options=_witness_options(WITNESS_1, required=1),
+    )
+
+
+def witness_quorum_short() -> Case:
+    built = chain()
+    notes = _with_notes(built)
+    _cosign(built, notes[2], WITNESS_1)
+    _cosign(built, notes[2], WITNESS_3)  # a witness the auditor did not pin does not count
+    return Case(
+        "witness-quorum-short",
+        "Two of two pinned witnesses required; the newest note carries one pinned witness's cosignature and one "
+        "by a witness that is not pinned, which is ignored (19.4 steps 2, 4): no tree has 2 pinned cosignatures, "
+        "so entries 0-8 are unwitnessed.",
+        built.objects,
+        [finding("unwitnessed-checkpoint", "loss", 0, 8, notes[2])],
+        options=_witness_options(WITNESS_1, WITNESS_2, required=2),
+    )
+
+
 CASES: list[Callable[[], Case]] = [
     clean_v2,
     clean_v1,
@@ -783,6 +903,11 @@ CASES: list[Callable[[], Case]] = [
     tree_note_altered,
     tree_note_of_another_chain,
     tree_changed_record,
+    witnessed,
+    witness_cosignature_forged,
+    witness_cosignature_moved,
+    unwitnessed_tail,
+    witness_quorum_short,
 ]
 
 
@@ -810,7 +935,11 @@ def write_case(case: Case, root: Path) -> None:
     document = {
         "description": case.description,
         "pinned_keys": [_key_json(signer) for signer in case.keys],
-        "options": {"archive_id": case.options.get("archive_id"), "check_all_signatures": False},
+        "options": {
+            "archive_id": case.options.get("archive_id"),
+            "check_all_signatures": False,
+            **{name: value for name, value in case.options.items() if name.startswith("witness")},
+        },
         "objects": {key: hashlib.sha256(data).hexdigest() for key, data in sorted(case.objects.items())},
         "expected": {"verified": case.verified, "findings": sorted(case.expected, key=_order)},
     }
