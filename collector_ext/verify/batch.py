@@ -1,6 +1,6 @@
 """Per-record work of the verifier done a segment at a time: comparisons of header fields run by the
-interpreter's C code (``bytes.join`` over slices, list comparison) instead of Python bytecode per
-record, and hashes in one tight loop each.
+interpreter's C code (``all`` over ``map``, stopping at the first difference and holding one slice at a
+time) instead of Python bytecode per record, and hashes in one tight loop each.
 
 Each function computes exactly what its one-record counterpart computes (``seal.entry.entry_hash``,
 ``seal.merkle.leaf_hash``, ``CompactRange.extend``, the header comparisons of FORMAT.md 13.3 step 8);
@@ -13,17 +13,20 @@ What this does not do: parse anything, or read the archive.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import operator
 import struct
 from collections.abc import Iterable, Sequence
 from typing import overload
 
-from collector_ext.seal.entry import ENTRY_HASH_PREFIX, ENTRY_HEADER_SIZE, SEQUENCE_SLICE
+from collector_ext.seal.entry import ENTRY_HASH_PREFIX, ENTRY_HEADER_SIZE, PREVIOUS_HASH_SLICE, SEQUENCE_SLICE
 from collector_ext.seal.merkle import LEAF_PREFIX, NODE_PREFIX, CompactRange
 from collector_ext.seal.segment import SealedRecord
 
 _ENTRY = operator.attrgetter("entry")
 _SEQUENCE = operator.itemgetter(SEQUENCE_SLICE)
+_PREVIOUS_HASH = operator.itemgetter(PREVIOUS_HASH_SLICE)
+_U64 = struct.Struct(">Q").pack
 _SHA256 = hashlib.sha256
 MAX_SEQUENCE = 2**64 - 1
 
@@ -93,13 +96,12 @@ def leaf_hashes(entries: Sequence[bytes]) -> list[bytes]:
 
 
 def same_slices(entries: Sequence[bytes], start: int, end: int, expected: bytes) -> bool:
-    """Whether ``entry[start:end] == expected`` for every entry (``expected`` is ``end - start`` bytes).
-
-    The slices are joined and compared with ``expected`` repeated: a shorter slice (an entry that ends
-    before ``end``) makes the joined bytes shorter, so it never compares equal."""
+    """Whether ``entry[start:end] == expected`` for every entry (``expected`` is ``end - start`` bytes;
+    an entry that ends before ``end`` gives a shorter slice, which never compares equal). Stops at the
+    first that differs; holds one slice at a time."""
     if len(expected) != end - start:
         raise ValueError("expected must be as long as the slice")
-    return b"".join(map(operator.itemgetter(slice(start, end)), entries)) == expected * len(entries)
+    return all(map(expected.__eq__, map(operator.itemgetter(slice(start, end)), entries)))
 
 
 def all_headers(entries: Sequence[bytes]) -> bool:
@@ -113,7 +115,16 @@ def consecutive_from(entries: Sequence[bytes], first: int) -> bool:
     count = len(entries)
     if not all_headers(entries) or first < 0 or first + count - 1 > MAX_SEQUENCE:
         return False
-    return b"".join(map(_SEQUENCE, entries)) == struct.pack(f">{count}Q", *range(first, first + count))
+    return all(map(bytes.__eq__, map(_SEQUENCE, entries), map(_U64, range(first, first + count))))
+
+
+def links_continue(entries: Sequence[bytes], hashes: Sequence[bytes], previous: bytes) -> bool:
+    """Whether each entry's ``previous_hash`` is ``previous`` for the first, then the entry hash of the
+    entry before it (``hashes``: the entries' hashes; FORMAT.md 10 rule 2)."""
+    if not entries:
+        return True
+    links = map(_PREVIOUS_HASH, entries)
+    return next(links) == previous and all(map(bytes.__eq__, links, itertools.islice(hashes, len(hashes) - 1)))
 
 
 def extend_range(tree: CompactRange, leaves: Sequence[bytes]) -> CompactRange:

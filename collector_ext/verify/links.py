@@ -34,7 +34,6 @@ from dataclasses import dataclass
 from collector_ext.errors import MalformedObjectError
 from collector_ext.pb import archive_pb2
 from collector_ext.seal.entry import (
-    ENTRY_HASH_PREFIX,
     ENTRY_HEADER_SIZE,
     KEY_ID_SLICE,
     PREVIOUS_HASH_SLICE,
@@ -46,7 +45,7 @@ from collector_ext.seal.entry import (
 from collector_ext.seal.keys import PublicKey
 from collector_ext.seal.layout import CheckpointKey, SegmentKey
 from collector_ext.seal.segment import DecodedSegment, SealedRecord, decode_segment
-from collector_ext.verify.batch import StoredRecords, consecutive_from, same_slices
+from collector_ext.verify.batch import StoredRecords, consecutive_from, links_continue, same_slices
 from collector_ext.verify.checkpoints import CheckpointLedger, ListedSegment, ResumePoint, UnreadableObject
 from collector_ext.verify.entries import (
     RunKey,
@@ -77,7 +76,6 @@ RecordObserver = Callable[[Sequence[SealedRecord], str], None]
 SignatureBatchChecker = Callable[[Sequence[tuple[PublicKey, bytes, bytes]]], list[bool]]
 
 _SEALED_SLICE = operator.itemgetter(slice(68, 76))  # sealed_unix_nano (FORMAT.md 7.1)
-_PREVIOUS_SLICE = operator.itemgetter(PREVIOUS_HASH_SLICE)
 
 # Misnamed segments set aside until the walk reaches their content: at most this many bytes.
 DEFERRED_BYTES_BUDGET = 32 * 1024 * 1024
@@ -417,9 +415,10 @@ class ChainChecker:
         if run is not None:
             self._accept_clean_run(records, run)
         else:
-            self._check_records(key, segment, verify_signatures)
+            self._check_records(key, segment, records, verify_signatures)
         clean = run is not None
-        self._resends.add_segment(key.key, records, self._segment_marks, clean_from=first if clean else None)
+        # The parsed records, not their entries taken out: the tracker keeps a window of segments.
+        self._resends.add_segment(key.key, segment.records, self._segment_marks, clean_from=first if clean else None)
         declared_last = segment.first_sequence + segment.record_count - 1
         if self._expected <= declared_last:
             self._report(
@@ -558,9 +557,9 @@ class ChainChecker:
         entries = records.entries
         count = len(entries)
         if (
-            not consecutive_from(entries, expected)
-            or not same_slices(entries, 0, 20, plain_header + self.chain_id)
+            not same_slices(entries, 0, 20, plain_header + self.chain_id)
             or not same_slices(entries, KEY_ID_SLICE.start, KEY_ID_SLICE.stop, key_id)
+            or not consecutive_from(entries, expected)
         ):
             return None
         if pinned.not_before is not None or pinned.not_after is not None:
@@ -570,8 +569,7 @@ class ChainChecker:
             if min(sealed) < low or max(sealed) > high:
                 return None
         hashes = records.hashes
-        links = list(map(_PREVIOUS_SLICE, entries))
-        if links[0] != previous or links[1:] != hashes[:-1]:
+        if not links_continue(entries, hashes, previous):
             return None
         end = expected + count
         claims = self.ledger.claims
@@ -586,12 +584,15 @@ class ChainChecker:
 
     def _signed_by(self, records: StoredRecords, run: _CleanRun) -> bool:
         """Whether every record's signature verifies under the run's key (13.3 step 7), checked as one
-        batch; counted as checked either way."""
+        batch. Counted when all do; otherwise the record-by-record walk checks and counts them again,
+        and says which failed."""
         key = run.public_key
         messages = map(RECORD_SIGNATURE_PREFIX.__add__, records.hashes)
         batch = [(key, record.signature, message) for record, message in zip(records, messages, strict=True)]
+        if not all(self._check_batch(batch)):
+            return False
         self._record_signatures += len(batch)
-        return all(self._check_batch(batch))
+        return True
 
     def _accept_clean_run(self, records: StoredRecords, run: _CleanRun) -> None:
         """Move the walk past a clean run (13.3 step 8.9 for each record, and 8.9a for its head claims)."""
@@ -610,17 +611,21 @@ class ChainChecker:
             if taken is not None:
                 self._check_checkpoint_keys(sequence, taken.signers)
 
-    def _check_records(self, key: SegmentKey, segment: DecodedSegment, verify_signatures: bool) -> None:
+    def _check_records(
+        self, key: SegmentKey, segment: DecodedSegment, records: StoredRecords, verify_signatures: bool
+    ) -> None:
         items = []
-        for position, record in enumerate(segment.records):
-            entry = record.entry
+        hashes = records.hashes  # computed once, whether the fast path looked at them or not
+        for position, (entry, record, entry_hash) in enumerate(
+            zip(records.entries, segment.records, hashes, strict=True)
+        ):
             # An entry too short for a header has no sequence number of its own: it stands where
             # it is stored (FORMAT.md 13.3 step 5).
             if len(entry) >= ENTRY_HEADER_SIZE:
                 sequence = int.from_bytes(entry[SEQUENCE_SLICE], "big")
             else:
                 sequence = segment.first_sequence + position
-            items.append(_Item(sequence, entry, record.signature, position))
+            items.append(_Item(sequence, entry, record.signature, position, entry_hash))
         self._check_items(key, items, verify_signatures=verify_signatures)
 
     def _check_items(self, key: SegmentKey, items: list[_Item], *, verify_signatures: bool) -> None:
@@ -640,11 +645,6 @@ class ChainChecker:
             running_max = max(running_max, item.sequence)
         if reordered:
             items = sorted(items, key=lambda i: i.sequence)
-        base = hashlib.sha256(ENTRY_HASH_PREFIX)
-        for item in items:
-            digest = base.copy()
-            digest.update(item.entry)
-            item.hash = digest.digest()
         if verify_signatures:
             self._verify_signatures(items)
         first_in_segment = True
