@@ -464,6 +464,12 @@ def main() -> None:
         default=3,
         help="pairs of full-speed runs of the first mode, Merkle tree on then off, for the tree's cost (0: skip)",
     )
+    parser.add_argument(
+        "--verify-scale",
+        default="8x25x1000",
+        help="CHAINSxSEGMENTSxRECORDS: then verify such an archive from S3 in 1 and 2 processes and in shards, with "
+        "merged verdicts on clean and tampered copies (tests/benchmark_verify.py --scale); empty to skip",
+    )
     args = parser.parse_args()
 
     from collector_ext.seal.keys import generate_key_pair, load_public_key_pem
@@ -623,6 +629,13 @@ def main() -> None:
         print(f"verify (chain + signed checkpoints): {records / elapsed:,.0f} records/s over {records:,} records")
         records, elapsed = asyncio.run(verify(archive_url, True))
         print(f"verify --all-signatures: {records / elapsed:,.0f} records/s")
+        if args.verify_scale:
+            sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+            from tests.benchmark_verify import run_scale
+
+            chains, segments, per_segment = (int(part) for part in args.verify_scale.split("x"))
+            print(f"-- verify at scale: {chains} chains x {segments} segments x {per_segment} records, from S3")
+            run_scale(chains, segments, per_segment, [1, 2])
     finally:
         if s3_server is not None:
             s3_server.stop()
