@@ -191,11 +191,11 @@ def test_no_segment_object_passes_the_format_limit(
 ) -> None:
     """A batch that would carry a segment past MAX_SEGMENT_OBJECT_BYTES or MAX_SEGMENT_RECORDS continues in new segments,
     so a verifier never meets a legitimate object it must refuse (FORMAT.md 4.1)."""
-    import collector_ext.pipeline as pipeline_module
+    import collector_ext.pipeline.sealing as sealing_module
 
     limit = 4096
-    monkeypatch.setattr(pipeline_module, "MAX_SEGMENT_OBJECT_BYTES", limit)
-    monkeypatch.setattr(pipeline_module, "MAX_SEGMENT_RECORDS", 12)
+    monkeypatch.setattr(sealing_module, "MAX_SEGMENT_OBJECT_BYTES", limit)
+    monkeypatch.setattr(sealing_module, "MAX_SEGMENT_RECORDS", 12)
     store = InMemoryArchive()
 
     async def run() -> None:
@@ -245,10 +245,10 @@ def test_a_checkpoint_lists_at_most_its_share_of_segments(
 ) -> None:
     """After an outage many archived segments wait for a checkpoint: they are spread over several, so
     no checkpoint object passes its format limit."""
-    import collector_ext.pipeline as pipeline_module
+    import collector_ext.pipeline.checkpointing as checkpointing_module
     from collector_ext.seal.checkpoint import decode_checkpoint
 
-    monkeypatch.setattr(pipeline_module, "MAX_SEGMENTS_PER_CHECKPOINT", 3)
+    monkeypatch.setattr(checkpointing_module, "MAX_SEGMENTS_PER_CHECKPOINT", 3)
     store = InMemoryArchive()
 
     async def run() -> None:
