@@ -22,6 +22,8 @@ TRIM_INTERVAL = 1.0
 
 
 class SpoolTrimmer:
+    """Trims the spool up to what is checkpointed and delivered to Loki; see the module docstring."""
+
     def __init__(
         self,
         spool: Spool,
