@@ -327,7 +327,6 @@ class SealingPipeline:
         self._tasks = [
             asyncio.create_task(self._sealer.flush_loop(), name="segment-flush"),
             asyncio.create_task(self._persister.run(), name="segment-persist"),
-            asyncio.create_task(self._checkpointer.run(), name="checkpoints"),
             *([asyncio.create_task(self._trimmer.run(), name="spool-trim")] if self._trimmer is not None else []),
             *(
                 asyncio.create_task(self._uploader.run(), name=f"upload-{n}")
@@ -335,6 +334,10 @@ class SealingPipeline:
             ),
         ]
         first = await self._chain_start.begin(contents)
+        # Only now: before begin() has loaded the chain's Merkle tree, a checkpoint (an idle one
+        # after checkpoint_interval, while the archive is slow to answer) would go out without its
+        # tiles and note.
+        self._tasks.append(asyncio.create_task(self._checkpointer.run(), name="checkpoints"))
         self._checkpointer.due()
         await first
         self._accepting = True

@@ -301,3 +301,33 @@ def test_without_a_spool_each_start_supersedes_the_last_chain_of_the_writer(sign
     report = verify_objects(store.objects, [signer.public_key])
     assert report.clean
     assert "superseded-chain" in [f.kind for f in report.findings]
+
+
+class _SlowTiles(InMemoryArchive):
+    """Reading a tree tile takes a while, as from an archive slow to answer at start-up."""
+
+    async def get(self, key: str, max_bytes: int | None = None) -> bytes:
+        if "/tile/" in key:
+            await asyncio.sleep(0.5)
+        return await super().get(key, max_bytes)
+
+
+def test_no_checkpoint_goes_out_without_its_tree_while_the_tree_is_still_being_read(
+    signer: Ed25519Signer, tmp_path: Path
+) -> None:
+    from collector_ext.seal.layout import checkpoint_note_key, parse_checkpoint_key
+
+    store = _SlowTiles()
+    asyncio.run(_run(_pipeline(signer, store, tmp_path), [[b"a"], [b"b"]]))
+    # Idle checkpoints are due every 50 ms while the restart reads the tiles for 500 ms.
+    fast = {"checkpoint_interval": 0.05, "checkpoint_min_spacing": 0.0}
+    asyncio.run(_run(_pipeline(signer, store, tmp_path, **fast), [[b"c"]]))
+
+    checkpoints = [parsed for key in store.objects if (parsed := parse_checkpoint_key(key)) is not None]
+    assert len(checkpoints) >= 3
+    for parsed in checkpoints:
+        note = checkpoint_note_key(
+            "", bytes.fromhex(parsed.chain_id_hex), parsed.checkpoint_number, parsed.last_sequence
+        )
+        assert note in store.objects, f"checkpoint {parsed.checkpoint_number} has no note"
+    assert verify_objects(store.objects, [signer.public_key]).clean
