@@ -185,7 +185,8 @@ def test_most_records_clean(keys: Keys, tmp_path: Path) -> None:
     assert _kinds(report) == {"uncovered-tail"}
 
 
-@pytest.mark.xfail(strict=True, reason="peak 301 MiB before the verifier walks segments on the wire")
+# Not strict: at 301 MiB this case sits at the limit, and the machine's noise may tip it either way.
+@pytest.mark.xfail(strict=False, reason="peak 301 MiB (at the limit) before the verifier walks segments on the wire")
 def test_largest_entries(keys: Keys, tmp_path: Path) -> None:
     root = tmp_path / "archive"
     _write(root, _segments(keys.signer, _largest_entries(), _good_signatures))
