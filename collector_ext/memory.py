@@ -15,11 +15,14 @@ until ``malloc_trim`` hands them back. ``HeapTrimmer`` calls it shortly after a 
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import ctypes.util
 import functools
 import logging
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import asyncio
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +66,8 @@ class HeapTrimmer:
     def request_ended(self, peak_bytes: int) -> None:
         if peak_bytes < self._threshold or self._pending is not None:
             return
+        import asyncio  # here: the signing workers import this module for pin_mmap_threshold alone
+
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # not on the event loop: the next large request schedules it

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from collector_ext.memory import pin_mmap_threshold
 from collector_ext.seal import tiles  # noqa: F401  (the tree work sent to workers: imported at start, not on first use)
 from collector_ext.seal.entry import HASH_SIZE, RECORD_SIGNATURE_PREFIX
 from collector_ext.seal.keys import fastest_sign_function
@@ -32,9 +33,16 @@ def exit_with_parent(parent_pid: int, interval: float = 0.5) -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
+def _start(parent_pid: int) -> None:
+    exit_with_parent(parent_pid)
+    # The tree work brings segment-sized buffers: with glibc's threshold pinned they are returned to
+    # the system when freed, instead of raising it and staying in a fragmented heap (as in serve).
+    pin_mmap_threshold()
+
+
 def initialise(raw_private_key: bytes, parent_pid: int) -> None:
     global _sign
-    exit_with_parent(parent_pid)
+    _start(parent_pid)
     _sign = fastest_sign_function(raw_private_key)
 
 
@@ -42,7 +50,7 @@ def initialise_token(settings: TokenSettings, parent_pid: int) -> None:
     """A worker that signs through its own logged-in session on a PKCS#11 token (the key stays in
     the token; the PIN came through the initializer pipe and is kept only by the session)."""
     global _sign
-    exit_with_parent(parent_pid)
+    _start(parent_pid)
     _sign = TokenSession(settings).sign
 
 
