@@ -101,17 +101,16 @@ class SigningPool:
             self.restart()
             return self._submit(blob)
 
-    def run(self, function: Callable[..., T], *args: object) -> asyncio.Future[T]:
+    async def run(self, function: Callable[..., T], *args: object) -> T:
         """``function(*args)`` on a worker, off the event loop and, with worker processes, off its GIL
         (pure work on the sealing path that is not signing: the Merkle tree's hashes). ``function``
-        must be importable by a worker and its arguments and result picklable."""
-        loop = asyncio.get_running_loop()
+        must be importable by a worker and its arguments and result picklable. If a worker died, it
+        runs in a thread instead: restarting the pool is the signing path's job, which resigns what
+        the dead worker held."""
         try:
-            return loop.run_in_executor(self._executor, function, *args)
+            return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
         except BrokenExecutor:
-            log.error("signing pool broken (a worker died); starting a new one")
-            self.restart()
-            return loop.run_in_executor(self._executor, function, *args)
+            return await asyncio.to_thread(function, *args)
 
     def _submit(self, blob: bytes) -> asyncio.Future[bytes]:
         loop = asyncio.get_running_loop()

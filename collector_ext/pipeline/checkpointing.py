@@ -24,7 +24,6 @@ from collections.abc import Callable
 
 from collector_ext.errors import PermanentArchiveError
 from collector_ext.pipeline.queues import ArchivedSegments, Backlog
-from collector_ext.pipeline.sealing import on_workers
 from collector_ext.pipeline.settings import CheckpointHook, PipelineSettings, PipelineStats
 from collector_ext.pipeline.uploading import ArchiveWriter
 from collector_ext.seal.checkpoint import Checkpoint, SegmentRef, sign_checkpoint
@@ -194,7 +193,7 @@ class Checkpointer:
             firsts = [ref.first_sequence for ref in covered]
             # Hashing the interior nodes takes about a microsecond per record: on a worker, off the
             # event loop's GIL.
-            tiles, completed = await on_workers(self._signing, extend_by_segments, tiles, firsts, leaves)
+            tiles, completed = await self._signing.run(extend_by_segments, tiles, firsts, leaves)
             for tile in completed:
                 await self._put_tile(tile)
             if tiles.size != size:

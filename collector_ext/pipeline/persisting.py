@@ -23,7 +23,6 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from collector_ext.errors import ArchiveUnavailableError
 from collector_ext.pipeline.queues import ArchiveQueue, Backlog, ClosedSegments, OpenSegment, SegmentToArchive, resolve
-from collector_ext.pipeline.sealing import on_workers
 from collector_ext.pipeline.settings import PipelineSettings, PipelineStats
 from collector_ext.retry import backoff_delay
 from collector_ext.seal.merkle import concatenated_leaf_hashes
@@ -150,7 +149,7 @@ class SegmentPersister:
         for start in range(0, len(entries), LEAF_CHUNK):
             chunk = entries[start : start + LEAF_CHUNK]
             lengths = array.array("I", map(len, chunk))
-            jobs.append(on_workers(self._signing, concatenated_leaf_hashes, b"".join(chunk), lengths))
+            jobs.append(self._signing.run(concatenated_leaf_hashes, b"".join(chunk), lengths))
         return asyncio.ensure_future(_joined(jobs))
 
     async def _write_spool(self, first: int, last: int, created: int, data: bytes) -> SpooledSegment:

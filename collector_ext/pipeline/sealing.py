@@ -24,7 +24,6 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import BrokenExecutor
-from typing import TypeVar
 
 from collector_ext.errors import ArchiveUnavailableError
 from collector_ext.pipeline.queues import Backlog, ClosedSegments, OpenSegment, all_of
@@ -36,8 +35,6 @@ from collector_ext.seal.keys import Signer
 from collector_ext.seal.segment import RECORD_OVERHEAD_BYTES, segment_object_bound
 from collector_ext.signing_pool import SigningPool
 from collector_ext.token_signer import SigningTokenError
-
-T = TypeVar("T")
 
 log = logging.getLogger("collector_ext.pipeline")
 
@@ -315,12 +312,3 @@ class ChainSealer:
                 return await self._signing.sign(segment.hashes)
             except SigningTokenError as exc:
                 error = exc
-
-
-async def on_workers(signing: SigningPool, function: Callable[..., T], *args: object) -> T:
-    """``function(*args)`` on the signing pool's workers (pure tree work); if a worker died, here in a
-    thread instead (the signing path restarts the pool)."""
-    try:
-        return await signing.run(function, *args)
-    except BrokenExecutor:
-        return await asyncio.to_thread(function, *args)

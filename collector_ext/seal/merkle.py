@@ -14,7 +14,8 @@ archive); this module never reads anything itself and holds no state beyond its 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+import itertools
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from collector_ext.errors import DataError
@@ -59,21 +60,32 @@ def leaf_hash(data: bytes) -> bytes:
     return hashlib.sha256(LEAF_PREFIX + data).digest()
 
 
+def prefixed_hashes(prefix: bytes, messages: Iterable[bytes | memoryview]) -> list[bytes]:
+    """SHA-256(prefix || message) of each message: leaf hashes with LEAF_PREFIX, interior nodes with
+    NODE_PREFIX over the two children joined.
+
+    A loop over copies of one hash of the prefix: measured faster than hashing ``prefix + message``
+    with a new hash object each time, or than the same driven by ``map`` (OpenSSL makes a new hash
+    context more slowly than it copies one)."""
+    copy = hashlib.sha256(prefix).copy
+    hashes: list[bytes] = []
+    append = hashes.append
+    for message in messages:
+        digest = copy()
+        digest.update(message)
+        append(digest.digest())
+    return hashes
+
+
 def concatenated_leaf_hashes(entries: bytes, lengths: Sequence[int]) -> bytes:
     """The leaf hashes of entries laid end to end in ``entries`` (``lengths`` their sizes, in order),
     concatenated: one bytes object each way, so a worker process gets and returns them cheaply."""
+    if sum(lengths) != len(entries):
+        raise ValueError(f"entry lengths add up to {sum(lengths)} bytes, not {len(entries)}")
     view = memoryview(entries)
-    prefix = hashlib.sha256(LEAF_PREFIX)
-    hashes = []
-    start = 0
-    for length in lengths:
-        digest = prefix.copy()
-        digest.update(view[start : start + length])
-        hashes.append(digest.digest())
-        start += length
-    if start != len(entries):
-        raise ValueError(f"entry lengths add up to {start} bytes, not {len(entries)}")
-    return b"".join(hashes)
+    ends = list(itertools.accumulate(lengths))
+    starts = [0, *ends[:-1]]
+    return b"".join(prefixed_hashes(LEAF_PREFIX, map(view.__getitem__, map(slice, starts, ends))))
 
 
 def split_hashes(concatenated: bytes) -> list[bytes]:

@@ -19,10 +19,12 @@ from dataclasses import dataclass
 from collector_ext.seal.layout import TILE_WIDTH
 from collector_ext.seal.merkle import (
     HASH_SIZE,
+    NODE_PREFIX,
     NodeReader,
     consistency_proof,
     inclusion_path,
     node_hash,
+    prefixed_hashes,
     split_hashes,
     tree_root,
 )
@@ -157,8 +159,7 @@ def _full_tile_root(row: Sequence[bytes]) -> bytes:
     Equal to ``tree_root(row)``, several times faster: this runs once per TILE_WIDTH records written."""
     level = list(row)
     while len(level) > 1:
-        pairs = iter(level)
-        level = [node_hash(left, right) for left, right in zip(pairs, pairs, strict=True)]
+        level = prefixed_hashes(NODE_PREFIX, map(bytes.__add__, level[0::2], level[1::2]))
     return level[0]
 
 

@@ -12,22 +12,20 @@ What this does not do: parse anything, or read the archive.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import operator
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import overload
 
 from collector_ext.seal.entry import ENTRY_HASH_PREFIX, ENTRY_HEADER_SIZE, PREVIOUS_HASH_SLICE, SEQUENCE_SLICE
-from collector_ext.seal.merkle import LEAF_PREFIX, NODE_PREFIX, CompactRange
+from collector_ext.seal.merkle import LEAF_PREFIX, NODE_PREFIX, CompactRange, prefixed_hashes
 from collector_ext.seal.segment import SealedRecord
 
 _ENTRY = operator.attrgetter("entry")
 _SEQUENCE = operator.itemgetter(SEQUENCE_SLICE)
 _PREVIOUS_HASH = operator.itemgetter(PREVIOUS_HASH_SLICE)
 _U64 = struct.Struct(">Q").pack
-_SHA256 = hashlib.sha256
 MAX_SEQUENCE = 2**64 - 1
 
 
@@ -67,22 +65,6 @@ class StoredRecords(Sequence[SealedRecord]):
 
     def __getitem__(self, index: int | slice) -> SealedRecord | Sequence[SealedRecord]:
         return self._records[index]
-
-
-def prefixed_hashes(prefix: bytes, messages: Iterable[bytes]) -> list[bytes]:
-    """SHA-256(prefix || message) of each message.
-
-    A loop over copies of one hash of the prefix: measured faster than hashing ``prefix + message``
-    with a new hash object each time, or than the same driven by ``map`` (OpenSSL makes a new hash
-    context more slowly than it copies one)."""
-    copy = _SHA256(prefix).copy
-    hashes: list[bytes] = []
-    append = hashes.append
-    for message in messages:
-        digest = copy()
-        digest.update(message)
-        append(digest.digest())
-    return hashes
 
 
 def entry_hashes(entries: Sequence[bytes]) -> list[bytes]:

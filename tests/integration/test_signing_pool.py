@@ -53,3 +53,24 @@ def test_a_killed_signing_worker_is_replaced_and_nothing_is_lost(signer: Ed25519
     report = verify_objects(store.objects, [signer.public_key], all_signatures=True)
     assert report.findings == ()
     assert report.records_checked == 21
+
+
+def test_tree_work_runs_in_a_thread_when_a_worker_has_died(signer: Ed25519Signer) -> None:
+    """A pool broken by a killed worker still gives the tree's hashes (the signing path restarts it)."""
+    from collector_ext.seal.merkle import concatenated_leaf_hashes, leaf_hash
+
+    entries = [b"first entry", b"second"]
+
+    async def run() -> tuple[bytes, bytes]:
+        pool = SigningPool(signer, workers="processes", count=1)
+        try:
+            before = await pool.run(concatenated_leaf_hashes, b"".join(entries), [len(e) for e in entries])
+            for pid in list(pool._executor._processes):  # type: ignore[attr-defined]
+                os.kill(pid, signal.SIGKILL)
+            after = await pool.run(concatenated_leaf_hashes, b"".join(entries), [len(e) for e in entries])
+            return before, after
+        finally:
+            pool.close()
+
+    expected = b"".join(map(leaf_hash, entries))
+    assert asyncio.run(run()) == (expected, expected)
