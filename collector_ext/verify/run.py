@@ -93,7 +93,9 @@ class EmptyArchiveError(ArchiveUnavailableError):
 class VerifyOptions:
     check_all_signatures: bool = False
     read_ahead: int = 8
-    read_ahead_bytes: int = 64 * 1024 * 1024  # besides the object being checked
+    # Bytes of segment objects held at once, the one being checked included (one object is always
+    # read, whatever its size): a hostile archive of maximum-size segments holds one at a time.
+    read_ahead_bytes: int = 64 * 1024 * 1024
     signature_threads: int = 0  # 0: one per CPU
     # Report resent log records anywhere in a chain, not only after restart marks (a little work per
     # record; see verify.resends).
@@ -529,7 +531,8 @@ async def _read(store: ArchiveStore, listed: ListedObject, limit: int) -> bytes 
 
 
 class _ReadAhead:
-    """Fetches objects in order, at most ``count`` ahead and ``budget`` bytes (by listed size)."""
+    """Fetches objects in order, at most ``count`` ahead of the one asked for, and at most ``budget``
+    bytes (by listed size) held together with it; the object asked for is always fetched."""
 
     def __init__(self, store: ArchiveStore, objects: Sequence[ListedObject], limit: int, count: int, budget: int):
         self._store = store
@@ -541,14 +544,13 @@ class _ReadAhead:
         self._next = 0  # next index to start fetching
 
     def _fill(self, current: int) -> None:
-        in_flight = sum(min(self._objects[i].size, self._limit) for i in self._tasks if i > current)
+        held = sum(min(self._objects[i].size, self._limit) for i in self._tasks if i >= current)
         while self._next < len(self._objects) and self._next <= current + self._count:
             size = min(self._objects[self._next].size, self._limit)
-            if self._next > current and in_flight + size > self._budget:
+            if self._next > current and held + size > self._budget:
                 return
             self._tasks[self._next] = asyncio.create_task(_read(self._store, self._objects[self._next], self._limit))
-            if self._next > current:
-                in_flight += size
+            held += size
             self._next += 1
 
     async def get(self, index: int) -> bytes | UnreadableObject:
@@ -676,6 +678,7 @@ async def _check_chain(
                 await asyncio.to_thread(checker.add_segment, key, data)
             else:
                 checker.add_segment(key, data)  # a small object: a thread hand-over costs more
+            del data  # not held while the next object is awaited (the read-ahead budget counts it)
             advance()
         await feed_checkpoints(None)
     finally:
