@@ -35,7 +35,7 @@ from collector_ext.errors import (
     UnreadableObjectError,
 )
 from collector_ext.seal.checkpoint import decode_checkpoint
-from collector_ext.seal.entry import SIGNATURE_SIZE
+from collector_ext.seal.entry import ENTRY_HEADER_SIZE, KEY_ID_SLICE, SEQUENCE_SLICE, SIGNATURE_SIZE
 from collector_ext.seal.framing import MAX_CHECKPOINT_OBJECT_BYTES, MAX_SEGMENT_OBJECT_BYTES
 from collector_ext.seal.keys import PublicKey
 from collector_ext.seal.layout import (
@@ -54,13 +54,25 @@ from collector_ext.seal.layout import (
 )
 from collector_ext.seal.merkle import CompactRange, check_consistency, consistency_proof
 from collector_ext.seal.note import MAX_NOTE_BYTES
-from collector_ext.seal.segment import SealedRecord
+from collector_ext.seal.segment import SealedRecord, decode_segment
 from collector_ext.seal.tiles import Tile, consistency_tiles, decode_tile, node_reader
 from collector_ext.verify.checkpoints import ResumePoint, UnreadableObject
 from collector_ext.verify.findings import ChainSummary, Finding, FindingKind, Severity, VerificationReport
 from collector_ext.verify.keys import Keyring
-from collector_ext.verify.links import ChainChecker, RecordObserver
-from collector_ext.verify.shard import ShardReport, ShardSettings, ShardSpec, chain_parts
+from collector_ext.verify.links import ChainChecker, ChainStart, RecordObserver, SignatureBatchChecker
+from collector_ext.verify.shard import (
+    ChainPart,
+    ListedSegmentKey,
+    RangePart,
+    SeamState,
+    SegmentRange,
+    ShardReport,
+    ShardSettings,
+    ShardSpec,
+    chain_parts,
+    listing_digest,
+    plan_ranges,
+)
 from collector_ext.verify.state import (
     VerifierState,
     next_state,
@@ -284,6 +296,7 @@ async def check_archive_with_state(
     tree_heads: dict[str, VerifiedNote] = {}
     trees: dict[str, CompactRange] = {}
     records = signatures = 0
+    range_parts: list[ChainPart] = []
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="verify") as pool:
 
         def check_batch(batch: Sequence[tuple[PublicKey, bytes, bytes]]) -> list[bool]:
@@ -295,6 +308,14 @@ async def check_archive_with_state(
 
         for chain_id_hex in sorted(listing.chains):
             chain = listing.chains[chain_id_hex]
+            if options.shard is not None and options.shard.by == "range":
+                rank = chains_listed.index(chain_id_hex)
+                for part in await _check_ranges(store, keyring, chain_id_hex, chain, rank, options, check_batch):
+                    range_parts.append(part)
+                    summaries.append(part.summary)
+                    assert part.range is not None
+                    findings += part.range.tree_findings + part.range.evidence_findings + part.findings
+                continue
             chain_start = len(findings)
             tree = TreeChecker(chain_id_hex, keyring)
             checker = ChainChecker(
@@ -344,6 +365,11 @@ async def check_archive_with_state(
             records += checker.records
             signatures += checker.signatures_checked
             chain_findings[chain_id_hex] = findings[chain_start:]
+    if range_parts:
+        # By range, each shard read (and counts) only its ranges' objects.
+        total = sum(part.range.objects for part in range_parts if part.range is not None)
+        records = sum(part.summary.records for part in range_parts)
+        signatures = sum(part.range.signatures for part in range_parts if part.range is not None)
     if options.witnessed_notes and options.witness_policy is not None:
         findings += await _check_witnessed(store, listing, state if incremental else None, keyring, options)
     if state is not None:
@@ -368,7 +394,7 @@ async def check_archive_with_state(
             settings,
             chains_listed,
             archive_findings,
-            chain_parts(summaries, chain_findings),
+            tuple(range_parts) if options.shard.by == "range" else chain_parts(summaries, chain_findings),
             total,
             records,
             signatures,
@@ -389,6 +415,281 @@ async def check_archive_with_state(
         trees,
     )
     return ArchiveCheck(report, new_state, shard)
+
+
+# What only the end of a whole chain shows: a range that is not the chain's last leaves these to it.
+_END_OF_CHAIN = frozenset({FindingKind.TRUNCATED_CHAIN, FindingKind.UNCOVERED_TAIL, FindingKind.FORMAT_V1})
+
+
+def _walk_order(chain: _Chain) -> list[tuple[SegmentKey, ListedObject]]:
+    """The chain's segments in the order ``_check_chain`` walks them."""
+    return sorted(chain.segments, key=lambda item: (item[0].first_sequence, item[0].last_sequence, item[0].key))
+
+
+def chain_ranges(chain: _Chain, parts: int) -> tuple[list[SegmentRange], str]:
+    """``verify.shard.plan_ranges`` over a listed chain, and the digest of the listing it planned from."""
+    segments = [
+        ListedSegmentKey(key.first_sequence, key.last_sequence, key.key, listed.size)
+        for key, listed in _walk_order(chain)
+    ]
+    checkpoints = sorted(chain.checkpoints, key=lambda item: item[0].key)
+    plan = plan_ranges(segments, [(key.checkpoint_number, key.last_sequence) for key, _ in checkpoints], parts)
+    return plan, listing_digest(segments, [key.key for key, _ in checkpoints])
+
+
+async def _seam_start(
+    store: ArchiveStore,
+    keyring: Keyring,
+    chain_id_hex: str,
+    seam: tuple[CheckpointKey, ListedObject],
+    first_segment: ListedObject,
+) -> SeamState | None:
+    """What a range resumes from: its seam checkpoint, authenticated as the walk would (FORMAT.md 13.2
+    steps 1-5a), with the key it was signed by as the chain's key after it. None when the checkpoint
+    does not authenticate, or the first record after it is not signed by that key (a run key certified
+    before the seam signs it): the range then walks from the genesis."""
+    key, listed = seam
+    data = await _read(store, listed, MAX_CHECKPOINT_OBJECT_BYTES)
+    if not isinstance(data, bytes):
+        return None
+    try:
+        decoded = decode_checkpoint(data)
+    except MalformedObjectError:
+        return None
+    checkpoint = decoded.checkpoint
+    pinned = keyring.pinned(checkpoint.key_id)
+    if (
+        pinned is None
+        or not decoded.is_signed_by(pinned.key)
+        or checkpoint.chain_id.hex() != chain_id_hex
+        or checkpoint.checkpoint_number != key.checkpoint_number
+        or checkpoint.last_sequence != key.last_sequence
+        or (checkpoint.final and checkpoint.format_version < 2)
+        or decoded.appended
+        or pinned.time_problem(checkpoint.time_unix_nano)
+    ):
+        return None
+    segment = await _read(store, first_segment, MAX_SEGMENT_OBJECT_BYTES)
+    if not isinstance(segment, bytes):
+        return None
+    try:
+        records = decode_segment(segment).records
+        entry = records[0].entry if len(records) else b""
+    except (MalformedObjectError, IndexError):
+        return None
+    if (
+        len(entry) < ENTRY_HEADER_SIZE
+        or int.from_bytes(entry[SEQUENCE_SLICE], "big") != checkpoint.last_sequence + 1
+        or entry[KEY_ID_SLICE] != checkpoint.key_id
+    ):
+        return None
+    return SeamState(
+        checkpoint_number=checkpoint.checkpoint_number,
+        checkpoint_sha256=decoded.sha256.hex(),
+        last_sequence=checkpoint.last_sequence,
+        head_sha256=checkpoint.head_sha256.hex(),
+        key_id=checkpoint.key_id.hex(),
+        format_version=checkpoint.format_version,
+        time_unix_nano=checkpoint.time_unix_nano,
+        final=checkpoint.final,
+    )
+
+
+def _start_of(state: SeamState) -> ChainStart:
+    point = ResumePoint(
+        checkpoint_number=state.checkpoint_number,
+        checkpoint_sha256=bytes.fromhex(state.checkpoint_sha256),
+        last_sequence=state.last_sequence,
+        head_sha256=bytes.fromhex(state.head_sha256),
+        key_id=bytes.fromhex(state.key_id),
+        time_unix_nano=state.time_unix_nano,
+        final=state.final,
+    )
+    # What the genesis said (archive id, writer id, supersession) is the first range's to report.
+    return ChainStart(point, state.format_version, None, "", None, 0)
+
+
+def _reached(point: ResumePoint | None, format_version: int) -> SeamState | None:
+    if point is None:
+        return None
+    return SeamState(
+        checkpoint_number=point.checkpoint_number,
+        checkpoint_sha256=point.checkpoint_sha256.hex(),
+        last_sequence=point.last_sequence,
+        head_sha256=point.head_sha256.hex(),
+        key_id=point.key_id.hex(),
+        run_public_key=point.run_public_key.hex(),
+        run_key_sequence=point.run_key_sequence,
+        format_version=format_version,
+        time_unix_nano=point.time_unix_nano,
+        final=point.final,
+    )
+
+
+async def _check_ranges(
+    store: ArchiveStore,
+    keyring: Keyring,
+    chain_id_hex: str,
+    chain: _Chain,
+    rank: int,
+    options: VerifyOptions,
+    check_batch: SignatureBatchChecker,
+) -> list[ChainPart]:
+    """``verify --shard I/N --shard-by range``: this shard's ranges of one chain, each walked alone."""
+    assert options.shard is not None
+    plan, digest = chain_ranges(chain, options.shard.count)
+    segments = _walk_order(chain)
+    checkpoints = sorted(chain.checkpoints, key=lambda item: item[0].key)
+    parts = []
+    for segment_range in plan:
+        if options.shard.owns_part(rank, segment_range.part):
+            parts.append(
+                await _check_range(
+                    store,
+                    keyring,
+                    chain_id_hex,
+                    chain,
+                    segments,
+                    checkpoints,
+                    segment_range,
+                    digest,
+                    options,
+                    check_batch,
+                )
+            )
+    return parts
+
+
+def _nothing() -> None:
+    return None
+
+
+async def _check_range(
+    store: ArchiveStore,
+    keyring: Keyring,
+    chain_id_hex: str,
+    chain: _Chain,
+    segments: list[tuple[SegmentKey, ListedObject]],
+    checkpoints: list[tuple[CheckpointKey, ListedObject]],
+    segment_range: SegmentRange,
+    digest: str,
+    options: VerifyOptions,
+    check_batch: SignatureBatchChecker,
+) -> ChainPart:
+    start_number, end_number = segment_range.start_checkpoint, segment_range.end_checkpoint
+
+    def after_start(number: int) -> bool:
+        return start_number is None or number > start_number
+
+    def up_to_end(number: int) -> bool:
+        return end_number is None or number <= end_number
+
+    tree = TreeChecker(chain_id_hex, keyring)
+    checker = ChainChecker(
+        chain_id_hex,
+        keyring,
+        check_all_signatures=options.check_all_signatures,
+        check_signature_batch=check_batch,
+        record_observer=_observe_tree(tree, None),
+        report_resends=options.report_resends,
+    )
+    start: SeamState | None = None
+    start_key = end_key = ""
+    previous_notes: set[str] = set()
+    restarts_before = 0
+    baseline = (0, 0, 0, 0, 0)  # findings, records, signatures, segments, checkpoints taken before the range
+    if start_number is not None:
+        before = segments[segment_range.first - 1][0]
+        seam = next(
+            c
+            for c in checkpoints
+            if c[0].checkpoint_number == start_number and c[0].last_sequence == before.last_sequence
+        )
+        start_key = seam[0].key
+        start = await _seam_start(store, keyring, chain_id_hex, seam, segments[segment_range.first][1])
+        if start is not None:
+            checker.resume(_start_of(start))
+            tree.resume(None)  # no tree at the seam to extend: notes are authenticated, roots not compared
+        else:
+            # The seam cannot be vouched for: walk from the genesis, keeping quiet until the range.
+            prefix = _Chain(
+                chain.prefix,
+                segments[: segment_range.first],
+                [c for c in checkpoints if not after_start(c[0].checkpoint_number)],
+                [n for n in chain.notes if not after_start(n[0].checkpoint_number)],
+            )
+            previous_notes = {key.key for key, _ in prefix.notes}
+            await _read_notes(store, tree, prefix, _nothing)
+            await _check_chain(store, checker, prefix, options, _nothing)
+            restarts_before = sum(1 for f in checker.findings if f.kind is FindingKind.RESTART)
+            baseline = (
+                len(checker.findings),
+                checker.records,
+                checker.signatures_checked,
+                checker.segments,
+                checker.ledger.count,
+            )
+    if end_number is not None:
+        last = segments[segment_range.end - 1][0]
+        end_key = next(
+            c[0].key
+            for c in checkpoints
+            if c[0].checkpoint_number == end_number and c[0].last_sequence == last.last_sequence
+        )
+    mine = _Chain(
+        chain.prefix,
+        segments[segment_range.first : segment_range.end],
+        [c for c in checkpoints if after_start(c[0].checkpoint_number) and up_to_end(c[0].checkpoint_number)],
+        [n for n in chain.notes if after_start(n[0].checkpoint_number) and up_to_end(n[0].checkpoint_number)],
+    )
+    await _read_notes(store, tree, mine, _nothing)
+    await _check_chain(store, checker, mine, options, _nothing)
+    finishing = len(checker.findings)
+    summary = checker.finish()
+    last_range = segment_range.part == segment_range.parts - 1
+    walk = checker.findings[baseline[0] :]
+    if not last_range:
+        ended = finishing - baseline[0]
+        walk = walk[:ended] + [f for f in walk[ended:] if f.kind not in _END_OF_CHAIN]
+    tree_findings = [f for f in tree.finish(checker.findings) if f.object_key not in previous_notes]
+    evidence: list[Finding] = []
+    policy = options.witness_policy
+    if last_range and policy is not None and policy.active:
+        times = {}
+        if summary.newest_checkpoint_number is not None and summary.newest_checkpoint_unix_nano is not None:
+            times[summary.newest_checkpoint_number] = summary.newest_checkpoint_unix_nano
+        outside = await read_outside_evidence(store, chain.notes, chain.outside, times)
+        evidence = check_outside_evidence(chain_id_hex, outside, policy, options.now_unix_nano or time.time_ns())
+    summary = dataclasses.replace(
+        summary,
+        restart_marks=summary.restart_marks - restarts_before,
+        records=summary.records - baseline[1],
+        segments=summary.segments - baseline[3],
+        checkpoints=summary.checkpoints - baseline[4],
+        resumed_from=None,
+    )
+    return ChainPart(
+        summary,
+        tuple(walk),
+        RangePart(
+            part=segment_range.part,
+            parts=segment_range.parts,
+            first_segment=segment_range.first,
+            end_segment=segment_range.end,
+            segments_listed=len(segments),
+            listing_sha256=digest,
+            start_checkpoint_key=start_key,
+            end_checkpoint_key=end_key,
+            start=start,
+            end=_reached(checker.resume_point(), checker.format_version) if not last_range else None,
+            walked_to=summary.last_sequence,
+            walked_head=summary.head_sha256,
+            tree_findings=tuple(tree_findings),
+            evidence_findings=tuple(evidence),
+            objects=len(mine.segments) + len(mine.checkpoints) + len(mine.notes),
+            signatures=checker.signatures_checked - baseline[2],
+        ),
+    )
 
 
 def check_signatures_libsodium(batch: Sequence[tuple[PublicKey, bytes, bytes]]) -> list[bool]:
