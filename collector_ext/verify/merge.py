@@ -24,6 +24,7 @@ This module works on decoded reports; reading the files is the command line's jo
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Sequence
 
 from collector_ext.verify.findings import ChainSummary, Finding, FindingKind, Severity, VerificationReport
@@ -195,7 +196,11 @@ def _join_chain(chain_id: str, held: list[tuple[str, ChainPart, RangePart]]) -> 
                     f"{segment_range.start_checkpoint_key!r}, but range {before.part} ({previous[0]}) ends with "
                     f"{before.end_checkpoint_key!r}",
                 )
-            walk += _seam_findings(chain_id, before, segment_range)
+            own = [f for f in previous[1].findings if f.severity in (Severity.TAMPERING, Severity.LOSS)]
+            if not own:
+                # Where the range before reports tampering or loss itself, that is why its walk does not
+                # end where the seam checkpoint says (as a single run reports it), and the verdict says so.
+                walk += _seam_findings(chain_id, before, segment_range)
         tree += segment_range.tree_findings
         evidence += segment_range.evidence_findings
         walk += part.findings
@@ -207,7 +212,45 @@ def _join_chain(chain_id: str, held: list[tuple[str, ChainPart, RangePart]]) -> 
             f"the last range of chain {chain_id} ends before listed segment {last.end_segment} of "
             f"{last.segments_listed}",
         )
-    return ChainPart(_join_summaries([part.summary for _, part, _ in held]), tuple(tree + evidence + walk))
+    return ChainPart(
+        _join_summaries([part.summary for _, part, _ in held]), tuple(tree + evidence + _join_unpinned(walk))
+    )
+
+
+_UNPINNED = re.compile(
+    r"(\d+) record\(s\) and (\d+) checkpoint\(s\) (are signed with key id [0-9a-f]+, which .*)", re.S
+)
+
+
+def _join_unpinned(findings: list[Finding]) -> list[Finding]:
+    """A walk reports each unpinned key once per chain, with counts; each range reported it for its
+    own objects, so the first range's finding takes the others' counts and sequence numbers."""
+    joined: list[Finding] = []
+    first_of: dict[str, int] = {}
+    for finding in findings:
+        match = _UNPINNED.fullmatch(finding.message) if finding.kind is FindingKind.UNKNOWN_KEY else None
+        if match is None:
+            joined.append(finding)
+            continue
+        rest = match.group(3)
+        if rest not in first_of:
+            first_of[rest] = len(joined)
+            joined.append(finding)
+            continue
+        earlier = joined[first_of[rest]]
+        counts = _UNPINNED.fullmatch(earlier.message)
+        assert counts is not None
+        records = int(counts.group(1)) + int(match.group(1))
+        checkpoints = int(counts.group(2)) + int(match.group(2))
+        firsts = [s for s in (earlier.first_sequence, finding.first_sequence) if s is not None]
+        lasts = [s for s in (earlier.last_sequence, finding.last_sequence) if s is not None]
+        joined[first_of[rest]] = dataclasses.replace(
+            earlier,
+            message=f"{records} record(s) and {checkpoints} checkpoint(s) {rest}",
+            first_sequence=min(firsts) if firsts else None,
+            last_sequence=max(lasts) if lasts else None,
+        )
+    return joined
 
 
 _SEAM_FIELDS = ("checkpoint_number", "checkpoint_sha256", "last_sequence", "head_sha256", "key_id", "run_public_key")

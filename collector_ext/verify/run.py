@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import re
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
@@ -560,6 +561,18 @@ async def _check_ranges(
     return parts
 
 
+_UNPINNED_COUNTS = re.compile(r"(\d+) record\(s\) and (\d+) checkpoint\(s\) (.*)", re.S)
+
+
+def _unpinned_share(earlier: Finding, now: Finding) -> Finding:
+    before, after = _UNPINNED_COUNTS.fullmatch(earlier.message), _UNPINNED_COUNTS.fullmatch(now.message)
+    if before is None or after is None:
+        return now
+    records = int(after.group(1)) - int(before.group(1))
+    checkpoints = int(after.group(2)) - int(before.group(2))
+    return dataclasses.replace(now, message=f"{records} record(s) and {checkpoints} checkpoint(s) {after.group(3)}")
+
+
 def _nothing() -> None:
     return None
 
@@ -597,6 +610,7 @@ async def _check_range(
     start_key = end_key = ""
     previous_notes: set[str] = set()
     restarts_before = 0
+    quiet: list[Finding] = []  # the findings of a walk from the genesis before the range
     baseline = (0, 0, 0, 0, 0)  # findings, records, signatures, segments, checkpoints taken before the range
     if start_number is not None:
         before = segments[segment_range.first - 1][0]
@@ -622,6 +636,7 @@ async def _check_range(
             await _read_notes(store, tree, prefix, _nothing)
             await _check_chain(store, checker, prefix, options, _nothing)
             restarts_before = sum(1 for f in checker.findings if f.kind is FindingKind.RESTART)
+            quiet = list(checker.findings)
             baseline = (
                 len(checker.findings),
                 checker.records,
@@ -647,10 +662,18 @@ async def _check_range(
     finishing = len(checker.findings)
     summary = checker.finish()
     last_range = segment_range.part == segment_range.parts - 1
-    walk = checker.findings[baseline[0] :]
+    own = checker.findings[baseline[0] :]
     if not last_range:
         ended = finishing - baseline[0]
-        walk = walk[:ended] + [f for f in walk[ended:] if f.kind not in _END_OF_CHAIN]
+        own = own[:ended] + [f for f in own[ended:] if f.kind not in _END_OF_CHAIN]
+    # A walk counts each unpinned key in one finding, updated in place: the range's share of one that a
+    # walk from the genesis made before the range is the difference (verify.merge adds the shares up).
+    walk = [
+        _unpinned_share(earlier, now)
+        for earlier, now in zip(quiet, checker.findings, strict=False)
+        if now != earlier and now.kind is FindingKind.UNKNOWN_KEY
+    ]
+    walk += own
     tree_findings = [f for f in tree.finish(checker.findings) if f.object_key not in previous_notes]
     evidence: list[Finding] = []
     policy = options.witness_policy
