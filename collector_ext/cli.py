@@ -296,7 +296,18 @@ def _keygen_in_token(
     "--shard",
     "shard_text",
     metavar="I/N",
-    help="Check only shard I (0-based) of N (every N-th chain) and write a shard report for --merge.",
+    help="Check only shard I (0-based) of N and write a shard report for --merge (see --shard-by).",
+)
+@click.option(
+    "--shard-by",
+    type=click.Choice(["chain", "range"]),
+    default="chain",
+    show_default=True,
+    help="How --shard and --processes split the archive. chain: shard I checks every N-th chain whole. "
+    "range: every chain is cut at up to N-1 checkpoints into ranges of its segments of about equal bytes "
+    "(chosen from the listing alone), and range j of the chain of rank r is shard (j + r) mod N's, so one "
+    "long chain is checked by N shards at once; each range resumes after its seam checkpoint and --merge "
+    "proves every seam.",
 )
 @click.option(
     "--shard-report",
@@ -346,6 +357,7 @@ def verify(
     require_timestamp: bool,
     witness_urls: tuple[str, ...],
     shard_text: str | None,
+    shard_by: str,
     shard_report: Path | None,
     merge: bool,
     reports: tuple[Path, ...],
@@ -354,7 +366,8 @@ def verify(
     """Verify an archive against pinned public keys. Exit 0 verified, 1 tampering or loss, 2 could not run.
 
     Across machines: run `verify --shard I/N --shard-report FILE` for I = 0..N-1 (each exits 0 once its
-    report is written), then `verify --merge FILE...` for the verdict and exit code."""
+    report is written), then `verify --merge FILE...` for the verdict and exit code. With `--shard-by range`
+    one long chain is split across the shards too (every shard must be run with the same --shard-by)."""
     if merge:
         _merge_shards(reports, as_json)
         return
@@ -368,7 +381,7 @@ def verify(
         from collector_ext.verify.shard import parse_shard
 
         try:
-            shard = parse_shard(shard_text)
+            shard = parse_shard(shard_text, shard_by)
         except ConfigurationError as exc:
             _fail(exc)
     elif shard_report is not None:
@@ -449,7 +462,7 @@ def verify(
                 open_archive, archive_url, for_writing=False, endpoint_url=endpoint_url, region=region
             )
             loader = functools.partial(_pinned_keys, public_keys, keyring)
-            report, description = check_in_processes(opener, loader, options, processes)
+            report, description = check_in_processes(opener, loader, options, processes, shard_by)
             click.echo(render_json(report, description) if as_json else render_text(report, description))
             sys.exit(EXIT_VERIFIED if report.clean else EXIT_FINDINGS)
         report, description = asyncio.run(

@@ -58,15 +58,16 @@ def check_shard(open_store: StoreOpener, load_keys: KeyLoader, options: VerifyOp
 
 
 def check_in_processes(
-    open_store: StoreOpener, load_keys: KeyLoader, options: VerifyOptions, processes: int
+    open_store: StoreOpener, load_keys: KeyLoader, options: VerifyOptions, processes: int, by: str = "chain"
 ) -> tuple[VerificationReport, str]:
-    """The archive checked as ``processes`` shards in as many worker processes; the merged report and
-    the archive's description.
+    """The archive checked as ``processes`` shards in as many worker processes, split ``by`` chain or
+    range as ``verify --shard-by`` (so one long chain uses every process by range); the merged report
+    and the archive's description.
 
     Raises:
         CollectorExtError: a worker could not run (the archive cannot be read, a key cannot be loaded).
     """
-    options_of = [_with_shard(options, ShardSpec(index, processes)) for index in range(processes)]
+    options_of = [_with_shard(options, ShardSpec(index, processes, by)) for index in range(processes)]
     context = multiprocessing.get_context("fork" if threading.active_count() == 1 else "spawn")
     with ProcessPoolExecutor(max_workers=processes, mp_context=context) as pool:
         futures = [pool.submit(check_shard, open_store, load_keys, shard_options) for shard_options in options_of]
