@@ -8,19 +8,23 @@ the verifier sees it). The sender instead keeps each record as it will travel: `
 turns a sealed entry straight into its encoded Loki entry (``EncodedEntry``: one bytes object),
 and ``protobuf_body``/``json_body`` only join them. That costs a fraction of building the
 ``LokiEntry`` and its tuples first, and a queued record holds a few hundred bytes instead of a few
-dozen Python objects. Whatever the direct path does not handle itself (nested attribute maps, names
-that collide, entries past Loki's limits, ``seal_in_line``) goes through ``EntryMapper.map_entry``,
-so both ways give the same bytes (tests/unit/deliver/test_loki_encoder.py compares them).
+dozen Python objects. The direct path reads the sealed payload and its log record on the wire, once,
+without building protobuf messages. Whatever it does not handle itself (nested attribute maps, names
+that collide, entries past Loki's limits, ``seal_in_line``, fields written out of order or twice,
+unknown or malformed fields) goes through ``EntryMapper.map_entry``, so both ways give the same bytes
+(tests/unit/deliver/test_loki_encoder.py compares them).
 """
 
 from __future__ import annotations
 
 import binascii
 import json
+import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cramjam
+from google.protobuf.message import DecodeError
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
 from collector_ext.deliver.loki.mapping import (
@@ -37,7 +41,6 @@ from collector_ext.deliver.loki.mapping import (
     render_label_set,
     sanitise_name,
 )
-from collector_ext.deliver.loki.record_view import LogPayloadView, LogRecordView
 from collector_ext.pb import archive_pb2
 from collector_ext.seal.entry import ENTRY_HEADER_SIZE, EntryKind
 from collector_ext.seal.sender import describe_sender_message
@@ -128,7 +131,7 @@ def encode_json(entries: Sequence[LokiEntry]) -> bytes:
 # -- the sender's direct path: sealed entry -> encoded Loki entry -> body ----------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class EncodedEntry:
     """One record as it travels to Loki: its stream (label string and labels) and its encoded entry,
     a protobuf ``EntryAdapter`` or a JSON ``["<ns>", line, {metadata}]`` value."""
@@ -151,6 +154,15 @@ class _SharedEncoding:
     metadata: bytes  # scope then resource pairs, encoded
     names: frozenset[str]
     count: int
+    # Attribute names seen with it: whether they are distinct and clash with no other field.
+    names_clear: dict[tuple[str, ...], bool] = field(default_factory=dict)
+
+    def clear_names(self, names: tuple[str, ...]) -> bool:
+        clear = len(set(names)) == len(names) and _TAKEN_NAMES.isdisjoint(names) and self.names.isdisjoint(names)
+        if len(self.names_clear) >= _CACHE_LIMIT:
+            self.names_clear.clear()
+        self.names_clear[names] = clear
+        return clear
 
 
 _RESERVED_NAMES = frozenset((*SEAL_FIELDS, SENDER))
@@ -167,6 +179,8 @@ def _pair_bytes(name_field: bytes, value: bytes) -> bytes:
 
 
 _SEQUENCE_NAME = _name_field(SEAL_SEQUENCE)
+# Lengths below 128 are their own one-byte varint.
+_ONE_BYTE = [bytes((length,)) for length in range(128)]
 _OBSERVED_NAME = _name_field("observed_timestamp")
 # Log-record fields the mapping adds after the attributes; an attribute of the same name is renamed
 # by the mapper, so such records take its way.
@@ -208,7 +222,7 @@ class EntryEncoder:
     """Sealed entries to ``EncodedEntry`` objects, for one mapper's settings and one body format.
 
     The common record (attributes of scalar values, distinct names, within Loki's limits) is
-    encoded here directly from the parsed OTLP record; every other one is mapped by
+    encoded here directly from its wire encoding; every other one is mapped by
     ``EntryMapper.map_entry`` and encoded from its ``LokiEntry``, which gives the same bytes. Caches
     (resource/scope parts, attribute pairs that repeat, the chain's seal fields) are bounded."""
 
@@ -219,11 +233,14 @@ class EntryEncoder:
         self._shared: dict[tuple[bytes, bytes], _SharedEncoding | None] = {}
         self._pairs: dict[tuple[str, str], bytes] = {}
         self._attribute_pairs: dict[bytes, tuple[str, bytes]] = {}
-        self._chain_pairs: dict[bytes, tuple[bytes, bytes]] = {}
         self._senders: dict[bytes, bytes] = {}
-        self._record_fields: dict[tuple[int, str, str, int, int], tuple[bytes, int]] = {}
+        self._record_fields: dict[tuple[int, bytes, bytes, int, int], tuple[bytes, int]] = {}
+        self._prefixes: dict[bytes, _SharedEncoding | None] = {}
         self._seconds = 0
         self._seconds_field = b""
+        # The last record's chain and key ids and their pairs: a segment has one chain and key.
+        self._chain_id, self._key_id = bytes(16), bytes(8)
+        self._chain_pair, self._key_pair = _seal_id_pairs(self._chain_id, self._key_id)
 
     def encode(self, entry: bytes, entry_hash: bytes, signature: bytes) -> EncodedEntry | None:
         """The encoded Loki entry of a sealed log record; None for entries that are not log records."""
@@ -299,11 +316,17 @@ class EntryEncoder:
         self._senders[raw] = pair
         return pair
 
-    def _encode_record_fields(self, fields: tuple[int, str, str, int, int]) -> tuple[bytes, int]:
+    def _encode_record_fields(self, fields: tuple[int, bytes, bytes, int, int]) -> tuple[bytes, int] | None:
         """Severity number and text, event name, dropped attributes count and flags as pairs (those
-        set), and how many: one lookup per record, as these repeat."""
+        set), and how many: one lookup per record, as these repeat. None when a text is not UTF-8
+        (the mapper's parse refuses it)."""
+        severity, severity_text, event_name, dropped, flags = fields
+        try:
+            values = (severity, severity_text.decode(), event_name.decode(), dropped, flags)
+        except UnicodeDecodeError:
+            return None
         named = zip(
-            ("severity_number", "severity_text", "event_name", "dropped_attributes_count", "flags"), fields, strict=True
+            ("severity_number", "severity_text", "event_name", "dropped_attributes_count", "flags"), values, strict=True
         )
         pairs = [_encode_pair((name, str(value))) for name, value in named if value]
         found = (b"".join(pairs), len(pairs))
@@ -312,120 +335,228 @@ class EntryEncoder:
         self._record_fields[fields] = found
         return found
 
-    def _chain_pairs_of(self, entry: bytes) -> tuple[bytes, bytes]:
-        """The chain id and key id pairs, the same for every record of a chain and key."""
-        key = entry[4:20] + entry[60:68]
+    def _shared_of_prefix(self, prefix: bytes) -> _SharedEncoding | None:
+        """The shared part of a payload's fields before its record (resource, scope and their
+        schema URLs, as written): one lookup per record, as every record of a request has the same."""
         try:
-            return self._chain_pairs[key]
-        except KeyError:
-            pass
-        pairs = _encode_pair((SEAL_CHAIN_ID, key[:16].hex())), _encode_pair((SEAL_KEY_ID, key[16:].hex()))
-        if len(self._chain_pairs) >= 64:
-            self._chain_pairs.clear()
-        self._chain_pairs[key] = pairs
-        return pairs
+            fields = archive_pb2.LogPayload.FromString(prefix)
+        except DecodeError:
+            return None  # the mapper parses the whole payload and reports what is wrong
+        shared = self._shared_part(fields.resource, fields.scope)
+        if len(self._prefixes) >= 1024:
+            self._prefixes.clear()
+        self._prefixes[prefix] = shared
+        return shared
 
     def _encode_direct(self, entry: bytes, entry_hash: bytes, signature: bytes) -> EncodedEntry | None:
-        """The common case, encoded without a ``LokiEntry``; None sends the entry to the mapper."""
-        payload = LogPayloadView.FromString(entry[ENTRY_HEADER_SIZE:])
-        if len(payload.sender) > 1:
-            return None  # a sender sent twice is merged by a parser: the mapper's way
-        shared = self._shared_part(payload.resource, payload.scope)
+        """The common case, encoded without a ``LokiEntry``; None sends the entry to the mapper.
+
+        The payload and its log record are walked on the wire here rather than parsed into protobuf
+        messages: reading a parsed message's fields one by one cost more than all the rest. Only a
+        plain encoding is taken: payload fields in ascending order, each once; record fields of
+        LogRecord's numbers and wire types, each once but for attributes. Anything else (unknown
+        fields, a field sent twice, which a parser merges) is the mapper's."""
+        try:
+            return self._walk(entry, entry_hash, signature)
+        except (IndexError, struct.error, DecodeError):
+            return None  # cut short or malformed: the mapper's parse says how
+
+    def _walk(self, entry: bytes, entry_hash: bytes, signature: bytes) -> EncodedEntry | None:
+        end = len(entry)
+        # -- the payload (proto/collector_ext/pb/archive.proto LogPayload): fields 1-4, 5, then 6
+        position = ENTRY_HEADER_SIZE
+        last_tag = 0
+        record_at = record_start = record_end = -1
+        sender: bytes | None = None
+        while position < end:
+            tag = entry[position]
+            if tag <= last_tag or tag > 0x32 or tag & 7 != 2:
+                return None
+            last_tag = tag
+            length = entry[position + 1]
+            start = position + 2
+            if length >= 0x80:
+                length, start = _read_varint(entry, position + 1)
+            stop = start + length
+            if stop > end:
+                return None
+            if tag >= 0x2A and record_at < 0:
+                record_at = record_start = record_end = position  # no record field: an empty record
+            if tag == 0x2A:
+                record_start, record_end = start, stop
+            elif tag == 0x32:
+                sender = entry[start:stop]
+            position = stop
+        if record_at < 0:
+            record_at = record_start = record_end = end
+        prefix = entry[ENTRY_HEADER_SIZE:record_at]
+        try:
+            shared = self._prefixes[prefix]
+        except KeyError:
+            shared = self._shared_of_prefix(prefix)
         if shared is None:
             return None
-        record = LogRecordView.FromString(payload.log_record)
-        settings = self._mapper.settings
-        bodies = record.body
-        if len(bodies) > 1:
-            return None  # a body sent twice is merged by a parser: the mapper's way
-        line = _line_of(bodies[0]) if bodies else b""
-        if len(line) > settings.max_line_bytes:
-            return None
+        # -- the log record (opentelemetry/proto/logs/v1/logs.proto LogRecord)
+        position = record_start
+        time_ns = observed_ns = severity = dropped = flags = 0
+        severity_text = event_name = trace_id = span_id = b""
+        body = None
+        # Fields other than attributes in ascending order, so each at most once (a parser merges a
+        # field sent twice: the mapper's way); serialisers write them so.
+        last_tag = 0
+        known = self._attribute_pairs
         names: list[str] = []
         pairs: list[bytes] = []
-        known = self._attribute_pairs
-        for raw in record.attributes:
-            found = known.get(raw)
-            if found is None:
-                found = self._attribute_pair(raw)
-            if found is _NESTED:
-                return None  # flattened into several fields: the mapper's way
-            names.append(found[0])
-            pairs.append(found[1])
-        if names and (
-            len(set(names)) != len(names) or not _TAKEN_NAMES.isdisjoint(names) or not shared.names.isdisjoint(names)
-        ):
+        while position < record_end:
+            tag = entry[position]
+            if tag == 0x32:  # attributes, most of a record's fields
+                length = entry[position + 1]
+                start = position + 2
+                if length >= 0x80:
+                    length, start = _read_varint(entry, position + 1)
+                position = start + length
+                raw = entry[start:position]
+                found = known.get(raw)
+                if found is None:
+                    found = self._attribute_pair(raw)
+                if found is _NESTED:
+                    return None  # flattened into several fields: the mapper's way
+                names.append(found[0])
+                pairs.append(found[1])
+                continue
+            if tag <= last_tag:
+                return None
+            last_tag = tag
+            if tag & 7 == 2:
+                length = entry[position + 1]
+                start = position + 2
+                if length >= 0x80:
+                    length, start = _read_varint(entry, position + 1)
+                position = start + length
+                value = entry[start:position]
+                if tag == 0x2A:
+                    body = value
+                elif tag == 0x4A:
+                    trace_id = value
+                elif tag == 0x52:
+                    span_id = value
+                elif tag == 0x1A:
+                    severity_text = value
+                elif tag == 0x62:
+                    event_name = value
+                else:
+                    return None
+            elif tag == 0x09:
+                time_ns = _FIXED64(entry, position + 1)[0]
+                position += 9
+            elif tag == 0x59:
+                observed_ns = _FIXED64(entry, position + 1)[0]
+                position += 9
+            elif tag == 0x10:
+                severity = entry[position + 1]
+                if severity >= 0x80:
+                    return None  # negative or past the enum's values: the mapper's way
+                position += 2
+            elif tag == 0x45:
+                flags = _FIXED32(entry, position + 1)[0]
+                position += 5
+            elif tag == 0x38:
+                dropped, position = _read_varint(entry, position + 1)
+                if dropped >> 32:
+                    return None  # a uint32 field: a parser keeps the low bits, the mapper's way
+            else:
+                return None
+        if position != record_end:
             return None
+        settings = self._mapper.settings
+        if not body:
+            line = b""
+        elif body[0] == 0x0A and len(body) == body[1] + 2 and body[1] < 0x80:
+            line = body[2:]  # a short string value, as it is
+        else:
+            line = _line_of(body)
+        if len(line) > settings.max_line_bytes:
+            return None
+        if names:
+            attribute_names = tuple(names)
+            clear = shared.names_clear.get(attribute_names)
+            if not (clear or (clear is None and shared.clear_names(attribute_names))):
+                return None
         count = len(pairs)
-        if record.time_unix_nano and record.observed_time_unix_nano:
-            pairs.append(_pair_bytes(_OBSERVED_NAME, str(record.observed_time_unix_nano).encode()))
+        if time_ns and observed_ns:
+            pairs.append(_pair_bytes(_OBSERVED_NAME, str(observed_ns).encode()))
             count += 1
-        fields = (
-            record.severity_number,
-            record.severity_text,
-            record.event_name,
-            record.dropped_attributes_count,
-            record.flags,
-        )
+        fields = (severity, severity_text, event_name, dropped, flags)
         encoded_fields = self._record_fields.get(fields)
         if encoded_fields is None:
             encoded_fields = self._encode_record_fields(fields)
+            if encoded_fields is None:
+                return None
         pairs.append(encoded_fields[0])
         count += encoded_fields[1]
-        trace_id = record.trace_id
         if trace_id:
             pairs.append(
                 _TRACE_ID_PREFIX + binascii.hexlify(trace_id)
                 if len(trace_id) == 16
                 else _encode_pair(("trace_id", trace_id.hex()))
             )
-        span_id = record.span_id
+            count += 1
         if span_id:
             pairs.append(
                 _SPAN_ID_PREFIX + binascii.hexlify(span_id)
                 if len(span_id) == 8
                 else _encode_pair(("span_id", span_id.hex()))
             )
-        count += bool(trace_id) + bool(span_id)
-        if payload.sender:
-            described = self._senders.get(payload.sender[0])
+            count += 1
+        if sender is not None:
+            described = self._senders.get(sender)
             if described is None:
-                described = self._describe_sender(payload.sender[0])
+                described = self._describe_sender(sender)
             if described:
                 pairs.insert(0, described)
                 count += 1
         if count + 5 + shared.count >= settings.max_metadata_entries:
             return None
-        chain_pair, key_pair = self._chain_pairs_of(entry)
+        if not (entry.startswith(self._chain_id, 4) and entry.startswith(self._key_id, 60)):
+            self._chain_id, self._key_id = entry[4:20], entry[60:68]
+            self._chain_pair, self._key_pair = _seal_id_pairs(self._chain_id, self._key_id)
         record_metadata = b"".join(pairs)
         if len(record_metadata) + len(shared.metadata) > settings.max_metadata_bytes - 64 - _SEAL_PAIRS_SIZE:
             return None
-        timestamp = record.time_unix_nano or record.observed_time_unix_nano or int.from_bytes(entry[68:76], "big")
+        seconds, nanos = divmod(time_ns or observed_ns or int.from_bytes(entry[68:76], "big"), 1_000_000_000)
+        if seconds != self._seconds:
+            self._seconds = seconds
+            self._seconds_field = b"\x08" + encode_varint(seconds) if seconds else b""
+        stamp = self._seconds_field + b"\x10" + _nanos_varint(nanos) if nanos else self._seconds_field
+        sequence = str(int.from_bytes(entry[20:28], "big")).encode()
         data = b"".join(
             (
-                self._timestamp(timestamp),
+                b"\x0a",
+                _ONE_BYTE[len(stamp)],
+                stamp,
                 (_LINE_TAG + encode_varint(len(line)) + line) if line else b"",
-                chain_pair,
-                _pair_bytes(_SEQUENCE_NAME, str(int.from_bytes(entry[20:28], "big")).encode()),
+                self._chain_pair,
+                _PAIR_TAG,
+                _ONE_BYTE[len(_SEQUENCE_NAME) + 2 + len(sequence)],
+                _SEQUENCE_NAME,
+                b"\x12",
+                _ONE_BYTE[len(sequence)],
+                sequence,
                 _HASH_PREFIX,
                 binascii.hexlify(entry_hash),
                 _SIGNATURE_PREFIX,
                 binascii.b2a_base64(signature, newline=False),
-                key_pair,
+                self._key_pair,
                 record_metadata,
                 shared.metadata,
             )
         )
         return EncodedEntry(shared.stream, shared.labels, data)
 
-    def _timestamp(self, timestamp_ns: int) -> bytes:
-        """The entry's timestamp field (a google.protobuf.Timestamp); the seconds part is reused."""
-        seconds, nanos = divmod(timestamp_ns, 1_000_000_000)
-        if seconds != self._seconds:
-            self._seconds = seconds
-            self._seconds_field = b"\x08" + encode_varint(seconds) if seconds else b""
-        stamp = self._seconds_field + (b"\x10" + _nanos_varint(nanos) if nanos else b"")
-        return b"\x0a" + encode_varint(len(stamp)) + stamp
+
+def _seal_id_pairs(chain_id: bytes, key_id: bytes) -> tuple[bytes, bytes]:
+    """The chain id and key id pairs of a record's seal."""
+    return _encode_pair((SEAL_CHAIN_ID, chain_id.hex())), _encode_pair((SEAL_KEY_ID, key_id.hex()))
 
 
 def _nanos_varint(nanos: int) -> bytes:
@@ -439,6 +570,25 @@ def _nanos_varint(nanos: int) -> bytes:
     return bytes(
         (nanos & 127 | 128, nanos >> 7 & 127 | 128, nanos >> 14 & 127 | 128, nanos >> 21 & 127 | 128, nanos >> 28)
     )
+
+
+_FIXED64 = struct.Struct("<Q").unpack_from
+_FIXED32 = struct.Struct("<I").unpack_from
+
+
+def _read_varint(data: bytes, position: int) -> tuple[int, int]:
+    """The varint at ``position`` and the position after it; IndexError past the end, struct.error
+    past 64 bits (both send the entry to the mapper)."""
+    value = shift = 0
+    while True:
+        byte = data[position]
+        position += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, position
+        shift += 7
+        if shift >= 64:
+            raise struct.error("varint past 64 bits")
 
 
 def _line_of(body: bytes) -> bytes:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import pytest
+from google.protobuf.message import DecodeError
 from opentelemetry.proto.common.v1.common_pb2 import (
     AnyValue,
     ArrayValue,
@@ -234,3 +235,104 @@ def test_a_body_sent_twice_is_merged_as_a_parser_does() -> None:
     _same_both_ways(entry)
     mapped = EntryMapper().map_entry(entry, entry_hash(entry), bytes(64))
     assert mapped is not None and mapped.line == '{"a":"1","b":"2"}'
+
+
+def _record_entry(record: bytes, prefix: bytes | None = None) -> bytes:
+    """An entry whose payload holds ``record`` as written (the usual resource and scope before it)."""
+    if prefix is None:
+        prefix = archive_pb2.LogPayload(resource=RESOURCE.SerializeToString(), scope=SCOPE.SerializeToString())
+        prefix = prefix.SerializeToString()
+    return _payload_entry(prefix + b"\x2a" + encode_varint(len(record)) + record)
+
+
+def _field_bytes(record: LogRecord, number: int) -> bytes:
+    """The encoding of one field of ``record`` alone."""
+    alone = LogRecord()
+    alone.CopyFrom(record)
+    for descriptor, _value in record.ListFields():
+        if descriptor.number != number:
+            alone.ClearField(descriptor.name)
+    return alone.SerializeToString()
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        # fields in reverse order, which a parser takes as they are
+        b"".join(_field_bytes(COMMON, number) for number in (12, 11, 10, 9, 8, 7, 6, 5, 3, 2, 1)),
+        # a scalar field twice: the last one counts
+        COMMON.SerializeToString() + LogRecord(severity_text="WARN", time_unix_nano=5).SerializeToString(),
+        # attributes before and after other fields
+        _field_bytes(COMMON, 6)
+        + LogRecord(body=_s("x")).SerializeToString()
+        + LogRecord(attributes=[_kv("late", _s("y"))]).SerializeToString(),
+        # an unknown field (number 4 is reserved in logs.proto) and one past the known ones
+        COMMON.SerializeToString() + b"\x20\x01" + b"\xa2\x06\x03abc",
+        # lengths of several varint bytes: a long body and a long attribute value
+        LogRecord(body=_s("b" * 20_000), attributes=[_kv("k", _s("v" * 300))]).SerializeToString(),
+        # a negative severity number (ten varint bytes) and a large dropped count
+        LogRecord(severity_number=-1, dropped_attributes_count=1 << 31, body=_s("x")).SerializeToString(),  # type: ignore[arg-type]
+        # empty fields written anyway
+        b"\x1a\x00\x2a\x00\x4a\x00\x62\x00",
+        # a dropped count past 32 bits, of which a parser keeps the low ones
+        b"\x38" + encode_varint((1 << 32) + 3),
+    ],
+    ids=[
+        "reversed",
+        "scalar twice",
+        "attributes split",
+        "unknown fields",
+        "long lengths",
+        "odd numbers",
+        "empty",
+        "wide count",
+    ],
+)
+def test_records_written_unusually_give_the_mapping(record: bytes) -> None:
+    _same_both_ways(_record_entry(record))
+
+
+@pytest.mark.parametrize(
+    "prefix",
+    [
+        b"",  # no resource or scope
+        archive_pb2.LogPayload(scope=SCOPE.SerializeToString()).SerializeToString()
+        + archive_pb2.LogPayload(resource=RESOURCE.SerializeToString()).SerializeToString(),  # out of order
+        archive_pb2.LogPayload(resource=RESOURCE.SerializeToString()).SerializeToString() * 2,  # twice
+    ],
+    ids=["none", "scope before resource", "resource twice"],
+)
+def test_payloads_written_unusually_give_the_mapping(prefix: bytes) -> None:
+    _same_both_ways(_record_entry(COMMON.SerializeToString(), prefix))
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        COMMON.SerializeToString()[:-3],  # cut short
+        b"\x1a\x02\xff\xfe",  # severity text that is not UTF-8
+        b"\x09\x01\x02",  # a fixed64 cut short
+        b"\x38" + b"\xff" * 11,  # a varint past 64 bits
+    ],
+    ids=["cut short", "not UTF-8", "fixed64 cut short", "long varint"],
+)
+def test_malformed_records_are_refused_as_the_mapper_refuses_them(record: bytes) -> None:
+    entry = _record_entry(record)
+    with pytest.raises(DecodeError):
+        EntryMapper().map_entry(entry, entry_hash(entry), bytes(64))
+    with pytest.raises(DecodeError):
+        EntryEncoder(EntryMapper()).encode(entry, entry_hash(entry), bytes(64))
+
+
+def test_a_segment_of_two_chains_and_keys_names_each_record_own() -> None:
+    first = _entries(CASES[:1])[0]
+    other_chain = bytearray(first)
+    other_chain[4:20] = b"\x07" * 16
+    other_key = bytearray(first)
+    other_key[60:68] = b"\x09" * 8
+    encoder = EntryEncoder(EntryMapper())
+    for entry in (first, bytes(other_chain), bytes(other_key), first, first[:4] + bytes(16) + first[20:]):
+        mapped = EntryMapper().map_entry(entry, entry_hash(entry), bytes(64))
+        encoded = encoder.encode(entry, entry_hash(entry), bytes(64))
+        assert mapped is not None and encoded is not None
+        assert protobuf_body([encoded]) == encode_protobuf_uncompressed([mapped])
