@@ -84,16 +84,32 @@ class SegmentPersister:
         the uploader."""
         while not self._stopping.is_set():
             segment = await self._closed.queue.get()
+            release_slot = self._slot_release()
             try:
-                await self._persist(segment)
+                await self._persist(segment, release_slot)
             except BaseException as exc:
                 error = exc if isinstance(exc, Exception) else ArchiveUnavailableError("archiving was interrupted")
                 resolve(segment.spooled, error)
                 resolve(segment.archived, error)
-                self._closed.slots.release()
+                release_slot()
                 raise
 
-    async def _persist(self, segment: OpenSegment) -> None:
+    def _slot_release(self) -> Callable[[], None]:
+        """Gives one segment's stage slot back, once: the error path may follow a normal release (and
+        without a spool, resolving ``archived`` runs the upload's release), and a second release would
+        let one more segment than ``upload_concurrency`` through."""
+        slots = self._closed.slots
+        held = True
+
+        def release() -> None:
+            nonlocal held
+            if held:
+                held = False
+                slots.release()
+
+        return release
+
+    async def _persist(self, segment: OpenSegment, release_slot: Callable[[], None]) -> None:
         signatures = await self._signatures(segment)
         last_sequence = segment.first_sequence + len(segment.entries) - 1
         data = encode_segment(
@@ -123,7 +139,7 @@ class SegmentPersister:
             def release() -> None:
                 backlog.memory_records -= records
                 backlog.memory_bytes -= size
-                self._closed.slots.release()
+                release_slot()
 
             assert segment.archived is not None
             segment.archived.add_done_callback(lambda _: release())
@@ -133,10 +149,18 @@ class SegmentPersister:
         backlog.memory_records -= records
         backlog.memory_bytes -= size
         self._stats.records_spooled += records
-        self._closed.slots.release()
+        release_slot()
         resolve(segment.spooled)
         if self._on_spooled is not None:
-            self._on_spooled(item.spooled)
+            try:
+                self._on_spooled(item.spooled)
+            except Exception as exc:
+                # A notification (the Loki sender's wake-up): the segment is durable and acknowledged,
+                # so it still goes to the uploader; the hook's failure is logged, not raised.
+                log.error(
+                    "on_spooled hook failed",
+                    extra={"error": type(exc).__name__, "first_sequence": segment.first_sequence},
+                )
         if self._to_archive.in_memory_bytes + len(data) > KEEP_IN_MEMORY_BYTES:
             item.data = None  # the uploader reads it back from the spool file
         self._to_archive.put(item)
