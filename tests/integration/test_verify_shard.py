@@ -1,6 +1,6 @@
 """verify --shard I/N, verify --merge and verify --processes N through the command line against
 SeaweedFS: the merged verdict (JSON and exit code) is the single run's, on a clean archive and on
-tampered ones; bad reports exit 2 naming the file."""
+tampered ones, split by chain and (one long chain) by range; bad reports exit 2 naming the file."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import pytest
 from collector_ext.seal.keys import Ed25519Signer
 from tests.integration.conftest import S3Server
 from tests.unit.verify.test_shard import TAMPERINGS, several_chains
+from tests.unit.verify.test_shard_ranges import SEAM_TAMPERINGS, long_chain
 
 TIMEOUT = 120
 
@@ -95,3 +96,49 @@ def test_merge_errors_exit_2_naming_the_file(seaweedfs: S3Server, signer: Ed2551
     with_state = _cli(*archive, "--shard", "0/2", "--state", str(tmp_path / "state.json"))
     assert with_state.returncode == 2
     assert "--state needs a whole run" in with_state.stderr
+
+
+@pytest.mark.parametrize(
+    "tampering",
+    [
+        "clean",
+        "record modified inside a range",
+        "first segment after a seam deleted",
+        "last segments deleted",
+        "seam checkpoint replaced by the next",
+    ],
+)
+def test_merged_ranges_of_one_chain_give_the_single_runs_verdict(
+    seaweedfs: S3Server, signer: Ed25519Signer, tmp_path: Path, tampering: str
+) -> None:
+    bucket = seaweedfs.create_bucket(f"ranges-{tampering.replace(' ', '-')}")
+    built = long_chain(signer, archive_id=f"s3://{bucket}/audit")
+    SEAM_TAMPERINGS[tampering](built)
+    for key, data in built.objects.items():
+        seaweedfs.client.put_object(Bucket=bucket, Key=f"audit/{key}", Body=data)
+    public = tmp_path / "signing.pub"
+    public.write_bytes(signer.public_key.pem())
+    archive = ["--archive", f"s3://{bucket}/audit", "--endpoint-url", seaweedfs.endpoint_url]
+    archive += ["--public-key", str(public)]
+
+    single = _cli(*archive, "--json")
+    assert single.returncode == (0 if tampering == "clean" else 1), single.stderr
+    reports = []
+    for index in range(2):
+        path = tmp_path / f"range-{index}.json"
+        shard = _cli(*archive, "--shard", f"{index}/2", "--shard-by", "range", "--shard-report", str(path))
+        assert shard.returncode == 0, shard.stderr
+        document = json.loads(path.read_text())
+        assert document["version"] == 2
+        # One chain, two ranges: each shard checked one of them.
+        assert [part["range"]["part"] for part in document["chains"]] == [index]
+        reports.append(str(path))
+    merged = _cli("--merge", *reports, "--json")
+    assert (merged.returncode, json.loads(merged.stdout)) == (single.returncode, json.loads(single.stdout))
+    in_processes = _cli(*archive, "--processes", "2", "--shard-by", "range", "--json")
+    assert (in_processes.returncode, json.loads(in_processes.stdout)) == (single.returncode, json.loads(single.stdout))
+    by_chain = tmp_path / "by-chain.json"
+    assert _cli(*archive, "--shard", "0/2", "--shard-report", str(by_chain)).returncode == 0
+    mixed = _cli("--merge", str(by_chain), reports[1])
+    assert mixed.returncode == 2
+    assert f"--merge {reports[1]}: was split by range, {by_chain} by chain" in mixed.stderr

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import pytest
 
 from collector_ext.pb import archive_pb2
+from collector_ext.seal.chain import genesis_payload
 from collector_ext.seal.entry import ENTRY_HEADER_SIZE
 from collector_ext.seal.keys import Ed25519Signer
 from collector_ext.seal.layout import parse_segment_key
@@ -61,8 +62,10 @@ def range_reports(objects: dict[str, bytes], keys: dict[bytes, object], count: i
     return reports
 
 
-def long_chain(signer: Ed25519Signer) -> BuiltArchive:
-    return build_archive(signer, segments=SEGMENTS, per_segment=5)
+def long_chain(signer: Ed25519Signer, archive_id: str = "") -> BuiltArchive:
+    """One chain of 12 segments of 5 records, a checkpoint after each; its genesis names ``archive_id``."""
+    genesis = genesis_payload(signer.public_key, writer="test", reason="test", archive_id=archive_id)
+    return build_archive(signer, segments=SEGMENTS, per_segment=5, genesis=genesis)
 
 
 def _modify(built: BuiltArchive, index: int, position: int) -> None:
