@@ -39,16 +39,19 @@ import time
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from collector_ext.deliver.loki.client import LokiClient, LokiConnection
 from collector_ext.deliver.loki.mapping import EntryMapper, MappingSettings
 from collector_ext.deliver.loki.overflow import OverflowFile
 from collector_ext.deliver.loki.sender import LokiSender, LokiSettings, LokiStats
-from collector_ext.deliver.loki.spool_follower import SpoolFollower
 from collector_ext.logging_setup import configure_logging
 from collector_ext.memory import pin_mmap_threshold, trim_heap
-from collector_ext.signing_worker import exit_with_parent
+
+if TYPE_CHECKING:
+    # Imported where a spool is followed: the spool's modules bring the signing libraries (several
+    # MiB of this process's memory), which the Loki process without a spool never needs.
+    from collector_ext.deliver.loki.spool_follower import SpoolFollower
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +77,20 @@ def _name_process(name: bytes) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_NAME, ctypes.c_char_p(name[:15]), 0, 0, 0)
 
 
+def _exit_with_parent(parent_pid: int, interval: float = 0.5) -> None:
+    """Exit at once when ``parent_pid`` is gone (killed with SIGKILL, so it could not stop this
+    process): a Loki sender left behind would keep draining the spool beside the next run's. As
+    signing_worker.exit_with_parent, which this process does not import (it brings the signing
+    libraries)."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(interval)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def _child_main(
     connection: LokiConnection,
     mapping: MappingSettings,
@@ -84,7 +101,7 @@ def _child_main(
     spool_directory: Path | None,
     parent_pid: int,
 ) -> None:
-    exit_with_parent(parent_pid)
+    _exit_with_parent(parent_pid)
     _name_process(PROCESS_NAME)
     _one_malloc_arena()
     pin_mmap_threshold()
@@ -123,6 +140,8 @@ async def _child_loop(
     reports: Connection,
     spool_directory: Path | None,
 ) -> None:
+    if spool_directory is not None:
+        from collector_ext.deliver.loki.spool_follower import SpoolFollower
     follower = (
         SpoolFollower(
             spool_directory, max_queue_records=settings.max_queue_records, max_queue_bytes=settings.max_queue_bytes
