@@ -12,13 +12,17 @@ target is an incremental run that costs at most 5% of the full one when the arch
 - the Ed25519 verify rates of pyca/cryptography and of libsodium (PyNaCl) on 1 and 2 threads;
 - verify from S3 in one process, in records/s, through the chain and the signed checkpoints (the fast
   path) and with ``--all-signatures`` (as a ratio to the fastest 2-thread verify rate);
-- ``verify --processes N`` for N in ``--processes`` (shards in local worker processes), with the
-  speed-up over one process;
-- that the merged verdict of N shards equals the single run's, on the clean archive and on a tampered
-  copy (a modified record, a removed segment, a stray object).
+- ``verify --processes N`` for N in ``--processes`` (shards in local worker processes), split by chain
+  and by range (``--shard-by range``: each chain cut into ranges of segments at checkpoints, so one long
+  chain uses N processes), with the speed-up over one process;
+- that the merged verdict of N shards equals the single run's, split either way, on the clean archive,
+  on a tampered copy (a modified record, a removed segment, a stray object) and on a copy tampered at
+  the seams of two ranges (the segment after the middle checkpoint removed, that checkpoint replaced
+  by the next one's bytes).
 
     python tests/benchmark_verify.py --segments 400 --per-segment 1000
     python tests/benchmark_verify.py --scale --chains 8 --segments 25 --per-segment 1000 --processes 1,2,4
+    python tests/benchmark_verify.py --scale --chains 1 --segments 40 --per-segment 2000 --processes 1,2
 """
 
 from __future__ import annotations
@@ -145,6 +149,20 @@ def _tampered(objects: dict[str, bytes]) -> dict[str, bytes]:
     return copy
 
 
+def _tampered_at_seams(objects: dict[str, bytes]) -> dict[str, bytes]:
+    """A copy where each chain is tampered at the seam of two equal ranges (its middle checkpoint): the
+    segment after it removed, and the checkpoint replaced by the bytes of the next one."""
+    copy = dict(objects)
+    chains = sorted({key.split("/")[0] for key in copy if "/segments/" in key})
+    for chain in chains:
+        segments = sorted(k for k in copy if k.startswith(f"{chain}/segments/"))
+        checkpoints = sorted(k for k in copy if k.startswith(f"{chain}/checkpoints/"))
+        middle = len(segments) // 2
+        del copy[segments[middle + 1]]
+        copy[checkpoints[middle - 1]] = copy[checkpoints[middle]]
+    return copy
+
+
 def _upload(client: Any, bucket: str, prefix: str, objects: dict[str, bytes]) -> None:
     with ThreadPoolExecutor(max_workers=16) as pool:
         list(
@@ -188,12 +206,14 @@ def _cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def _in_processes(url: str, endpoint_url: str, processes: int, archive_id: str) -> tuple[float, float, Any]:
+def _in_processes(
+    url: str, endpoint_url: str, processes: int, archive_id: str, by: str = "chain"
+) -> tuple[float, float, Any]:
     """Wall time, CPU time (parent and workers) and the merged report of ``verify --processes``."""
     opener = functools.partial(open_archive, url, for_writing=False, endpoint_url=endpoint_url)
     cpu = _cpu_seconds()
     started = time.perf_counter()
-    report, _ = check_in_processes(opener, _load_keys, VerifyOptions(archive_id=archive_id), processes)
+    report, _ = check_in_processes(opener, _load_keys, VerifyOptions(archive_id=archive_id), processes, by)
     return time.perf_counter() - started, _cpu_seconds() - cpu, report
 
 
@@ -256,24 +276,29 @@ def run_scale(chains: int, segments: int, per_segment: int, process_counts: list
             )
         start_method = "fork" if threading.active_count() == 1 else "spawn"
         print(f"worker processes are started with {start_method} ({threading.active_count()} thread(s) here)")
-        base = None
-        for processes in process_counts:
-            load = os.getloadavg()[0]
-            elapsed, cpu, merged = _in_processes(url, s3.endpoint_url, processes, archive_id)
-            base = base or elapsed
-            print(
-                f"verify --processes {processes}: {merged.records_checked / elapsed:10,.0f} records/s "
-                f"({elapsed:.2f} s, {cpu:.2f} CPU s in the verifier's processes, load {load:.1f}), "
-                f"speed-up {base / elapsed:.2f} x over 1 process; merged == single run: {merged == single}"
-            )
-        _, tampered_single = asyncio.run(_verify_s3(tampered_url, s3.endpoint_url, signer, False, archive_id))
-        for processes in process_counts:
-            _, _, tampered_merged = _in_processes(tampered_url, s3.endpoint_url, processes, archive_id)
-            kinds = sorted({f.kind.value for f in tampered_merged.findings})
-            print(
-                f"tampered copy, {processes} shard(s): merged == single run: {tampered_merged == tampered_single}, "
-                f"clean={tampered_merged.clean}, kinds {kinds}"
-            )
+        for by in ("chain", "range"):
+            base = None
+            for processes in process_counts:
+                load = os.getloadavg()[0]
+                elapsed, cpu, merged = _in_processes(url, s3.endpoint_url, processes, archive_id, by)
+                base = base or elapsed
+                print(
+                    f"verify --processes {processes} --shard-by {by:5}: {merged.records_checked / elapsed:10,.0f} "
+                    f"records/s ({elapsed:.2f} s, {cpu:.2f} CPU s in the verifier's processes, load {load:.1f}), "
+                    f"speed-up {base / elapsed:.2f} x over 1 process; merged == single run: {merged == single}"
+                )
+        seams_url = f"s3://{bucket}/tampered-at-seams"
+        _upload(client, bucket, "tampered-at-seams", _tampered_at_seams(objects))
+        for name, copy_url in (("tampered copy", tampered_url), ("copy tampered at the seams", seams_url)):
+            _, tampered_single = asyncio.run(_verify_s3(copy_url, s3.endpoint_url, signer, False, archive_id))
+            for by in ("chain", "range"):
+                for processes in process_counts:
+                    _, _, tampered_merged = _in_processes(copy_url, s3.endpoint_url, processes, archive_id, by)
+                    kinds = sorted({f.kind.value for f in tampered_merged.findings})
+                    print(
+                        f"{name}, {processes} shard(s) by {by}: merged == single run: "
+                        f"{tampered_merged == tampered_single}, clean={tampered_merged.clean}, kinds {kinds}"
+                    )
     print(f"load after: {os.getloadavg()[0]:.2f}")
 
 
