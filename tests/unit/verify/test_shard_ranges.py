@@ -8,8 +8,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
+import yaml
 
 from collector_ext.pb import archive_pb2
 from collector_ext.seal.chain import genesis_payload
@@ -27,6 +29,7 @@ from collector_ext.verify.shard import (
     ShardSpec,
     decode_shard_report,
     encode_shard_report,
+    parse_shard,
     plan_ranges,
 )
 from tests.archive_builder import BuiltArchive, build_archive
@@ -34,6 +37,7 @@ from tests.fakes import InMemoryArchive
 from tests.unit.verify.test_shard import TAMPERINGS, several_chains
 
 NOW = 1_800_000_000_000_000_000
+DEPLOY = Path(__file__).resolve().parents[3] / "deploy" / "kubernetes" / "sharded-audit"
 SEGMENTS = 12
 
 
@@ -236,3 +240,18 @@ def test_a_seam_that_does_not_hold_is_a_finding(signer: Ed25519Signer) -> None:
     assert not merged.clean
     assert finding.object_key == built.checkpoint_keys[5]
     assert "the walk up to it reached seq 29" in finding.message
+
+
+def test_the_sharded_audit_job_splits_by_range() -> None:
+    job = yaml.safe_load((DEPLOY / "verify-job.yaml").read_text(encoding="utf-8"))
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    command = container["command"]
+    by = command[command.index("--shard-by") + 1]
+    shard = command[command.index("--shard") + 1]
+    count = job["spec"]["completions"]
+    specs = [parse_shard(shard.replace("$(JOB_COMPLETION_INDEX)", str(index)), by) for index in range(count)]
+    assert {spec.by for spec in specs} == {"range"}
+    # Every range of a chain cut N ways lands on a different pod.
+    assert sorted(
+        index for index, spec in enumerate(specs) for part in range(count) if spec.owns_part(5, part)
+    ) == list(range(count))
