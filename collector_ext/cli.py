@@ -508,9 +508,13 @@ def _write_shard_report(report: Any, path: Path | None) -> None:
         except OSError as exc:
             _fail(ConfigurationError("--shard-report", f"cannot write {path}: {exc.strerror}"))
     problems = sum(1 for part in report.chains for f in part.findings if f.severity.value in ("tampering", "loss"))
+    checked = f"{len(report.chains)} of {len(report.chains_listed)} chains"
+    if report.shard.by == "range":
+        chains = len({part.summary.chain_id for part in report.chains})
+        checked = f"{len(report.chains)} range(s) of {chains} of {len(report.chains_listed)} chains"
     click.echo(
-        f"shard {report.shard.index}/{report.shard.count}: {len(report.chains)} of {len(report.chains_listed)} "
-        f"chains, {report.records_checked} records, {problems} tampering/loss findings in them; "
+        f"shard {report.shard.index}/{report.shard.count}: {checked}, {report.records_checked} records, "
+        f"{problems} tampering/loss findings in them; "
         "the verdict is verify --merge's",
         err=True,
     )
