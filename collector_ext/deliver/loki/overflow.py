@@ -12,12 +12,14 @@ after a crash, what was still queued for Loki is missing from Loki (``verify --l
 exactly as it was with the queue in memory. With a spool none of this is used: the follower reads
 the spool itself.
 
-Frame: ``>II`` (records, bytes that follow), then per record ``>II`` (entry length, signature
-length), the entry and the signature.
+Frame: ``>II`` (records, bytes that follow), then the segment's entries and signatures as one
+pickle (written and read by this process only, in a file no other process is given): the pickle
+module walks the lists in C, where packing each record's lengths cost a few microseconds a record.
 """
 
 from __future__ import annotations
 
+import pickle
 import struct
 import tempfile
 import threading
@@ -41,10 +43,9 @@ class OverflowFile:
 
     def put(self, entries: Sequence[bytes], signatures: Sequence[bytes]) -> None:
         """Append one segment's records at the end."""
-        parts: list[bytes] = []
-        for entry, signature in zip(entries, signatures, strict=True):
-            parts += (_HEADER.pack(len(entry), len(signature)), entry, signature)
-        body = b"".join(parts)
+        if len(entries) != len(signatures):
+            raise ValueError("a segment needs one signature per entry")
+        body = pickle.dumps((list(entries), list(signatures)), protocol=pickle.HIGHEST_PROTOCOL)
         with self._lock:
             if self._file is None:
                 # Open as long as this object is; ``close`` closes it.
@@ -71,16 +72,9 @@ class OverflowFile:
                 # Empty again: start over at the front, so the file does not grow while it cycles.
                 self._file.truncate(0)
                 self._read_at = self._write_at = 0
-        entries: list[bytes] = []
-        signatures: list[bytes] = []
-        position = 0
-        for _ in range(count):
-            entry_length, signature_length = _HEADER.unpack_from(body, position)
-            position += _HEADER.size
-            entries.append(body[position : position + entry_length])
-            position += entry_length
-            signatures.append(body[position : position + signature_length])
-            position += signature_length
+        entries, signatures = pickle.loads(body)  # noqa: S301  (this process's own file)
+        if len(entries) != count:
+            raise ValueError("the overflow file does not hold what was written")
         return entries, signatures
 
     def close(self) -> None:

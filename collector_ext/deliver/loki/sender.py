@@ -171,18 +171,28 @@ class LokiSender:
         CPU work on the loop that also answers Export calls, and must not hold it for long."""
         segment = self._segments.popleft()
         base = hashlib.sha256(ENTRY_HASH_PREFIX)
-        for index, (entry, signature) in enumerate(zip(segment.entries, segment.signatures, strict=True)):
-            if index and index % YIELD_EVERY == 0:
+        encode = self._encoder.encode
+        mapped = self._mapped
+        entries, signatures = segment.entries, segment.signatures
+        for first in range(0, len(entries), YIELD_EVERY):
+            if first:
                 await asyncio.sleep(0)
-            digest = base.copy()
-            digest.update(entry)
-            mapped = self._encoder.encode(entry, digest.digest(), signature)
-            self.stats.queued_records -= 1
-            self.stats.queued_bytes -= len(entry)
-            if mapped is not None:
-                self._mapped.append(mapped)
-                self._mapped_bytes += mapped.size()
-                self._mapped_total += 1
+            chunk = entries[first : first + YIELD_EVERY]
+            count = len(mapped)
+            size = 0
+            for entry, signature in zip(chunk, signatures[first : first + YIELD_EVERY], strict=True):
+                digest = base.copy()
+                digest.update(entry)
+                encoded = encode(entry, digest.digest(), signature)
+                if encoded is not None:
+                    mapped.append(encoded)
+                    size += len(encoded.data)
+            # Counted a chunk at a time: nothing else runs on the loop before the next await.
+            count = len(mapped) - count
+            self._mapped_total += count
+            self._mapped_bytes += size + 4 * count  # EncodedEntry.size() of each
+            self.stats.queued_records -= len(chunk)
+            self.stats.queued_bytes -= sum(map(len, chunk))
         self._segment_ends.append(_SegmentEnd(self._mapped_total, segment.last_sequence, segment.offered_at))
         self._report_delivered()
 
