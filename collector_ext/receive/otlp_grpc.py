@@ -119,11 +119,16 @@ def decode_message(
             body = inflate_whole(message, coding, limit, reservation)
         except InvalidRequestError:  # not zlib after all: a plain message that looked like it
             reservation.shrink_to(held)
-    reservation.charge(protobuf_decode_cost(body, reservation.room_alone), "decoding the request")
+    cost = protobuf_decode_cost(body, reservation.room_alone)
+    reservation.charge(cost, "decoding the request")
     try:
         request = parse_protobuf_request(body)
+        # The fast check decodes the body a second time, when the budget has room for it now.
+        second_decoding = reservation.try_charge(cost)
+        check_request(request, request_limits, encoding=body if second_decoding else None)
         del body
-        check_request(request, request_limits)
+        if second_decoding:
+            reservation.refund(cost)
         payloads = log_payloads(request, sender)
     except (DecodeError, RecursionError, ValueError) as exc:
         raise InvalidRequestError(

@@ -1,5 +1,6 @@
 """check_request: attribute counts, value depth and id lengths refuse the whole request, naming the
-limit and the position, never the content."""
+limit and the position, never the content. Every case runs both ways: the full walk, and with the
+request's encoding (the scalar-values fast path), which must give the same verdict and message."""
 
 from __future__ import annotations
 
@@ -11,9 +12,28 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 from collector_ext.config import load_config
 from collector_ext.errors import ConfigurationError, InvalidRequestError
-from collector_ext.receive.validate import MAX_VALUE_DEPTH_CEILING, RequestLimits, check_request
+from collector_ext.receive.validate import (
+    MAX_VALUE_DEPTH_CEILING,
+    RequestLimits,
+    check_request,
+    holds_only_scalar_values,
+)
 
 SECRET = "s3cr3t-content"
+
+
+def check(message: ExportLogsServiceRequest, limits: RequestLimits) -> None:
+    """check_request both ways; the outcomes (pass, or the refusal's text) must be the same."""
+    outcomes = []
+    for encoding in (None, message.SerializeToString()):
+        try:
+            check_request(message, limits, encoding=encoding)
+            outcomes.append("")
+        except InvalidRequestError as exc:
+            outcomes.append(str(exc))
+    assert outcomes[0] == outcomes[1]
+    if outcomes[0]:
+        raise InvalidRequestError(outcomes[0])
 
 
 def attributes(count: int) -> list[KeyValue]:
@@ -41,7 +61,7 @@ def nested(levels: int, kind: str = "kvlist") -> AnyValue:
 
 def refusal(message: ExportLogsServiceRequest, limits: RequestLimits) -> str:
     with pytest.raises(InvalidRequestError) as caught:
-        check_request(message, limits)
+        check(message, limits)
     text = str(caught.value)
     assert SECRET not in text
     assert "nothing was sealed" in text
@@ -50,7 +70,7 @@ def refusal(message: ExportLogsServiceRequest, limits: RequestLimits) -> str:
 
 def test_a_request_within_every_limit_passes() -> None:
     limits = RequestLimits(max_attributes=3, max_attributes_per_request=100, max_value_depth=4)
-    check_request(
+    check(
         request(
             LogRecord(attributes=attributes(3), body=nested(4), trace_id=bytes(16), span_id=bytes(8)),
             LogRecord(attributes=[KeyValue(key="x", value=nested(4, "array"))]),
@@ -88,7 +108,7 @@ def test_the_request_wide_count_includes_nested_entries_and_array_elements() -> 
     record = LogRecord(attributes=[KeyValue(key="a", value=nested(3)), KeyValue(key="b", value=array)])
     text = refusal(request(record), limits)
     assert "limits.max_attributes_per_request=6" in text
-    check_request(request(record), RequestLimits(max_attributes=10, max_attributes_per_request=7, max_value_depth=8))
+    check(request(record), RequestLimits(max_attributes=10, max_attributes_per_request=7, max_value_depth=8))
 
 
 def test_the_request_wide_count_adds_up_across_records() -> None:
@@ -107,7 +127,7 @@ def test_values_nested_deeper_than_the_limit_are_refused(kind: str, where: str) 
             return LogRecord(body=nested(levels, kind))
         return LogRecord(attributes=[KeyValue(key="ok"), KeyValue(key="deep", value=nested(levels, kind))])
 
-    check_request(request(record(5)), limits)
+    check(request(record(5)), limits)
     text = refusal(request(LogRecord(), record(6)), limits)
     expected = "log_records[1].body" if where == "body" else "log_records[1].attributes[1]"
     assert expected in text
@@ -117,7 +137,7 @@ def test_values_nested_deeper_than_the_limit_are_refused(kind: str, where: str) 
 def test_an_empty_container_at_the_deepest_level_adds_no_level() -> None:
     empty = AnyValue(kvlist_value=KeyValueList())
     deepest = AnyValue(array_value=ArrayValue(values=[empty]))  # level 1 holds an empty kvlist at level 2
-    check_request(request(LogRecord(body=deepest)), RequestLimits(max_value_depth=2))
+    check(request(LogRecord(body=deepest)), RequestLimits(max_value_depth=2))
 
 
 @pytest.mark.parametrize(
@@ -156,3 +176,61 @@ def test_the_limits_settings_default_to_the_request_limits_defaults_and_are_boun
         load_config(None, environ={"COLLECTOR_EXT_LIMITS__MAX_VALUE_DEPTH": "31"}, overrides=base)
     with pytest.raises(ConfigurationError, match=r"limits\.max_attributes"):
         load_config(None, environ={"COLLECTOR_EXT_LIMITS__MAX_ATTRIBUTES": "0"}, overrides=base)
+
+
+def _flat_record(index: int) -> LogRecord:
+    return LogRecord(
+        body=AnyValue(string_value=SECRET),
+        attributes=[*attributes(2), KeyValue(key="n", value=AnyValue(int_value=index))],
+        trace_id=bytes(16),
+        span_id=bytes(8),
+    )
+
+
+def test_a_request_of_scalar_values_is_recognised() -> None:
+    message = request(*(_flat_record(i) for i in range(3)), resource=Resource(attributes=attributes(1)))
+    assert holds_only_scalar_values(message, message.SerializeToString())
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        request(_flat_record(0), LogRecord(body=nested(2))),
+        request(_flat_record(0), LogRecord(body=nested(2, "array"))),
+        request(LogRecord(body=AnyValue(kvlist_value=KeyValueList()))),  # empty containers count too
+        request(LogRecord(attributes=[KeyValue(key="a", value=AnyValue(array_value=ArrayValue()))])),
+        request(_flat_record(0), resource=Resource(attributes=[KeyValue(key="r", value=nested(2))])),
+        request(_flat_record(0), scope=InstrumentationScope(attributes=[KeyValue(key="s", value=nested(2, "array"))])),
+    ],
+)
+def test_any_kvlist_or_array_value_sends_the_request_to_the_full_walk(message: ExportLogsServiceRequest) -> None:
+    assert not holds_only_scalar_values(message, message.SerializeToString())
+
+
+def test_an_unknown_field_sends_the_request_to_the_full_walk() -> None:
+    message = request(_flat_record(0))
+    message.resource_logs[0].scope_logs[0].log_records[0].body.MergeFromString(b"\xf8\x01\x01")  # field 31, varint
+    assert not holds_only_scalar_values(message, message.SerializeToString())
+
+
+def _padded_body(value: AnyValue) -> bytes:
+    """A request of one record (time and body) whose body's length is a non-minimal 2-byte varint."""
+    encoded_value = value.SerializeToString()
+    record = LogRecord(time_unix_nano=1).SerializeToString() + b"\x2a" + bytes([len(encoded_value) | 0x80, 0])
+    record += encoded_value
+    scope = b"\x12" + bytes([len(record)]) + record
+    resource = b"\x12" + bytes([len(scope)]) + scope
+    return b"\x0a" + bytes([len(resource)]) + resource
+
+
+@pytest.mark.parametrize(
+    ("value", "scalar"),
+    [(AnyValue(string_value=SECRET), True), (AnyValue(kvlist_value=KeyValueList()), False)],
+)
+def test_a_body_in_a_non_minimal_form_is_judged_by_the_request_it_decodes_to(value: AnyValue, scalar: bool) -> None:
+    """The sizes compared are the decoded request's own, not the body's."""
+    body = _padded_body(value)
+    parsed = ExportLogsServiceRequest.FromString(body)
+    assert parsed == request(LogRecord(time_unix_nano=1, body=value))
+    assert len(body) == parsed.ByteSize() + 1
+    assert holds_only_scalar_values(parsed, body) is scalar
