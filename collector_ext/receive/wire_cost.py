@@ -6,12 +6,12 @@ the sealed payload with its list slot); a request of empty records would cost ne
 size. So the price is a per-byte factor (``admission.PROTOBUF_DECODE_FACTOR``, measured on typical
 batches) plus a per-record cost for the records the body holds, counted on the wire: the walk reads
 only the three levels above the records (resource logs, scope logs, records) and skips each record's
-content, about 2 us per record, and stops once the price passes the limit. OTLP/JSON is priced per
+content, about 0.3 us per record, and stops once the price passes the limit. OTLP/JSON is priced per
 byte (``JSON_DECODE_FACTOR``) plus a cost per ``{``: every JSON object becomes a Python dict and then
 a protobuf message, and an upper bound on their number costs one C-speed count.
 
 Elements inside a record (attributes, nested values) are priced by an upper bound on their number
-that costs a few C-speed byte counts: every such element is a length-delimited field whose tag byte
+that costs one C-speed pass over the body: every such element is a length-delimited field whose tag byte
 is one of 0x0a, 0x12, 0x1a, 0x2a or 0x32 (fields 1, 2, 3, 5 and 6 of KeyValue, AnyValue, ArrayValue,
 KeyValueList, LogRecord, Resource, EntityRef and InstrumentationScope), or 0x22 (field 4: the only
 repeated field 4 is EntityRef's list of strings, priced lower because '"' is common in text). Counting
@@ -44,6 +44,11 @@ ELEMENT_COST = 52
 _ELEMENT_TAGS = (b"\x0a", b"\x12", b"\x1a", b"\x2a", b"\x32")
 # Per 0x22 byte: an empty string of EntityRef.description_keys parses to 33 bytes.
 REPEATED_STRING_COST = 32
+# Every byte but the tags counted above: deleting them leaves only those (one C pass over the body,
+# about five times faster than a count per tag), a slice of _SLICE_BYTES at a time so the copies
+# stay small whatever the body holds.
+_NOT_COUNTED = bytes(sorted(set(range(256)) - set(b"".join(_ELEMENT_TAGS) + b"\x22")))
+_SLICE_BYTES = 64 * 1024
 
 
 class _Walk:
@@ -86,6 +91,45 @@ class _Walk:
                 raise ValueError("wire type the OTLP messages do not use")
 
 
+def _count_fields(walk: _Walk, pos: int, end: int, number: int, stop: int) -> tuple[int, bool]:
+    """(the length-delimited fields ``number`` in data[pos:end], counted until the count passes
+    ``stop``; whether malformed bytes ended the count). ``_Walk.children`` inlined, with one-byte
+    keys and lengths read in place: this loop runs once per log record."""
+    data = walk.data
+    wanted = number << 3 | 2
+    count = 0
+    try:
+        while pos < end:
+            key = data[pos]
+            if key < 0x80:
+                pos += 1
+            else:
+                key, pos = walk.varint(pos)
+            wire_type = key & 7
+            if wire_type == 2:
+                length = data[pos]
+                if length < 0x80:
+                    pos += 1
+                else:
+                    length, pos = walk.varint(pos)
+                if key == wanted:
+                    count += 1
+                    if count > stop:
+                        return count, False
+                pos += length
+            elif wire_type == 0:
+                _, pos = walk.varint(pos)
+            elif wire_type == 1:
+                pos += 8
+            elif wire_type == 5:
+                pos += 4
+            else:
+                return count, True
+    except (ValueError, IndexError):
+        return count, True
+    return count, False
+
+
 def count_log_records(body: bytes, stop: int) -> int:
     """The log records of an ExportLogsServiceRequest body (field 1 > field 2 > field 2); counting
     ends once the count passes ``stop``. A malformed body is counted as far as it reads."""
@@ -94,22 +138,34 @@ def count_log_records(body: bytes, stop: int) -> int:
     try:
         for resource_start, resource_end in walk.children(0, len(body), 1):
             for scope_start, scope_end in walk.children(resource_start, resource_end, 2):
-                for _ in walk.children(scope_start, scope_end, 2):
-                    count += 1
-                    if count > stop:
-                        return count
+                records, malformed = _count_fields(walk, scope_start, scope_end, 2, stop - count)
+                count += records
+                if malformed or count > stop:
+                    return count
     except (ValueError, IndexError):
         pass
     return count
 
 
+def _tag_counts(body: bytes) -> tuple[int, int]:
+    """(bytes 0x0a, 0x12, 0x1a, 0x2a or 0x32; bytes 0x22) in ``body``."""
+    elements = repeated_strings = 0
+    for start in range(0, len(body), _SLICE_BYTES):
+        tags = body[start : start + _SLICE_BYTES].translate(None, _NOT_COUNTED)
+        quotes = tags.count(b"\x22")
+        elements += len(tags) - quotes
+        repeated_strings += quotes
+    return elements, repeated_strings
+
+
 def count_element_tags(body: bytes) -> int:
     """An upper bound on the length-delimited elements of an OTLP logs body (see the module text)."""
-    return sum(body.count(tag) for tag in _ELEMENT_TAGS)
+    return _tag_counts(body)[0]
 
 
 def _element_cost(body: bytes) -> int:
-    return ELEMENT_COST * count_element_tags(body) + REPEATED_STRING_COST * body.count(b"\x22")
+    elements, repeated_strings = _tag_counts(body)
+    return ELEMENT_COST * elements + REPEATED_STRING_COST * repeated_strings
 
 
 def protobuf_decode_cost(body: bytes, limit: int) -> int:

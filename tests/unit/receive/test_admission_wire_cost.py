@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
@@ -9,8 +11,10 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeL
 
 from collector_ext.receive.admission import JSON_DECODE_FACTOR, PROTOBUF_DECODE_FACTOR
 from collector_ext.receive.wire_cost import (
+    ELEMENT_COST,
     JSON_OBJECT_COST,
     RECORD_COST,
+    REPEATED_STRING_COST,
     count_element_tags,
     count_log_records,
     json_decode_cost,
@@ -101,3 +105,80 @@ def test_empty_strings_of_a_repeated_field_are_priced_at_least_what_they_parse_t
 
 def test_element_tags_are_counted_over_the_whole_body() -> None:
     assert count_element_tags(b"\x0a\x12\x1a\x2a\x32\x22\x3a") == 5
+
+
+def test_tags_are_counted_across_slices_as_one_count_per_tag_would() -> None:
+    """The count goes a slice at a time; bytes on both sides of every slice edge are counted."""
+    body = random.Random(7).randbytes(3 * 64 * 1024 + 11)
+    expected = sum(body.count(bytes([tag])) for tag in (0x0A, 0x12, 0x1A, 0x2A, 0x32))
+    assert count_element_tags(body) == expected
+    priced_by_size = PROTOBUF_DECODE_FACTOR * len(body)
+    elements = ELEMENT_COST * expected + REPEATED_STRING_COST * body.count(b"\x22")
+    assert protobuf_decode_cost(body, 0) == priced_by_size + elements  # over the limit: no record walk
+
+
+def _reference_count(body: bytes, stop: int) -> int:
+    """The record count as a plain field-by-field walk of the three levels finds it."""
+
+    def varint(pos: int) -> tuple[int, int]:
+        value = shift = 0
+        while True:
+            byte = body[pos]
+            pos += 1
+            value |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                return value, pos
+            shift += 7
+            if shift > 63:
+                raise ValueError
+
+    def level(pos: int, end: int, number: int) -> tuple[list[tuple[int, int]], bool]:
+        """The (start, end) of each field ``number``, and whether malformed bytes ended the walk."""
+        found = []
+        try:
+            while pos < end:
+                key, pos = varint(pos)
+                if key & 7 == 2:
+                    length, pos = varint(pos)
+                    if key >> 3 == number:
+                        found.append((pos, min(pos + length, end)))
+                    pos += length
+                elif key & 7 == 0:
+                    pos = varint(pos)[1]
+                elif key & 7 in (1, 5):
+                    pos += 8 if key & 7 == 1 else 4
+                else:
+                    raise ValueError
+        except (ValueError, IndexError):
+            return found, True
+        return found, False
+
+    count = 0
+    resources, _ = level(0, len(body), 1)
+    for resource in resources:
+        scopes, scope_broken = level(*resource, 2)
+        for scope in scopes:
+            records, record_broken = level(*scope, 2)
+            for _ in records:
+                count += 1
+                if count > stop:
+                    return count
+            if record_broken:
+                return count
+        if scope_broken:
+            return count
+    return count
+
+
+def test_the_record_count_matches_a_field_by_field_walk_on_damaged_bodies() -> None:
+    rng = random.Random(11)
+    valid = _request([7, 0, 40], body="hello world")
+    bodies = [valid, valid[: len(valid) // 2]]
+    for _ in range(400):
+        damaged = bytearray(valid)
+        for _ in range(rng.randint(1, 4)):
+            damaged[rng.randrange(len(damaged))] = rng.randrange(256)
+        bodies.append(bytes(damaged[: rng.randint(1, len(damaged))]))
+    for body in bodies:
+        for stop in (5, 10**9):
+            assert count_log_records(body, stop) == _reference_count(body, stop), body.hex()
