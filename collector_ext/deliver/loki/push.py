@@ -560,16 +560,14 @@ def _seal_id_pairs(chain_id: bytes, key_id: bytes) -> tuple[bytes, bytes]:
 
 
 def _nanos_varint(nanos: int) -> bytes:
-    """``encode_varint`` for the nanoseconds of a timestamp (below 2**30), without its loop."""
-    if nanos < 65536:
+    """``encode_varint`` for the nanoseconds of a timestamp, its low two 7-bit groups looked up."""
+    if nanos < 1 << 14:
         return encode_varint(nanos)
-    if nanos < 1 << 21:
-        return bytes((nanos & 127 | 128, nanos >> 7 & 127 | 128, nanos >> 14))
-    if nanos < 1 << 28:
-        return bytes((nanos & 127 | 128, nanos >> 7 & 127 | 128, nanos >> 14 & 127 | 128, nanos >> 21))
-    return bytes(
-        (nanos & 127 | 128, nanos >> 7 & 127 | 128, nanos >> 14 & 127 | 128, nanos >> 21 & 127 | 128, nanos >> 28)
-    )
+    return _CONTINUED[nanos & 127] + _CONTINUED[nanos >> 7 & 127] + encode_varint(nanos >> 14)
+
+
+# A 7-bit group followed by more: its byte with the continuation bit set.
+_CONTINUED = [bytes((group | 0x80,)) for group in range(128)]
 
 
 _FIXED64 = struct.Struct("<Q").unpack_from

@@ -198,7 +198,7 @@ def test_entries_that_are_not_log_records_are_left_out() -> None:
 
 
 @pytest.mark.parametrize(
-    "nanos", [0, 1, 127, 128, 65535, 65536, (1 << 21) - 1, 1 << 21, (1 << 28) - 1, 1 << 28, 999_999_999]
+    "nanos", [0, 1, 127, 128, 16383, 16384, 65535, 65536, (1 << 21) - 1, 1 << 21, (1 << 28) - 1, 1 << 28, 999_999_999]
 )
 def test_timestamp_nanoseconds_are_protobuf_varints(nanos: int) -> None:
     assert _nanos_varint(nanos) == encode_varint(nanos)
