@@ -15,11 +15,13 @@ This module does not seal or sign; see ``chain``.
 from __future__ import annotations
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
 from collector_ext.seal.sender import Sender
 from collector_ext.seal.wire import encode_varint, length_delimited
 
 _LOG_RECORD_TAG = encode_varint(5 << 3 | 2)
+_serialize_record = LogRecord.SerializeToString
 
 
 def log_payloads(request: ExportLogsServiceRequest, sender: Sender | None = None) -> list[bytes]:
@@ -42,9 +44,14 @@ def log_payloads(request: ExportLogsServiceRequest, sender: Sender | None = None
                 + length_delimited(4, scope_logs.schema_url.encode())
                 + _LOG_RECORD_TAG
             )
-            for record in scope_logs.log_records:
-                encoded = record.SerializeToString()
-                append(prefix + encode_varint(len(encoded)) + encoded + suffix)
+            # The unbound method mapped over the records: no bound method object per record (about
+            # a third of this loop's cost on typical records).
+            if suffix:
+                for encoded in map(_serialize_record, scope_logs.log_records):
+                    append(prefix + encode_varint(len(encoded)) + encoded + suffix)
+            else:
+                for encoded in map(_serialize_record, scope_logs.log_records):
+                    append(prefix + encode_varint(len(encoded)) + encoded)
     return payloads
 
 
