@@ -26,8 +26,8 @@ def frame(magic: bytes, body: bytes) -> bytes:
     return magic + len(body).to_bytes(8, "big") + body
 
 
-def unframe(magic: bytes, data: bytes) -> Unframed:
-    """Split an object into its body and whatever was appended after the frame.
+def unframed_extent(magic: bytes, data: bytes) -> tuple[int, int]:
+    """(framed size, bytes appended after the frame) of an object, without copying its body.
 
     Raises:
         MalformedObjectError: wrong magic, or the object is shorter than its frame says.
@@ -38,7 +38,17 @@ def unframe(magic: bytes, data: bytes) -> Unframed:
     end = FRAME_PREFIX_SIZE + length
     if end > len(data):
         raise MalformedObjectError(f"frame says {length} body bytes but only {len(data) - FRAME_PREFIX_SIZE} follow")
-    return Unframed(body=data[FRAME_PREFIX_SIZE:end], framed_size=end, appended=len(data) - end)
+    return end, len(data) - end
+
+
+def unframe(magic: bytes, data: bytes) -> Unframed:
+    """Split an object into its body and whatever was appended after the frame.
+
+    Raises:
+        MalformedObjectError: wrong magic, or the object is shorter than its frame says.
+    """
+    end, appended = unframed_extent(magic, data)
+    return Unframed(body=data[FRAME_PREFIX_SIZE:end], framed_size=end, appended=appended)
 
 
 # The largest objects a writer produces (proto/FORMAT.md 4.1); a verifier reports a larger object

@@ -15,12 +15,12 @@ from __future__ import annotations
 import itertools
 import operator
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import overload
 
 from collector_ext.seal.entry import ENTRY_HASH_PREFIX, ENTRY_HEADER_SIZE, PREVIOUS_HASH_SLICE, SEQUENCE_SLICE
 from collector_ext.seal.merkle import LEAF_PREFIX, NODE_PREFIX, CompactRange, prefixed_hashes
-from collector_ext.seal.segment import SealedRecord
+from collector_ext.seal.segment import SealedRecord, SegmentRecords
 
 _ENTRY = operator.attrgetter("entry")
 _SEQUENCE = operator.itemgetter(SEQUENCE_SLICE)
@@ -65,6 +65,35 @@ class StoredRecords(Sequence[SealedRecord]):
 
     def __getitem__(self, index: int | slice) -> SealedRecord | Sequence[SealedRecord]:
         return self._records[index]
+
+
+class StoredChunks:
+    """A segment's records as ``StoredRecords`` a chunk at a time (``SegmentRecords``), in stored order.
+
+    A small segment keeps each chunk's entries and hashes once made, so the walk's passes over it
+    (checks, then the observers) take them out once; a large one makes them again on each pass and
+    holds one chunk at a time.
+    """
+
+    __slots__ = ("_kept", "records")
+
+    def __init__(self, records: SegmentRecords) -> None:
+        self.records = records
+        self._kept: dict[int, StoredRecords] | None = {} if records.keeps_parsed else None
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __iter__(self) -> Iterator[tuple[int, StoredRecords]]:
+        """(index of its first record, its records) of each chunk."""
+        kept = self._kept
+        for index, first in enumerate(self.records.chunk_firsts):
+            stored = kept.get(index) if kept is not None else None
+            if stored is None:
+                stored = StoredRecords(self.records.chunk(index))
+                if kept is not None:
+                    kept[index] = stored
+            yield first, stored
 
 
 def entry_hashes(entries: Sequence[bytes]) -> list[bytes]:

@@ -97,6 +97,9 @@ class Finding:
     first_sequence: int | None = None
     last_sequence: int | None = None
     object_key: str = ""
+    # How many findings this one stands for: more than one for the summary of a chain's findings of
+    # one kind beyond the ones its report lists one by one (``FoldedFindings``).
+    count: int = 1
 
     def location(self) -> str:
         parts = []
@@ -110,6 +113,71 @@ class Finding:
         if self.object_key:
             parts.append(f"object {self.object_key}")
         return ", ".join(parts)
+
+
+# A chain's report lists at most this many findings one by one; the ones after are counted, per kind
+# and severity, in one finding each. A hostile archive can make a finding of every record (262,144 in
+# a segment): listed, they would cost the verifier hundreds of MiB, and no reader reads them one by one.
+MAX_LISTED_FINDINGS = 10_000
+
+
+@dataclass(slots=True)
+class _Fold:
+    count: int
+    first: int | None
+    last: int | None
+    example: Finding
+
+
+class FoldedFindings:
+    """The findings of a chain past ``MAX_LISTED_FINDINGS``: per kind and severity, how many, their span
+    of sequence numbers, and the first as an example."""
+
+    __slots__ = ("_folds", "limit")
+
+    def __init__(self, limit: int = MAX_LISTED_FINDINGS) -> None:
+        self.limit = limit
+        self._folds: dict[tuple[FindingKind, Severity], _Fold] = {}
+
+    def add(self, finding: Finding) -> None:
+        fold = self._folds.get((finding.kind, finding.severity))
+        first, last = finding.first_sequence, finding.last_sequence
+        if last is None:
+            last = first
+        if fold is None:
+            self._folds[(finding.kind, finding.severity)] = _Fold(finding.count, first, last, finding)
+            return
+        fold.count += finding.count
+        if first is not None:
+            fold.first = first if fold.first is None else min(fold.first, first)
+        if last is not None:
+            fold.last = last if fold.last is None else max(fold.last, last)
+
+    def summaries(self) -> list[Finding]:
+        """One finding per kind and severity (in order of first appearance), with its count (a single
+        finding as it was)."""
+        out = []
+        for fold in self._folds.values():
+            example = fold.example
+            if fold.count == example.count:
+                out.append(example)
+                continue
+            span = f" in seq {fold.first}-{fold.last}" if fold.first is not None else ""
+            out.append(
+                Finding(
+                    example.kind,
+                    example.severity,
+                    f"{fold.count:,} more finding(s) of this kind{span} are not listed one by one (a chain's report "
+                    f"lists its first {self.limit:,} findings); the first of them, at {example.location()}: "
+                    f"{example.message}",
+                    example.chain_id,
+                    fold.first,
+                    fold.last,
+                    example.object_key,
+                    fold.count,
+                )
+            )
+        return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,8 +44,14 @@ from collector_ext.seal.entry import (
 )
 from collector_ext.seal.keys import PublicKey
 from collector_ext.seal.layout import CheckpointKey, SegmentKey
-from collector_ext.seal.segment import DecodedSegment, SealedRecord, decode_segment
-from collector_ext.verify.batch import StoredRecords, consecutive_from, links_continue, same_slices
+from collector_ext.seal.segment import CHUNK_RECORDS, DecodedSegment, SealedRecord, decode_segment
+from collector_ext.verify.batch import (
+    StoredChunks,
+    consecutive_from,
+    entry_hashes,
+    links_continue,
+    same_slices,
+)
 from collector_ext.verify.checkpoints import CheckpointLedger, ListedSegment, ResumePoint, UnreadableObject
 from collector_ext.verify.entries import (
     RunKey,
@@ -55,7 +61,7 @@ from collector_ext.verify.entries import (
     rotation_of,
     run_key_of,
 )
-from collector_ext.verify.findings import ChainSummary, Finding, FindingKind, Severity, Supersession
+from collector_ext.verify.findings import ChainSummary, Finding, FindingKind, FoldedFindings, Severity, Supersession
 from collector_ext.verify.keys import ChainKeys, Keyring
 from collector_ext.verify.resends import ResendTracker
 
@@ -107,8 +113,9 @@ class _CleanRun:
     """A segment found to continue the chain as a plain run of log records (``ChainChecker._clean_run``)."""
 
     key_id: bytes  # the key that signs them
-    public_key: PublicKey
     claimed: tuple[int, ...]  # the sequence numbers among them that checkpoints claim a head for
+    signatures: int  # record signatures checked (all valid), 0 when the checkpoint's digest vouched
+    last: _Item  # the run's last record
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +169,8 @@ class ChainChecker:
         self.writer_id = ""
         self._restart_marks = 0
         self._segment_marks: list[int] = []  # restart marks accepted in the segment being checked
-        self._resends = ResendTracker(chain_id_hex, self.findings.append, report_all=report_resends)
+        self._folded = FoldedFindings()  # the findings past the ones listed one by one
+        self._resends = ResendTracker(chain_id_hex, self._add_finding, report_all=report_resends)
         # Set-aside segments as a heap by first sequence (then arrival), so taking the lowest is
         # O(log n) however many wait.
         # Only the object's bytes are kept (decoded again when walked): a parsed segment costs several
@@ -200,7 +208,13 @@ class ChainChecker:
         last: int | None = None,
         object_key: str = "",
     ) -> None:
-        self.findings.append(Finding(kind, severity, message, self.chain_id_hex, first, last, object_key))
+        self._add_finding(Finding(kind, severity, message, self.chain_id_hex, first, last, object_key))
+
+    def _add_finding(self, finding: Finding) -> None:
+        if len(self.findings) < self._folded.limit:
+            self.findings.append(finding)
+        else:
+            self._folded.add(finding)
 
     def _report_at(
         self, kind: FindingKind, severity: Severity, message: str, first: int | None, last: int | None, key: str
@@ -403,22 +417,27 @@ class ChainChecker:
         # it did not sign (after a key rotation, the new key's checkpoint covers entries the old key
         # signed: those are checked one by one).
         authentic = recorded and listed is not None and listed.key_id == self._signing_key_for(segment)
-        records = StoredRecords(segment.records)  # each entry's bytes taken out of the parsed message once
-        if self._observer is not None:
-            self._observer(records, key.key)
+        # The records a chunk at a time (each entry's bytes taken out of its parsed chunk once): a
+        # segment of the largest size is never held parsed as a whole.
+        chunks = StoredChunks(segment.records)
         verify_signatures = self._check_all or not authentic
         first = self._expected
         self._segment_marks.clear()
-        run = self._clean_run(records)
-        if run is not None and verify_signatures and not self._signed_by(records, run):
-            run = None  # a signature fails: the record-by-record walk says which and why
+        run = self._clean_run(chunks, verify_signatures)
         if run is not None:
-            self._accept_clean_run(records, run)
+            self._accept_clean_run(len(chunks), run)
         else:
-            self._check_records(key, segment, records, verify_signatures)
-        clean = run is not None
-        # The parsed records, not their entries taken out: the tracker keeps a window of segments.
-        self._resends.add_segment(key.key, segment.records, self._segment_marks, clean_from=first if clean else None)
+            self._check_records(key, segment, chunks, verify_signatures)
+        clean_from = first if run is not None else None
+        for start, stored in chunks:
+            if self._observer is not None:
+                self._observer(stored, key.key)
+            self._resends.add_segment(
+                key.key,
+                stored.entries,
+                self._segment_marks,
+                clean_from=None if clean_from is None else clean_from + start,
+            )
         declared_last = segment.first_sequence + segment.record_count - 1
         if self._expected <= declared_last:
             self._report(
@@ -530,17 +549,17 @@ class ChainChecker:
             self._previous_hash = None
             self._previous_item = None
 
-    def _clean_run(self, records: StoredRecords) -> _CleanRun | None:
+    def _clean_run(self, chunks: StoredChunks, verify_signatures: bool) -> _CleanRun | None:
         """Fast path (FORMAT.md 13.4): the run of log records the segment continues the chain with,
         when every record simply continues it (consecutive sequence numbers from ``expected``, linked,
         the chain's id, version and log-record kind, signed by the key bound there or the run key of the
-        run in progress, inside that key's window, matching every head claim among them); None, with
-        nothing changed, when anything needs a closer look by ``_check_records``. Signatures are not
-        looked at here."""
+        run in progress, inside that key's window, matching every head claim among them, and with
+        ``verify_signatures`` every signature valid); None, with nothing changed, when anything needs a
+        closer look by ``_check_records``. Checked a chunk at a time, stopping at the first that fails."""
         expected = self._expected
         previous = self._previous_hash
         key_id = self.keys.key_at(expected)
-        if previous is None or not records or key_id is None or not self.format_version:
+        if previous is None or not len(chunks) or key_id is None or not self.format_version:
             return None
         certifier = key_id
         public_key = self._keyring.get(key_id)
@@ -552,106 +571,145 @@ class ChainChecker:
         if pinned is None or public_key is None:
             return None
         plain_header = self.format_version.to_bytes(2, "big") + bytes([EntryKind.LOG_RECORD, 0])
-        # Every comparison of the record-by-record walk, a segment at a time (verify.batch); every entry
-        # must also have a full header (13.3 step 8.1).
-        entries = records.entries
-        count = len(entries)
-        if (
-            not same_slices(entries, 0, 20, plain_header + self.chain_id)
-            or not same_slices(entries, KEY_ID_SLICE.start, KEY_ID_SLICE.stop, key_id)
-            or not consecutive_from(entries, expected)
-        ):
-            return None
+        window: tuple[bytes, bytes] | None = None
         if pinned.not_before is not None or pinned.not_after is not None:
-            sealed = list(map(_SEALED_SLICE, entries))
-            low = (pinned.not_before or 0).to_bytes(8, "big")
-            high = (pinned.not_after if pinned.not_after is not None else 2**64 - 1).to_bytes(8, "big")
-            if min(sealed) < low or max(sealed) > high:
-                return None
-        hashes = records.hashes
-        if not links_continue(entries, hashes, previous):
-            return None
-        end = expected + count
+            window = (
+                (pinned.not_before or 0).to_bytes(8, "big"),
+                (pinned.not_after if pinned.not_after is not None else 2**64 - 1).to_bytes(8, "big"),
+            )
         claims = self.ledger.claims
-        if len(claims) < count:
-            claimed = sorted(sequence for sequence in claims if expected <= sequence < end)
-        else:
-            claimed = [sequence for sequence in range(expected, end) if sequence in claims]
-        for sequence in claimed:
-            if claims[sequence].head != hashes[sequence - expected]:
+        claimed: list[int] = []
+        signatures = 0
+        last: _Item | None = None
+        for start, records in chunks:
+            # Every comparison of the record-by-record walk, a chunk at a time (verify.batch); every
+            # entry must also have a full header (13.3 step 8.1).
+            entries = records.entries
+            first = expected + start
+            if (
+                not same_slices(entries, 0, 20, plain_header + self.chain_id)
+                or not same_slices(entries, KEY_ID_SLICE.start, KEY_ID_SLICE.stop, key_id)
+                or not consecutive_from(entries, first)
+            ):
                 return None
-        return _CleanRun(key_id, public_key, tuple(claimed))
+            if window is not None:
+                sealed = list(map(_SEALED_SLICE, entries))
+                if min(sealed) < window[0] or max(sealed) > window[1]:
+                    return None
+            hashes = records.hashes
+            if not links_continue(entries, hashes, previous):
+                return None
+            end = first + len(entries)
+            if len(claims) < len(entries):
+                here = sorted(sequence for sequence in claims if first <= sequence < end)
+            else:
+                here = [sequence for sequence in range(first, end) if sequence in claims]
+            for sequence in here:
+                if claims[sequence].head != hashes[sequence - first]:
+                    return None
+            if verify_signatures:
+                # 13.3 step 7, as one batch per chunk; a failure leaves it to the record-by-record
+                # walk, which checks and counts them again and says which failed.
+                messages = map(RECORD_SIGNATURE_PREFIX.__add__, hashes)
+                batch = [
+                    (public_key, record.signature, message) for record, message in zip(records, messages, strict=True)
+                ]
+                if not all(self._check_batch(batch)):
+                    return None
+                signatures += len(batch)
+            claimed += here
+            previous = hashes[-1]
+            tail = records[-1]
+            last = _Item(end - 1, tail.entry, tail.signature, start + len(entries) - 1, previous)
+        assert last is not None
+        return _CleanRun(key_id, tuple(claimed), signatures, last)
 
-    def _signed_by(self, records: StoredRecords, run: _CleanRun) -> bool:
-        """Whether every record's signature verifies under the run's key (13.3 step 7), checked as one
-        batch. Counted when all do; otherwise the record-by-record walk checks and counts them again,
-        and says which failed."""
-        key = run.public_key
-        messages = map(RECORD_SIGNATURE_PREFIX.__add__, records.hashes)
-        batch = [(key, record.signature, message) for record, message in zip(records, messages, strict=True)]
-        if not all(self._check_batch(batch)):
-            return False
-        self._record_signatures += len(batch)
-        return True
-
-    def _accept_clean_run(self, records: StoredRecords, run: _CleanRun) -> None:
-        """Move the walk past a clean run (13.3 step 8.9 for each record, and 8.9a for its head claims)."""
-        expected = self._expected + len(records)
-        previous = records.hashes[-1]
+    def _accept_clean_run(self, count: int, run: _CleanRun) -> None:
+        """Move the walk past a clean run of ``count`` records (13.3 step 8.9 for each record, and 8.9a
+        for its head claims)."""
+        last = run.last
         self._key_ids.add(run.key_id)
-        last = records[-1]
-        self._previous_item = _Item(expected - 1, last.entry, last.signature, len(records) - 1, previous)
-        self._expected = expected
-        self._previous_hash = previous
-        self._last_hash = previous
-        self._last_accepted = expected - 1
-        self.records += len(records)
+        self._record_signatures += run.signatures
+        self._previous_item = last
+        self._expected = last.sequence + 1
+        self._previous_hash = last.hash
+        self._last_hash = last.hash
+        self._last_accepted = last.sequence
+        self.records += count
         for sequence in run.claimed:
             taken = self.ledger.take_claim(sequence)
             if taken is not None:
                 self._check_checkpoint_keys(sequence, taken.signers)
 
     def _check_records(
-        self, key: SegmentKey, segment: DecodedSegment, records: StoredRecords, verify_signatures: bool
+        self, key: SegmentKey, segment: DecodedSegment, chunks: StoredChunks, verify_signatures: bool
     ) -> None:
-        items = []
-        hashes = records.hashes  # computed once, whether the fast path looked at them or not
-        for position, (entry, record, entry_hash) in enumerate(
-            zip(records.entries, segment.records, hashes, strict=True)
-        ):
-            # An entry too short for a header has no sequence number of its own: it stands where
-            # it is stored (FORMAT.md 13.3 step 5).
-            if len(entry) >= ENTRY_HEADER_SIZE:
-                sequence = int.from_bytes(entry[SEQUENCE_SLICE], "big")
-            else:
-                sequence = segment.first_sequence + position
-            items.append(_Item(sequence, entry, record.signature, position, entry_hash))
-        self._check_items(key, items, verify_signatures=verify_signatures)
-
-    def _check_items(self, key: SegmentKey, items: list[_Item], *, verify_signatures: bool) -> None:
-        self._verifying = verify_signatures
+        """The record-by-record walk of a segment, in order of sequence number (stored order unless
+        records were reordered), a chunk of records at a time: their signatures checked as one batch,
+        then each record in turn."""
+        # An entry too short for a header has no sequence number of its own: it stands where it is
+        # stored (FORMAT.md 13.3 step 5).
+        sequences: list[int] = []
+        for start, stored in chunks:
+            sequences += (
+                int.from_bytes(entry[SEQUENCE_SLICE], "big")
+                if len(entry) >= ENTRY_HEADER_SIZE
+                else segment.first_sequence + position
+                for position, entry in enumerate(stored.entries, start)
+            )
         running_max = -1
         reordered = False
-        for item in items:
-            if item.sequence < running_max:
+        for position, sequence in enumerate(sequences):
+            if sequence < running_max:
                 reordered = True
                 self._report(
                     FindingKind.REORDERED_RECORD,
                     Severity.TAMPERING,
-                    f"record stored at position {item.position}, after seq {running_max}",
-                    first=item.sequence,
+                    f"record stored at position {position}, after seq {running_max}",
+                    first=sequence,
                     object_key=key.key,
                 )
-            running_max = max(running_max, item.sequence)
-        if reordered:
-            items = sorted(items, key=lambda i: i.sequence)
+            running_max = max(running_max, sequence)
+        self._verifying = verify_signatures
+        first_in_segment = True
+        if not reordered:
+            for start, stored in chunks:
+                items = [
+                    _Item(sequences[position], entry, record.signature, position, digest)
+                    for position, entry, record, digest in zip(
+                        range(start, start + len(stored)), stored.entries, stored, stored.hashes, strict=True
+                    )
+                ]
+                self._check_items(key, items, verify_signatures, first_in_segment)
+                first_in_segment = False
+        else:
+            # In order of sequence number (a stable sort: copies of one sequence number keep their
+            # stored order), each record parsed on its own from its place in the object.
+            order = sorted(range(len(sequences)), key=sequences.__getitem__)
+            for group in range(0, len(order), CHUNK_RECORDS):
+                positions = order[group : group + CHUNK_RECORDS]
+                records = [chunks.records.record(position) for position in positions]
+                entries = [record.entry for record in records]
+                items = [
+                    _Item(sequences[position], entry, record.signature, position, digest)
+                    for position, entry, record, digest in zip(
+                        positions, entries, records, entry_hashes(entries), strict=True
+                    )
+                ]
+                self._check_items(key, items, verify_signatures, first_in_segment)
+                first_in_segment = False
+        self.records += len(sequences)
+
+    def _check_items(
+        self, key: SegmentKey, items: list[_Item], verify_signatures: bool, first_in_segment: bool
+    ) -> None:
+        """Records in the order they are walked: their signatures as one batch (a record whose run key
+        is certified later among them is checked when the walk reaches it), then each record."""
         if verify_signatures:
             self._verify_signatures(items)
-        first_in_segment = True
         for item in items:
             self._check_item(key, item, first_in_segment)
             first_in_segment = False
-        self.records += len(items)
 
     def _verify_signatures(self, items: Sequence[_Item]) -> None:
         batch: list[tuple[PublicKey, bytes, bytes]] = []
@@ -939,10 +997,14 @@ class ChainChecker:
         once, not flood the report with a line per object)."""
         tally = self._unpinned.get(key_id)
         if tally is None:
-            tally = self._unpinned[key_id] = [len(self.findings), 0, 0]
+            listed = len(self.findings) < self._folded.limit
+            tally = self._unpinned[key_id] = [len(self.findings) if listed else -1, 0, 0]
             kind = FindingKind.UNKNOWN_KEY
-            self._report(kind, Severity.TAMPERING, "", first=sequence, last=sequence, object_key=object_key)
+            message = "" if listed else f"records and checkpoints are signed with key id {key_id.hex()}, not pinned"
+            self._report(kind, Severity.TAMPERING, message, first=sequence, last=sequence, object_key=object_key)
         tally[1 if what == "record" else 2] += 1
+        if tally[0] < 0:
+            return  # counted among the findings not listed one by one
         finding = self.findings[tally[0]]
         first, last = finding.first_sequence, finding.last_sequence
         if sequence is not None:
@@ -1094,6 +1156,7 @@ class ChainChecker:
                 "elsewhere verifies too), has no key rotation statement, no final checkpoint, and a successor "
                 "chain's genesis does not name its head",
             )
+        self.findings += self._folded.summaries()
         current = self.keys.current
         return ChainSummary(
             chain_id=self.chain_id_hex,
@@ -1124,7 +1187,7 @@ class ChainChecker:
         checkpoint, so each such key's finding becomes ``run-key-checkpoint``."""
         for key_id, (index, records, checkpoints) in self._unpinned.items():
             run = self._run_keys.get(key_id)
-            if run is None or not checkpoints:
+            if run is None or not checkpoints or index < 0:
                 continue
             finding = self.findings[index]
             self.findings[index] = dataclasses.replace(

@@ -167,6 +167,7 @@ def finding_as_json(finding: Finding) -> dict[str, Any]:
         "last_sequence": finding.last_sequence if finding.last_sequence is not None else finding.first_sequence,
         "object_key": finding.object_key or None,
         "message": finding.message,
+        "count": finding.count,
     }
 
 

@@ -10,8 +10,8 @@ with the ``RESEND_WINDOW`` log records before it, and one INFO finding per mark 
 
 Cost matters more than completeness here. A clean archive is verified at several hundred thousand
 records per second by a fast path that touches each record once, and this tracker must not slow
-that down. Between restart marks it only keeps references to the record lists of the last few
-segments (work per segment, none per record); the set of earlier payloads is built when a mark is
+that down. Between restart marks it only keeps references to the entry lists of the last few
+chunks of records (work per chunk, none per record); the set of earlier payloads is built when a mark is
 seen, and only the records inside the window after a mark are looked at one by one. With
 ``report_all`` (opt-in, for audits that want every duplicate) each log record is also checked
 against the (at least ``RESEND_WINDOW``) log records sealed before it: one dictionary look-up and
@@ -25,7 +25,6 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
 from collector_ext.seal.entry import ENTRY_HEADER_SIZE, SEQUENCE_SLICE, EntryKind
-from collector_ext.seal.segment import SealedRecord
 from collector_ext.seal.sender import without_sender
 from collector_ext.verify.findings import Finding, FindingKind, Severity
 
@@ -33,6 +32,9 @@ from collector_ext.verify.findings import Finding, FindingKind, Severity
 # compared with them. A collector resends within its retry budget, minutes at most; 50,000 records
 # covers that at the rates one sidecar seals, and bounds the memory a mark costs.
 RESEND_WINDOW = 50_000
+# ... and at most this many bytes of their entries: what a hostile archive of large entries can make
+# the tracker hold (the window is shorter for chains of entries larger than 650 bytes on average).
+RESEND_HISTORY_BYTES = 32 * 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -73,18 +75,22 @@ class ResendTracker:
         report: Callable[[Finding], None],
         *,
         window: int = RESEND_WINDOW,
+        history_bytes: int = RESEND_HISTORY_BYTES,
         report_all: bool = False,
     ) -> None:
         self._chain_hex = chain_id_hex
         self._chain_id = bytes.fromhex(chain_id_hex)
         self._report = report
         self._window = window
+        self._history_limit = history_bytes
         self._report_all = report_all
-        # Record lists of the newest segments, together at least ``window`` entries (when the chain
-        # has that many): what a restart mark's "before" set is built from. Each with its
-        # ``clean_from``, so that the records of a fast-path segment need no header parsing then.
-        self._history: deque[tuple[Sequence[SealedRecord], int | None]] = deque()
+        # Entry lists of the newest chunks of records, together at least ``window`` entries (when the
+        # chain has that many) unless that passes ``history_bytes``: what a restart mark's "before"
+        # set is built from. Each with its ``clean_from``, so that the entries of a fast-path chunk need
+        # no header parsing then, and its size in bytes.
+        self._history: deque[tuple[Sequence[bytes], int | None, int]] = deque()
         self._history_entries = 0
+        self._history_bytes = 0
         self._after: _AfterMark | None = None
         self._last_seen = -1  # highest sequence looked at: a stored copy is never counted twice
         # report_all: payload -> newest sequence, for the log records sealed since the last change of
@@ -96,22 +102,30 @@ class ResendTracker:
     def add_segment(
         self,
         object_key: str,
-        records: Sequence[SealedRecord],
+        entries: Sequence[bytes],
         marks: Collection[int],
         *,
         clean_from: int | None = None,
     ) -> None:
-        """Look at one segment's records. ``marks`` are the sequence numbers of the restart marks the
-        checker accepted in it (malformed or rejected marks open no window); ``clean_from`` is set
-        when the checker's fast path accepted the segment as consecutive log records from there."""
+        """Look at the entries of one segment, or of the next chunk of its records, in stored order.
+        ``marks`` are the sequence numbers of the restart marks the checker accepted in the segment
+        (malformed or rejected marks open no window); ``clean_from`` is set when the checker's fast path
+        accepted the segment as consecutive log records, the first of these at that sequence number."""
         if marks:
             clean_from = None  # a fast-path segment holds log records only
         if marks or self._after is not None or self._report_all:
-            self._scan(object_key, records, marks, clean_from)
-        self._history.append((records, clean_from))
-        self._history_entries += len(records)
-        while self._history_entries - len(self._history[0][0]) >= self._window:
-            self._history_entries -= len(self._history.popleft()[0])
+            self._scan(object_key, entries, marks, clean_from)
+        size = sum(map(len, entries))
+        history = self._history
+        history.append((entries, clean_from, size))
+        self._history_entries += len(entries)
+        self._history_bytes += size
+        while len(history) > 1 and (
+            self._history_entries - len(history[0][0]) >= self._window or self._history_bytes > self._history_limit
+        ):
+            dropped, _, dropped_size = history.popleft()
+            self._history_entries -= len(dropped)
+            self._history_bytes -= dropped_size
 
     def finish(self) -> None:
         """Report what is still open at the end of the chain."""
@@ -122,7 +136,7 @@ class ResendTracker:
     def _scan(
         self,
         object_key: str,
-        records: Sequence[SealedRecord],
+        entries: Sequence[bytes],
         marks: Collection[int],
         clean_from: int | None,
     ) -> None:
@@ -135,8 +149,7 @@ class ResendTracker:
         recent, older = self._recent, self._older
         last_seen = self._last_seen
         after = self._after
-        for position, record in enumerate(records):
-            entry = record.entry
+        for position, entry in enumerate(entries):
             if clean_from is not None:
                 sequence = clean_from + position
             else:
@@ -150,7 +163,7 @@ class ResendTracker:
                 if kind != EntryKind.LOG_RECORD:
                     if kind == EntryKind.RESTART and sequence in marks:
                         self._close_after_mark()
-                        before = self._payloads_before(records, position, sequence)
+                        before = self._payloads_before(entries, position, sequence)
                         after = self._after = _AfterMark(sequence, sequence + window, before)
                     continue
             if after is not None and sequence > after.end:
@@ -187,26 +200,25 @@ class ResendTracker:
                 # least ``window`` and at most twice as many log records before it.
                 older, recent = recent, {}
                 self._older, self._recent = older, recent
-        if clean_from is not None and records:
-            last_seen = max(last_seen, clean_from + len(records) - 1)
+        if clean_from is not None and entries:
+            last_seen = max(last_seen, clean_from + len(entries) - 1)
         self._last_seen = last_seen
 
-    def _payloads_before(self, records: Sequence[SealedRecord], position: int, mark: int) -> dict[bytes, int]:
+    def _payloads_before(self, entries: Sequence[bytes], position: int, mark: int) -> dict[bytes, int]:
         """Payload -> newest sequence, for the last ``window`` log records sealed before ``mark``."""
         before: dict[bytes, int] = {}
         wanted = self._window
         chain_id = self._chain_id
         # Newest first, so that setdefault keeps the newest copy of a payload.
-        for chunk, clean_from in ((records[:position], None), *reversed(self._history)):
+        for chunk, clean_from, _ in ((entries[:position], None, 0), *reversed(self._history)):
             if clean_from is not None:
                 # A fast-path segment: consecutive log records of this chain, all before the mark.
                 take = min(len(chunk), wanted)
                 for index in range(len(chunk) - 1, len(chunk) - 1 - take, -1):
-                    before.setdefault(without_sender(chunk[index].entry[ENTRY_HEADER_SIZE:]), clean_from + index)
+                    before.setdefault(without_sender(chunk[index][ENTRY_HEADER_SIZE:]), clean_from + index)
                 wanted -= take
             else:
-                for record in reversed(chunk):
-                    entry = record.entry
+                for entry in reversed(chunk):
                     if len(entry) < ENTRY_HEADER_SIZE or entry[2] != EntryKind.LOG_RECORD or entry[4:20] != chain_id:
                         continue
                     sequence = int.from_bytes(entry[SEQUENCE_SLICE], "big")

@@ -165,19 +165,16 @@ def most_records_bad(keys: Keys, tmp_path_factory: pytest.TempPathFactory) -> Pa
     return root
 
 
-@pytest.mark.xfail(strict=True, reason="peak 381 MiB before the verifier walks segments on the wire")
 def test_most_records_with_an_unpinned_key(most_records_bad: Path, keys: Keys) -> None:
     report = _peak_under_limit("most-records-unpinned", most_records_bad, keys.other)
     assert _kinds(report) == {"unknown-key"}
 
 
-@pytest.mark.xfail(strict=True, reason="peak 771 MiB before the verifier walks segments on the wire")
 def test_most_records_with_every_signature_bad(most_records_bad: Path, keys: Keys) -> None:
     report = _peak_under_limit("most-records-all-bad", most_records_bad, keys.public, "--all-signatures")
     assert _kinds(report) == {"modified-record"}
 
 
-@pytest.mark.xfail(strict=True, reason="peak 435 MiB before the verifier walks segments on the wire")
 def test_most_records_clean(keys: Keys, tmp_path: Path) -> None:
     root = tmp_path / "archive"
     _write(root, _segments(keys.signer, _most_records(), _good_signatures))
@@ -185,8 +182,6 @@ def test_most_records_clean(keys: Keys, tmp_path: Path) -> None:
     assert _kinds(report) == {"uncovered-tail"}
 
 
-# Not strict: at 301 MiB this case sits at the limit, and the machine's noise may tip it either way.
-@pytest.mark.xfail(strict=False, reason="peak 301 MiB (at the limit) before the verifier walks segments on the wire")
 def test_largest_entries(keys: Keys, tmp_path: Path) -> None:
     root = tmp_path / "archive"
     _write(root, _segments(keys.signer, _largest_entries(), _good_signatures))
@@ -194,7 +189,6 @@ def test_largest_entries(keys: Keys, tmp_path: Path) -> None:
     assert _kinds(report) == {"uncovered-tail"}
 
 
-@pytest.mark.xfail(strict=True, reason="peak 457 MiB before the verifier walks segments on the wire")
 def test_several_segments_of_most_records_read_ahead(keys: Keys, tmp_path: Path) -> None:
     root = tmp_path / "archive"
     _write(root, _segments(keys.signer, _most_records(2), _bad_signatures))

@@ -1,6 +1,7 @@
 """The verifier's fast paths (a segment's clean run checked a segment at a time, its signatures as one
 batch, the tree extended a level at a time) give the report the record-by-record walk gives, on clean
-archives and on every mutation tests/fuzz_verify.py makes."""
+archives and on every mutation tests/fuzz_verify.py makes; and so does reading segments in chunks of a
+few records, not kept, the way the largest segments are read."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from collector_ext.seal.keys import Ed25519Signer
 from collector_ext.seal.layout import checkpoint_note_key, parse_checkpoint_key
 from collector_ext.seal.merkle import CompactRange, leaf_hash
 from collector_ext.seal.note import chain_origin, checkpoint_text, sign_note
+from collector_ext.seal import segment
 from collector_ext.seal.segment import decode_segment, encode_segment
 from collector_ext.verify import links, tree
 from collector_ext.verify.findings import VerificationReport
@@ -33,7 +35,7 @@ def _report(objects: dict[str, bytes], keys: Any, options: VerifyOptions) -> Ver
 
 
 def _record_by_record(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(links.ChainChecker, "_clean_run", lambda self, records: None)
+    monkeypatch.setattr(links.ChainChecker, "_clean_run", lambda self, chunks, verify_signatures: None)
     monkeypatch.setattr(tree, "consecutive_from", lambda entries, first: False)
 
 
@@ -65,6 +67,23 @@ def test_mutated_archives_give_the_record_by_record_report(data: st.DataObject) 
     case = make_case(BASES, HypothesisChooser(data))
     fast, slow = _both_ways(case.objects, case.base.keys, case.options)
     assert fast == slow, case.mutations
+
+
+@settings(deadline=None, max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), records_per_chunk=st.sampled_from([1, 2, 3, 5]))
+def test_mutated_archives_read_in_small_chunks_give_the_same_report(
+    data: st.DataObject, records_per_chunk: int
+) -> None:
+    # Chunks of a few records, parsed again on every pass, and record-by-record walks that cross
+    # chunk boundaries: what a segment of the largest size goes through, on small archives.
+    case = make_case(BASES, HypothesisChooser(data))
+    whole = _report(case.objects, case.base.keys, case.options)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(segment, "CHUNK_RECORDS", records_per_chunk)
+        patch.setattr(segment, "KEEP_PARSED_BYTES", 0)
+        patch.setattr(links, "CHUNK_RECORDS", records_per_chunk)
+        chunked = _report(case.objects, case.base.keys, case.options)
+    assert chunked == whole, case.mutations
 
 
 @pytest.mark.parametrize("all_signatures", [False, True])

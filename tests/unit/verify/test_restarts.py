@@ -306,7 +306,8 @@ def test_resend_window_bounds(signer: Ed25519Signer, fast_path: bool) -> None:
     for index in range(3):
         clean_from = 10 if fast_path and index == 1 else None
         marks = [20] if index == 2 else []
-        tracker.add_segment(archive.segment_keys[index], archive.segment_records(index), marks, clean_from=clean_from)
+        entries = [record.entry for record in archive.segment_records(index)]
+        tracker.add_segment(archive.segment_keys[index], entries, marks, clean_from=clean_from)
     tracker.finish()
     (finding,) = reported
     assert (finding.kind, finding.severity, finding.chain_id) == (
