@@ -5,8 +5,8 @@ peak resident memory (ru_maxrss of the finished child) must stay under 300 MiB.
 The archives hold what a hostile writer may put in within the limits of FORMAT.md 4.1: a segment of
 the maximum 262,144 records in nearly 64 MiB, not covered by any checkpoint (so every signature is
 checked), verified with an unpinned key, with the right key and every signature bad
-(``--all-signatures``), and clean; several such segments at once, so that reading ahead holds more
-than one; and a segment of 64 MiB made of a few entries of nearly 16 MiB. Each test prints its peak as
+(``--all-signatures``), clean, and with its records stored in reverse order; several such segments at
+once, so that reading ahead holds more than one; and a segment of 64 MiB made of a few entries of nearly 16 MiB. Each test prints its peak as
 ``PEAK <case> <MiB>`` (run with -s to see them).
 """
 
@@ -26,7 +26,7 @@ from collector_ext.seal.entry import ENTRY_HEADER_SIZE, EntryKind
 from collector_ext.seal.framing import MAX_ENTRY_BYTES, MAX_SEGMENT_OBJECT_BYTES, MAX_SEGMENT_RECORDS
 from collector_ext.seal.keys import Ed25519Signer, generate_key_pair, load_private_key_pem
 from collector_ext.seal.layout import segment_key
-from collector_ext.seal.segment import encode_segment
+from collector_ext.seal.segment import decode_segment, encode_segment
 
 pytestmark = pytest.mark.slow
 
@@ -194,3 +194,35 @@ def test_several_segments_of_most_records_read_ahead(keys: Keys, tmp_path: Path)
     _write(root, _segments(keys.signer, _most_records(2), _bad_signatures))
     report = _peak_under_limit("two-segments-unpinned", root, keys.other)
     assert _kinds(report) == {"unknown-key"}
+
+
+def test_most_records_stored_in_reverse_order(keys: Keys, tmp_path: Path) -> None:
+    # Every record out of place: the walk puts them in order of sequence number and parses each one
+    # on its own from its offset; 262,143 reordered-record findings, of which 10,000 are listed.
+    ((key, data),) = _segments(keys.signer, _most_records(), _good_signatures)
+    decoded = decode_segment(data)
+    records = list(decoded.records)
+    root = tmp_path / "archive"
+    _write(
+        root,
+        [
+            (
+                key,
+                encode_segment(
+                    chain_id=CHAIN_ID,
+                    first_sequence=decoded.first_sequence,
+                    created_unix_nano=decoded.created_unix_nano,
+                    entries=[record.entry for record in reversed(records)],
+                    signatures=[record.signature for record in reversed(records)],
+                ),
+            )
+        ],
+    )
+    del records, decoded, data
+    report = _peak_under_limit("most-records-reversed", root, keys.public)
+    assert _kinds(report) == {"reordered-record", "uncovered-tail"}
+    findings = report["findings"]
+    assert isinstance(findings, list)
+    assert sum(finding["count"] for finding in findings if finding["kind"] == "reordered-record") == (
+        MAX_SEGMENT_RECORDS - 1
+    )
