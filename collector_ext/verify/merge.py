@@ -27,7 +27,14 @@ import dataclasses
 import re
 from collections.abc import Sequence
 
-from collector_ext.verify.findings import ChainSummary, Finding, FindingKind, Severity, VerificationReport
+from collector_ext.verify.findings import (
+    ChainSummary,
+    Finding,
+    FindingKind,
+    FoldedFindings,
+    Severity,
+    VerificationReport,
+)
 from collector_ext.verify.run import build_report, relate_findings
 from collector_ext.verify.shard import ChainPart, RangePart, SeamState, ShardReport, ShardReportError
 
@@ -213,8 +220,24 @@ def _join_chain(chain_id: str, held: list[tuple[str, ChainPart, RangePart]]) -> 
             f"{last.segments_listed}",
         )
     return ChainPart(
-        _join_summaries([part.summary for _, part, _ in held]), tuple(tree + evidence + _join_unpinned(walk))
+        _join_summaries([part.summary for _, part, _ in held]),
+        tuple(tree + evidence + _refold(_join_unpinned(walk))),
     )
+
+
+def _refold(findings: list[Finding]) -> list[Finding]:
+    """A walk lists a chain's first MAX_LISTED_FINDINGS findings and counts the rest per kind and
+    severity (``FoldedFindings``); each range did so for its own, so the joined walk is folded again
+    past the same limit. (A range's own summary of its folded findings is counted whole; its example
+    is then that summary, not the first finding it stands for.)"""
+    listed: list[Finding] = []
+    folded = FoldedFindings()
+    for finding in findings:
+        if finding.count == 1 and len(listed) < folded.limit:
+            listed.append(finding)
+        else:
+            folded.add(finding)
+    return listed + folded.summaries()
 
 
 _UNPINNED = re.compile(

@@ -254,6 +254,7 @@ def _finding_to_json(finding: Finding) -> dict[str, Any]:
         "first_sequence": finding.first_sequence,
         "last_sequence": finding.last_sequence,
         "object_key": finding.object_key,
+        "count": finding.count,
     }
 
 
@@ -266,6 +267,7 @@ def _finding_from_json(data: Mapping[str, Any]) -> Finding:
         _optional_int(data["first_sequence"]),
         _optional_int(data["last_sequence"]),
         str(data["object_key"]),
+        int(data.get("count", 1)),
     )
 
 
