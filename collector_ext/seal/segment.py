@@ -228,9 +228,26 @@ def _index_top_level(data: bytes, offset: int, end: int) -> tuple[memoryview | N
     add = starts.append
     header: memoryview | None = None
     view = memoryview(data)
+    room = MAX_SEGMENT_RECORDS
     while offset < end:
-        field_start = offset
         tag = data[offset]
+        if tag == 0x12 and offset + 3 <= end:
+            # The usual field, first: a record whose length takes one or two bytes (under 16 KiB).
+            length = data[offset + 1]
+            if length < 0x80:
+                after = offset + 2 + length
+            elif data[offset + 2] < 0x80:
+                after = offset + 3 + ((length & 0x7F) | data[offset + 2] << 7)
+            else:
+                after = -1
+            if after >= 0:
+                if not room:
+                    raise MalformedObjectError(f"segment holds more than {MAX_SEGMENT_RECORDS} records (FORMAT.md 4.1)")
+                room -= 1
+                add(offset)
+                offset = after
+                continue
+        field_start = offset
         offset += 1
         if tag & 0x80:  # a field number of 16 or more: a tag of several bytes
             tag, offset = read_varint(view, offset - 1, end)
@@ -240,14 +257,12 @@ def _index_top_level(data: bytes, offset: int, end: int) -> tuple[memoryview | N
         if wire_type == 2:
             if offset >= end:
                 raise MalformedObjectError("segment body does not parse: a field runs past its end")
-            length = data[offset]
-            offset += 1
-            if length & 0x80:
-                length, offset = read_varint(view, offset - 1, end)
+            length, offset = read_varint(view, offset, end)
             if tag == 0x12:
-                add(field_start)
-                if len(starts) > MAX_SEGMENT_RECORDS:
+                if not room:
                     raise MalformedObjectError(f"segment holds more than {MAX_SEGMENT_RECORDS} records (FORMAT.md 4.1)")
+                room -= 1
+                add(field_start)
             elif tag == 0x0A:
                 if header is not None:
                     # protobuf would merge the two; a writer never writes two (FORMAT.md 5)
@@ -258,8 +273,9 @@ def _index_top_level(data: bytes, offset: int, end: int) -> tuple[memoryview | N
             _, offset = read_varint(view, offset, end)
         else:
             offset += 8 if wire_type == 1 else 4
-        if offset > end:
-            raise MalformedObjectError("segment body does not parse: a field runs past its end")
+    if offset > end:
+        # Fields are only skipped on the way, so one that runs past the end is found here.
+        raise MalformedObjectError("segment body does not parse: a field runs past its end")
     return header, starts
 
 
