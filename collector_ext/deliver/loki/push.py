@@ -376,7 +376,11 @@ class EntryEncoder:
             length = entry[position + 1]
             start = position + 2
             if length >= 0x80:
-                length, start = _read_varint(entry, position + 1)
+                if entry[start] < 0x80:  # two bytes: a record of up to 16 KiB
+                    length = length & 0x7F | entry[start] << 7
+                    start += 1
+                else:
+                    length, start = _read_varint(entry, position + 1)
             stop = start + length
             if stop > end:
                 return None
@@ -528,7 +532,7 @@ class EntryEncoder:
             self._seconds = seconds
             self._seconds_field = b"\x08" + encode_varint(seconds) if seconds else b""
         stamp = self._seconds_field + b"\x10" + _nanos_varint(nanos) if nanos else self._seconds_field
-        sequence = str(int.from_bytes(entry[20:28], "big")).encode()
+        sequence = b"%d" % int.from_bytes(entry[20:28], "big")
         data = b"".join(
             (
                 b"\x0a",
