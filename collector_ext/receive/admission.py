@@ -157,15 +157,6 @@ class AdmissionControl:
             )
         self._in_use += nbytes
 
-    def _try_take(self, nbytes: int, held: int) -> bool:
-        """Take ``nbytes`` if they fit now; no refusal is counted when they do not."""
-        capacity = self.settings.max_inflight_bytes
-        with self._lock:
-            if held + nbytes > capacity or self._in_use + nbytes > capacity:
-                return False
-            self._in_use += nbytes
-            return True
-
     def _give_back(self, nbytes: int, arriving: int = 0) -> None:
         with self._lock:
             self._in_use -= nbytes
@@ -213,15 +204,6 @@ class Reservation:
         self._control._take(nbytes, self._held, what)
         self._held += nbytes
         self._peak = max(self._peak, self._held)
-
-    def try_charge(self, nbytes: int) -> bool:
-        """Hold ``nbytes`` more if the budget has room for them now; False (nothing held) otherwise.
-        For memory a request can do without (a faster check that needs a second copy)."""
-        if self._closed or not self._control._try_take(nbytes, self._held):
-            return False
-        self._held += nbytes
-        self._peak = max(self._peak, self._held)
-        return True
 
     def _arriving_part(self, received: int) -> int:
         return max(0, received - ARRIVING_ALLOWANCE)

@@ -54,7 +54,7 @@ from collector_ext.receive.auth import (
     grpc_peer,
 )
 from collector_ext.receive.inflate import inflate_whole
-from collector_ext.receive.otlp_protobuf import parse_protobuf_request
+from collector_ext.receive.otlp_protobuf import parse_protobuf_request, parse_scalar_request
 from collector_ext.receive.validate import DEFAULT_REQUEST_LIMITS, RequestLimits, check_request
 from collector_ext.receive.wire_cost import protobuf_decode_cost
 from collector_ext.seal.payload import log_payloads
@@ -119,16 +119,16 @@ def decode_message(
             body = inflate_whole(message, coding, limit, reservation)
         except InvalidRequestError:  # not zlib after all: a plain message that looked like it
             reservation.shrink_to(held)
-    cost = protobuf_decode_cost(body, reservation.room_alone)
-    reservation.charge(cost, "decoding the request")
+    reservation.charge(protobuf_decode_cost(body, reservation.room_alone), "decoding the request")
     try:
-        request = parse_protobuf_request(body)
-        # The fast check decodes the body a second time, when the budget has room for it now.
-        second_decoding = reservation.try_charge(cost)
-        check_request(request, request_limits, encoding=body if second_decoding else None)
+        # Most requests hold no nested value: decoded so, their checks skip the walk over every
+        # attribute. A body that is not one of them is decoded again once the first attempt is gone.
+        request = parse_scalar_request(body)
+        scalar_only = request is not None
+        if request is None:
+            request = parse_protobuf_request(body)
         del body
-        if second_decoding:
-            reservation.refund(cost)
+        check_request(request, request_limits, scalar_only=scalar_only)
         payloads = log_payloads(request, sender)
     except (DecodeError, RecursionError, ValueError) as exc:
         raise InvalidRequestError(

@@ -68,7 +68,7 @@ from collector_ext.receive.auth import (
 from collector_ext.receive.inflate import inflate_whole
 from collector_ext.receive.otlp_grpc import PAYLOAD_OVERHEAD_BYTES, RecordSink
 from collector_ext.receive.otlp_json import parse_json_request
-from collector_ext.receive.otlp_protobuf import parse_protobuf_request
+from collector_ext.receive.otlp_protobuf import parse_protobuf_request, parse_scalar_request
 from collector_ext.receive.validate import DEFAULT_REQUEST_LIMITS, RequestLimits, check_request
 from collector_ext.receive.wire_cost import json_decode_cost, protobuf_decode_cost
 from collector_ext.seal.payload import log_payloads
@@ -140,12 +140,13 @@ def _decode_payloads(
     media_type: str,
     sender: Sender | None = None,
     request_limits: RequestLimits = DEFAULT_REQUEST_LIMITS,
-    second_decoding: bool = False,
 ) -> list[bytes]:
-    """``second_decoding``: the budget holds room for decoding a protobuf body once more, which makes
-    the request checks faster (``validate``)."""
-    message = _parse_request(body, media_type)
-    check_request(message, request_limits, encoding=body if second_decoding and media_type == PROTOBUF else None)
+    # A protobuf body without nested values is decoded so that its checks skip the attribute walk.
+    message = parse_scalar_request(body) if media_type == PROTOBUF and body else None
+    scalar_only = message is not None
+    if message is None:
+        message = _parse_request(body, media_type)
+    check_request(message, request_limits, scalar_only=scalar_only)
     try:
         return log_payloads(message, sender)
     except (RecursionError, ValueError) as exc:
@@ -431,13 +432,10 @@ class OtlpHttpReceiver:
             del wire
             cost = json_decode_cost(body) if media_type == JSON else protobuf_decode_cost(body, reservation.room_alone)
             reservation.charge(cost, "decoding the request")
-            second_decoding = media_type == PROTOBUF and reservation.try_charge(cost)
             if len(body) >= _DECODE_IN_THREAD_BYTES:
-                payloads = await asyncio.to_thread(
-                    _decode_payloads, body, media_type, sender, self._limits.request, second_decoding
-                )
+                payloads = await asyncio.to_thread(_decode_payloads, body, media_type, sender, self._limits.request)
             else:
-                payloads = _decode_payloads(body, media_type, sender, self._limits.request, second_decoding)
+                payloads = _decode_payloads(body, media_type, sender, self._limits.request)
             del body
             reservation.shrink_to(sum(len(p) for p in payloads) + PAYLOAD_OVERHEAD_BYTES * len(payloads))
         except RequestTooLargeError as exc:

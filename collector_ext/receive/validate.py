@@ -13,13 +13,11 @@ The module is pure: it reads a parsed message and raises; decoding the wire form
 values the decoders would change, is the job of ``otlp_protobuf`` and ``otlp_json``.
 
 Cost: reaching each attribute's value from Python costs about 0.4 us (upb makes a wrapper object for
-every KeyValue and AnyValue touched), more than the rest of the checks together. Given the bytes the
-request was decoded from, ``check_request`` first decodes them again, in C, as a request whose
-AnyValue has no kvlist or array member (``_ScalarValuesRequest``): dropping what that decoding does
-not know and comparing sizes tells whether the request holds any nested value (or any unknown
-field) at all. When it holds none, depth cannot be passed and every attribute counts once, so only
-the counts per record and the ids are read from Python; anything out of the ordinary goes through the
-full walk, which raises with the same message as always.
+every KeyValue and AnyValue touched), more than the rest of the checks together. A request decoded
+by ``otlp_protobuf.parse_scalar_request`` is known to hold no kvlist or array value: depth cannot be
+passed and every attribute counts once, so ``check_request(..., scalar_only=True)`` reads only the
+counts per record and the ids; anything out of the ordinary goes through the full walk, which raises
+with the same message as always.
 """
 
 from __future__ import annotations
@@ -27,14 +25,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-from google.protobuf.message import DecodeError, Message
-from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
-from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
-from opentelemetry.proto.logs.v1 import logs_pb2
-from opentelemetry.proto.resource.v1 import resource_pb2
 
 from collector_ext.errors import InvalidRequestError
 
@@ -72,27 +64,6 @@ class RequestLimits:
 
 DEFAULT_REQUEST_LIMITS = RequestLimits()
 _CONTAINERS = frozenset({"kvlist_value", "array_value"})
-# AnyValue's array_value and kvlist_value (opentelemetry/proto/common/v1/common.proto).
-_CONTAINER_FIELD_NUMBERS = frozenset({5, 6})
-
-
-def _scalar_values_request_class() -> type[Message]:
-    """ExportLogsServiceRequest in a pool of its own whose AnyValue lacks the container members: a
-    kvlist or array value decodes as an unknown field there."""
-    pool = descriptor_pool.DescriptorPool()
-    for module in (common_pb2, resource_pb2, logs_pb2, logs_service_pb2):
-        file = descriptor_pb2.FileDescriptorProto()
-        module.DESCRIPTOR.CopyToProto(file)
-        for message in file.message_type:
-            if module is common_pb2 and message.name == "AnyValue":
-                kept = [field for field in message.field if field.number not in _CONTAINER_FIELD_NUMBERS]
-                del message.field[:]
-                message.field.extend(kept)
-        pool.Add(file)
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName(ExportLogsServiceRequest.DESCRIPTOR.full_name))
-
-
-_ScalarValuesRequest = _scalar_values_request_class()
 
 
 class _Tally:
@@ -162,22 +133,6 @@ def _check_id(value: bytes, size: int, field: str, where: str) -> None:
         )
 
 
-def holds_only_scalar_values(request: ExportLogsServiceRequest, encoding: bytes) -> bool:
-    """True when no value of ``request`` is a kvlist or an array and it has no unknown field;
-    ``encoding`` is what ``request`` was decoded from (in any field order or varint form).
-
-    Costs about one more decoding of ``encoding`` in memory while it runs; False on anything odd.
-    """
-    try:
-        scalar = _ScalarValuesRequest.FromString(encoding)
-    except (DecodeError, RecursionError):
-        return False
-    # Every field the copy knows it holds as the request does; dropping the rest (containers and
-    # unknown fields) leaves the request's own size only when there was none.
-    scalar.DiscardUnknownFields()
-    return bool(scalar.ByteSize() == request.ByteSize())
-
-
 def _flat_request_within(request: ExportLogsServiceRequest, limits: RequestLimits) -> bool:
     """For a request of scalar values only: True when no limit is passed and every id is well formed
     (False sends it to the full walk, which names the offence)."""
@@ -209,18 +164,18 @@ def check_request(
     request: ExportLogsServiceRequest,
     limits: RequestLimits = DEFAULT_REQUEST_LIMITS,
     *,
-    encoding: bytes | None = None,
+    scalar_only: bool = False,
 ) -> None:
     """Refuse a request that passes ``limits`` or carries a malformed trace or span id.
 
     Args:
-        encoding: the bytes ``request`` was decoded from, when the caller has room for a second
-            decoding of them (see the module docstring); None: the full walk only.
+        scalar_only: the request is known to hold no kvlist or array value (it came from
+            ``otlp_protobuf.parse_scalar_request``); the full walk runs only if a check fails.
 
     Raises:
         InvalidRequestError: naming the limit or field and the position of the first offence.
     """
-    if encoding is not None and holds_only_scalar_values(request, encoding) and _flat_request_within(request, limits):
+    if scalar_only and _flat_request_within(request, limits):
         return
     tally = _Tally(limits.max_attributes_per_request)
     max_attributes = limits.max_attributes

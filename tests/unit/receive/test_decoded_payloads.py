@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue, KeyValueList
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
@@ -18,9 +18,10 @@ from collector_ext.seal.sender import Sender
 SENDER = Sender(peer="127.0.0.1:53422", token_name="collector", certificate_sha256=bytes(range(32)))
 
 
-def _request() -> ExportLogsServiceRequest:
+def _request(nested: bool) -> ExportLogsServiceRequest:
     big = LogRecord(body=AnyValue(string_value="x" * 70_000))  # its length needs a three-byte varint
-    attributed = LogRecord(severity_number=9, attributes=[KeyValue(key="k", value=AnyValue(int_value=7))])
+    value = AnyValue(kvlist_value=KeyValueList(values=[KeyValue(key="inner")])) if nested else AnyValue(int_value=7)
+    attributed = LogRecord(severity_number=9, attributes=[KeyValue(key="k", value=value)])
     return ExportLogsServiceRequest(
         resource_logs=[
             ResourceLogs(
@@ -40,9 +41,14 @@ def _request() -> ExportLogsServiceRequest:
     )
 
 
+@pytest.mark.parametrize("nested", [False, True], ids=["scalar values", "a nested value"])
 @pytest.mark.parametrize("sender", [None, SENDER])
-def test_one_payload_per_record_carries_its_resource_scope_record_and_sender(sender: Sender | None) -> None:
-    request = _request()
+def test_one_payload_per_record_carries_its_resource_scope_record_and_sender(
+    sender: Sender | None, nested: bool
+) -> None:
+    """Both decoders (parse_scalar_request, and parse_protobuf_request for a request with a nested
+    value) give the same payloads."""
+    request = _request(nested)
     with AdmissionControl(DEFAULT_ADMISSION).admit() as reservation:
         payloads = decode_message(request.SerializeToString(), 1 << 24, reservation, sender)
     expected = [

@@ -1,6 +1,7 @@
 """check_request: attribute counts, value depth and id lengths refuse the whole request, naming the
-limit and the position, never the content. Every case runs both ways: the full walk, and with the
-request's encoding (the scalar-values fast path), which must give the same verdict and message."""
+limit and the position, never the content. Every case runs both ways where it can: the full walk, and
+the request decoded by parse_scalar_request and checked with scalar_only, which must give the same
+verdict and message."""
 
 from __future__ import annotations
 
@@ -12,26 +13,27 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 from collector_ext.config import load_config
 from collector_ext.errors import ConfigurationError, InvalidRequestError
-from collector_ext.receive.validate import (
-    MAX_VALUE_DEPTH_CEILING,
-    RequestLimits,
-    check_request,
-    holds_only_scalar_values,
-)
+from collector_ext.receive.otlp_protobuf import parse_protobuf_request, parse_scalar_request
+from collector_ext.receive.validate import MAX_VALUE_DEPTH_CEILING, RequestLimits, check_request
 
 SECRET = "s3cr3t-content"
 
 
 def check(message: ExportLogsServiceRequest, limits: RequestLimits) -> None:
-    """check_request both ways; the outcomes (pass, or the refusal's text) must be the same."""
+    """check_request both ways (when the request has no nested value); the outcomes (pass, or the
+    refusal's text) must be the same."""
+    requests = [(message, False)]
+    scalar = parse_scalar_request(message.SerializeToString())
+    if scalar is not None:
+        requests.append((scalar, True))
     outcomes = []
-    for encoding in (None, message.SerializeToString()):
+    for candidate, scalar_only in requests:
         try:
-            check_request(message, limits, encoding=encoding)
+            check_request(candidate, limits, scalar_only=scalar_only)
             outcomes.append("")
         except InvalidRequestError as exc:
             outcomes.append(str(exc))
-    assert outcomes[0] == outcomes[1]
+    assert len(set(outcomes)) == 1
     if outcomes[0]:
         raise InvalidRequestError(outcomes[0])
 
@@ -187,9 +189,14 @@ def _flat_record(index: int) -> LogRecord:
     )
 
 
-def test_a_request_of_scalar_values_is_recognised() -> None:
+def test_a_request_of_scalar_values_decodes_to_the_same_fields() -> None:
     message = request(*(_flat_record(i) for i in range(3)), resource=Resource(attributes=attributes(1)))
-    assert holds_only_scalar_values(message, message.SerializeToString())
+    body = message.SerializeToString()
+    scalar = parse_scalar_request(body)
+    assert scalar is not None
+    assert scalar.SerializeToString() == body
+    assert parse_protobuf_request(scalar.SerializeToString()) == message
+    assert [record.span_id for record in scalar.resource_logs[0].scope_logs[0].log_records] == [bytes(8)] * 3
 
 
 @pytest.mark.parametrize(
@@ -203,14 +210,14 @@ def test_a_request_of_scalar_values_is_recognised() -> None:
         request(_flat_record(0), scope=InstrumentationScope(attributes=[KeyValue(key="s", value=nested(2, "array"))])),
     ],
 )
-def test_any_kvlist_or_array_value_sends_the_request_to_the_full_walk(message: ExportLogsServiceRequest) -> None:
-    assert not holds_only_scalar_values(message, message.SerializeToString())
+def test_any_kvlist_or_array_value_leaves_the_request_to_the_full_decoder(message: ExportLogsServiceRequest) -> None:
+    assert parse_scalar_request(message.SerializeToString()) is None
 
 
-def test_an_unknown_field_sends_the_request_to_the_full_walk() -> None:
+def test_an_unknown_field_leaves_the_request_to_the_full_decoder() -> None:
     message = request(_flat_record(0))
     message.resource_logs[0].scope_logs[0].log_records[0].body.MergeFromString(b"\xf8\x01\x01")  # field 31, varint
-    assert not holds_only_scalar_values(message, message.SerializeToString())
+    assert parse_scalar_request(message.SerializeToString()) is None
 
 
 def _padded_body(value: AnyValue) -> bytes:
@@ -223,14 +230,13 @@ def _padded_body(value: AnyValue) -> bytes:
     return b"\x0a" + bytes([len(resource)]) + resource
 
 
-@pytest.mark.parametrize(
-    ("value", "scalar"),
-    [(AnyValue(string_value=SECRET), True), (AnyValue(kvlist_value=KeyValueList()), False)],
-)
-def test_a_body_in_a_non_minimal_form_is_judged_by_the_request_it_decodes_to(value: AnyValue, scalar: bool) -> None:
-    """The sizes compared are the decoded request's own, not the body's."""
+@pytest.mark.parametrize("value", [AnyValue(string_value=SECRET), AnyValue(kvlist_value=KeyValueList())])
+def test_a_body_in_a_non_minimal_form_is_left_to_the_full_decoder(value: AnyValue) -> None:
+    """Only a body that is exactly its own re-encoding takes the short road, whatever it holds."""
     body = _padded_body(value)
-    parsed = ExportLogsServiceRequest.FromString(body)
-    assert parsed == request(LogRecord(time_unix_nano=1, body=value))
-    assert len(body) == parsed.ByteSize() + 1
-    assert holds_only_scalar_values(parsed, body) is scalar
+    assert ExportLogsServiceRequest.FromString(body) == request(LogRecord(time_unix_nano=1, body=value))
+    assert parse_scalar_request(body) is None
+
+
+def test_a_body_the_decoder_refuses_is_left_to_the_full_decoder() -> None:
+    assert parse_scalar_request(b"\x0a\x05\x12") is None
