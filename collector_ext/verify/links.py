@@ -170,6 +170,9 @@ class ChainChecker:
         self._restart_marks = 0
         self._segment_marks: list[int] = []  # restart marks accepted in the segment being checked
         self._folded = FoldedFindings()  # the findings past the ones listed one by one
+        # The segment object being walked, and whether a tampering finding named it meanwhile.
+        self._walked_key = ""
+        self._walked_tampering = False
         self._resends = ResendTracker(chain_id_hex, self._add_finding, report_all=report_resends)
         # Set-aside segments as a heap by first sequence (then arrival), so taking the lowest is
         # O(log n) however many wait.
@@ -211,6 +214,8 @@ class ChainChecker:
         self._add_finding(Finding(kind, severity, message, self.chain_id_hex, first, last, object_key))
 
     def _add_finding(self, finding: Finding) -> None:
+        if finding.severity is Severity.TAMPERING and finding.object_key == self._walked_key:
+            self._walked_tampering = True  # listed or not (the walk of that object asks)
         if len(self.findings) < self._folded.limit:
             self.findings.append(finding)
         else:
@@ -410,7 +415,7 @@ class ChainChecker:
         *,
         misnamed_reported: bool,
     ) -> None:
-        findings_before = len(self.findings)
+        self._walked_key, self._walked_tampering = key.key, False
         recorded = self._check_segment_digest(key, listed, data, segment)
         # The digest vouches for the records' signatures only when the checkpoint's key is the one
         # that signs them: a fast path under another pinned key would let that key pass off records
@@ -451,9 +456,7 @@ class ChainChecker:
             )
             self._skip_to(declared_last)
         self._previous_object = key.key
-        tampering_found = any(
-            f.severity is Severity.TAMPERING and f.object_key == key.key for f in self.findings[findings_before:]
-        )
+        tampering_found = self._walked_tampering
         if (
             not tampering_found
             and not misnamed_reported

@@ -78,3 +78,22 @@ def test_folds_keep_kind_severity_span_and_first_example() -> None:
         "a",
     )
     assert tampering == Finding(FindingKind.DELETED_RECORDS, Severity.TAMPERING, "gap", "c", 3, None, "b")
+
+
+def test_findings_past_the_limit_still_count_for_the_object_they_name(
+    signer: Ed25519Signer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Checkpoint-listed segments whose records were modified: the walk of each knows it found
+    # tampering in it (and adds no replaced-segment of its own) whether its findings are listed or not.
+    archive = build_archive(signer, segments=4, per_segment=10)
+    for index in range(1, 4):
+        records = archive.segment_records(index)
+        for record in records:
+            record.signature = bytes(64)
+        archive.rewrite_segment(index, records)
+    whole = verify_objects(archive.objects, [signer.public_key])
+    assert FindingKind.REPLACED_SEGMENT not in {f.kind for f in whole.findings}
+    monkeypatch.setattr(links, "FoldedFindings", functools.partial(FoldedFindings, limit=2))
+    capped = verify_objects(archive.objects, [signer.public_key])
+    assert {(f.kind, f.severity) for f in capped.findings} == {(f.kind, f.severity) for f in whole.findings}
+    assert sum(f.count for f in capped.findings) == len(whole.findings)
