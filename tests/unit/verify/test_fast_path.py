@@ -12,12 +12,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from collector_ext.seal import segment
 from collector_ext.seal.entry import ENTRY_HEADER_SIZE
 from collector_ext.seal.keys import Ed25519Signer
 from collector_ext.seal.layout import checkpoint_note_key, parse_checkpoint_key
 from collector_ext.seal.merkle import CompactRange, leaf_hash
 from collector_ext.seal.note import chain_origin, checkpoint_text, sign_note
-from collector_ext.seal import segment
 from collector_ext.seal.segment import decode_segment, encode_segment
 from collector_ext.verify import links, tree
 from collector_ext.verify.findings import VerificationReport
