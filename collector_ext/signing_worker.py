@@ -6,11 +6,9 @@ module imports only what signing needs: every module imported here costs memory 
 
 from __future__ import annotations
 
-import os
-import threading
-import time
 from collections.abc import Callable
 
+from collector_ext.child_process import exit_with_parent
 from collector_ext.memory import pin_mmap_threshold
 from collector_ext.seal import tiles  # noqa: F401  (the tree work sent to workers: imported at start, not on first use)
 from collector_ext.seal.entry import HASH_SIZE, RECORD_SIGNATURE_PREFIX
@@ -18,19 +16,6 @@ from collector_ext.seal.keys import fastest_sign_function
 from collector_ext.token_signer import TokenSession, TokenSettings
 
 _sign: Callable[[bytes], bytes] | None = None
-
-
-def exit_with_parent(parent_pid: int, interval: float = 0.5) -> None:
-    """In a child process: exit at once when ``parent_pid`` is gone (killed with SIGKILL, so it could
-    not stop its children). Without this, a killed sidecar's workers would live on, and a Loki
-    sender among them would keep draining the spool beside the next run's."""
-
-    def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(interval)
-        os._exit(0)
-
-    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _start(parent_pid: int) -> None:

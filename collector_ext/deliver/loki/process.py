@@ -41,6 +41,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from collector_ext.child_process import exit_with_parent
 from collector_ext.deliver.loki.client import LokiClient, LokiConnection
 from collector_ext.deliver.loki.mapping import EntryMapper, MappingSettings
 from collector_ext.deliver.loki.overflow import OverflowFile
@@ -77,20 +78,6 @@ def _name_process(name: bytes) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_NAME, ctypes.c_char_p(name[:15]), 0, 0, 0)
 
 
-def _exit_with_parent(parent_pid: int, interval: float = 0.5) -> None:
-    """Exit at once when ``parent_pid`` is gone (killed with SIGKILL, so it could not stop this
-    process): a Loki sender left behind would keep draining the spool beside the next run's. As
-    signing_worker.exit_with_parent, which this process does not import (it brings the signing
-    libraries)."""
-
-    def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(interval)
-        os._exit(0)
-
-    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
-
-
 def _child_main(
     connection: LokiConnection,
     mapping: MappingSettings,
@@ -101,7 +88,7 @@ def _child_main(
     spool_directory: Path | None,
     parent_pid: int,
 ) -> None:
-    _exit_with_parent(parent_pid)
+    exit_with_parent(parent_pid)
     _name_process(PROCESS_NAME)
     _one_malloc_arena()
     pin_mmap_threshold()
