@@ -17,6 +17,17 @@ any error on the way, hands the GET to the botocore client, which retries and na
 before (an error also turns the short path off for the rest of the run). The bytes are the object's
 either way; nothing the verifier checks depends on how they were fetched.
 
+A writer sends each PUT the same short way, automatically where the short path can be set up (the
+conditions of ``_SignedRequests.start``: botocore addresses the bucket in a layout the class
+recognises, credentials and a region are known, and no proxy setting is present); otherwise every
+PUT goes through the botocore client. The request is the one ``put_object`` sends (the caller's
+x-amz-checksum-sha256, Content-Type, the Object Lock mode and retain-until date, and SigV4's
+x-amz-content-sha256, x-amz-date, host and Content-Length, signed with the session's current
+credentials), at a fraction of the client's CPU. Only a 200 means stored; any other answer, a
+connection error or a timeout hands the PUT to the botocore client, so errors and their messages are
+the client's as before. After three PUTs in a row that the short path failed and the client stored,
+the short path is turned off for the rest of the run (the store wants something only botocore sends).
+
 What this does not do: create buckets or change bucket settings (see deploy/ for that), or delete
 anything.
 """
@@ -71,6 +82,9 @@ _OBJECT_CODES = {
     "MethodNotAllowed": "is a delete marker",
 }
 _READ_CHUNK = 1 << 20
+_SHORT_PUT_MISSES = 3
+_ISO8601 = "%Y-%m-%dT%H:%M:%SZ"  # botocore's header timestamps: whole seconds, UTC
+_PAYLOAD_SHA256 = "collector_ext_payload_sha256"
 
 
 def _raw_timestamp(value: str) -> str:
@@ -113,8 +127,10 @@ class S3Archive:
         self._stack = AsyncExitStack()
         self._client: Any = None
         self._max_connections = max_connections
-        self._reads: _SignedReads | None = None
+        self._short: _SignedRequests | None = None
         self._short_reads = not for_writing  # the short GET path (see the module docstring) until it fails
+        self._short_puts = for_writing  # the short PUT path, until it fails where botocore succeeds
+        self._short_put_misses = 0  # PUTs in a row the short path failed and the botocore client stored
 
     @property
     def description(self) -> str:
@@ -134,12 +150,12 @@ class S3Archive:
             session.create_client("s3", endpoint_url=self._endpoint_url, region_name=self._region, config=self._config)
         )
         await self._check_bucket()
-        if self._short_reads:
-            self._reads = await _SignedReads.start(session, self._client, self._location, self._max_connections)
-            if self._reads is None:
-                self._short_reads = False
+        if self._short_reads or self._short_puts:
+            self._short = await _SignedRequests.start(session, self._client, self._location, self._max_connections)
+            if self._short is None:
+                self._short_reads = self._short_puts = False
             else:
-                self._stack.push_async_callback(self._reads.close)
+                self._stack.push_async_callback(self._short.close)
 
     async def _check_bucket(self) -> None:
         bucket = self._location.bucket
@@ -174,26 +190,55 @@ class S3Archive:
             raise ArchiveUnavailableError(f"{self.description}: {exc}") from exc
 
     async def put(self, key: str, data: bytes, sha256: bytes) -> None:
+        full_key = self._full_key(key)
+        checksum = base64.b64encode(sha256).decode()
+        retain_until = dt.datetime.now(dt.UTC) + dt.timedelta(days=self._retention_days)
+        stored_short = False
+        if self._short_puts and self._short is not None:
+            try:
+                stored_short = await self._short.put(
+                    full_key,
+                    data,
+                    sha256,
+                    checksum,
+                    None if self._retention_mode == "NONE" else (self._retention_mode, retain_until),
+                )
+            except (BotoCoreError, aiohttp.ClientError, TimeoutError, OSError, ValueError):
+                stored_short = False
+            if stored_short:
+                self._short_put_misses = 0
+                return
+        # Sending a PUT again after the short path failed is safe even if that PUT was in fact stored
+        # (the answer lost on the way back): it is the same key with the same bytes, so the object is
+        # the same; under Object Lock the store keeps a second version of identical bytes, and
+        # verify reads the latest.
+        await self._put_with_botocore(full_key, data, checksum, retain_until)
+        if self._short_puts and self._short is not None:
+            self._short_put_misses += 1
+            if self._short_put_misses >= _SHORT_PUT_MISSES:
+                self._short_puts = False
+
+    async def _put_with_botocore(self, full_key: str, data: bytes, checksum: str, retain_until: dt.datetime) -> None:
         arguments: dict[str, Any] = {
             "Bucket": self._location.bucket,
-            "Key": self._full_key(key),
+            "Key": full_key,
             "Body": data,
-            "ChecksumSHA256": base64.b64encode(sha256).decode(),
+            "ChecksumSHA256": checksum,
             "ContentType": "application/octet-stream",
         }
         if self._retention_mode != "NONE":
             arguments["ObjectLockMode"] = self._retention_mode
-            arguments["ObjectLockRetainUntilDate"] = dt.datetime.now(dt.UTC) + dt.timedelta(days=self._retention_days)
+            arguments["ObjectLockRetainUntilDate"] = retain_until
         try:
             await self._client.put_object(**arguments)
         except ClientError as exc:
             code = _error_code(exc)
-            message = f"PUT {self._full_key(key)} to {self.description}: {code}: {exc}"
+            message = f"PUT {full_key} to {self.description}: {code}: {exc}"
             if code in _PERMANENT_CODES:
                 raise PermanentArchiveError(message) from exc
             raise ArchiveUnavailableError(message) from exc
         except BotoCoreError as exc:
-            raise ArchiveUnavailableError(f"PUT {self._full_key(key)} to {self.description}: {exc}") from exc
+            raise ArchiveUnavailableError(f"PUT {full_key} to {self.description}: {exc}") from exc
 
     async def list_keys(
         self, under: str = "", start_after: str = "", *, page_size: int | None = None
@@ -237,9 +282,9 @@ class S3Archive:
 
     async def get(self, key: str, max_bytes: int | None = None) -> bytes:
         full_key = self._full_key(key)
-        if self._short_reads and self._reads is not None:
+        if self._short_reads and self._short is not None:
             try:
-                response = await self._reads.get(full_key)
+                response = await self._short.get(full_key)
             except (BotoCoreError, aiohttp.ClientError, TimeoutError, OSError, ValueError):
                 self._short_reads = False  # e.g. a proxy or TLS setting only botocore knows: use botocore
             else:
@@ -289,11 +334,11 @@ class S3Archive:
     async def close(self) -> None:
         await self._stack.aclose()
         self._client = None
-        self._reads = None
+        self._short = None
 
 
-class _SignedReads:
-    """GETs signed with SigV4 by botocore's signer and sent with aiohttp (the short read path).
+class _SignedRequests:
+    """GETs and PUTs signed with SigV4 by botocore's signer and sent with aiohttp (the short path).
 
     The URL of an object is learnt from botocore itself: one presigned URL shows how the client
     addresses the bucket (path or virtual-hosted style, the endpoint, the key's quoting); a layout
@@ -307,7 +352,9 @@ class _SignedReads:
         self._http = http
 
     @classmethod
-    async def start(cls, session: Any, client: Any, location: S3Location, max_connections: int) -> _SignedReads | None:
+    async def start(
+        cls, session: Any, client: Any, location: S3Location, max_connections: int
+    ) -> _SignedRequests | None:
         probe = f"{location.prefix}/probe" if location.prefix else "probe"
         try:
             credentials = await session.get_credentials()
@@ -351,8 +398,47 @@ class _SignedReads:
             return None
         return response
 
+    async def put(
+        self, full_key: str, data: bytes, sha256: bytes, checksum: str, lock: tuple[str, dt.datetime] | None
+    ) -> bool:
+        """Whether a signed PUT of the object was answered 200 (stored); False for any other answer.
+
+        The headers are those ``put_object`` sends: the body's SHA-256 in base64 as
+        x-amz-checksum-sha256 and in hex as x-amz-content-sha256 (the signed payload hash), the
+        Object Lock mode and retain-until date (whole seconds, as botocore writes it), and the
+        Content-Length; the signer adds x-amz-date (and x-amz-security-token with temporary
+        credentials)."""
+        frozen = await self._credentials.get_frozen_credentials()
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "Content-Length": str(len(data)),
+            "x-amz-checksum-sha256": checksum,
+            "X-Amz-Content-SHA256": sha256.hex(),
+        }
+        if lock is not None:
+            mode, retain_until = lock
+            headers["x-amz-object-lock-mode"] = mode
+            headers["x-amz-object-lock-retain-until-date"] = retain_until.astimezone(dt.UTC).strftime(_ISO8601)
+        request = AWSRequest(method="PUT", url=self._base_url + _quote_key(full_key), headers=headers)
+        request.context[_PAYLOAD_SHA256] = headers["X-Amz-Content-SHA256"]
+        _KnownPayloadSigner(frozen, "s3", self._region).add_auth(request)
+        url = yarl.URL(request.url, encoded=True)
+        async with self._http.put(
+            url, data=data, headers=dict(request.headers.items()), allow_redirects=False
+        ) as response:
+            return response.status == 200
+
     async def close(self) -> None:
         await self._http.close()
+
+
+class _KnownPayloadSigner(S3SigV4Auth):  # type: ignore[misc]  # botocore has no type hints
+    """botocore's S3 SigV4 signer, taking the payload hash (the caller's SHA-256 of the body) from the
+    request's context instead of hashing the body again. The signer replaces the x-amz-content-sha256
+    header with this value before it signs."""
+
+    def payload(self, request: Any) -> str:
+        return str(request.context[_PAYLOAD_SHA256])
 
 
 def _quote_key(key: str) -> str:
