@@ -47,6 +47,14 @@ class StoredRecords(Sequence[SealedRecord]):
         self.entries = list(map(_ENTRY, records))
         self._hashes: list[bytes] | None = None
 
+    def piece(self, start: int, stop: int) -> StoredRecords:
+        """Records ``start:stop`` of these, sharing their entries and hashes (no copy of an entry)."""
+        piece = StoredRecords.__new__(StoredRecords)
+        piece._records = self._records[start:stop]
+        piece.entries = self.entries[start:stop]
+        piece._hashes = self._hashes[start:stop] if self._hashes is not None else None
+        return piece
+
     @property
     def hashes(self) -> list[bytes]:
         """The entry hash (FORMAT.md 9) of each entry."""

@@ -28,7 +28,7 @@ import dataclasses
 import hashlib
 import heapq
 import operator
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from collector_ext.errors import MalformedObjectError
@@ -47,6 +47,7 @@ from collector_ext.seal.layout import CheckpointKey, SegmentKey
 from collector_ext.seal.segment import CHUNK_RECORDS, DecodedSegment, SealedRecord, decode_segment
 from collector_ext.verify.batch import (
     StoredChunks,
+    StoredRecords,
     consecutive_from,
     entry_hashes,
     links_continue,
@@ -82,6 +83,10 @@ RecordObserver = Callable[[Sequence[SealedRecord], str], None]
 SignatureBatchChecker = Callable[[Sequence[tuple[PublicKey, bytes, bytes]]], list[bool]]
 
 _SEALED_SLICE = operator.itemgetter(slice(68, 76))  # sealed_unix_nano (FORMAT.md 7.1)
+
+# A chunk of a segment that is not a plain continuation of its chain is looked at again in pieces of
+# this many records: the pieces without a genesis, restart mark or fault take the fast path.
+PIECE_RECORDS = 256
 
 # Misnamed segments set aside until the walk reaches their content: at most this many bytes.
 DEFERRED_BYTES_BUDGET = 32 * 1024 * 1024
@@ -552,8 +557,11 @@ class ChainChecker:
             self._previous_hash = None
             self._previous_item = None
 
-    def _clean_run(self, chunks: StoredChunks, verify_signatures: bool) -> _CleanRun | None:
-        """Fast path (FORMAT.md 13.4): the run of log records the segment continues the chain with,
+    def _clean_run(
+        self, chunks: Iterable[tuple[int, StoredRecords]], verify_signatures: bool, *, position: int = 0
+    ) -> _CleanRun | None:
+        """Fast path (FORMAT.md 13.4): the run of log records the segment (or a chunk of it, the first
+        of which is stored at ``position`` in its segment) continues the chain with,
         when every record simply continues it (consecutive sequence numbers from ``expected``, linked,
         the chain's id, version and log-record kind, signed by the key bound there or the run key of the
         run in progress, inside that key's window, matching every head claim among them, and with
@@ -562,7 +570,7 @@ class ChainChecker:
         expected = self._expected
         previous = self._previous_hash
         key_id = self.keys.key_at(expected)
-        if previous is None or not len(chunks) or key_id is None or not self.format_version:
+        if previous is None or key_id is None or not self.format_version:
             return None
         certifier = key_id
         public_key = self._keyring.get(key_id)
@@ -623,8 +631,9 @@ class ChainChecker:
             claimed += here
             previous = hashes[-1]
             tail = records[-1]
-            last = _Item(end - 1, tail.entry, tail.signature, start + len(entries) - 1, previous)
-        assert last is not None
+            last = _Item(end - 1, tail.entry, tail.signature, position + start + len(entries) - 1, previous)
+        if last is None:
+            return None  # no records
         return _CleanRun(key_id, tuple(claimed), signatures, last)
 
     def _accept_clean_run(self, count: int, run: _CleanRun) -> None:
@@ -677,13 +686,7 @@ class ChainChecker:
         first_in_segment = True
         if not reordered:
             for start, stored in chunks:
-                items = [
-                    _Item(sequences[position], entry, record.signature, position, digest)
-                    for position, entry, record, digest in zip(
-                        range(start, start + len(stored)), stored.entries, stored, stored.hashes, strict=True
-                    )
-                ]
-                self._check_items(key, items, verify_signatures, first_in_segment)
+                self._walk_chunk(key, stored, start, sequences, verify_signatures, first_in_segment)
                 first_in_segment = False
         else:
             # In order of sequence number (a stable sort: copies of one sequence number keep their
@@ -702,6 +705,46 @@ class ChainChecker:
                 self._check_items(key, items, verify_signatures, first_in_segment)
                 first_in_segment = False
         self.records += len(sequences)
+
+    def _walk_chunk(
+        self,
+        key: SegmentKey,
+        stored: StoredRecords,
+        start: int,
+        sequences: Sequence[int],
+        verify_signatures: bool,
+        first_in_segment: bool,
+    ) -> None:
+        """One chunk of a segment whose records are in stored order (stored at ``start``): the fast
+        path when the chunk simply continues the chain; else the same in pieces of PIECE_RECORDS, so
+        that a genesis, restart mark or fault walks only the records of its piece one by one."""
+        if self._take_clean_run(key, stored, start, verify_signatures):
+            return
+        pieces = [(start, stored)]
+        if len(stored) > PIECE_RECORDS:
+            pieces = [(start + at, stored.piece(at, at + PIECE_RECORDS)) for at in range(0, len(stored), PIECE_RECORDS)]
+        for at, piece in pieces:
+            if len(pieces) > 1 and self._take_clean_run(key, piece, at, verify_signatures):
+                first_in_segment = False
+                continue
+            items = [
+                _Item(sequences[position], entry, record.signature, position, digest)
+                for position, entry, record, digest in zip(
+                    range(at, at + len(piece)), piece.entries, piece, piece.hashes, strict=True
+                )
+            ]
+            self._check_items(key, items, verify_signatures, first_in_segment)
+            first_in_segment = False
+
+    def _take_clean_run(self, key: SegmentKey, records: StoredRecords, position: int, verify_signatures: bool) -> bool:
+        """Move the walk past ``records`` (stored at ``position``) when they simply continue the chain;
+        their count is added with the segment's."""
+        run = self._clean_run(((0, records),), verify_signatures, position=position)
+        if run is None:
+            return False
+        self._accept_clean_run(0, run)
+        self._previous_object = key.key
+        return True
 
     def _check_items(
         self, key: SegmentKey, items: list[_Item], verify_signatures: bool, first_in_segment: bool

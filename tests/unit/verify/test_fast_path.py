@@ -35,7 +35,7 @@ def _report(objects: dict[str, bytes], keys: Any, options: VerifyOptions) -> Ver
 
 
 def _record_by_record(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(links.ChainChecker, "_clean_run", lambda self, chunks, verify_signatures: None)
+    monkeypatch.setattr(links.ChainChecker, "_clean_run", lambda self, chunks, verify_signatures, position=0: None)
     monkeypatch.setattr(tree, "consecutive_from", lambda entries, first: False)
 
 
@@ -70,18 +70,20 @@ def test_mutated_archives_give_the_record_by_record_report(data: st.DataObject) 
 
 
 @settings(deadline=None, max_examples=150, suppress_health_check=[HealthCheck.too_slow])
-@given(data=st.data(), records_per_chunk=st.sampled_from([1, 2, 3, 5]))
+@given(data=st.data(), records_per_chunk=st.sampled_from([1, 2, 3, 5]), records_per_piece=st.sampled_from([1, 2]))
 def test_mutated_archives_read_in_small_chunks_give_the_same_report(
-    data: st.DataObject, records_per_chunk: int
+    data: st.DataObject, records_per_chunk: int, records_per_piece: int
 ) -> None:
-    # Chunks of a few records, parsed again on every pass, and record-by-record walks that cross
-    # chunk boundaries: what a segment of the largest size goes through, on small archives.
+    # Chunks of a few records, parsed again on every pass, record-by-record walks that cross chunk
+    # boundaries, and chunks that are not clean looked at again in pieces: what segments of the
+    # largest size, and segments with a genesis or restart mark, go through, on small archives.
     case = make_case(BASES, HypothesisChooser(data))
     whole = _report(case.objects, case.base.keys, case.options)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(segment, "CHUNK_RECORDS", records_per_chunk)
         patch.setattr(segment, "KEEP_PARSED_BYTES", 0)
         patch.setattr(links, "CHUNK_RECORDS", records_per_chunk)
+        patch.setattr(links, "PIECE_RECORDS", records_per_piece)
         chunked = _report(case.objects, case.base.keys, case.options)
     assert chunked == whole, case.mutations
 
