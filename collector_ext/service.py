@@ -30,7 +30,7 @@ from collector_ext.deliver.loki.process import LokiProcess
 from collector_ext.deliver.loki.sender import LokiSettings
 from collector_ext.deliver.s3_archive import S3Archive
 from collector_ext.errors import ConfigurationError, KeyFileError
-from collector_ext.memory import HeapTrimmer
+from collector_ext.memory import HeapTrimmer, settle_garbage_collector
 from collector_ext.metrics import Metrics
 from collector_ext.metrics_server import MetricsServer
 from collector_ext.pipeline import PipelineSettings, SealingPipeline
@@ -353,6 +353,7 @@ class Sidecar:
                     "metrics_listen", f"cannot listen on {self.config.metrics_listen}: {exc}"
                 ) from exc
         self._health_task = asyncio.create_task(self._watch_health(), name="health")
+        settle_garbage_collector()
         log.info(
             "sidecar serving",
             extra={

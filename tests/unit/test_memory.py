@@ -28,3 +28,18 @@ async def test_heap_trimmer_trims_once_shortly_after_a_large_request() -> None:
     trimmer.request_ended(5000)  # the same burst: one trim
     await asyncio.sleep(0.2)
     assert trimmer.trims == 1
+
+
+def test_settling_the_garbage_collector_freezes_start_up_and_collects_the_young_less_often() -> None:
+    import gc
+
+    from collector_ext.memory import YOUNG_GENERATION_THRESHOLD, settle_garbage_collector
+
+    before = gc.get_threshold()
+    try:
+        settle_garbage_collector()
+        assert gc.get_freeze_count() > 1000  # this test process's modules, at least
+        assert gc.get_threshold() == (YOUNG_GENERATION_THRESHOLD, *before[1:])
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
