@@ -80,8 +80,11 @@ def test_the_short_put_is_the_request_put_object_sends(monkeypatch: pytest.Monke
     monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda: NOW)
     botocore_sent = _botocore_put(lock)
     url = "http://127.0.0.1:9/archive/" + _quote_key(KEY)
-    request = _signed_put(CREDENTIALS, "eu-central-1", url, BODY, SHA256, base64.b64encode(SHA256).decode(), lock)
+    request = _signed_put(
+        CREDENTIALS, "eu-central-1", url, "127.0.0.1:9", BODY, SHA256, base64.b64encode(SHA256).decode(), lock
+    )
     short_sent = {name.lower(): _text(value) for name, value in request.headers.items()}
+    assert short_sent.pop("host") == "127.0.0.1:9"  # botocore's HTTP client adds it when it sends
     assert url == botocore_sent.pop("url")
     botocore_authorization = botocore_sent.pop("authorization")
     short_authorization = short_sent.pop("authorization")
@@ -102,12 +105,16 @@ def test_the_known_payload_hash_signs_as_botocore_hashing_the_body(monkeypatch: 
     lock = ("GOVERNANCE", dt.datetime(2027, 1, 2, 3, 4, 5, tzinfo=dt.UTC))
     url = "http://127.0.0.1:9/archive/" + _quote_key(KEY)
     checksum = base64.b64encode(SHA256).decode()
-    short = _signed_put(CREDENTIALS, "eu-central-1", url, BODY, SHA256, checksum, lock)
-    hashed = _signed_put(CREDENTIALS, "eu-central-1", url, BODY, SHA256, checksum, lock)
+    short = _signed_put(CREDENTIALS, "eu-central-1", url, "127.0.0.1:9", BODY, SHA256, checksum, lock)
+    hashed = _signed_put(CREDENTIALS, "eu-central-1", url, "127.0.0.1:9", BODY, SHA256, checksum, lock)
     del hashed.headers["Authorization"]
-    S3SigV4Auth(CREDENTIALS, "s3", "eu-central-1").add_auth(hashed)  # hashes the body itself
+    del hashed.headers["host"]
+    # botocore's signer hashing the body itself and deriving the host from the URL.
+    S3SigV4Auth(CREDENTIALS, "s3", "eu-central-1").add_auth(hashed)
     assert hashed.headers["X-Amz-Content-SHA256"] == SHA256.hex()
     assert short.headers["Authorization"] == hashed.headers["Authorization"]
     # A different payload hash gives a different signature: the hash is signed, not just sent.
-    other = _signed_put(CREDENTIALS, "eu-central-1", url, BODY, hashlib.sha256(b"other").digest(), checksum, lock)
+    other = _signed_put(
+        CREDENTIALS, "eu-central-1", url, "127.0.0.1:9", BODY, hashlib.sha256(b"other").digest(), checksum, lock
+    )
     assert other.headers["Authorization"] != short.headers["Authorization"]
