@@ -318,15 +318,7 @@ async def check_archive_with_state(
                     findings += part.range.tree_findings + part.range.evidence_findings + part.findings
                 continue
             chain_start = len(findings)
-            tree = TreeChecker(chain_id_hex, keyring)
-            checker = ChainChecker(
-                chain_id_hex,
-                keyring,
-                check_all_signatures=options.check_all_signatures,
-                check_signature_batch=check_batch,
-                record_observer=_observe_tree(tree, record_observer),
-                report_resends=options.report_resends,
-            )
+            tree, checker = _chain_checkers(chain_id_hex, keyring, options, check_batch, record_observer)
             start = state.start_of(chain_id_hex) if state is not None else None
             if start is not None and state is not None:
                 findings += await _check_remembered_checkpoint(store, chain_id_hex, chain, state)
@@ -597,15 +589,7 @@ async def _check_range(
     def up_to_end(number: int) -> bool:
         return end_number is None or number <= end_number
 
-    tree = TreeChecker(chain_id_hex, keyring)
-    checker = ChainChecker(
-        chain_id_hex,
-        keyring,
-        check_all_signatures=options.check_all_signatures,
-        check_signature_batch=check_batch,
-        record_observer=_observe_tree(tree, None),
-        report_resends=options.report_resends,
-    )
+    tree, checker = _chain_checkers(chain_id_hex, keyring, options, check_batch, None)
     start: SeamState | None = None
     start_key = end_key = ""
     previous_notes: set[str] = set()
@@ -884,6 +868,26 @@ class _ReadAhead:
     def cancel(self) -> None:
         for task in self._tasks.values():
             task.cancel()
+
+
+def _chain_checkers(
+    chain_id_hex: str,
+    keyring: Keyring,
+    options: VerifyOptions,
+    check_batch: SignatureBatchChecker,
+    record_observer: RecordObserver | None,
+) -> tuple[TreeChecker, ChainChecker]:
+    """A chain's tree checker and the walk that feeds it its records (then ``record_observer``)."""
+    tree = TreeChecker(chain_id_hex, keyring)
+    checker = ChainChecker(
+        chain_id_hex,
+        keyring,
+        check_all_signatures=options.check_all_signatures,
+        check_signature_batch=check_batch,
+        record_observer=_observe_tree(tree, record_observer),
+        report_resends=options.report_resends,
+    )
+    return tree, checker
 
 
 def _observe_tree(tree: TreeChecker, then: RecordObserver | None) -> RecordObserver:
