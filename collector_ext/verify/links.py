@@ -433,11 +433,12 @@ class ChainChecker:
         verify_signatures = self._check_all or not authentic
         first = self._expected
         self._segment_marks.clear()
-        run = self._clean_run(chunks, verify_signatures)
+        passed: list[_CleanRun] = []  # the chunks found clean before one that was not
+        run = self._clean_run(chunks, verify_signatures, passed=passed)
         if run is not None:
             self._accept_clean_run(len(chunks), run)
         else:
-            self._check_records(key, segment, chunks, verify_signatures)
+            self._check_records(key, segment, chunks, verify_signatures, passed)
         clean_from = first if run is not None else None
         for start, stored in chunks:
             if self._observer is not None:
@@ -558,7 +559,12 @@ class ChainChecker:
             self._previous_item = None
 
     def _clean_run(
-        self, chunks: Iterable[tuple[int, StoredRecords]], verify_signatures: bool, *, position: int = 0
+        self,
+        chunks: Iterable[tuple[int, StoredRecords]],
+        verify_signatures: bool,
+        *,
+        position: int = 0,
+        passed: list[_CleanRun] | None = None,
     ) -> _CleanRun | None:
         """Fast path (FORMAT.md 13.4): the run of log records the segment (or a chunk of it, the first
         of which is stored at ``position`` in its segment) continues the chain with,
@@ -566,7 +572,9 @@ class ChainChecker:
         the chain's id, version and log-record kind, signed by the key bound there or the run key of the
         run in progress, inside that key's window, matching every head claim among them, and with
         ``verify_signatures`` every signature valid); None, with nothing changed, when anything needs a
-        closer look by ``_check_records``. Checked a chunk at a time, stopping at the first that fails."""
+        closer look by ``_check_records``. Checked a chunk at a time, stopping at the first that fails;
+        ``passed`` receives the clean run of each chunk before it (the record-by-record walk takes those
+        as they are instead of checking them, and their signatures, again)."""
         expected = self._expected
         previous = self._previous_hash
         key_id = self.keys.key_at(expected)
@@ -589,9 +597,7 @@ class ChainChecker:
                 (pinned.not_after if pinned.not_after is not None else 2**64 - 1).to_bytes(8, "big"),
             )
         claims = self.ledger.claims
-        claimed: list[int] = []
-        signatures = 0
-        last: _Item | None = None
+        runs: list[_CleanRun] = [] if passed is None else passed
         for start, records in chunks:
             # Every comparison of the record-by-record walk, a chunk at a time (verify.batch); every
             # entry must also have a full header (13.3 step 8.1).
@@ -618,6 +624,7 @@ class ChainChecker:
             for sequence in here:
                 if claims[sequence].head != hashes[sequence - first]:
                     return None
+            signatures = 0
             if verify_signatures:
                 # 13.3 step 7, as one batch per chunk; a failure leaves it to the record-by-record
                 # walk, which checks and counts them again and says which failed.
@@ -627,14 +634,17 @@ class ChainChecker:
                 ]
                 if not all(self._check_batch(batch)):
                     return None
-                signatures += len(batch)
-            claimed += here
+                signatures = len(batch)
             previous = hashes[-1]
             tail = records[-1]
             last = _Item(end - 1, tail.entry, tail.signature, position + start + len(entries) - 1, previous)
-        if last is None:
+            runs.append(_CleanRun(key_id, tuple(here), signatures, last))
+        if not runs:
             return None  # no records
-        return _CleanRun(key_id, tuple(claimed), signatures, last)
+        if len(runs) == 1:
+            return runs[0]
+        claimed = tuple(sequence for run in runs for sequence in run.claimed)
+        return _CleanRun(key_id, claimed, sum(run.signatures for run in runs), runs[-1].last)
 
     def _accept_clean_run(self, count: int, run: _CleanRun) -> None:
         """Move the walk past a clean run of ``count`` records (13.3 step 8.9 for each record, and 8.9a
@@ -654,11 +664,17 @@ class ChainChecker:
                 self._check_checkpoint_keys(sequence, taken.signers)
 
     def _check_records(
-        self, key: SegmentKey, segment: DecodedSegment, chunks: StoredChunks, verify_signatures: bool
+        self,
+        key: SegmentKey,
+        segment: DecodedSegment,
+        chunks: StoredChunks,
+        verify_signatures: bool,
+        passed: Sequence[_CleanRun] = (),
     ) -> None:
         """The record-by-record walk of a segment, in order of sequence number (stored order unless
         records were reordered), a chunk of records at a time: their signatures checked as one batch,
-        then each record in turn."""
+        then each record in turn. ``passed``: the clean runs of the segment's first chunks, found by
+        ``_clean_run`` from the state the walk is in now (taken as they are in stored order)."""
         # An entry too short for a header has no sequence number of its own: it stands where it is
         # stored (FORMAT.md 13.3 step 5).
         sequences: list[int] = []
@@ -685,8 +701,14 @@ class ChainChecker:
         self._verifying = verify_signatures
         first_in_segment = True
         if not reordered:
-            for start, stored in chunks:
-                self._walk_chunk(key, stored, start, sequences, verify_signatures, first_in_segment)
+            for index, (start, stored) in enumerate(chunks):
+                if index < len(passed):
+                    self._take(key, passed[index])
+                else:
+                    # The chunk at which ``_clean_run`` stopped, from this same state, is not tried
+                    # whole again: only in pieces.
+                    whole = index > len(passed)
+                    self._walk_chunk(key, stored, start, sequences, verify_signatures, first_in_segment, whole=whole)
                 first_in_segment = False
         else:
             # In order of sequence number (a stable sort: copies of one sequence number keep their
@@ -714,11 +736,14 @@ class ChainChecker:
         sequences: Sequence[int],
         verify_signatures: bool,
         first_in_segment: bool,
+        *,
+        whole: bool,
     ) -> None:
         """One chunk of a segment whose records are in stored order (stored at ``start``): the fast
-        path when the chunk simply continues the chain; else the same in pieces of PIECE_RECORDS, so
-        that a genesis, restart mark or fault walks only the records of its piece one by one."""
-        if self._take_clean_run(key, stored, start, verify_signatures):
+        path when the chunk simply continues the chain (tried when ``whole``); else the same in pieces
+        of PIECE_RECORDS, so that a genesis, restart mark or fault walks only the records of its piece
+        one by one."""
+        if whole and self._take_clean_run(key, stored, start, verify_signatures):
             return
         pieces = [(start, stored)]
         if len(stored) > PIECE_RECORDS:
@@ -742,9 +767,14 @@ class ChainChecker:
         run = self._clean_run(((0, records),), verify_signatures, position=position)
         if run is None:
             return False
+        self._take(key, run)
+        return True
+
+    def _take(self, key: SegmentKey, run: _CleanRun) -> None:
+        """Accept a clean run found inside the record-by-record walk of ``key``; its records are counted
+        with the segment's."""
         self._accept_clean_run(0, run)
         self._previous_object = key.key
-        return True
 
     def _check_items(
         self, key: SegmentKey, items: list[_Item], verify_signatures: bool, first_in_segment: bool

@@ -476,16 +476,16 @@ async def _seam_start(
         or entry[KEY_ID_SLICE] != checkpoint.key_id
     ):
         return None
-    return SeamState(
+    point = ResumePoint(
         checkpoint_number=checkpoint.checkpoint_number,
-        checkpoint_sha256=decoded.sha256.hex(),
+        checkpoint_sha256=decoded.sha256,
         last_sequence=checkpoint.last_sequence,
-        head_sha256=checkpoint.head_sha256.hex(),
-        key_id=checkpoint.key_id.hex(),
-        format_version=checkpoint.format_version,
+        head_sha256=checkpoint.head_sha256,
+        key_id=checkpoint.key_id,
         time_unix_nano=checkpoint.time_unix_nano,
         final=checkpoint.final,
     )
+    return _reached(point, checkpoint.format_version)
 
 
 def _start_of(state: SeamState) -> ChainStart:

@@ -22,7 +22,7 @@ from collector_ext.seal.segment import decode_segment, encode_segment
 from collector_ext.verify import links, tree
 from collector_ext.verify.findings import VerificationReport
 from collector_ext.verify.run import VerifyOptions
-from tests.archive_builder import build_archive
+from tests.archive_builder import build_archive, restart_mark
 from tests.fuzz_verify import base_archives, make_case, verify_in_process
 from tests.unit.verify.test_fuzz import HypothesisChooser
 
@@ -35,7 +35,7 @@ def _report(objects: dict[str, bytes], keys: Any, options: VerifyOptions) -> Ver
 
 
 def _record_by_record(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(links.ChainChecker, "_clean_run", lambda self, chunks, verify_signatures, position=0: None)
+    monkeypatch.setattr(links.ChainChecker, "_clean_run", lambda self, chunks, verify_signatures, **_: None)
     monkeypatch.setattr(tree, "consecutive_from", lambda entries, first: False)
 
 
@@ -185,3 +185,26 @@ def test_the_record_by_record_patch_reaches_the_walk(monkeypatch: pytest.MonkeyP
     report = _report(built.objects, {signer.key_id: signer.public_key}, dataclasses.replace(VerifyOptions()))
     assert isinstance(report, VerificationReport) and report.clean
     assert len(calls) == 3
+
+
+@pytest.mark.parametrize("records_per_chunk", [1, 2, 3])
+def test_a_segment_clean_up_to_a_late_restart_mark_gives_the_same_report(
+    signer: Ed25519Signer, records_per_chunk: int
+) -> None:
+    # The last segment's first chunks are clean; the restart mark and a modified record near its end
+    # send the segment to the record-by-record walk, which takes those chunks as found.
+    archive = build_archive(signer, segments=3, per_segment=10, special={27: restart_mark()})
+    records = archive.segment_records(2)
+    records[-1].signature = bytes(64)
+    archive.rewrite_segment(2, records)
+    options = VerifyOptions(check_all_signatures=True)
+    whole, slow = _both_ways(archive.objects, {signer.key_id: signer.public_key}, options)
+    assert whole == slow
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(segment, "CHUNK_RECORDS", records_per_chunk)
+        patch.setattr(segment, "KEEP_PARSED_BYTES", 0)
+        patch.setattr(links, "PIECE_RECORDS", 1)
+        chunked = _report(archive.objects, {signer.key_id: signer.public_key}, options)
+    assert chunked == whole
+    assert isinstance(whole, VerificationReport)
+    assert {f.kind.value for f in whole.findings} >= {"restart", "modified-record"}
